@@ -1,0 +1,79 @@
+"""The interface every sampler shares.
+
+A sampler is an ``nn.Module`` built as ``Sampler(num_frames=T, k=k, ...)``. ``forward(x, valid)``
+takes a window ``x`` of shape (B, T, C, H, W) and returns a :class:`SamplerOutput`.
+``select(x, valid)`` does the same without gathering the frames, so a streaming runtime can pass
+a small (feature-resolution) copy of the window and gather the full-resolution frames itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import SamplerError
+
+
+@dataclass(frozen=True)
+class SamplerOutput:
+    """What a sampler picked.
+
+    Attributes:
+        matrix: (B, k, T) float sampling matrix. Rows are one-hot in the forward pass; in
+            training its gradient is the soft relaxation's (straight-through).
+        indices: (B, k) long, the picked frame positions, sorted ascending. Rows of ``matrix``
+            are in the same order, so ``frames[:, j] == x[b, indices[b, j]]``.
+        frames: (B, k, C, H, W) = matrix @ x, or None when produced by ``select``.
+    """
+
+    matrix: torch.Tensor
+    indices: torch.Tensor
+    frames: torch.Tensor | None = None
+
+
+def check_window(x: torch.Tensor, num_frames: int, valid: torch.Tensor | None = None) -> None:
+    """Raise SamplerError with a clear message when ``x``/``valid`` do not fit a sampler of T frames."""
+    if not isinstance(x, torch.Tensor):
+        raise SamplerError(f"window must be a torch.Tensor of shape (B, T, C, H, W), got {type(x).__name__}")
+    if x.dim() != 5:
+        raise SamplerError(
+            f"window must have shape (B, T, C, H, W) (rank 5), got rank {x.dim()} {tuple(x.shape)}; "
+            "add a batch dimension with x.unsqueeze(0) or a channel dimension with x.unsqueeze(2)"
+        )
+    if x.shape[1] != num_frames:
+        raise SamplerError(
+            f"window has T={x.shape[1]} frames but the sampler was built for num_frames={num_frames}; "
+            "pad or cut the window to that length (pass valid= for padded frames)"
+        )
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise SamplerError("window contains NaN or infinite values; clean the frames before sampling")
+    if valid is not None:
+        if valid.shape != x.shape[:2]:
+            raise SamplerError(f"valid mask must have shape (B, T)={tuple(x.shape[:2])}, got {tuple(valid.shape)}")
+
+
+def check_k(num_frames: int, k: int) -> None:
+    if num_frames < 1:
+        raise SamplerError(f"num_frames must be >= 1, got {num_frames}")
+    if not 1 <= k <= num_frames:
+        raise SamplerError(f"k must be between 1 and num_frames={num_frames}, got k={k}; lower k or lengthen the window")
+
+
+class Sampler(nn.Module):
+    """Base class: subclasses implement ``select``; ``forward`` adds the gathered frames."""
+
+    def __init__(self, num_frames: int, k: int) -> None:
+        super().__init__()
+        check_k(num_frames, k)
+        self.num_frames = int(num_frames)
+        self.k = int(k)
+
+    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
+        out = self.select(x, valid)
+        xf = x if x.is_floating_point() else x.float()
+        frames = torch.einsum("bkt,btchw->bkchw", out.matrix.to(xf.dtype), xf)
+        return SamplerOutput(matrix=out.matrix, indices=out.indices, frames=frames)

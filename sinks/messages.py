@@ -1,0 +1,101 @@
+"""Prediction and Stats records and their JSON form (the MQTT payload schema).
+
+Both are published as UTF-8 JSON objects. ``to_dict`` is the schema: every field below is
+always present. Times are wall-clock seconds since the epoch; latencies are milliseconds.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The classifier's answer for one window of one stream.
+
+    Attributes:
+        stream: stream id.
+        window: window index within the stream, from 0.
+        first_seq, last_seq: sequence numbers of the window's first and last real frame.
+        t_first, t_last: capture times of those frames.
+        selected: sequence numbers of the frames the sampler picked (ascending).
+        probs: class name -> probability (sums to 1).
+        label: the most probable class name.
+        model: model name (file stem) and method, e.g. "demo (das)".
+        latency_ms: capture of the window's last frame to the moment the prediction was made.
+        padded: number of empty frames added to fill a short last window (0 normally).
+    """
+
+    stream: str
+    window: int
+    first_seq: int
+    last_seq: int
+    t_first: float
+    t_last: float
+    selected: tuple[int, ...]
+    probs: dict[str, float]
+    label: str
+    model: str
+    latency_ms: float
+    padded: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["selected"] = list(self.selected)
+        d["type"] = "prediction"
+        d["schema"] = SCHEMA_VERSION
+        return d
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Running counters of one stream, published every few seconds and once at the end.
+
+    Every frame in is counted exactly once as forwarded, skipped or dropped once its fate is
+    known; ``frames_pending`` holds frames still waiting in a window (0 in the final stats).
+
+    Attributes:
+        stream: stream id.
+        frames_in: frames received from the source.
+        frames_forwarded: frames sent to the classifier (picked by at least one window).
+        frames_skipped: frames the sampler left out of every window they were in.
+        frames_dropped: frames lost to overload (queue full, oldest dropped).
+        frames_pending: frames not yet decided (in a window that has not closed).
+        bad_messages: malformed network messages rejected by the source.
+        windows: windows classified.
+        fps_in: input frame rate over the whole run so far.
+        latency_ms: {"p50", "p95", "p99"} capture-to-published latency of predictions.
+        compute_saved: fraction of classifier (backbone) work avoided against running it on
+            every frame of every window: 1 - backbone_calls / (windows * T).
+        final: true for the last stats message of a stream.
+        extra: source-specific counters (reconnects, gaps, mqtt buffer overflow, ...).
+    """
+
+    stream: str
+    frames_in: int
+    frames_forwarded: int
+    frames_skipped: int
+    frames_dropped: int
+    frames_pending: int
+    bad_messages: int
+    windows: int
+    fps_in: float
+    latency_ms: dict[str, float]
+    compute_saved: float
+    final: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["type"] = "stats"
+        d["schema"] = SCHEMA_VERSION
+        return d
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
