@@ -14,3 +14,7 @@ class ModelFileError(SamplerError):
 
 class DataError(SamplerError):
     """A dataset file or folder that cannot be used (missing keys, unreadable video, bad CSV)."""
+
+
+class ConfigError(SamplerError):
+    """A configuration file or flag with an unknown key or a bad value (training or streaming)."""

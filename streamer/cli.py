@@ -14,7 +14,7 @@ from sampler.errors import SamplerError
 from sinks.errors import SinkError
 from sources.errors import SourceError
 
-# The user-caused errors (see docs/design.md). ConfigError is added by streamer.config.
+# The user-caused errors (see docs/design.md); ConfigError, ModelFileError and DataError are SamplerErrors.
 USER_ERRORS: tuple[type[BaseException], ...] = (SamplerError, SourceError, SinkError)
 
 
