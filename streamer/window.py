@@ -1,0 +1,120 @@
+"""Sliding windows of T frames with stride S over one stream.
+
+Windows start at stream positions 0, S, 2S, ... (positions count the frames that reached the
+windower, so frames dropped by overload before it are not part of any window). Window ``i`` covers
+positions ``[i*S, i*S + T)`` and is emitted when its last frame arrives; ``flush`` emits the last,
+partial window at the end of a stream so that no frame is left undecided.
+
+Each window also says which frames it *retires*: the frames no later window will contain, whose
+fate (forwarded or skipped) is therefore final once this window has been classified. With
+``S <= T`` window ``i`` retires positions ``[i*S, (i+1)*S)``; with ``S > T`` the frames between
+two windows belong to no window and the next window retires them too (as skipped).
+
+At the end of a stream ``flush`` returns a partial window when some frames were in no window
+yet; when every remaining frame was already in the last window it returns a window with no
+frames that only retires them (nothing to classify).
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from sources.frame import Frame
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One window of one stream, ready for the sampler.
+
+    Attributes:
+        stream: stream id.
+        index: window number within the stream, from 0.
+        num_frames: T, the window length the model expects.
+        frames: the real frames, in order (fewer than T only for the final window; empty for a
+            window that only retires frames at the end of a stream).
+        retire: sequence numbers whose fate is final once this window is classified.
+        t_close: wall-clock time the window closed (its last frame arrived, or the flush).
+    """
+
+    stream: str
+    index: int
+    num_frames: int
+    frames: tuple[Frame, ...]
+    retire: tuple[int, ...]
+    t_close: float
+
+    @property
+    def padded(self) -> int:
+        """Number of empty frames needed to fill the window up to T."""
+        return self.num_frames - len(self.frames)
+
+    @property
+    def seqs(self) -> tuple[int, ...]:
+        return tuple(f.seq for f in self.frames)
+
+
+class Windower:
+    """Turns one stream's frames into windows.
+
+    Args:
+        stream: stream id put on every window.
+        num_frames: window length T (>= 1).
+        stride: distance S between window starts (>= 1).
+    """
+
+    def __init__(self, *, stream: str, num_frames: int, stride: int) -> None:
+        if num_frames < 1 or stride < 1:
+            raise ValueError(f"window length and stride must be >= 1, got T={num_frames}, S={stride}")
+        self.stream = stream
+        self.num_frames = num_frames
+        self.stride = stride
+        self._buf: deque[Frame] = deque()  # frames from position self._start on
+        self._start = 0  # position of the next window's first frame
+        self._pos = 0  # position the next pushed frame gets
+        self._index = 0
+        self._covered_end = 0  # one past the last position of the last emitted window
+        self._gap: list[int] = []  # seqs in no window (stride > T), retired by the next window
+
+    def push(self, frame: Frame) -> Window | None:
+        """Add the next frame; return the window it completes, if any."""
+        pos = self._pos
+        self._pos += 1
+        if pos < self._start:  # stride > T: between two windows
+            self._gap.append(frame.seq)
+            return None
+        self._buf.append(frame)
+        if pos - self._start + 1 < self.num_frames:
+            return None
+        frames = tuple(self._buf)
+        n_retire = min(self.stride, len(frames))  # the rest is shared with the next window
+        retire = [self._buf.popleft().seq for _ in range(n_retire)]
+        self._covered_end = self._start + self.num_frames
+        self._start += self.stride
+        return self._make(frames, retire)
+
+    def flush(self) -> Window | None:
+        """End of stream: retire every frame still undecided (None if there is none)."""
+        if not self._buf and not self._gap:
+            return None
+        frames = tuple(self._buf)
+        retire = [f.seq for f in frames]
+        self._buf.clear()
+        if self._pos <= self._covered_end:  # all already seen by the last window
+            frames = ()
+        self._covered_end = self._pos
+        return self._make(frames, retire)
+
+    def _make(self, frames: tuple[Frame, ...], retire: list[int]) -> Window:
+        window = Window(
+            stream=self.stream,
+            index=self._index,
+            num_frames=self.num_frames,
+            frames=frames,
+            retire=tuple(self._gap + retire),
+            t_close=time.time(),
+        )
+        self._gap.clear()
+        if frames:
+            self._index += 1
+        return window
