@@ -31,7 +31,82 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- streaming commands (run, subscribe, bench) ---
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
-    pass
+    run = sub.add_parser(
+        "run", help="stream frames through the sampler and classifier (default command)",
+        description="Attach to a stream, pick k frames per window with the sampler, classify them, publish "
+        "predictions and stats. With no arguments: the synthetic source through the bundled demo model, "
+        "printed to the console until Ctrl-C.",
+    )
+    run.add_argument("--config", help="YAML file with run settings (flags override it); see configs/")
+    run.add_argument("--source", action="append", dest="sources", metavar="SPEC",
+                     help="video:PATH | probe:DEVICE|URL | zmq+sub://HOST:PORT | zmq+pull://HOST:PORT | synthetic: "
+                     "(repeat for several streams; default synthetic:)")
+    run.add_argument("--model", help="model file from `das-stream train` (default: bundled demo model)")
+    run.add_argument("--window", type=int, help="window length T (must match the model; default: the model's)")
+    run.add_argument("--stride", type=int, help="frames between window starts (default: the window length)")
+    run.add_argument("--speed", type=float, help="replay speed factor for video: sources (default 1.0)")
+    run.add_argument("--no-pacing", dest="pacing", action="store_const", const=False,
+                     help="replay files as fast as possible instead of at their frame rate")
+    run.add_argument("--loop", action="store_const", const=True, help="replay video: sources forever")
+    run.add_argument("--overload", choices=["auto", "drop_oldest", "block"],
+                     help="when the classifier lags: drop the oldest frames (counted) or block the source "
+                     "(default auto: block for --no-pacing replays, drop_oldest otherwise)")
+    run.add_argument("--frame-queue", type=int, help="frames buffered per stream (default 256)")
+    run.add_argument("--max-batch-windows", type=int, help="most windows per classifier call (default 8)")
+    run.add_argument("--device", help="auto | cpu | cuda[:N] (default auto)")
+    run.add_argument("--engine", choices=["torch", "onnx"], help="classifier backbone engine (default torch)")
+    run.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    run.add_argument("--mqtt", metavar="URL", help="publish to mqtt://[user:pass@]HOST:PORT or mqtts://...")
+    run.add_argument("--topic-prefix", help="MQTT topic prefix (default das): PREFIX/STREAM/prediction|stats")
+    run.add_argument("--qos", type=int, choices=[0, 1, 2], help="MQTT QoS (default 1)")
+    run.add_argument("--client-id", help="MQTT client id (default: fixed per host, for a persistent session)")
+    run.add_argument("--mqtt-buffer", type=int, help="messages kept while the broker is away (default 10000)")
+    run.add_argument("--tls-ca", help="CA file for mqtts://")
+    run.add_argument("--tls-cert", help="client certificate for mqtts://")
+    run.add_argument("--tls-key", help="client key for mqtts://")
+    run.add_argument("--tls-insecure", action="store_const", const=True, help="do not check the broker's hostname")
+    run.add_argument("--jsonl", metavar="PATH", help="also append every message to this JSON-lines file")
+    run.add_argument("--quiet", dest="console", action="store_const", const=False, help="no console output")
+    run.add_argument("--stats-interval", type=float, help="seconds between stats messages (default 5)")
+    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.set_defaults(handler=_cmd_run)
+
+    subscribe = sub.add_parser("subscribe", help="print predictions and stats arriving over MQTT")
+    subscribe.add_argument("--mqtt", metavar="URL", required=True, help="mqtt://[user:pass@]HOST:PORT or mqtts://...")
+    subscribe.add_argument("--topic-prefix", default="das", help="topic prefix (default das)")
+    subscribe.add_argument("--raw", action="store_true", help="print the JSON payloads as they are, one per line")
+    subscribe.add_argument("--duration", type=float, help="stop after this many seconds")
+    subscribe.add_argument("--count", type=int, help="stop after this many messages")
+    subscribe.add_argument("--tls-ca", help="CA file for mqtts://")
+    subscribe.set_defaults(handler=_cmd_subscribe)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from streamer import app
+    from streamer.config import RunConfig
+
+    overrides = {k: getattr(args, k) for k in RunConfig.keys() if hasattr(args, k)}
+    cfg = RunConfig.load(args.config, overrides)
+    summary = app.run(cfg)
+    if summary.errors:
+        print(f"das-stream: error: {summary.errors[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_subscribe(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from sinks.mqtt import MqttSettings
+    from sinks.subscribe import subscribe
+
+    settings = MqttSettings.from_url(args.mqtt, topic_prefix=args.topic_prefix, tls_ca=args.tls_ca)
+    try:
+        asyncio.run(subscribe(settings, duration=args.duration, max_messages=args.count, raw=args.raw))
+    except KeyboardInterrupt:
+        pass
+    return 0
 # --- end streaming commands ---
 
 

@@ -1,0 +1,104 @@
+"""Builds a pipeline from a validated :class:`RunConfig` and runs it until the sources end or a signal."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from sampler.model import SampledClassifier
+from sinks.console import ConsoleSink
+from sinks.jsonl import JsonlSink
+from sinks.mqtt import MqttSettings, MqttSink
+from sources.spec import parse_source
+
+from .config import ConfigError, RunConfig
+from .inference import InferenceEngine
+from .pipeline import Pipeline, PipelineSettings, RunSummary
+
+log = logging.getLogger(__name__)
+
+
+def demo_model_path() -> Path:
+    """The small DAS model bundled with the package (trained on the synthetic generator)."""
+    return Path(str(resources.files("streamer") / "assets" / "demo.pt"))
+
+
+def load_model(cfg: RunConfig) -> SampledClassifier:
+    path = Path(cfg.model) if cfg.model else demo_model_path()
+    model = SampledClassifier.load(path)
+    if cfg.window is not None and cfg.window != model.config.num_frames:
+        raise ConfigError(
+            f"window={cfg.window} but model {path.name} was trained on windows of "
+            f"{model.config.num_frames} frames; drop --window or retrain with that length"
+        )
+    return model
+
+
+def build_sources(cfg: RunConfig, *, size: int) -> list:
+    sources = [parse_source(spec, speed=cfg.speed, pacing=cfg.pacing, loop=cfg.loop, gray=True, size=size)
+               for spec in cfg.sources]
+    seen: dict[str, int] = {}
+    for src in sources:  # several sources of the same kind: make the stream ids unique
+        n = seen.get(src.name, 0)
+        seen[src.name] = n + 1
+        if n:
+            src.name = f"{src.name}-{n}"
+    return sources
+
+
+def overload_policy(cfg: RunConfig) -> str:
+    if cfg.overload != "auto":
+        return cfg.overload
+    return "drop_oldest" if cfg.pacing else "block"
+
+
+def build_sinks(cfg: RunConfig) -> list:
+    sinks: list = []
+    if cfg.console:
+        sinks.append(ConsoleSink())
+    if cfg.jsonl:
+        sinks.append(JsonlSink(cfg.jsonl))
+    if cfg.mqtt:
+        settings = MqttSettings.from_url(
+            cfg.mqtt, topic_prefix=cfg.topic_prefix, client_id=cfg.client_id, qos=cfg.qos,
+            buffer_size=cfg.mqtt_buffer, tls_ca=cfg.tls_ca, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
+            tls_insecure=cfg.tls_insecure,
+        )
+        sinks.append(MqttSink(settings))
+    return sinks
+
+
+def build_pipeline(cfg: RunConfig) -> Pipeline:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = load_model(cfg)
+    engine = InferenceEngine(model, device=cfg.device, engine=cfg.engine)
+    policy = overload_policy(cfg)
+    sources = build_sources(cfg, size=model.config.input_size)
+    settings = PipelineSettings(
+        stride=cfg.stride or model.config.num_frames, frame_queue=cfg.frame_queue, window_queue=cfg.window_queue,
+        max_batch_windows=cfg.max_batch_windows, stats_interval=cfg.stats_interval, duration=cfg.duration,
+    )
+    return Pipeline(sources=[(s, policy) for s in sources], engine=engine, sinks=build_sinks(cfg), settings=settings)
+
+
+async def run_pipeline(pipeline: Pipeline) -> RunSummary:
+    """Run with SIGINT/SIGTERM wired to a clean stop (flush, final stats, exit 0)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, pipeline.stop)
+    try:
+        return await pipeline.run()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def run(cfg: RunConfig) -> RunSummary:
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pipeline = build_pipeline(cfg)
+    return asyncio.run(run_pipeline(pipeline))

@@ -1,0 +1,249 @@
+"""Window inference: sampler picks k frames, the backbone embeds only those, pooling + head classify.
+
+Everything here is blocking and runs in one worker thread (the pipeline calls
+:meth:`InferenceEngine.process` through ``asyncio.to_thread``). Per frame it keeps, keyed by
+``(stream, seq)``:
+
+- a gray copy at the sampler's feature resolution, made the first time a window holds the frame;
+- the backbone embedding, computed the first time a window *picks* the frame.
+
+So with overlapping windows no frame is resized or embedded twice. Entries are evicted when the
+window that retires the frame has been processed.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from sampler.errors import SamplerError
+from sampler.model import SampledClassifier
+
+from .window import Window
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """What the model said about one window.
+
+    Attributes:
+        window: the window.
+        selected: sequence numbers of the real frames the sampler picked, ascending.
+        probs: class probabilities, in the model's class order.
+        backbone_calls: frames embedded for this window (picked frames not already cached).
+    """
+
+    window: Window
+    selected: tuple[int, ...]
+    probs: tuple[float, ...]
+    backbone_calls: int
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SamplerError(f"device {device!r} requested but torch sees no CUDA GPU; use --device cpu or auto")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise SamplerError(f"unknown device {device!r}; use auto, cpu or cuda[:N]")
+    return torch.device(device)
+
+
+def to_gray(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 3:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return image
+
+
+def resize_gray(image: np.ndarray, size: int) -> np.ndarray:
+    """Gray uint8 copy at size x size (a view of the input when it already fits)."""
+    gray = to_gray(image)
+    if gray.shape == (size, size):
+        return gray
+    return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
+
+
+class TorchEmbedder:
+    """The classifier's backbone in eager PyTorch (CUDA autocast when on a GPU)."""
+
+    name = "torch"
+
+    def __init__(self, model: SampledClassifier, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> torch.Tensor:
+        """Embed gray uint8 frames (N, S, S) -> float32 (N, E) on the CPU."""
+        x = torch.from_numpy(batch).unsqueeze(1).to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                emb = self.model.classifier.embed(x)
+        else:
+            emb = self.model.classifier.embed(x)
+        return emb.float().cpu()
+
+
+class _EmbedGraph(torch.nn.Module):
+    """uint8 (N, 1, S, S) -> embeddings, the graph exported to ONNX."""
+
+    def __init__(self, classifier: torch.nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.embed(x)
+
+
+class OnnxEmbedder:
+    """The same backbone exported once to ONNX and run with onnxruntime (CPU or CUDA provider)."""
+
+    name = "onnx"
+
+    def __init__(self, model: SampledClassifier, device: torch.device, *, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # an optional dependency
+            raise SamplerError("--engine onnx needs onnxruntime; install it with: pip install 'das-stream[onnx]'") from exc
+        size = model.config.input_size
+        graph = _EmbedGraph(model.classifier).eval()
+        dummy = torch.zeros(2, 1, size, size, dtype=torch.uint8)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "embed.onnx"
+            torch.onnx.export(
+                graph, (dummy,), str(path), dynamo=False, input_names=["frames"], output_names=["embedding"],
+                dynamic_axes={"frames": {0: "n"}, "embedding": {0: "n"}}, opset_version=17,
+            )
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads or torch.get_num_threads()
+            providers = ["CPUExecutionProvider"]
+            if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+                providers.insert(0, "CUDAExecutionProvider")
+            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        self.providers = self.session.get_providers()
+
+    def __call__(self, batch: np.ndarray) -> torch.Tensor:
+        (emb,) = self.session.run(None, {"frames": np.ascontiguousarray(batch[:, None])})
+        return torch.from_numpy(emb)
+
+
+class InferenceEngine:
+    """Runs a :class:`SampledClassifier` on windows, embedding each frame at most once.
+
+    Args:
+        model: the trained model (put in eval mode here).
+        device: "auto", "cpu" or "cuda[:N]".
+        engine: "torch" (eager) or "onnx" (backbone through onnxruntime).
+        max_embed_batch: most frames per backbone call.
+    """
+
+    def __init__(self, model: SampledClassifier, *, device: str = "auto", engine: str = "torch",
+                 max_embed_batch: int = 64) -> None:
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
+        cfg = model.config
+        self.num_frames = cfg.num_frames
+        self.k = cfg.k
+        self.feature_size = cfg.feature_size
+        self.input_size = cfg.input_size
+        self.class_names = tuple(cfg.class_names)
+        self.model_name = f"{cfg.name} ({cfg.method})"
+        if engine == "torch":
+            self.embedder: TorchEmbedder | OnnxEmbedder = TorchEmbedder(self.model, self.device)
+        elif engine == "onnx":
+            self.embedder = OnnxEmbedder(self.model, self.device)
+        else:
+            raise SamplerError(f"unknown engine {engine!r}; use torch or onnx")
+        self.max_embed_batch = max_embed_batch
+        self._small: dict[Key, np.ndarray] = {}
+        self._emb: dict[Key, torch.Tensor] = {}
+
+    @property
+    def cached(self) -> int:
+        """Frames currently holding a cached embedding (for memory checks)."""
+        return len(self._emb)
+
+    def _small_copy(self, stream: str, frame) -> np.ndarray:
+        key = (stream, frame.seq)
+        small = self._small.get(key)
+        if small is None:
+            small = self._small[key] = resize_gray(frame.image, self.feature_size)
+        return small
+
+    @torch.inference_mode()
+    def process(self, windows: list[Window]) -> list[WindowResult]:
+        """Classify a batch of windows (any streams). Blocking; call from a worker thread."""
+        todo = [w for w in windows if w.frames]
+        results: dict[int, WindowResult] = {}
+        if todo:
+            for w, res in zip(todo, self._classify(todo)):
+                results[id(w)] = res
+        out = []
+        for w in windows:
+            res = results.get(id(w)) or WindowResult(window=w, selected=(), probs=(), backbone_calls=0)
+            out.append(res)
+            for seq in w.retire:
+                self._small.pop((w.stream, seq), None)
+                self._emb.pop((w.stream, seq), None)
+        return out
+
+    def _classify(self, windows: list[Window]) -> list[WindowResult]:
+        B, T, fs = len(windows), self.num_frames, self.feature_size
+        small = np.zeros((B, T, fs, fs), np.uint8)
+        valid = torch.zeros(B, T, dtype=torch.bool)
+        for b, w in enumerate(windows):
+            for t, frame in enumerate(w.frames):
+                small[b, t] = self._small_copy(w.stream, frame)
+            valid[b, : len(w.frames)] = True
+        x = torch.from_numpy(small).unsqueeze(2).to(self.device).float().div_(255.0)
+        sel = self.model.sampler.select(x, valid.to(self.device))
+        indices = sel.indices.cpu().numpy()
+
+        # Embed the picked real frames that have no embedding yet, in as few backbone calls as possible.
+        new: dict[Key, np.ndarray] = {}
+        calls_by_window = [0] * B
+        for b, w in enumerate(windows):
+            for t in indices[b]:
+                if t < len(w.frames):
+                    key = (w.stream, w.frames[t].seq)
+                    if key not in self._emb and key not in new:
+                        new[key] = resize_gray(w.frames[t].image, self.input_size)
+                        calls_by_window[b] += 1
+        keys = list(new)
+        for i in range(0, len(keys), self.max_embed_batch):
+            chunk = keys[i : i + self.max_embed_batch]
+            emb = self.embedder(np.stack([new[k] for k in chunk]))
+            for key, e in zip(chunk, emb):
+                self._emb[key] = e
+
+        emb_dim = next(iter(self._emb.values())).shape[-1] if self._emb else 0
+        picked = torch.zeros(B, self.k, emb_dim)
+        mask = torch.zeros(B, self.k, dtype=torch.bool)
+        selected: list[tuple[int, ...]] = []
+        for b, w in enumerate(windows):
+            seqs = []
+            for j, t in enumerate(indices[b]):
+                if t < len(w.frames):
+                    key = (w.stream, w.frames[t].seq)
+                    picked[b, j] = self._emb[key]
+                    mask[b, j] = True
+                    seqs.append(key[1])
+            selected.append(tuple(seqs))
+        logits = self.model.classifier.classify(picked.to(self.device), mask.to(self.device))
+        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        return [
+            WindowResult(window=w, selected=selected[b], probs=tuple(float(p) for p in probs[b]),
+                         backbone_calls=calls_by_window[b])
+            for b, w in enumerate(windows)
+        ]
+

@@ -1,0 +1,45 @@
+import pytest
+
+from sampler.errors import ConfigError
+from streamer.config import RunConfig
+
+CONFIGS = ["configs/replay_video.yaml", "configs/probe_udp.yaml", "configs/zmq_feed.yaml"]
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_shipped_configs_validate(path):
+    cfg = RunConfig.load(path)
+    assert cfg.sources and all(":" in s for s in cfg.sources)
+
+
+def test_flags_override_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("sources: [synthetic:]\nstride: 4\nqos: 0\n")
+    cfg = RunConfig.load(f, {"stride": 8, "qos": None, "sources": ["video:x.mp4"]})
+    assert cfg.stride == 8 and cfg.qos == 0 and cfg.sources == ("video:x.mp4",)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("strid: 4\n", "unknown key 'strid'"),
+    ("stride: 0\n", "stride must be >= 1"),
+    ("stride: four\n", "stride must be an integer"),
+    ("overload: drop_newest\n", "overload must be one of"),
+    ("pacing: 3\n", "pacing must be true or false"),
+    ("sources: []\n", "no source given"),
+    ("- a\n- b\n", "must hold a mapping"),
+    ("stride: [\n", "is not valid YAML"),
+])
+def test_bad_config_one_line_error_names_key_and_file(tmp_path, text, needle):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        RunConfig.load(f)
+    msg = str(err.value)
+    assert needle in msg and "\n" not in msg
+    if "mapping" not in needle and "YAML" not in needle:
+        assert str(f) in msg
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        RunConfig.load(tmp_path / "nope.yaml")
