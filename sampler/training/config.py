@@ -1,0 +1,352 @@
+"""Experiment settings: one validated, frozen object built from a YAML file plus overrides.
+
+A config file has four sections (all optional except ``data``) and a ``name``::
+
+    name: adrenalmnist3d
+    data:  {kind: medmnist3d, path: ../shared/data/medmnist3d/adrenalmnist3d.npz}
+    model: {method: das, keep: 0.5, feature_size: 28, input_size: 64}
+    train: {epochs: 60, patience: 10, batch_size: 16, lr: 1.0e-4, seed: 0}
+    grid:  {methods: [full, random, uniform, dps, adps, das], seeds: [0, 1, 2], keeps: [0.5]}
+
+Overrides are dotted keys, ``train.lr=3e-4``; values are read as YAML (``grid.keeps=[0.25,0.5]``).
+Relative paths are relative to the working directory. Unknown keys and bad values raise
+:class:`~sampler.errors.ConfigError` naming the key and the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+METHODS = ("full", "random", "uniform", "dps", "adps", "das")
+DATA_KINDS = ("medmnist3d", "videos", "synthetic")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the samples come from and how they are shaped.
+
+    Args:
+        kind: ``medmnist3d`` (official npz, T = depth), ``videos`` (CSV index + folder) or
+            ``synthetic`` (clips from ``sources.synthetic``).
+        path: the npz file (medmnist3d) or the CSV index (videos).
+        root: folder the CSV's paths are relative to; default the CSV's own folder.
+        path_column, label_column: CSV columns holding the video path and its class.
+        classes: videos: the classes to keep, in label order (default: all, sorted).
+        crop_file: videos: optional JSON ``{path: [[top, left, size], [start, end]]}`` (the
+            upstream POCUS ``crop.json`` layout); videos without an entry are used whole.
+        fps: videos: every video is resampled to this frame rate.
+        size: videos/synthetic: frames are resized to size x size.
+        num_frames: videos/synthetic: T. Shorter videos are padded with empty frames.
+        long_videos: videos longer than T: ``cut`` keeps the first T frames (the time scale
+            stays the same for every video), ``subsample`` spreads T frames over the video.
+        split: videos/synthetic: train/val/test fractions (by video, stratified).
+        split_seed: the seed of that split, fixed across training seeds.
+        cache_dir: decoded videos are cached here (outside the repo), keyed by the settings.
+        synthetic_counts: clips per split for ``synthetic``.
+    """
+
+    kind: str = "medmnist3d"
+    path: str = ""
+    root: str | None = None
+    path_column: str = "path"
+    label_column: str = "class_from_prefix"
+    classes: tuple[str, ...] | None = None
+    crop_file: str | None = None
+    fps: float = 10.0
+    size: int = 64
+    num_frames: int = 16
+    long_videos: str = "cut"
+    split: tuple[float, ...] = (0.6, 0.2, 0.2)
+    split_seed: int = 0
+    cache_dir: str = "~/.cache/das-stream"
+    synthetic_counts: tuple[int, ...] = (512, 128, 128)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The model to train (see ``sampler.model.ModelConfig``).
+
+    Args:
+        method: one of full, random, uniform, dps, adps, das.
+        keep: keep ratio k/T; ignored by ``full`` (k = T).
+        feature_size: resolution of the sampler's per-frame features.
+        input_size: resolution the classifier's backbone sees.
+        backbone_weights: ``none``, ``auto`` (ImageNet if available, else random init) or a path.
+        sampler: extra keyword arguments for the sampler (e.g. temperature).
+    """
+
+    method: str = "das"
+    keep: float = 0.5
+    feature_size: int = 64
+    input_size: int = 64
+    backbone_weights: str = "auto"
+    sampler: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation and bookkeeping.
+
+    Args:
+        epochs: maximum epochs.
+        patience: stop after this many epochs without a lower validation loss.
+        batch_size: training batch size (the paper: 16).
+        lr: Adam learning rate (the paper: 1e-4).
+        seed: seeds python, numpy, torch and the data order.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        threads: torch CPU threads; 0 keeps torch's default.
+        class_weights: ``balanced`` weighs the loss by inverse class frequency, ``none`` does not.
+        eval_batch_size: batch size for validation and test.
+        out: folder for run outputs.
+        progress: show a progress bar per epoch.
+    """
+
+    epochs: int = 60
+    patience: int = 10
+    batch_size: int = 16
+    lr: float = 1e-4
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    class_weights: str = "balanced"
+    eval_batch_size: int = 64
+    out: str = "runs"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """The grid ``compare`` runs: every method x seed x keep ratio (``full`` once per seed)."""
+
+    methods: tuple[str, ...] = METHODS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    keeps: tuple[float, ...] = (0.5,)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything one experiment needs; ``source`` names the file it came from (for messages)."""
+
+    name: str
+    data: DataConfig
+    model: ModelSettings = field(default_factory=ModelSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    grid: GridSettings = field(default_factory=GridSettings)
+    source: str = "<defaults>"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A YAML-safe dict that :func:`config_from_dict` reads back (``source`` left out)."""
+        d = _plain(dataclasses.asdict(self))
+        d.pop("source")
+        return d
+
+    def replace(self, **sections: Any) -> ExperimentConfig:
+        """A copy with whole sections or single section fields replaced, e.g.
+        ``cfg.replace(model={"method": "das"}, train={"seed": 1})``."""
+        changes = {}
+        for name, value in sections.items():
+            current = getattr(self, name)
+            changes[name] = dataclasses.replace(current, **value) if isinstance(value, Mapping) else value
+        return dataclasses.replace(self, **changes)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelSettings,
+    "train": TrainSettings,
+    "grid": GridSettings,
+}
+
+
+def load_config(path: str | Path, *, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment file and apply ``section.key=value`` overrides.
+
+    Raises:
+        ConfigError: missing/unparsable file, unknown key or bad value (naming the key and file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; pass an existing YAML file, e.g. configs/train_adrenal28.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
+        raise ConfigError(f"config file {path} is not valid YAML ({first}); fix the syntax") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping with sections data, model, train, grid")
+    return config_from_dict(raw, source=str(path), overrides=overrides)
+
+
+def config_from_dict(
+    raw: Mapping[str, Any], *, source: str = "<dict>", overrides: Sequence[str] = ()
+) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from nested mappings plus overrides."""
+    tree: dict[str, Any] = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
+    overridden = set()
+    for item in overrides:
+        key, value = _parse_override(item)
+        overridden.add(key)
+        section, _, name = key.partition(".")
+        if not name:
+            if section != "name":
+                raise ConfigError(f"override {item!r}: use section.key=value (sections: {', '.join(SECTIONS)}) or name=...")
+            tree["name"] = value
+            continue
+        if section not in SECTIONS:
+            raise ConfigError(f"override {item!r}: unknown section {section!r}; use one of {', '.join(SECTIONS)}")
+        tree.setdefault(section, {})
+        if not isinstance(tree[section], dict):
+            raise ConfigError(f"section {section!r} in {source} must be a mapping")
+        tree[section][name] = value
+    unknown = set(tree) - set(SECTIONS) - {"name"}
+    if unknown:
+        raise ConfigError(
+            f"unknown key {sorted(unknown)[0]!r} in {source}; top-level keys are name, {', '.join(SECTIONS)}"
+        )
+    if "data" not in tree:
+        raise ConfigError(f"config {source} has no 'data' section; add data: {{kind: ..., path: ...}}")
+    where = _Origin(source=source, overridden=frozenset(overridden))
+    sections = {name: _build_section(name, cls, tree.get(name, {}), where) for name, cls in SECTIONS.items()}
+    name = tree.get("name") or Path(sections["data"].path).stem or sections["data"].kind
+    if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"name {name!r} in {source} must be letters, digits, '-' or '_' (it names output files)")
+    config = ExperimentConfig(name=name, source=source, **sections)
+    _validate(config, where)
+    return config
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Says where a key's value came from, for error messages."""
+
+    source: str
+    overridden: frozenset[str]
+
+    def __call__(self, key: str) -> str:
+        return f"{key} (set on the command line)" if key in self.overridden else f"{key} in {self.source}"
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=3e-4")
+    return key.strip(), _parse_scalar(text)
+
+
+def _parse_scalar(text: str) -> Any:
+    """A flag's text read as YAML (numbers, booleans, lists, null); plain text if it is not YAML."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text.strip()
+
+
+def _build_section(name: str, cls: type, values: Any, where: _Origin) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"section {name!r} in {where.source} must be a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown key {where(f'{name}.{key}')}; known keys in {name}: {', '.join(sorted(known))}"
+            )
+        kwargs[key] = _coerce(value, hints[key], where(f"{name}.{key}"))
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check ``value`` against a field's type hint; ints become floats and lists tuples.
+
+    ``key`` names the key and where it came from, for the error message.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is tuple:
+        if isinstance(value, str):  # "a,b" from a flag
+            value = [_parse_scalar(v) for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], key) for v in value)
+    if origin is not None and issubclass(origin, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # programming error
+
+
+def _validate(c: ExperimentConfig, where: _Origin) -> None:
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"{where(key)} {what}")
+
+    d, m, t, g = c.data, c.model, c.train, c.grid
+    need(d.kind in DATA_KINDS, "data.kind", f"must be one of {', '.join(DATA_KINDS)}, got {d.kind!r}")
+    need(d.kind == "synthetic" or bool(d.path), "data.path", "is required for kind " + d.kind)
+    need(d.long_videos in ("cut", "subsample"), "data.long_videos", f"must be cut or subsample, got {d.long_videos!r}")
+    need(d.fps > 0, "data.fps", f"must be > 0, got {d.fps}")
+    need(d.size >= 8, "data.size", f"must be >= 8 pixels, got {d.size}")
+    need(d.num_frames >= 2, "data.num_frames", f"must be >= 2, got {d.num_frames}")
+    need(
+        len(d.split) == 3 and all(0 < f < 1 for f in d.split) and abs(sum(d.split) - 1) < 1e-6,
+        "data.split",
+        f"must be three fractions in (0, 1) summing to 1 (train, val, test), got {list(d.split)}",
+    )
+    need(len(d.synthetic_counts) == 3 and min(d.synthetic_counts) >= 2, "data.synthetic_counts", "must be three counts >= 2")
+    need(d.classes is None or len(set(d.classes)) == len(d.classes) >= 2, "data.classes", "must list at least two distinct classes")
+    for key, method in [("model.method", m.method), *(("grid.methods", x) for x in g.methods)]:
+        need(method in METHODS, key, f"must be one of {', '.join(METHODS)}, got {method!r}")
+    for key, keep in [("model.keep", m.keep), *(("grid.keeps", x) for x in g.keeps)]:
+        need(0 < keep <= 1, key, f"must be a keep ratio in (0, 1], got {keep}")
+    need(len(g.methods) > 0 and len(g.seeds) > 0 and len(g.keeps) > 0, "grid", "needs at least one method, seed and keep")
+    need(m.feature_size >= 8 and m.input_size >= 32, "model.feature_size/input_size", "must be >= 8 and >= 32 pixels")
+    need(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
+    need(t.patience >= 1, "train.patience", f"must be >= 1, got {t.patience}")
+    need(t.batch_size >= 1 and t.eval_batch_size >= 1, "train.batch_size", "must be >= 1")
+    need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
+    need(t.device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got {t.device!r}")
+    need(t.threads >= 0, "train.threads", f"must be >= 0, got {t.threads}")
+    need(t.class_weights in ("balanced", "none"), "train.class_weights", f"must be balanced or none, got {t.class_weights!r}")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

@@ -1,0 +1,231 @@
+"""Run results, the per-dataset summary (CSV, markdown table, AUC figure) and the selection figure.
+
+Figures use matplotlib's object API (no pyplot), so nothing here touches global GUI state.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from ..errors import DataError
+from .config import METHODS
+from .metrics import Scores, mean_std
+
+SUMMARY_COLUMNS = ("dataset", "method", "keep", "auc_mean", "auc_std", "acc_mean", "acc_std")
+METHOD_LABELS = {"full": "Full", "random": "Random", "uniform": "Uniform", "dps": "DPS", "adps": "ADPS", "das": "DAS"}
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one training run produced (``result.json`` in its folder).
+
+    Attributes:
+        dataset, method, keep, seed: what was run; keep is 1.0 for ``full``.
+        k, num_frames: frames kept per window and window length T.
+        val, test: scores of the best-validation weights.
+        val_loss: the best validation loss (the early-stopping criterion).
+        best_epoch, epochs_run: 1-based epoch of the kept weights, epochs actually trained.
+        unique_frames: mean distinct frames picked per test window.
+        train_seconds: wall-clock time of training (all epochs, validation included).
+        device: where it ran.
+    """
+
+    dataset: str
+    method: str
+    keep: float
+    seed: int
+    k: int
+    num_frames: int
+    val: Scores
+    test: Scores
+    val_loss: float
+    best_epoch: int
+    epochs_run: int
+    unique_frames: float
+    train_seconds: float
+    device: str
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> RunResult:
+        try:
+            raw: dict[str, Any] = json.loads(Path(path).read_text())
+            raw["val"], raw["test"] = Scores(**raw["val"]), Scores(**raw["test"])
+            return cls(**raw)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise DataError(f"result file {path} is unreadable ({exc}); delete it so the run is redone") from None
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """Mean and sample standard deviation over seeds for one method and keep ratio."""
+
+    dataset: str
+    method: str
+    keep: float
+    auc_mean: float
+    auc_std: float
+    acc_mean: float
+    acc_std: float
+    runs: int
+    train_seconds: float
+
+
+def summarize(results: Sequence[RunResult]) -> list[SummaryRow]:
+    """Group runs by (dataset, method, keep), in the paper's method order."""
+    groups: dict[tuple[str, str, float], list[RunResult]] = {}
+    for r in results:
+        groups.setdefault((r.dataset, r.method, r.keep), []).append(r)
+    rows = []
+    for (dataset, method, keep), runs in groups.items():
+        auc_mean, auc_std = mean_std([r.test.auc for r in runs])
+        acc_mean, acc_std = mean_std([r.test.acc for r in runs])
+        seconds = sum(r.train_seconds for r in runs)
+        rows.append(SummaryRow(dataset, method, keep, auc_mean, auc_std, acc_mean, acc_std, len(runs), seconds))
+    return sorted(rows, key=lambda r: (r.dataset, METHODS.index(r.method), r.keep))
+
+
+def write_summary_csv(rows: Sequence[SummaryRow], path: Path) -> None:
+    """The per-dataset summary: ``dataset, method, keep, auc_mean, auc_std, acc_mean, acc_std``."""
+    with Path(path).open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SUMMARY_COLUMNS)
+        for r in rows:
+            writer.writerow([r.dataset, r.method, f"{r.keep:g}", *(f"{getattr(r, c):.4f}" for c in SUMMARY_COLUMNS[3:])])
+
+
+def markdown_table(rows: Sequence[SummaryRow]) -> str:
+    """Table 1 layout (a row per dataset and keep ratio, AUC / balanced accuracy per method),
+    then one line per method with seeds and training time."""
+    methods = [m for m in METHODS if any(r.method == m for r in rows)]
+    full = {r.dataset: r for r in rows if r.method == "full"}
+    keeps = sorted({r.keep for r in rows if r.method != "full"}) or [1.0]
+    lines = [
+        "| Dataset | keep | " + " | ".join(METHOD_LABELS[m] for m in methods) + " |",
+        "|---|---|" + "---|" * len(methods),
+    ]
+    for dataset in sorted({r.dataset for r in rows}):
+        for keep in keeps:
+            cells = []
+            for m in methods:
+                match = full.get(dataset) if m == "full" else _find(rows, dataset, m, keep)
+                cells.append(_cell(match) if match else "-")
+            lines.append(f"| {dataset} | {keep:.0%} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Cells: test ROC AUC / balanced accuracy (%), mean ± sample std over seeds. Full keeps every frame.",
+        "",
+        "| Dataset | Method | keep | AUC | Balanced acc. (%) | seeds | training time (total) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.dataset} | {METHOD_LABELS[r.method]} | {r.keep:.0%} | {r.auc_mean:.3f} ± {r.auc_std:.3f} | "
+            f"{r.acc_mean:.1f} ± {r.acc_std:.1f} | {r.runs} | {_duration(r.train_seconds)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _find(rows: Sequence[SummaryRow], dataset: str, method: str, keep: float) -> SummaryRow | None:
+    return next((r for r in rows if r.dataset == dataset and r.method == method and math.isclose(r.keep, keep)), None)
+
+
+def _cell(r: SummaryRow) -> str:
+    return f"{r.auc_mean:.3f} ± {r.auc_std:.3f} / {r.acc_mean:.1f} ± {r.acc_std:.1f}"
+
+
+def _duration(seconds: float) -> str:
+    minutes = seconds / 60
+    return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+
+
+def plot_auc(rows: Sequence[SummaryRow], path: Path, *, title: str) -> None:
+    """Bar chart of test AUC per method (error bars: std over seeds), one bar group per keep ratio."""
+    methods = [m for m in METHODS if any(r.method == m for r in rows)]
+    keeps = sorted({r.keep for r in rows if r.method != "full"}) or [1.0]
+    fig = Figure(figsize=(1.3 * len(methods) + 2, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / len(keeps)
+    for j, keep in enumerate(keeps):
+        xs, means, stds = [], [], []
+        for i, m in enumerate(methods):
+            r = next((r for r in rows if r.method == m), None) if m == "full" else _find(rows, rows[0].dataset, m, keep)
+            if r is not None:
+                xs.append(i + (j - (len(keeps) - 1) / 2) * width)
+                means.append(r.auc_mean)
+                stds.append(r.auc_std)
+        ax.bar(xs, means, width=width * 0.95, yerr=stds, capsize=3, label=f"keep {keep:.0%}")
+    ax.set_xticks(range(len(methods)), [METHOD_LABELS[m] for m in methods])
+    ax.set_ylabel("test ROC AUC")
+    ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+    low = min(r.auc_mean - r.auc_std for r in rows)
+    ax.set_ylim(max(0.0, min(0.45, low - 0.05)), 1.0)
+    ax.set_title(title)
+    if len(keeps) > 1:
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+
+
+def plot_selection(
+    *,
+    indices: np.ndarray,
+    valid: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    clips: np.ndarray,
+    path: Path,
+    title: str,
+    samples_per_class: int = 1,
+) -> None:
+    """Which positions the sampler picks across a split, and the picks for a few clips.
+
+    Args:
+        indices: (N, k) picked positions per clip.
+        valid: (N, T) validity masks.
+        labels: (N,) class indices.
+        class_names: label names.
+        clips: (N, T, H, W) uint8 frames (only the shown samples are read).
+        path: PNG to write.
+        title: figure title.
+        samples_per_class: clips shown per class (the first of each class).
+    """
+    n, t = valid.shape
+    picked = np.zeros((n, t), dtype=bool)
+    np.put_along_axis(picked, indices, True, axis=1)
+    rows = [("all", np.ones(n, dtype=bool))] + [(name, labels == c) for c, name in enumerate(class_names)]
+    rows = [(name, mask) for name, mask in rows if mask.any()]
+    heat = np.stack([picked[mask].mean(axis=0) for _, mask in rows])
+    shown = [i for c in range(len(class_names)) for i in np.flatnonzero(labels == c)[:samples_per_class]]
+
+    fig = Figure(figsize=(max(6.0, 0.32 * t + 1.5), 1.2 + 0.35 * len(rows) + 0.75 * len(shown)), layout="constrained")
+    grid = fig.add_gridspec(1 + len(shown), 1, height_ratios=[0.35 * len(rows) + 0.6] + [0.75] * len(shown))
+    ax = fig.add_subplot(grid[0])
+    im = ax.imshow(heat, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks(range(len(rows)), [f"{name} ({mask.sum()})" for name, mask in rows])
+    ax.set_xlabel("frame / slice position")
+    ax.set_title(f"{title}: fraction of windows picking each position")
+    fig.colorbar(im, ax=ax, fraction=0.02)
+    for row, i in enumerate(shown, start=1):
+        frames = clips[i].astype(np.float32) / 255.0
+        strip = np.where(picked[i][:, None, None], frames, frames * 0.25)
+        strip[~valid[i]] = 0.0
+        ax = fig.add_subplot(grid[row])
+        ax.imshow(np.concatenate(list(strip), axis=1), cmap="gray", vmin=0, vmax=1, aspect="equal")
+        h, w = frames.shape[1:]
+        for p in np.flatnonzero(picked[i]):
+            ax.add_patch(Rectangle((p * w - 0.5, -0.5), w, h, fill=False, edgecolor="orange", linewidth=0.8))
+        ax.set_axis_off()
+        ax.set_title(f"{class_names[labels[i]]}: picked (bright, boxed) {sorted(set(indices[i].tolist()))}", fontsize=7, loc="left")
+    fig.savefig(path, dpi=110)
+
