@@ -1,0 +1,195 @@
+"""The baselines of the DAS paper, behind the same interface as :class:`sampler.das.DASSampler`.
+
+- :class:`FullSampler`: every frame (k = T).
+- :class:`UniformSampler`: k equidistant frames.
+- :class:`RandomSampler`: k distinct frames uniformly at random.
+- :class:`DPSSampler`: Deep Probabilistic Subsampling (Huijben et al., ICLR 2020), one learned
+  logit per frame position shared by all inputs, Gumbel top-k.
+- :class:`ADPSSampler`: Active DPS (Van Gorp et al., ICML 2021), k sequential picks steered by
+  an LSTM that sees what was picked so far.
+
+All of them prefer valid frames: padded (``valid=False``) or empty frames are picked only when
+fewer than k valid frames exist.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Sampler, SamplerOutput, check_window
+from .das import FrameDescriptor, mlp
+from .errors import SamplerError
+from .features import frame_validity
+from .gumbel import gumbel_like, in_temporal_order, penalize_invalid, select_row, select_without_replacement, top_k_priority
+
+
+class FullSampler(Sampler):
+    """All T frames, in order (the upper bound in accuracy and in cost).
+
+    Args:
+        num_frames: T.
+        k: must be T when given (it exists so every sampler is built the same way).
+    """
+
+    def __init__(self, *, num_frames: int, k: int | None = None) -> None:
+        if k is not None and k != num_frames:
+            raise SamplerError(f"FullSampler keeps every frame, so k must equal num_frames={num_frames}, got k={k}; use k={num_frames}")
+        super().__init__(num_frames, num_frames)
+
+    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
+        check_window(x, self.num_frames, valid)
+        b, t = x.shape[:2]
+        indices = torch.arange(t, device=x.device).expand(b, t)
+        matrix = torch.eye(t, device=x.device).expand(b, t, t)
+        return SamplerOutput(matrix=matrix, indices=indices)
+
+
+class UniformSampler(Sampler):
+    """k equidistant frames: the middles of k equal segments of the valid frames.
+
+    With n valid frames (n >= k), pick j is the valid frame of rank floor((2j + 1) n / 2k).
+    """
+
+    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
+        check_window(x, self.num_frames, valid)
+        usable = frame_validity(x, valid)
+        rank = usable.long().cumsum(dim=1) - 1  # rank of each valid frame among the valid ones
+        count = usable.sum(dim=1, keepdim=True)
+        j = torch.arange(self.k, device=x.device)
+        targets = torch.div((2 * j + 1) * count, 2 * self.k, rounding_mode="floor")  # (B, k)
+        hit = usable & (rank.unsqueeze(2) == targets.unsqueeze(1)).any(dim=2)
+        position = torch.arange(self.num_frames, device=x.device) / self.num_frames  # earlier wins ties
+        return top_k_priority(2.0 * hit + usable.float() - 0.5 * position, self.k)
+
+
+class RandomSampler(Sampler):
+    """k distinct frames uniformly at random among the valid ones, in train and eval mode.
+
+    Args:
+        num_frames: T.
+        k: frames to pick.
+        seed: seed of the sampler's own random generator (reproducible picks); None uses
+            torch's global generator.
+    """
+
+    def __init__(self, *, num_frames: int, k: int, seed: int | None = None) -> None:
+        super().__init__(num_frames, k)
+        self.seed = seed
+        self._generator = None if seed is None else torch.Generator().manual_seed(int(seed))
+
+    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
+        check_window(x, self.num_frames, valid)
+        usable = frame_validity(x, valid)
+        noise = torch.rand(usable.shape, generator=self._generator).to(x.device)
+        return top_k_priority(noise + 2.0 * usable.float(), self.k)
+
+
+class DPSSampler(Sampler):
+    """Deep Probabilistic Subsampling with the top-k relaxation (Huijben et al., ICLR 2020).
+
+    One learned logit per frame position, shared by all inputs (content-agnostic). Training adds
+    one Gumbel draw per window and frame, takes the top-k of the perturbed logits, and relaxes
+    row j as a softmax over the frames not picked by rows < j, at a constant temperature
+    (straight-through). Eval mode picks the top-k logits. The official code trains the logits
+    with a larger learning rate (10x); :meth:`sampler.model.SampledClassifier.param_groups`
+    applies ``logit_lr_multiplier``.
+
+    Args:
+        num_frames: T.
+        k: frames to pick.
+        temperature: the constant softmax temperature of the relaxation.
+        init_std: standard deviation of the initial logits.
+        logit_lr_multiplier: learning-rate factor of the logits.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_frames: int,
+        k: int,
+        temperature: float = 1.0,
+        init_std: float = 0.25,
+        logit_lr_multiplier: float = 10.0,
+    ) -> None:
+        super().__init__(num_frames, k)
+        if temperature <= 0:
+            raise SamplerError(f"temperature must be positive, got temperature={temperature}; use e.g. 1.0")
+        self.logits = nn.Parameter(torch.randn(num_frames) * init_std)
+        self.temperature = float(temperature)
+        self.logit_lr_multiplier = float(logit_lr_multiplier)
+
+    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
+        check_window(x, self.num_frames, valid)
+        usable = frame_validity(x, valid)
+        logits = self.logits.expand(x.shape[0], -1)
+        if self.training:
+            logits = logits + gumbel_like(logits)  # one draw per frame, shared by the k rows
+        scaled = penalize_invalid(logits / self.temperature, ~usable)
+        matrix, indices = select_without_replacement(scaled.unsqueeze(1).expand(-1, self.k, -1))
+        return in_temporal_order(matrix, indices)
+
+
+class ADPSSampler(Sampler):
+    """Active Deep Probabilistic Subsampling (Van Gorp et al., ICML 2021).
+
+    k sequential steps. At step i an LSTM cell reads an embedding of the frames picked so far
+    and a per-step head maps its hidden state to logits over the T positions; frames picked at
+    earlier steps are masked; training adds fresh Gumbel noise at every step; the pick is
+    one-hot forward and softmax backward (straight-through). The first step sees nothing yet
+    (zero input), as in the official code.
+
+    "The embedding of the frames picked so far" is, here, a linear embedding of the mean of the
+    picked frames' non-learned features (:class:`sampler.das.FrameDescriptor`), gathered with
+    the straight-through rows so the gradient reaches the earlier picks. (The official code
+    embeds the partially observed input with the task network's encoder; using features keeps
+    ADPS as cheap as DAS and lets it run on a feature-resolution copy of the window.)
+
+    Args:
+        num_frames: T.
+        k: frames to pick.
+        feature_size: working resolution of the frame features (pixels).
+        hidden: width of the LSTM state and of the embedding.
+        temperature: the constant softmax temperature of the relaxation.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_frames: int,
+        k: int,
+        feature_size: int = 64,
+        hidden: int = 64,
+        temperature: float = 1.0,
+    ) -> None:
+        super().__init__(num_frames, k)
+        if temperature <= 0:
+            raise SamplerError(f"temperature must be positive, got temperature={temperature}; use e.g. 1.0")
+        self.describe = FrameDescriptor(feature_size=feature_size)
+        self.embed = nn.Sequential(nn.Linear(FrameDescriptor.dim, hidden), nn.LeakyReLU(0.2))
+        self.lstm = nn.LSTMCell(hidden, hidden)
+        self.heads = nn.ModuleList(mlp(hidden, hidden, num_frames) for _ in range(k))
+        self.hidden = int(hidden)
+        self.temperature = float(temperature)
+
+    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
+        check_window(x, self.num_frames, valid)
+        usable = frame_validity(x, valid)
+        features = self.describe(x, usable)  # (B, T, d)
+        b = x.shape[0]
+        state = (features.new_zeros(b, self.hidden), features.new_zeros(b, self.hidden))
+        step_input = features.new_zeros(b, self.hidden)
+        picked_sum = torch.zeros_like(features[:, 0])
+        taken = torch.zeros_like(usable)
+        rows, picks = [], []
+        for step, head in enumerate(self.heads):
+            state = self.lstm(step_input, state)
+            logits = head(state[0])
+            if self.training:
+                logits = logits + gumbel_like(logits)
+            row, index = select_row(penalize_invalid(logits / self.temperature, ~usable), taken)
+            taken = taken.scatter(1, index.unsqueeze(1), True)
+            rows.append(row)
+            picks.append(index)
+            picked_sum = picked_sum + torch.einsum("bt,btd->bd", row, features)
+            step_input = self.embed(picked_sum / (step + 1))
+        return in_temporal_order(torch.stack(rows, dim=1), torch.stack(picks, dim=1))

@@ -1,0 +1,139 @@
+"""DAS: Deep Attention-guided adaptive Subsampling, the paper's sampling module.
+
+Given a window X of T frames, DAS computes the non-learned features F (B, T, d) of every frame
+(:mod:`sampler.features`) and then, following the paper's equations:
+
+1. base attention a_base (B, T) = MLP_base(F_t), one score per frame (shared weights over t);
+2. H heads; head h maps the window to k Softplus scale factors s_h = Softplus(MLP_h(pool(F)))
+   (B, k) (eq. 1). ``pool`` is the mean and the max of F over the window's valid frames, so the
+   heads work for any T and ignore padding (flattening a fixed T would tie the heads to frame
+   positions, which is what DAS is meant to avoid);
+3. A_h[:, j, :] = a_base * s_h[:, j] (eq. 2); A = mean over heads (eq. 3);
+4. tau = tau0 * (0.5 + sigmoid(MLP_temp(pool(F)))), always in [0.5 tau0, 1.5 tau0] (eq. 4);
+5. in training, Gumbel noise G (B, k, T); P_soft = softmax over T of (A + G) / tau (eqs. 5-6);
+   the hard one-hot rows pass forward and P_soft's gradient passes backward (straight-through);
+6. outputs: the sampling matrix P (B, k, T) and the frames P X.
+
+F is the per-window z-score of the features (how a frame stands out from its window) next to
+the log-compressed raw features (what the window looks like overall).
+
+The flaw of the literal formulation: every row of A is a positive multiple of a_base, so without
+noise all rows share one argmax and eval mode returns the same frame k times. By default DAS
+therefore selects without replacement: row j's logits mask the frames that rows < j picked
+(the DPS top-k relaxation), so the k picks are distinct, and in eval mode (no noise) they are
+exactly the top-k frames of a_base. ``paper_exact=True`` keeps the literal formulation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Sampler, SamplerOutput, check_window
+from .errors import SamplerError
+from .features import NUM_FEATURES, frame_features, frame_validity, masked_pool, standardize_over_time
+from .gumbel import gumbel_like, in_temporal_order, penalize_invalid, select_independent, select_without_replacement
+
+
+def mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
+    """A two-layer perceptron: Linear, ReLU, Linear."""
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
+
+
+class FrameDescriptor(nn.Module):
+    """Turns a window into the inputs of the learned samplers (no parameters).
+
+    Args:
+        feature_size: working resolution of :func:`sampler.features.frame_features`.
+    """
+
+    dim = 2 * NUM_FEATURES
+
+    def __init__(self, *, feature_size: int = 64) -> None:
+        super().__init__()
+        self.feature_size = int(feature_size)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, T, 2 d): per-window z-scored features next to the raw ones, zero on invalid frames."""
+        raw = frame_features(x, self.feature_size)
+        return torch.cat([standardize_over_time(raw, valid), raw * valid.unsqueeze(2)], dim=2)
+
+
+@dataclass(frozen=True)
+class DASAttention:
+    """The intermediate quantities of one DAS forward pass (for inspection and plots).
+
+    Attributes:
+        base: a_base (B, T).
+        scales: the heads' scale factors s_h (B, H, k).
+        scores: A (B, k, T), the mean over heads of a_base * s_h.
+        tau: the adaptive temperature (B,).
+        valid: (B, T) bool, the frames DAS may prefer (not padded, not empty).
+    """
+
+    base: torch.Tensor
+    scales: torch.Tensor
+    scores: torch.Tensor
+    tau: torch.Tensor
+    valid: torch.Tensor
+
+
+class DASSampler(Sampler):
+    """The DAS sampling module.
+
+    Args:
+        num_frames: T, frames per window.
+        k: frames to pick.
+        feature_size: working resolution of the frame features (pixels).
+        heads: H, number of scale heads.
+        hidden: width of the hidden layer of every MLP.
+        tau0: base temperature; tau stays within [0.5 tau0, 1.5 tau0].
+        paper_exact: pick each row independently as the paper writes it (picks may repeat and
+            do repeat in eval mode); the default picks without replacement.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_frames: int,
+        k: int,
+        feature_size: int = 64,
+        heads: int = 4,
+        hidden: int = 64,
+        tau0: float = 1.0,
+        paper_exact: bool = False,
+    ) -> None:
+        super().__init__(num_frames, k)
+        if heads < 1:
+            raise SamplerError(f"DAS needs at least one head, got heads={heads}; use heads=1 or more")
+        if tau0 <= 0:
+            raise SamplerError(f"DAS tau0 must be positive, got tau0={tau0}; use e.g. tau0=1.0")
+        self.describe = FrameDescriptor(feature_size=feature_size)
+        d = FrameDescriptor.dim
+        self.base = mlp(d, hidden, 1)
+        self.heads = nn.ModuleList(mlp(2 * d, hidden, k) for _ in range(heads))
+        self.temperature = mlp(2 * d, hidden, 1)
+        self.tau0 = float(tau0)
+        self.paper_exact = bool(paper_exact)
+
+    def attention(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> DASAttention:
+        """Equations 1-4 for a window ``x`` (B, T, C, H, W) (any H, W)."""
+        check_window(x, self.num_frames, valid)
+        usable = frame_validity(x, valid)
+        features = self.describe(x, usable)
+        pooled = masked_pool(features, usable)
+        base = self.base(features).squeeze(2)  # (B, T)
+        scales = torch.stack([F.softplus(head(pooled)) for head in self.heads], dim=1)  # (B, H, k)
+        scores = (base[:, None, None, :] * scales.unsqueeze(3)).mean(dim=1)  # (B, k, T)
+        tau = self.tau0 * (0.5 + torch.sigmoid(self.temperature(pooled).squeeze(1)))
+        return DASAttention(base=base, scales=scales, scores=scores, tau=tau, valid=usable)
+
+    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
+        att = self.attention(x, valid)
+        logits = att.scores + gumbel_like(att.scores) if self.training else att.scores
+        scaled = penalize_invalid(logits / att.tau[:, None, None], ~att.valid)
+        choose = select_independent if self.paper_exact else select_without_replacement
+        matrix, indices = choose(scaled)
+        return in_temporal_order(matrix, indices)

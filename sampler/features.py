@@ -1,0 +1,128 @@
+"""Non-learned per-frame features: the lightweight pathways the samplers look at.
+
+Every feature is computed at a small working resolution (``size`` x ``size``, 64 by default):
+the window is area-resized once, then Sobel and Laplacian filters are taken by array slicing
+(a 3x3 ``conv2d`` with one channel is several times slower in eager torch on a CPU). Energies
+are log-compressed so that a bright, busy frame and a dark, quiet one land on comparable scales.
+
+The features of one frame, in the order of :data:`FEATURE_NAMES`:
+
+- ``mean``: mean intensity (gray, [0, 1]);
+- ``variance``: log of the intensity variance over space and channels;
+- ``sobel_x``, ``sobel_y``: log of the mean absolute Sobel response along x and along y;
+- ``sobel``: log of the mean Sobel edge magnitude sqrt(gx^2 + gy^2);
+- ``laplacian``: log of the mean absolute Laplacian;
+- ``motion``: log of the mean absolute difference to the previous frame (the first frame of a
+  window uses the difference to the next one).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import SamplerError
+
+FEATURE_NAMES: tuple[str, ...] = ("mean", "variance", "sobel_x", "sobel_y", "sobel", "laplacian", "motion")
+NUM_FEATURES = len(FEATURE_NAMES)
+
+_LOG_EPS = 1e-3  # floor of the log-compressed energies: an empty frame sits at log(1e-3) ~ -6.9
+_STD_EPS = 1e-3  # floor of the standard deviation in standardize_over_time
+
+
+def as_float_window(x: torch.Tensor) -> torch.Tensor:
+    """Return ``x`` as floats in [0, 1]: uint8 is divided by 255, floats are returned as they are."""
+    return x if x.is_floating_point() else x.float().div_(255.0)
+
+
+def frame_validity(x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) bool: True for frames a sampler may prefer.
+
+    A frame is invalid when ``valid`` says so or when it is empty (all zeros), which is how
+    windows are padded to T frames.
+
+    Args:
+        x: window (B, T, C, H, W), any resolution and dtype.
+        valid: optional (B, T) mask, True for real frames.
+    """
+    nonempty = x.flatten(2).amax(dim=2) > 0
+    return nonempty if valid is None else nonempty & valid.to(device=x.device, dtype=torch.bool)
+
+
+def _log_energy(v: torch.Tensor) -> torch.Tensor:
+    return torch.log(v + _LOG_EPS)
+
+
+def frame_features(x: torch.Tensor, size: int = 64) -> torch.Tensor:
+    """Per-frame features of a window, (B, T, NUM_FEATURES) float32.
+
+    Args:
+        x: window (B, T, C, H, W), float in [0, 1] or uint8, C in {1, 3}, any H and W. Frames
+            that are not ``size`` x ``size`` are area-resized first (pass a window that is
+            already at that size to skip it: this is what a streaming runtime does).
+        size: working resolution, at least 3.
+    """
+    if size < 3:
+        raise SamplerError(f"feature size must be at least 3 pixels, got {size}; use e.g. 64")
+    b, t, c, h, w = x.shape
+    with torch.no_grad():
+        frames = as_float_window(x).reshape(b * t, c, h, w).float()
+        if (h, w) != (size, size):
+            frames = F.interpolate(frames, size=(size, size), mode="area")
+        variance = frames.flatten(1).var(dim=1, unbiased=False)
+        gray = frames.mean(dim=1)  # (N, s, s)
+
+        dx = gray[:, :, 2:] - gray[:, :, :-2]  # central differences, smoothed across rows: Sobel x
+        gx = dx[:, :-2] + 2 * dx[:, 1:-1] + dx[:, 2:]
+        dy = gray[:, 2:, :] - gray[:, :-2, :]  # ... and across columns: Sobel y
+        gy = dy[:, :, :-2] + 2 * dy[:, :, 1:-1] + dy[:, :, 2:]
+        center = gray[:, 1:-1, 1:-1]
+        laplacian = gray[:, :-2, 1:-1] + gray[:, 2:, 1:-1] + gray[:, 1:-1, :-2] + gray[:, 1:-1, 2:] - 4 * center
+
+        gray_bt = gray.reshape(b, t, size * size)
+        if t > 1:
+            step = (gray_bt[:, 1:] - gray_bt[:, :-1]).abs().mean(dim=2)  # (B, T-1)
+            motion = torch.cat([step[:, :1], step], dim=1)
+        else:
+            motion = torch.zeros(b, t, device=x.device)
+
+        stats = torch.stack(
+            [
+                gray.flatten(1).mean(dim=1),
+                _log_energy(variance),
+                _log_energy(gx.abs().flatten(1).mean(dim=1)),
+                _log_energy(gy.abs().flatten(1).mean(dim=1)),
+                _log_energy(torch.sqrt(gx * gx + gy * gy).flatten(1).mean(dim=1)),
+                _log_energy(laplacian.abs().flatten(1).mean(dim=1)),
+            ],
+            dim=1,
+        ).reshape(b, t, NUM_FEATURES - 1)
+        return torch.cat([stats, _log_energy(motion).unsqueeze(2)], dim=2)
+
+
+def standardize_over_time(features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Z-score each feature over the valid frames of its window; invalid frames get 0.
+
+    This makes the features say how a frame differs from the rest of its window, which is what
+    a frame selector needs, independent of the overall brightness or texture of the clip.
+
+    Args:
+        features: (B, T, d).
+        valid: (B, T) bool.
+    """
+    weight = valid.unsqueeze(2).to(features.dtype)
+    count = weight.sum(dim=1, keepdim=True).clamp_min(1.0)
+    mean = (features * weight).sum(dim=1, keepdim=True) / count
+    var = ((features - mean) ** 2 * weight).sum(dim=1, keepdim=True) / count
+    return (features - mean) / torch.sqrt(var + _STD_EPS**2) * weight
+
+
+def masked_pool(features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, 2d): mean and max of ``features`` (B, T, d) over the valid frames of each window.
+
+    A window without any valid frame pools over all its frames.
+    """
+    valid = valid | ~valid.any(dim=1, keepdim=True)
+    weight = valid.unsqueeze(2).to(features.dtype)
+    mean = (features * weight).sum(dim=1) / weight.sum(dim=1)
+    maximum = features.masked_fill(~valid.unsqueeze(2), float("-inf")).amax(dim=1)
+    return torch.cat([mean, maximum], dim=1)
