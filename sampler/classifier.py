@@ -1,0 +1,202 @@
+"""The downstream classifier of the DAS paper: per-frame MobileNetV3-Small, attention pooling, MLP.
+
+The per-frame embedding (:meth:`FrameClassifier.embed`) and the pooling + head
+(:meth:`FrameClassifier.classify`) are separate calls so that a streaming runtime can embed each
+frame once and reuse the embedding in every overlapping window that picks it.
+
+Backbone weights (``weights=``):
+
+- ``"none"``: random initialisation.
+- ``"auto"``: torchvision's ImageNet weights when the file is already in the torch hub cache
+  (``$TORCH_HOME/hub/checkpoints``); otherwise a warning is logged and the backbone starts from
+  random initialisation. Never downloads.
+- ``"imagenet"``: the ImageNet weights from the cache, downloading them when missing; raises
+  :class:`~sampler.errors.SamplerError` saying how to get the file when that fails.
+- a path: a ``state_dict`` file of torchvision's ``mobilenet_v3_small`` (the whole model or just
+  its ``features``), e.g. torchvision's own ``mobilenet_v3_small-047dcff4.pth`` copied by hand.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
+
+from .errors import ModelFileError, SamplerError
+from .features import as_float_window
+
+log = logging.getLogger(__name__)
+
+BACKBONE_DIM = 576  # channels of mobilenet_v3_small(...).features
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_IMAGENET = MobileNet_V3_Small_Weights.IMAGENET1K_V1
+
+
+def imagenet_cache_path() -> Path:
+    """Where torchvision keeps (or would download) the ImageNet weights of MobileNetV3-Small."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_IMAGENET.url)
+
+
+def _how_to_get_weights() -> str:
+    return (
+        f"download {_IMAGENET.url} into {imagenet_cache_path().parent} (or set TORCH_HOME), "
+        "or pass weights=PATH to a MobileNetV3-Small state_dict, or weights='none' for random init"
+    )
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelFileError(f"backbone weights file {path} does not exist; check the path or use weights='none'")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise ModelFileError(
+            f"backbone weights file {path} cannot be read as a PyTorch state_dict ({type(exc).__name__}); "
+            "re-download it or pass another file"
+        ) from exc
+    if not isinstance(state, dict):
+        raise ModelFileError(f"backbone weights file {path} does not hold a state_dict; save one with torch.save(model.state_dict(), path)")
+    return state
+
+
+def load_backbone_weights(features: nn.Module, weights: str | os.PathLike) -> str:
+    """Load ``weights`` into the ``features`` of a MobileNetV3-Small; return what was loaded.
+
+    Args:
+        features: ``mobilenet_v3_small().features``.
+        weights: ``"none"``, ``"auto"``, ``"imagenet"`` or a path (see the module docstring).
+
+    Returns:
+        ``"none"``, ``"imagenet"`` or the path, i.e. what the backbone now holds.
+    """
+    source = str(weights)
+    if source == "none":
+        return "none"
+    if source in ("auto", "imagenet"):
+        cached = imagenet_cache_path()
+        if cached.is_file():
+            state = _read_state_dict(cached)
+        elif source == "auto":
+            log.warning("no ImageNet weights for MobileNetV3-Small in the torch hub cache; the backbone starts from random init. To use them: %s", _how_to_get_weights())
+            return "none"
+        else:
+            try:
+                state = _IMAGENET.get_state_dict(progress=False, check_hash=True)
+            except Exception as exc:  # network errors come in many types
+                raise SamplerError(f"cannot download the ImageNet weights of MobileNetV3-Small ({exc}); {_how_to_get_weights()}") from exc
+        source = "imagenet"
+    else:
+        state = _read_state_dict(Path(source))
+    state = {key.removeprefix("features."): value for key, value in state.items() if not key.startswith("classifier.")}
+    missing, unexpected = features.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelFileError(
+            f"backbone weights {source} are not a MobileNetV3-Small state_dict "
+            f"(missing {len(missing)} keys, e.g. {missing[:2]}; unexpected {len(unexpected)}, e.g. {unexpected[:2]}); "
+            "pass torchvision's mobilenet_v3_small weights"
+        )
+    return source
+
+
+class AttentionPool(nn.Module):
+    """Attention pooling over a set of embeddings (Ilse et al., 2018): w = softmax(v^T tanh(V e)).
+
+    Args:
+        dim: embedding size E.
+        hidden: width of the attention layer.
+    """
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def weights(self, emb: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, k) attention weights for ``emb`` (B, k, E); entries with ``mask`` False get 0.
+
+        A row whose mask is all False pools over all its entries.
+        """
+        scores = self.score(emb).squeeze(2)
+        if mask is not None:
+            mask = mask.to(torch.bool) | ~mask.any(dim=1, keepdim=True)
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return F.softmax(scores, dim=1)
+
+    def forward(self, emb: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.einsum("bk,bke->be", self.weights(emb, mask), emb)
+
+
+class FrameClassifier(nn.Module):
+    """MobileNetV3-Small per frame, attention pooling over the frames, a two-layer MLP head.
+
+    Args:
+        num_classes: number of classes.
+        input_size: side of the square frames the backbone sees (frames are resized to it).
+        weights: backbone weights: ``"none"``, ``"auto"``, ``"imagenet"`` or a path.
+        embed_dim: embedding size E; a linear projection follows the backbone when it is not 576.
+        hidden: width of the attention layer and of the MLP's hidden layer.
+        dropout: dropout before the MLP's last layer.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        input_size: int = 224,
+        weights: str | os.PathLike = "none",
+        embed_dim: int = BACKBONE_DIM,
+        hidden: int = 128,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise SamplerError(f"a classifier needs at least 2 classes, got num_classes={num_classes}")
+        if input_size < 16:
+            raise SamplerError(f"input_size must be at least 16 pixels, got {input_size}")
+        self.num_classes = int(num_classes)
+        self.input_size = int(input_size)
+        self.backbone = mobilenet_v3_small(weights=None).features
+        self.weights_source = load_backbone_weights(self.backbone, weights)
+        self.project = nn.Identity() if embed_dim == BACKBONE_DIM else nn.Linear(BACKBONE_DIM, embed_dim)
+        self.embed_dim = int(embed_dim)
+        self.pool = AttentionPool(embed_dim, hidden)
+        self.head = nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) uint8 or float [0, 1], C in {1, 3} -> (N, 3, S, S) ImageNet-normalised.
+
+        Frames already at ``input_size`` skip the resize (the cheap path for a streaming runtime).
+        """
+        if frames.dim() != 4 or frames.shape[1] not in (1, 3):
+            raise SamplerError(f"frames must have shape (N, C, H, W) with C in {{1, 3}}, got {tuple(frames.shape)}")
+        if frames.is_floating_point() and not torch.isfinite(frames).all():
+            raise SamplerError("frames contain NaN or infinite values; clean the frames before classifying")
+        x = as_float_window(frames).to(self.mean.dtype)
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True)
+        return (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+
+    def embed(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) frames -> (N, E) embeddings."""
+        maps = self.backbone(self.preprocess(frames))
+        return self.project(maps.mean(dim=(2, 3)))
+
+    def classify(self, emb: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, k, E) embeddings -> (B, num_classes) logits; ``mask`` (B, k) False excludes an entry."""
+        if emb.dim() != 3 or emb.shape[2] != self.embed_dim:
+            raise SamplerError(f"embeddings must have shape (B, k, {self.embed_dim}), got {tuple(emb.shape)}")
+        return self.head(self.pool(emb, mask))
+
+    def forward(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, k, C, H, W) frames -> (B, num_classes) logits."""
+        if frames.dim() != 5:
+            raise SamplerError(f"frames must have shape (B, k, C, H, W), got rank {frames.dim()} {tuple(frames.shape)}")
+        b, k = frames.shape[:2]
+        emb = self.embed(frames.flatten(0, 1)).view(b, k, -1)
+        return self.classify(emb, mask)

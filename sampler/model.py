@@ -1,0 +1,239 @@
+"""A sampler and a classifier as one model, and its one-file format.
+
+A model file is ``torch.save`` of a plain dict, readable with ``torch.load(weights_only=True)``::
+
+    {"format": "das-stream-model", "version": 1, "config": ModelConfig.to_dict(), "state_dict": ...}
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import pickle
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import Sampler, SamplerOutput
+from .baselines import ADPSSampler, DPSSampler, FullSampler, RandomSampler, UniformSampler
+from .classifier import FrameClassifier
+from .das import DASSampler
+from .errors import ConfigError, ModelFileError
+from .features import frame_validity
+
+FILE_FORMAT = "das-stream-model"
+FILE_VERSION = 1
+BACKBONES = ("mobilenet_v3_small",)
+
+# method -> (sampler class, whether it takes feature_size)
+SAMPLERS: dict[str, tuple[type[Sampler], bool]] = {
+    "full": (FullSampler, False),
+    "uniform": (UniformSampler, False),
+    "random": (RandomSampler, False),
+    "dps": (DPSSampler, False),
+    "adps": (ADPSSampler, True),
+    "das": (DASSampler, True),
+}
+METHODS = tuple(SAMPLERS)
+
+
+def build_sampler(method: str, num_frames: int, k: int, feature_size: int = 64, **kwargs: Any) -> Sampler:
+    """The sampler called ``method`` (one of :data:`METHODS`) for windows of ``num_frames``.
+
+    Args:
+        method: "full", "uniform", "random", "dps", "adps" or "das".
+        num_frames: T.
+        k: frames to pick (must be T for "full").
+        feature_size: working resolution of the frame features (DAS and ADPS).
+        **kwargs: the sampler's own options, e.g. ``heads=4`` for DAS or ``seed=0`` for random.
+    """
+    if method not in SAMPLERS:
+        raise ConfigError(f"unknown sampling method {method!r}; choose one of {', '.join(METHODS)}")
+    cls, uses_features = SAMPLERS[method]
+    if uses_features:
+        kwargs = {"feature_size": feature_size, **kwargs}
+    try:
+        inspect.signature(cls).bind(num_frames=num_frames, k=k, **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"bad option for the {method!r} sampler: {exc}; see {cls.__name__}'s documentation") from exc
+    return cls(num_frames=num_frames, k=k, **kwargs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Everything needed to rebuild a :class:`SampledClassifier` (saved inside the model file).
+
+    Attributes:
+        method: sampler, one of :data:`METHODS`.
+        num_frames: T, frames per window.
+        k: frames the sampler picks (T for "full").
+        class_names: names of the classes, in logit order.
+        feature_size: working resolution of the sampler's frame features.
+        input_size: side of the frames the classifier's backbone sees.
+        backbone: only "mobilenet_v3_small".
+        backbone_weights: initial backbone weights for a new model ("none", "auto",
+            "imagenet" or a path); a loaded model takes its weights from the file instead.
+        sampler_kwargs: the sampler's own options (plain values).
+        classifier_kwargs: FrameClassifier options: embed_dim, hidden, dropout.
+        name: a label for reports and MQTT messages.
+    """
+
+    method: str
+    num_frames: int
+    k: int
+    class_names: tuple[str, ...]
+    feature_size: int = 64
+    input_size: int = 224
+    backbone: str = "mobilenet_v3_small"
+    backbone_weights: str = "none"
+    sampler_kwargs: dict[str, Any] = field(default_factory=dict)
+    classifier_kwargs: dict[str, Any] = field(default_factory=dict)
+    name: str = "model"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        object.__setattr__(self, "backbone_weights", str(self.backbone_weights))
+        if self.method not in SAMPLERS:
+            raise ConfigError(f"unknown sampling method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not 1 <= self.k <= self.num_frames:
+            raise ConfigError(f"k must be between 1 and num_frames={self.num_frames}, got k={self.k}")
+        if self.method == "full" and self.k != self.num_frames:
+            raise ConfigError(f"method 'full' keeps every frame: set k equal to num_frames={self.num_frames} (got k={self.k})")
+        if len(self.class_names) < 2 or len(set(self.class_names)) != len(self.class_names):
+            raise ConfigError(f"class_names must be at least 2 distinct names, got {list(self.class_names)}")
+        if self.feature_size < 3:
+            raise ConfigError(f"feature_size must be at least 3 pixels, got {self.feature_size}")
+        if self.input_size < 16:
+            raise ConfigError(f"input_size must be at least 16 pixels, got {self.input_size}")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+        unknown = set(self.classifier_kwargs) - {"embed_dim", "hidden", "dropout"}
+        if unknown:
+            raise ConfigError(f"unknown classifier option(s) {sorted(unknown)}; use embed_dim, hidden or dropout")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (lists, dicts, str, int, float), as stored in the model file."""
+        data = asdict(self)
+        data["class_names"] = list(self.class_names)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ConfigError."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown model config key(s) {sorted(unknown)}; known keys: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+class SampledClassifier(nn.Module):
+    """A sampler that picks k of T frames and the classifier that reads them.
+
+    Args:
+        config: the model's configuration.
+        sampler: the sampler built from it.
+        classifier: the classifier built from it.
+    """
+
+    def __init__(self, *, config: ModelConfig, sampler: Sampler, classifier: FrameClassifier) -> None:
+        super().__init__()
+        self.config = config
+        self.sampler = sampler
+        self.classifier = classifier
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.config.class_names
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, SamplerOutput]:
+        """Classify windows ``x`` (B, T, C, H, W) (uint8 or float [0, 1]).
+
+        Returns:
+            (logits (B, num_classes), the sampler's output). Picked frames that are padding
+            (invalid or empty) are left out of the attention pooling.
+        """
+        picks = self.sampler(x if x.is_floating_point() else x.float() / 255.0, valid)
+        mask = frame_validity(x, valid).gather(1, picks.indices)
+        return self.classifier(picks.frames, mask), picks
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, num_classes) class probabilities (call ``eval()`` first for deterministic picks)."""
+        return self(x, valid)[0].softmax(dim=1)
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: every parameter at ``lr``, DPS logits at their multiplier."""
+        fast: list[nn.Parameter] = []
+        if isinstance(self.sampler, DPSSampler):
+            fast = [self.sampler.logits]
+        fast_ids = {id(p) for p in fast}
+        groups = [{"params": [p for p in self.parameters() if id(p) not in fast_ids], "lr": lr}]
+        if fast:
+            groups.append({"params": fast, "lr": lr * self.sampler.logit_lr_multiplier})
+        return groups
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model (config and weights) to ``path`` in the das-stream model format."""
+        payload = {
+            "format": FILE_FORMAT,
+            "version": FILE_VERSION,
+            "config": self.config.to_dict(),
+            "state_dict": {key: value.detach().cpu() for key, value in self.state_dict().items()},
+        }
+        torch.save(payload, Path(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SampledClassifier:
+        """Read a model written by :meth:`save`; raises ModelFileError naming the file otherwise."""
+        path = Path(path)
+        payload = _read_model_file(path, map_location)
+        try:
+            config = ModelConfig.from_dict(payload["config"])
+            model = build_model(config, load_backbone_weights=False)
+            model.load_state_dict(payload["state_dict"])
+        except (ConfigError, KeyError, TypeError, RuntimeError) as exc:
+            raise ModelFileError(f"model file {path} does not match this version of das-stream ({exc}); retrain or re-export it") from exc
+        return model.to(map_location)
+
+
+def _read_model_file(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist; check the path or train a model first")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelFileError(
+            f"model file {path} is not a das-stream model (it holds Python objects, not plain weights); "
+            "save models with SampledClassifier.save"
+        ) from exc
+    except Exception as exc:  # truncated zip, empty file, not a torch file at all
+        raise ModelFileError(f"model file {path} is truncated or not a PyTorch file ({type(exc).__name__}: {exc}); re-save or re-copy it") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
+        raise ModelFileError(f"model file {path} is a PyTorch file but not a das-stream model; pass a file written by SampledClassifier.save")
+    if payload.get("version") != FILE_VERSION:
+        raise ModelFileError(
+            f"model file {path} has format version {payload.get('version')!r}, this das-stream reads version {FILE_VERSION}; "
+            "use the das-stream release that wrote it or re-export the model"
+        )
+    return payload
+
+
+def build_model(config: ModelConfig, *, load_backbone_weights: bool = True) -> SampledClassifier:
+    """A new :class:`SampledClassifier` for ``config``.
+
+    Args:
+        config: the configuration.
+        load_backbone_weights: load ``config.backbone_weights`` into the backbone (False when
+            the weights come from a model file anyway).
+    """
+    sampler = build_sampler(config.method, config.num_frames, config.k, config.feature_size, **config.sampler_kwargs)
+    classifier = FrameClassifier(
+        len(config.class_names),
+        input_size=config.input_size,
+        weights=config.backbone_weights if load_backbone_weights else "none",
+        **config.classifier_kwargs,
+    )
+    return SampledClassifier(config=config, sampler=sampler, classifier=classifier)
