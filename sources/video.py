@@ -1,0 +1,315 @@
+"""Recorded video files (mp4, avi, mov, mpeg, gif) through PyAV: a paced replay source for the
+streaming runtime, and ``read_video``, a synchronous whole-file reader for training code.
+
+Gray output reads the decoder's luma plane directly (no colour conversion) and expands
+limited-range ("TV", 16-235) luma to full range, so gray values match ``to_ndarray("gray")``.
+
+A file is rejected with a one-line SourceError when it is missing, not a video, or cannot be
+opened (for example an mp4 cut before its index). Corruption found while decoding (the decoder
+runs with ``err_detect=explode``), a file that ends well before the frame count its header
+announces, and a gif without its trailer byte raise SourceError once the good frames have been
+delivered.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from .base import Pacer, Source, derive_name
+from .errors import SourceError
+from .frame import Frame
+from .image import OutputFormat, normalise_size
+
+VIDEO_KINDS = "mp4, avi, mov, mpeg, gif"
+FALLBACK_RATE = 30.0  # frames per second assumed for a file that states no frame rate
+TRUNCATED_BELOW = 0.8  # a file ending before this share of its announced frames is truncated
+
+# 8-bit formats whose first plane is the luma (Y) plane, one byte per pixel.
+_LUMA_FIRST = frozenset(
+    "gray yuv420p yuvj420p yuv422p yuvj422p yuv444p yuvj444p yuv440p yuvj440p yuv411p yuv410p nv12 nv21".split()
+)
+_LIMITED_TO_FULL = np.clip(np.rint((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
+
+
+def check_crop(crop: Sequence[int] | None) -> tuple[int, int, int, int] | None:
+    """``crop`` as (x, y, w, h) of non-negative ints with w, h > 0; SourceError otherwise."""
+    if crop is None:
+        return None
+    box = tuple(crop)
+    if len(box) != 4 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in box) or 0 in box[2:]:
+        raise SourceError(f"crop must be (x, y, width, height) in source pixels with width, height > 0, got {crop!r}")
+    return tuple(int(v) for v in box)  # type: ignore[return-value]
+
+
+def ffmpeg_reason(exc: BaseException) -> str:
+    """FFmpeg's own words for an error, without the file name PyAV appends."""
+    return str(getattr(exc, "strerror", None) or exc)
+
+
+@dataclass(frozen=True)
+class FrameConverter:
+    """Turns a decoded PyAV frame into the uint8 array a source hands out.
+
+    Args:
+        output: gray or RGB, and the output size.
+        crop: (x, y, w, h) in source pixels, applied before resizing; None for the whole frame.
+    """
+
+    output: OutputFormat
+    crop: tuple[int, int, int, int] | None = None
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        if self.output.gray and frame.format.name in _LUMA_FIRST:
+            plane = frame.planes[0]
+            luma = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[:, : frame.width]
+            image = self.output.apply(self._cropped(luma))
+            limited = not (frame.format.name.startswith(("yuvj", "gray")) or frame.color_range == 2)
+            if limited:
+                return cv2.LUT(image, _LIMITED_TO_FULL)
+            # Never hand out a view of the decoder's buffer: it would keep the whole frame alive.
+            return image.copy() if np.may_share_memory(image, luma) else image
+        source = frame.to_ndarray(format="gray" if self.output.gray else "rgb24")
+        return self.output.apply(self._cropped(source))
+
+    def _cropped(self, image: np.ndarray) -> np.ndarray:
+        if self.crop is None:
+            return image
+        x, y, w, h = self.crop
+        if x + w > image.shape[1] or y + h > image.shape[0]:
+            raise SourceError(
+                f"crop {self.crop} does not fit in {image.shape[1]}x{image.shape[0]} frames; "
+                "give (x, y, width, height) inside the frame"
+            )
+        return image[y : y + h, x : x + w]
+
+
+class VideoFile:
+    """One opened video file; ``frames()`` decodes it once.
+
+    Args:
+        path: the file.
+        threads: let FFmpeg decode with frame and slice threads (faster; a few frames of delay,
+            which a file does not mind).
+    """
+
+    def __init__(self, path: str | Path, *, threads: bool = True) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise SourceError(f"video file not found: {self.path}; check the path")
+        if not self.path.is_file():
+            raise SourceError(f"{self.path} is not a file; give the path of a video file ({VIDEO_KINDS})")
+        try:
+            self._container = av.open(str(self.path))
+        except (av.FFmpegError, OSError) as exc:
+            raise SourceError(
+                f"cannot read video {self.path}: {ffmpeg_reason(exc)}; "
+                f"the file is corrupt, truncated or not a video ({VIDEO_KINDS})"
+            ) from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise SourceError(f"{self.path} holds no video stream; give a video file ({VIDEO_KINDS})")
+        if self._container.format.name == "gif" and not self._has_gif_trailer():
+            self._container.close()
+            raise SourceError(f"gif {self.path} is truncated (no trailer byte); re-export or re-download it")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO" if threads else "SLICE"
+        self._stream.codec_context.options = {"err_detect": "explode"}
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        self.rate = float(rate) if rate else FALLBACK_RATE
+
+    def _has_gif_trailer(self) -> bool:
+        with self.path.open("rb") as f:
+            f.seek(-1, 2)
+            return f.read(1) == b";"
+
+    def frames(self) -> Iterator[tuple[float, av.VideoFrame]]:
+        """(seconds since the first frame, frame) in presentation order; the times never decrease.
+
+        Raises SourceError after the good frames when the rest of the file is corrupt or
+        missing.
+        """
+        count, first, last = 0, None, 0.0
+        try:
+            for frame in self._container.decode(self._stream):
+                t = frame.time if frame.time is not None else count / self.rate
+                first = t if first is None else first
+                last = max(last, t - first)
+                yield last, frame
+                count += 1
+        except av.FFmpegError as exc:
+            raise SourceError(
+                f"video {self.path} is corrupt or truncated after frame {count}: {ffmpeg_reason(exc)}"
+            ) from None
+        announced = self._stream.frames
+        if count == 0:
+            raise SourceError(f"video {self.path} holds no decodable frames; the file is corrupt")
+        if announced and count < TRUNCATED_BELOW * announced:
+            raise SourceError(
+                f"video {self.path} ends after {count} of the {announced} frames its header announces; "
+                "the file is truncated"
+            )
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> VideoFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def resample(
+    decoded: Iterator[tuple[float, av.VideoFrame]], *, fps: float, source_rate: float
+) -> Iterator[tuple[float, av.VideoFrame]]:
+    """Pick frames for a constant ``fps`` by timestamp: output j is the frame nearest j / fps.
+
+    Works on the stream (no look-back): each frame covers the times up to halfway to its
+    neighbours, the last one half a source frame beyond its own time. Frames repeat when
+    ``fps`` exceeds the source rate and are skipped when it is lower.
+    """
+    j = 0
+    held: tuple[float, av.VideoFrame] | None = None
+    for t, frame in decoded:
+        if held is not None:
+            while j / fps < (held[0] + t) / 2:
+                yield j / fps, held[1]
+                j += 1
+        held = (t, frame)
+    if held is not None:
+        while j / fps < held[0] + 0.5 / source_rate:
+            yield j / fps, held[1]
+            j += 1
+
+
+def read_video(
+    path: str | Path,
+    *,
+    gray: bool = True,
+    size: int | tuple[int, int] | None = None,
+    fps: float | None = None,
+    crop: Sequence[int] | None = None,
+    max_frames: int | None = None,
+) -> tuple[np.ndarray, float]:
+    """Read a whole video file into memory (synchronous; for training and offline tools).
+
+    Args:
+        path: the video file (mp4, avi, mov, mpeg, gif).
+        gray: (N, H, W) when True, (N, H, W, 3) RGB when False.
+        size: output size, an int for a square or (width, height); None keeps the source size.
+        fps: resample to this rate by picking the frame nearest each output time; None keeps
+            every decoded frame.
+        crop: (x, y, width, height) in source pixels, applied before resizing.
+        max_frames: stop after this many output frames.
+
+    Returns:
+        (frames uint8, the file's own frame rate).
+
+    Raises:
+        SourceError: missing, unreadable, corrupt or truncated file, or bad arguments.
+    """
+    if fps is not None and not fps > 0:
+        raise SourceError(f"fps must be > 0 to resample, or None to keep every frame; got {fps!r}")
+    if max_frames is not None and max_frames < 1:
+        raise SourceError(f"max_frames must be >= 1 or None, got {max_frames!r}")
+    convert = FrameConverter(OutputFormat(gray=gray, size=normalise_size(size)), check_crop(crop))
+    with VideoFile(path) as video:
+        decoded = video.frames()
+        if fps is not None:
+            decoded = resample(decoded, fps=fps, source_rate=video.rate)
+        images: list[np.ndarray] = []
+        previous: tuple[av.VideoFrame, np.ndarray] | None = None
+        for _, frame in itertools.islice(decoded, max_frames):
+            if previous is None or previous[0] is not frame:  # resampling repeats frames
+                previous = (frame, convert(frame))
+            images.append(previous[1])
+        return np.stack(images), video.rate
+
+
+class VideoSource(Source):
+    """Replays a video file as if it were live.
+
+    Frame i is released at ``t0 + pts_i / speed`` (``t0``: when the first frame was released),
+    so pacing never drifts; ``t_capture`` is the release time. With ``loop`` the file restarts
+    when it ends and ``seq`` keeps increasing; without it the iteration ends cleanly.
+
+    Args:
+        path: the video file (mp4, avi, mov, mpeg, gif).
+        name: stream id; default: the file stem.
+        speed: playback speed factor (2.0 = twice real time).
+        pacing: False releases frames as fast as they decode.
+        loop: replay forever.
+        gray: (H, W) frames when True, (H, W, 3) RGB when False.
+        size: output size, int (square) or (width, height); None keeps the source size.
+
+    Attributes:
+        rate: the file's frame rate (known once the source is open).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        speed: float = 1.0,
+        pacing: bool = True,
+        loop: bool = False,
+        gray: bool = True,
+        size: int | tuple[int, int] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        super().__init__(name=name or derive_name(self.path.stem))
+        self._pacer = Pacer(speed=speed) if pacing else None
+        self._loop_forever = loop
+        self._convert = FrameConverter(OutputFormat(gray=gray, size=normalise_size(size)))
+        self.rate = FALLBACK_RATE
+        self._video: VideoFile | None = None
+        self._decoded: Iterator[tuple[float, av.VideoFrame]] | None = None
+        self._first: tuple[float, av.VideoFrame] | None = None
+
+    def _open(self) -> None:
+        # Open and decode the first frame now, so a bad file fails at 'async with'.
+        self._video = VideoFile(self.path)
+        self.rate = self._video.rate
+        self._decoded = self._video.frames()
+        try:
+            self._first = next(self._decoded)
+        except BaseException:
+            self._video.close()
+            raise
+
+    def _produce(self, stop: threading.Event) -> Iterator[tuple[int, float, np.ndarray]]:
+        seq, offset = 0, 0.0
+        decoded = itertools.chain([self._first], self._decoded)
+        self._first = None
+        while True:
+            t = 0.0
+            for t, frame in decoded:
+                if stop.is_set():
+                    return
+                yield seq, offset + t, self._convert(frame)
+                seq += 1
+            if not self._loop_forever:
+                return
+            offset += t + 1.0 / self.rate
+            self._video.close()
+            self._video = VideoFile(self.path)
+            decoded = self._video.frames()
+
+    def _close(self) -> None:
+        if self._video is not None:
+            self._video.close()
+            self._video = None
+
+    async def _frames(self, items: AsyncIterator[tuple[int, float, np.ndarray]]) -> AsyncIterator[Frame]:
+        async for seq, t, image in items:
+            if self._pacer is not None:
+                await self._pacer.wait(t)
+            yield self._frame(seq, image)
