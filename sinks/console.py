@@ -1,0 +1,103 @@
+"""Human-readable lines for predictions and stats, and the ordered line writer other sinks share."""
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import TextIO
+
+from sinks.errors import SinkError
+from sinks.messages import Prediction, Stats
+
+
+def format_prediction(p: Prediction) -> str:
+    """One line: stream, window, seq range, label, top probability, frames picked, latency."""
+    top = max(p.probs.values(), default=math.nan)
+    padded = f" (+{p.padded} padded)" if p.padded else ""
+    return (
+        f"{p.stream} #{p.window} seq {p.first_seq}-{p.last_seq}{padded}: {p.label} {top:.2f}"
+        f" | picked {len(p.selected)} | {p.latency_ms:.1f} ms"
+    )
+
+
+def format_stats(s: Stats) -> str:
+    """One line with the counters, input rate, latency percentiles and compute saved."""
+    p50, p95, p99 = (float(s.latency_ms.get(k, math.nan)) for k in ("p50", "p95", "p99"))
+    final = " (final)" if s.final else ""
+    return (
+        f"{s.stream} stats{final}: in {s.frames_in} forwarded {s.frames_forwarded}"
+        f" skipped {s.frames_skipped} dropped {s.frames_dropped} bad {s.bad_messages}"
+        f" windows {s.windows} | {s.fps_in:.1f} fps | latency p50/p95/p99"
+        f" {p50:.1f}/{p95:.1f}/{p99:.1f} ms | compute saved {s.compute_saved:.0%}"
+    )
+
+
+class LineWriter:
+    """Write whole lines to a text stream from one worker thread, in call order, flushing each.
+
+    Args:
+        stream: where the lines go.
+        name: what the stream is, for the error message (e.g. "JSONL file 'out.jsonl'").
+        close: close ``stream`` in :meth:`aclose` (for files the writer owns).
+    """
+
+    def __init__(self, stream: TextIO, *, name: str, close: bool = False) -> None:
+        self._stream = stream
+        self._name = name
+        self._close = close
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="das-lines")
+
+    async def write(self, line: str) -> None:
+        """Append ``line`` and a newline; raises SinkError when the stream cannot be written."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._write, line)
+
+    async def aclose(self) -> None:
+        """Finish pending writes (and close the stream if owned)."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._finish)
+        self._executor.shutdown(wait=False)
+
+    def _write(self, line: str) -> None:
+        try:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+        except (OSError, ValueError) as exc:
+            raise SinkError(f"cannot write {self._name}: {exc}; check the disk or choose another output") from exc
+
+    def _finish(self) -> None:
+        if self._close:
+            self._stream.close()
+        else:
+            self._stream.flush()
+
+
+class ConsoleSink:
+    """Print one readable line per prediction and per stats message.
+
+    Args:
+        stream: text stream to print to (default: ``sys.stdout`` at construction).
+        show_stats: also print stats lines.
+    """
+
+    def __init__(self, stream: TextIO | None = None, *, show_stats: bool = True) -> None:
+        self._writer = LineWriter(stream if stream is not None else sys.stdout, name="the console")
+        self._show_stats = show_stats
+
+    async def __aenter__(self) -> ConsoleSink:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._writer.aclose()
+
+    async def publish_prediction(self, p: Prediction) -> None:
+        await self._writer.write(format_prediction(p))
+
+    async def publish_stats(self, s: Stats) -> None:
+        if self._show_stats:
+            await self._writer.write(format_stats(s))

@@ -1,0 +1,183 @@
+"""``das-stream subscribe``: print the predictions and stats arriving on a broker.
+
+QoS 1 delivers at least once, so after a reconnect a prediction may arrive twice. Predictions
+are identified by ``(stream, window)``; a repeat with the same payload is flagged and not
+counted again. (A restarted stream starts its windows at 0 again with new payloads, so it is
+not mistaken for repeats.)
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import json
+import sys
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, TextIO
+
+import aiomqtt
+
+from sinks.console import LineWriter, format_prediction, format_stats
+from sinks.messages import Prediction, Stats
+from sinks.mqtt import MqttSettings, keep_connected
+
+_RECORDS: dict[str, type[Prediction] | type[Stats]] = {"prediction": Prediction, "stats": Stats}
+
+
+def decode(topic: str, payload: bytes) -> Prediction | Stats:
+    """The record a payload on ``<prefix>/<stream>/prediction|stats`` carries.
+
+    Unknown fields are ignored (newer schema versions may add some).
+
+    Raises:
+        ValueError: not JSON, not an object, a required field missing, or a wrong type.
+    """
+    cls = _RECORDS.get(topic.rsplit("/", 1)[-1])
+    if cls is None:
+        raise ValueError("topic is neither .../prediction nor .../stats")
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not UTF-8 JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    known = {f.name: f for f in fields(cls)}
+    missing = [n for n, f in known.items() if n not in data and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    values = {k: v for k, v in data.items() if k in known}
+    if cls is Prediction:
+        values["selected"] = tuple(values["selected"])
+    record = cls(**values)
+    try:  # the formatters touch every numeric field: a wrong type fails here, not later
+        format_prediction(record) if isinstance(record, Prediction) else format_stats(record)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"bad field type ({exc})") from None
+    return record
+
+
+class RepeatFilter:
+    """Spots redelivered predictions by ``(stream, window)`` and payload.
+
+    Args:
+        capacity: how many recent predictions to remember.
+    """
+
+    def __init__(self, capacity: int = 10000) -> None:
+        self._capacity = capacity
+        self._seen: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
+
+    def is_repeat(self, p: Prediction, payload: bytes) -> bool:
+        key = (p.stream, p.window)
+        digest = hashlib.blake2b(payload, digest_size=16).digest()
+        if self._seen.get(key) == digest:
+            return True
+        self._seen[key] = digest
+        self._seen.move_to_end(key)
+        if len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+        return False
+
+
+@dataclass(frozen=True)
+class SubscribeSummary:
+    """What ``subscribe`` saw: new predictions, stats, flagged repeats, malformed payloads."""
+
+    predictions: int
+    stats: int
+    duplicates: int
+    malformed: int
+
+
+class _Printer:
+    """Turns each incoming message into one output line and keeps the tally."""
+
+    def __init__(self, writer: LineWriter, *, raw: bool) -> None:
+        self._writer = writer
+        self._raw = raw
+        self._repeats = RepeatFilter()
+        self.tally = collections.Counter({"predictions": 0, "stats": 0, "duplicates": 0, "malformed": 0})
+
+    @property
+    def accepted(self) -> int:
+        return self.tally["predictions"] + self.tally["stats"]
+
+    async def handle(self, topic: str, payload: bytes) -> None:
+        try:
+            record = decode(topic, payload)
+        except ValueError as exc:
+            self.tally["malformed"] += 1
+            await self._writer.write(self._line(
+                {"type": "malformed", "topic": topic, "error": str(exc)},
+                f"malformed message on {topic}: {exc}",
+            ))
+            return
+        if isinstance(record, Stats):
+            self.tally["stats"] += 1
+            await self._writer.write(self._line(json.loads(payload), format_stats(record)))
+            return
+        if self._repeats.is_repeat(record, payload):
+            self.tally["duplicates"] += 1
+            await self._writer.write(self._line(
+                {**json.loads(payload), "duplicate": True},
+                f"duplicate (already shown): {format_prediction(record)}",
+            ))
+            return
+        self.tally["predictions"] += 1
+        await self._writer.write(self._line(json.loads(payload), format_prediction(record)))
+
+    def _line(self, obj: dict[str, Any], text: str) -> str:
+        return json.dumps(obj, separators=(",", ":")) if self._raw else text
+
+
+async def subscribe(
+    settings: MqttSettings,
+    *,
+    out: TextIO | None = None,
+    duration: float | None = None,
+    max_messages: int | None = None,
+    raw: bool = False,
+    ready: asyncio.Event | None = None,
+) -> SubscribeSummary:
+    """Subscribe to ``<prefix>/+/prediction`` and ``<prefix>/+/stats`` and print each arrival.
+
+    Reconnects with backoff (persistent session, client id ``das-stream-sub-<host>`` unless
+    ``settings.client_id`` is set), so messages published during a broker outage arrive after it.
+
+    Args:
+        settings: broker and topic prefix (``MqttSettings.from_url``).
+        out: text stream for the lines (default ``sys.stdout``).
+        duration: stop after this many seconds (None: run until cancelled).
+        max_messages: stop after this many new predictions and stats (repeats and malformed
+            payloads are not counted).
+        raw: print each payload as one JSON line instead of a readable line; repeats get
+            ``"duplicate": true`` and malformed payloads ``{"type": "malformed", ...}``.
+        ready: set once the subscriptions are confirmed the first time.
+
+    Raises:
+        SinkError: the broker refused the credentials or its TLS certificate is not trusted.
+    """
+    writer = LineWriter(out if out is not None else sys.stdout, name="the subscribe output")
+    printer = _Printer(writer, raw=raw)
+    try:
+        await asyncio.wait_for(_receive(settings, printer, max_messages=max_messages, ready=ready), duration)
+    except asyncio.TimeoutError:
+        pass
+    finally:
+        await writer.aclose()
+    return SubscribeSummary(**printer.tally)
+
+
+async def _receive(settings: MqttSettings, printer: _Printer, *, max_messages: int | None, ready: asyncio.Event | None) -> None:
+    topics = [(f"{settings.topic_prefix}/+/{kind}", settings.qos) for kind in _RECORDS]
+
+    async def session(client: aiomqtt.Client) -> None:
+        await client.subscribe(topics)
+        if ready is not None:
+            ready.set()
+        async for message in client.messages:
+            await printer.handle(str(message.topic), bytes(message.payload))
+            if max_messages is not None and printer.accepted >= max_messages:
+                return
+
+    await keep_connected(settings, session, role="sub", name="subscribe")
