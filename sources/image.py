@@ -40,7 +40,7 @@ class OutputFormat:
         input already matched (then the input itself is returned).
         """
         if image.ndim == 3 and image.shape[2] == 1:
-            image = image[:, :, 0]
+            image = np.ascontiguousarray(image[:, :, 0])
         if self.gray and image.ndim == 3:
             image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY)
         elif bgr and image.ndim == 3:

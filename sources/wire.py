@@ -1,0 +1,260 @@
+"""The ZeroMQ frame wire format (compatible with imagezmq), and a small sender.
+
+A message is a ZeroMQ multipart message of two frames:
+
+1. a UTF-8 JSON object (the header), at most ``MAX_HEADER_BYTES``;
+2. the payload: either the raw bytes of a C-ordered array, or a JPEG file.
+
+Raw array (imagezmq ``send_array``)::
+
+    {"msg": "probe-1", "dtype": "uint8", "shape": [480, 640]}         (or [H, W, 3] RGB)
+
+JPEG (imagezmq ``send_jpg`` sends only ``{"msg": ...}``; this module adds ``"jpg": true``)::
+
+    {"msg": "probe-1", "jpg": true}
+
+A header without ``dtype`` and ``shape`` is read as JPEG, so imagezmq's own form works. Optional
+fields: ``"seq"`` (non-negative int: the receiver turns jumps into visible gaps) and
+``"timestamp"`` (capture time, seconds since the epoch). Other fields are ignored. Nothing is
+ever unpickled; everything is checked before any array is allocated. With a topic (PUB/SUB),
+a leading topic frame comes first (three frames).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import zmq
+
+from .errors import SourceError
+
+DEFAULT_MAX_FRAME_BYTES = 64 * 2**20
+MAX_HEADER_BYTES = 64 * 2**10
+SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (not DHT, JPG, DAC)
+_STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01, 0xD8}  # RSTn, TEM, SOI: no length field
+
+
+class BadMessage(SourceError):
+    """A message that does not follow the wire format; the text says what is wrong."""
+
+
+def encode_array(
+    array: np.ndarray, *, msg: str = "", seq: int | None = None, timestamp: float | None = None
+) -> list[bytes]:
+    """[header, raw bytes] for an array (imagezmq ``send_array`` compatible)."""
+    array = np.ascontiguousarray(array)
+    header = {"msg": msg, "dtype": str(array.dtype), "shape": list(array.shape)}
+    return [_header_bytes(header, seq, timestamp), array.tobytes()]
+
+
+def encode_jpg(
+    image: np.ndarray | bytes,
+    *,
+    msg: str = "",
+    seq: int | None = None,
+    timestamp: float | None = None,
+    quality: int = 90,
+) -> list[bytes]:
+    """[header, JPEG bytes]: ``image`` is a uint8 (H, W) gray or (H, W, 3) RGB array to encode
+    at ``quality``, or JPEG bytes sent as they are."""
+    jpeg = bytes(image) if isinstance(image, (bytes, bytearray, memoryview)) else _jpeg_bytes(image, quality)
+    return [_header_bytes({"msg": msg, "jpg": True}, seq, timestamp), jpeg]
+
+
+def _header_bytes(header: dict[str, Any], seq: int | None, timestamp: float | None) -> bytes:
+    if seq is not None:
+        header["seq"] = int(seq)
+    if timestamp is not None:
+        header["timestamp"] = float(timestamp)
+    return json.dumps(header, separators=(",", ":")).encode()
+
+
+def _jpeg_bytes(image: np.ndarray, quality: int) -> bytes:
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise SourceError(f"JPEG frames must be uint8 (H, W) or (H, W, 3) RGB, got {image.dtype} {image.shape}")
+    bgr = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buffer = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:  # pragma: no cover - cv2 encodes any valid uint8 image
+        raise SourceError("OpenCV could not encode the frame as JPEG")
+    return buffer.tobytes()
+
+
+def decode_message(
+    parts: Sequence[bytes],
+    *,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    allowed_dtypes: Sequence[str] = ("uint8",),
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Validate and decode [header, payload].
+
+    Returns:
+        (header dict, array): the array is a read-only view of the payload for raw arrays
+        (dtype as sent), or the decoded JPEG as uint8 (H, W) gray or (H, W, 3) RGB.
+
+    Raises:
+        BadMessage: naming what is wrong, before anything is allocated.
+    """
+    if len(parts) != 2:
+        raise BadMessage(f"expected 2 message parts (JSON header, payload), got {len(parts)}")
+    raw_header, payload = parts
+    if len(raw_header) > MAX_HEADER_BYTES:
+        raise BadMessage(f"header of {len(raw_header)} bytes is over the {MAX_HEADER_BYTES}-byte limit")
+    if len(payload) > max_frame_bytes:
+        raise BadMessage(f"payload of {len(payload)} bytes is over max_frame_bytes={max_frame_bytes}")
+    try:
+        header = json.loads(raw_header)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadMessage(f"header is not UTF-8 JSON ({str(exc)[:80]})") from None
+    if not isinstance(header, dict):
+        raise BadMessage(f"header must be a JSON object, got {type(header).__name__}")
+    _check_optional_fields(header)
+    if header.get("jpg") is True or ("dtype" not in header and "shape" not in header):
+        return header, _decode_jpeg(payload, max_frame_bytes)
+    return header, _array_view(header, payload, max_frame_bytes, allowed_dtypes)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_optional_fields(header: dict[str, Any]) -> None:
+    seq = header.get("seq")
+    if seq is not None and not (_is_int(seq) and seq >= 0):
+        raise BadMessage(f"header seq must be a non-negative integer, got {seq!r}")
+    stamp = header.get("timestamp")
+    if stamp is not None and not (isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and math.isfinite(stamp)):
+        raise BadMessage(f"header timestamp must be a finite number of seconds, got {stamp!r}")
+
+
+def _array_view(header: dict[str, Any], payload: bytes, max_frame_bytes: int, allowed: Sequence[str]) -> np.ndarray:
+    dtype, shape = header.get("dtype"), header.get("shape")
+    if not isinstance(dtype, str) or dtype not in allowed:
+        raise BadMessage(f"dtype {dtype!r} is not allowed (allowed: {', '.join(allowed)})")
+    if not (isinstance(shape, list) and len(shape) in (2, 3) and all(_is_int(d) and d > 0 for d in shape)):
+        raise BadMessage(f"shape must be [H, W] or [H, W, C] of positive integers, got {str(shape)[:80]}")
+    if len(shape) == 3 and shape[2] not in (1, 3):
+        raise BadMessage(f"shape {shape} has {shape[2]} channels; send 1 (gray) or 3 (RGB)")
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes > max_frame_bytes:
+        raise BadMessage(f"header claims a {nbytes}-byte frame {shape}, over max_frame_bytes={max_frame_bytes}")
+    if nbytes != len(payload):
+        raise BadMessage(f"payload has {len(payload)} bytes but shape {shape} of {dtype} needs {nbytes}")
+    return np.frombuffer(payload, dtype=dtype).reshape(shape)
+
+
+def jpeg_shape(data: bytes) -> tuple[int, int, int]:
+    """(height, width, components) from a JPEG's frame header, without decoding anything."""
+    if data[:2] != b"\xff\xd8":
+        raise BadMessage("payload is not a JPEG (no start-of-image marker)")
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            raise BadMessage(f"corrupt JPEG: marker expected at byte {i}")
+        marker = data[i + 1]
+        if marker == 0xFF or marker in _STANDALONE_MARKERS:
+            i += 1 if marker == 0xFF else 2
+            continue
+        if marker in _SOF_MARKERS and i + 10 <= len(data):
+            height, width = int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big")
+            return height, width, data[i + 9]
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            break
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    raise BadMessage("corrupt JPEG: no frame header (SOF) before the image data")
+
+
+def _decode_jpeg(payload: bytes, max_frame_bytes: int) -> np.ndarray:
+    height, width, components = jpeg_shape(payload)
+    if components not in (1, 3) or height == 0 or width == 0:
+        raise BadMessage(f"JPEG of {width}x{height} with {components} components; send gray or colour JPEG")
+    if height * width * components > max_frame_bytes:
+        raise BadMessage(f"JPEG of {width}x{height}x{components} decodes over max_frame_bytes={max_frame_bytes}")
+    image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise BadMessage("JPEG could not be decoded (corrupt data)")
+    if image.shape[:2] != (height, width):
+        raise BadMessage(f"JPEG decoded to {image.shape}, not the {height}x{width} its header declares")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """uint8 as is; uint16 keeps its high byte; float32 is taken as [0, 1] and scaled to 0-255."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return (array >> 8).astype(np.uint8)
+    return np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _now_if_none(timestamp: float | None) -> float:
+    return time.time() if timestamp is None else timestamp
+
+
+class FrameSender:
+    """Pushes frames in the wire format: for producers, demos and tests.
+
+    Every message carries ``seq`` (counting from 0 unless given) and ``timestamp`` (now unless
+    given), so a receiver can show gaps and measure latency.
+
+    Args:
+        url: ZeroMQ endpoint, e.g. ``tcp://127.0.0.1:5555`` (``tcp://*:5555`` to bind on all).
+        pattern: ``"pub"`` (receivers: zmq+sub) or ``"push"`` (receivers: zmq+pull).
+        bind: bind ``url`` (imagezmq's PUB does) instead of connecting to it.
+        topic: for ``pub``: a leading topic frame to send, or b"" for none (imagezmq style).
+    """
+
+    def __init__(self, url: str, *, pattern: str = "pub", bind: bool = True, topic: bytes = b"") -> None:
+        kinds = {"pub": zmq.PUB, "push": zmq.PUSH}
+        if pattern not in kinds:
+            raise SourceError(f"sender pattern must be 'pub' or 'push', got {pattern!r}")
+        self._context = zmq.Context()
+        self._socket = self._context.socket(kinds[pattern])
+        self._socket.setsockopt(zmq.LINGER, 1000)
+        try:
+            (self._socket.bind if bind else self._socket.connect)(url)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise SourceError(f"cannot {'bind' if bind else 'connect'} sender to {url}: {exc}") from None
+        self._prefix = [topic] if topic else []
+        self._seq = 0
+
+    def send_array(self, array: np.ndarray, *, msg: str = "", seq: int | None = None, timestamp: float | None = None) -> None:
+        """Send a raw array."""
+        self._send(encode_array(array, msg=msg, seq=self._next_seq(seq), timestamp=_now_if_none(timestamp)))
+
+    def send_jpg(
+        self,
+        image: np.ndarray | bytes,
+        *,
+        msg: str = "",
+        seq: int | None = None,
+        timestamp: float | None = None,
+        quality: int = 90,
+    ) -> None:
+        """Send a JPEG (an array to encode, or JPEG bytes)."""
+        parts = encode_jpg(image, msg=msg, seq=self._next_seq(seq), timestamp=_now_if_none(timestamp), quality=quality)
+        self._send(parts)
+
+    def _next_seq(self, seq: int | None) -> int:
+        self._seq = self._seq if seq is None else seq
+        self._seq += 1
+        return self._seq - 1
+
+    def _send(self, parts: list[bytes]) -> None:
+        self._socket.send_multipart(self._prefix + parts, copy=False)
+
+    def close(self) -> None:
+        self._socket.close()
+        self._context.term()
+
+    def __enter__(self) -> FrameSender:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
