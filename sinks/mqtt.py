@@ -309,7 +309,7 @@ class MqttSink:
         self.settings = settings
         self._waiting: collections.deque[_Outgoing] = collections.deque()
         self._inflight: list[_Outgoing] = []
-        self._has_work = asyncio.Event()
+        self._wake = asyncio.Event()  # new message, or a publish finished
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
@@ -348,14 +348,14 @@ class MqttSink:
         self._open = False
         idle = asyncio.create_task(self._idle.wait())
         await asyncio.wait({idle, self._task}, timeout=self.settings.drain_timeout, return_when=asyncio.FIRST_COMPLETED)
-        idle.cancel()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        for task in (idle, self._task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self._undelivered = len(self._waiting) + len(self._inflight)
         if self._undelivered:
             log.warning(
-                "mqtt: %d message(s) not delivered to %s (drain timeout %.1f s; %d dropped on overflow)",
+                "mqtt sink: %d message(s) not delivered to %s (drain timeout %.1f s; %d dropped on overflow)",
                 self._undelivered, self.settings.url, self.settings.drain_timeout, self._overflow,
             )
         if self._fatal is not None and exc_type is None:
@@ -379,7 +379,7 @@ class MqttSink:
             self._overflow += 1
         self._waiting.append(message)
         self._idle.clear()
-        self._has_work.set()
+        self._wake.set()
 
     async def _run(self) -> None:
         try:
@@ -401,10 +401,17 @@ class MqttSink:
             for task in (watch, send):
                 task.cancel()
             await asyncio.gather(watch, send, return_exceptions=True)
-            self._waiting.extendleft(reversed(self._inflight))
-            self._inflight = []
+            self._requeue_inflight()
         for task in done:
             task.result()
+
+    def _requeue_inflight(self) -> None:
+        """Put unacknowledged messages back in front, in order; keep the buffer's bound."""
+        self._waiting.extendleft(reversed(self._inflight))
+        self._inflight = []
+        while len(self._waiting) > self.settings.buffer_size:
+            self._waiting.popleft()
+            self._overflow += 1
 
     @staticmethod
     async def _watch(client: aiomqtt.Client) -> None:
@@ -413,27 +420,33 @@ class MqttSink:
             pass
 
     async def _send_forever(self, client: aiomqtt.Client) -> None:
-        while True:
-            if not self._waiting:
-                self._idle.set()
-                self._has_work.clear()
-                await self._has_work.wait()
-                continue
-            count = min(self.settings.max_inflight, len(self._waiting))
-            self._inflight = [self._waiting.popleft() for _ in range(count)]
-            acked = await asyncio.gather(*(self._send_one(client, m) for m in list(self._inflight)))
-            if not all(acked):
-                raise aiomqtt.MqttError("no acknowledgement from the broker in time")
-
-    async def _send_one(self, client: aiomqtt.Client, message: _Outgoing) -> bool:
-        """Publish and wait for the acknowledgement; on success the message leaves the buffer."""
+        """Keep up to ``max_inflight`` publishes going, in buffer order; raise MqttError if one fails."""
+        sending: set[asyncio.Task[None]] = set()
         try:
-            await client.publish(message.topic, message.payload, qos=self.settings.qos, timeout=self.settings.timeout)
-        except aiomqtt.MqttError:
-            return False
+            while True:
+                for task in [t for t in sending if t.done()]:
+                    sending.discard(task)
+                    task.result()
+                while self._waiting and len(sending) < self.settings.max_inflight:
+                    message = self._waiting.popleft()
+                    self._inflight.append(message)
+                    task = asyncio.create_task(self._send_one(client, message))
+                    task.add_done_callback(lambda _: self._wake.set())
+                    sending.add(task)
+                if not sending:
+                    self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+        finally:
+            for task in sending:
+                task.cancel()
+            await asyncio.gather(*sending, return_exceptions=True)
+
+    async def _send_one(self, client: aiomqtt.Client, message: _Outgoing) -> None:
+        """Publish and wait for the acknowledgement; then the message leaves the buffer."""
+        await client.publish(message.topic, message.payload, qos=self.settings.qos, timeout=self.settings.timeout)
         self._inflight.remove(message)
         self._published += 1
-        return True
 
 
 __all__ = ["MqttSettings", "MqttSink", "URL_FORM", "default_client_id", "keep_connected", "topic_segment"]
