@@ -1,5 +1,9 @@
 """The downstream classifier of the DAS paper: per-frame MobileNetV3-Small, attention pooling, MLP.
 
+Backbones (``backbone=``): ``"mobilenet_v3_small"`` (the paper's, 576-d embeddings) and
+``"tiny_cnn"`` (four strided 3x3 conv blocks, 128-d, no pretrained weights): a stand-in for
+quick CPU experiments and tests, where MobileNet's ~50 layers cost more than the task needs.
+
 The per-frame embedding (:meth:`FrameClassifier.embed`) and the pooling + head
 (:meth:`FrameClassifier.classify`) are separate calls so that a streaming runtime can embed each
 frame once and reuse the embedding in every overlapping window that picks it.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,6 +40,22 @@ BACKBONE_DIM = 576  # channels of mobilenet_v3_small(...).features
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _IMAGENET = MobileNet_V3_Small_Weights.IMAGENET1K_V1
+
+
+def tiny_cnn() -> nn.Sequential:
+    """Four blocks of 3x3 convolution (stride 2), batch norm and ReLU: 3 -> 16 -> 32 -> 64 -> 128."""
+    layers: list[nn.Module] = []
+    channels = (3, 16, 32, 64, 128)
+    for c_in, c_out in zip(channels, channels[1:]):
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+# name -> (builder of a module mapping (N, 3, S, S) to feature maps (N, D, h, w), D)
+BACKBONES: dict[str, tuple[Callable[[], nn.Module], int]] = {
+    "mobilenet_v3_small": (lambda: mobilenet_v3_small(weights=None).features, BACKBONE_DIM),
+    "tiny_cnn": (tiny_cnn, 128),
+}
 
 
 def imagenet_cache_path() -> Path:
@@ -64,12 +85,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_backbone_weights(features: nn.Module, weights: str | os.PathLike) -> str:
-    """Load ``weights`` into the ``features`` of a MobileNetV3-Small; return what was loaded.
+def load_backbone_weights(features: nn.Module, weights: str | os.PathLike, *, backbone: str = "mobilenet_v3_small") -> str:
+    """Load ``weights`` into a backbone; return what was loaded.
 
     Args:
-        features: ``mobilenet_v3_small().features``.
+        features: the backbone module, e.g. ``mobilenet_v3_small().features``.
         weights: ``"none"``, ``"auto"``, ``"imagenet"`` or a path (see the module docstring).
+        backbone: the backbone's name; ImageNet weights exist only for "mobilenet_v3_small".
 
     Returns:
         ``"none"``, ``"imagenet"`` or the path, i.e. what the backbone now holds.
@@ -78,6 +100,8 @@ def load_backbone_weights(features: nn.Module, weights: str | os.PathLike) -> st
     if source == "none":
         return "none"
     if source in ("auto", "imagenet"):
+        if backbone != "mobilenet_v3_small":
+            raise SamplerError(f"there are no ImageNet weights for the {backbone} backbone; use weights='none' or a state_dict PATH")
         cached = imagenet_cache_path()
         if cached.is_file():
             state = _read_state_dict(cached)
@@ -96,9 +120,9 @@ def load_backbone_weights(features: nn.Module, weights: str | os.PathLike) -> st
     missing, unexpected = features.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ModelFileError(
-            f"backbone weights {source} are not a MobileNetV3-Small state_dict "
+            f"backbone weights {source} are not a {backbone} state_dict "
             f"(missing {len(missing)} keys, e.g. {missing[:2]}; unexpected {len(unexpected)}, e.g. {unexpected[:2]}); "
-            "pass torchvision's mobilenet_v3_small weights"
+            "pass weights saved from that backbone (torchvision's for mobilenet_v3_small)"
         )
     return source
 
@@ -131,13 +155,15 @@ class AttentionPool(nn.Module):
 
 
 class FrameClassifier(nn.Module):
-    """MobileNetV3-Small per frame, attention pooling over the frames, a two-layer MLP head.
+    """A CNN per frame (MobileNetV3-Small), attention pooling over the frames, a two-layer MLP head.
 
     Args:
         num_classes: number of classes.
         input_size: side of the square frames the backbone sees (frames are resized to it).
         weights: backbone weights: ``"none"``, ``"auto"``, ``"imagenet"`` or a path.
-        embed_dim: embedding size E; a linear projection follows the backbone when it is not 576.
+        backbone: ``"mobilenet_v3_small"`` or ``"tiny_cnn"``.
+        embed_dim: embedding size E; None keeps the backbone's own (576 for MobileNetV3-Small),
+            another value adds a linear projection.
         hidden: width of the attention layer and of the MLP's hidden layer.
         dropout: dropout before the MLP's last layer.
     """
@@ -148,7 +174,8 @@ class FrameClassifier(nn.Module):
         *,
         input_size: int = 224,
         weights: str | os.PathLike = "none",
-        embed_dim: int = BACKBONE_DIM,
+        backbone: str = "mobilenet_v3_small",
+        embed_dim: int | None = None,
         hidden: int = 128,
         dropout: float = 0.2,
     ) -> None:
@@ -157,12 +184,16 @@ class FrameClassifier(nn.Module):
             raise SamplerError(f"a classifier needs at least 2 classes, got num_classes={num_classes}")
         if input_size < 16:
             raise SamplerError(f"input_size must be at least 16 pixels, got {input_size}")
+        if backbone not in BACKBONES:
+            raise SamplerError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
         self.num_classes = int(num_classes)
         self.input_size = int(input_size)
-        self.backbone = mobilenet_v3_small(weights=None).features
-        self.weights_source = load_backbone_weights(self.backbone, weights)
-        self.project = nn.Identity() if embed_dim == BACKBONE_DIM else nn.Linear(BACKBONE_DIM, embed_dim)
-        self.embed_dim = int(embed_dim)
+        build, backbone_dim = BACKBONES[backbone]
+        self.backbone = build()
+        self.weights_source = load_backbone_weights(self.backbone, weights, backbone=backbone)
+        embed_dim = backbone_dim if embed_dim is None else int(embed_dim)
+        self.project = nn.Identity() if embed_dim == backbone_dim else nn.Linear(backbone_dim, embed_dim)
+        self.embed_dim = embed_dim
         self.pool = AttentionPool(embed_dim, hidden)
         self.head = nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

@@ -18,14 +18,13 @@ from torch import nn
 
 from .base import Sampler, SamplerOutput
 from .baselines import ADPSSampler, DPSSampler, FullSampler, RandomSampler, UniformSampler
-from .classifier import FrameClassifier
+from .classifier import BACKBONES, FrameClassifier
 from .das import DASSampler
 from .errors import ConfigError, ModelFileError
 from .features import frame_validity
 
 FILE_FORMAT = "das-stream-model"
 FILE_VERSION = 1
-BACKBONES = ("mobilenet_v3_small",)
 
 # method -> (sampler class, whether it takes feature_size)
 SAMPLERS: dict[str, tuple[type[Sampler], bool]] = {
@@ -72,7 +71,7 @@ class ModelConfig:
         class_names: names of the classes, in logit order.
         feature_size: working resolution of the sampler's frame features.
         input_size: side of the frames the classifier's backbone sees.
-        backbone: only "mobilenet_v3_small".
+        backbone: "mobilenet_v3_small" (the paper's) or "tiny_cnn" (fast CPU experiments).
         backbone_weights: initial backbone weights for a new model ("none", "auto",
             "imagenet" or a path); a loaded model takes its weights from the file instead.
         sampler_kwargs: the sampler's own options (plain values).
@@ -234,6 +233,7 @@ def build_model(config: ModelConfig, *, load_backbone_weights: bool = True) -> S
         len(config.class_names),
         input_size=config.input_size,
         weights=config.backbone_weights if load_backbone_weights else "none",
+        backbone=config.backbone,
         **config.classifier_kwargs,
     )
     return SampledClassifier(config=config, sampler=sampler, classifier=classifier)

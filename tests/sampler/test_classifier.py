@@ -95,7 +95,7 @@ def test_bad_weights_files_name_the_file(tmp_path):
         FrameClassifier(2, weights=missing)
     foreign = tmp_path / "foreign.pth"
     torch.save({"conv.weight": torch.zeros(3)}, foreign)
-    with pytest.raises(ModelFileError, match="foreign.pth are not a MobileNetV3-Small state_dict"):
+    with pytest.raises(ModelFileError, match="foreign.pth are not a mobilenet_v3_small state_dict"):
         FrameClassifier(2, weights=foreign)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a torch file at all")
@@ -115,3 +115,17 @@ def test_bad_frames_raise_value_errors():
         clf(nan)
     with pytest.raises(SamplerError, match="at least 2 classes"):
         FrameClassifier(1)
+
+
+def test_tiny_cnn_backbone_embeds_and_has_no_imagenet_weights(tmp_path):
+    torch.manual_seed(0)
+    clf = FrameClassifier(2, input_size=16, backbone="tiny_cnn")
+    assert clf.embed(torch.rand(3, 1, 16, 16)).shape == (3, 128)
+    path = tmp_path / "tiny.pth"
+    torch.save(clf.backbone.state_dict(), path)
+    again = FrameClassifier(2, input_size=16, backbone="tiny_cnn", weights=path)
+    assert torch.equal(again.backbone[0].weight, clf.backbone[0].weight)
+    with pytest.raises(SamplerError, match="no ImageNet weights for the tiny_cnn backbone"):
+        FrameClassifier(2, backbone="tiny_cnn", weights="imagenet")
+    with pytest.raises(SamplerError, match="unknown backbone 'vgg'"):
+        FrameClassifier(2, backbone="vgg")
