@@ -68,34 +68,29 @@ def frame_features(x: torch.Tensor, size: int = 64) -> torch.Tensor:
         frames = as_float_window(x).reshape(b * t, c, h, w).float()
         if (h, w) != (size, size):
             frames = F.interpolate(frames, size=(size, size), mode="area")
-        variance = frames.flatten(1).var(dim=1, unbiased=False)
+        flat = frames.flatten(1)
+        variance = ((flat * flat).mean(dim=1) - flat.mean(dim=1) ** 2).clamp_min_(0.0)  # over space and channels
         gray = frames.mean(dim=1)  # (N, s, s)
 
         dx = gray[:, :, 2:] - gray[:, :, :-2]  # central differences, smoothed across rows: Sobel x
-        gx = dx[:, :-2] + 2 * dx[:, 1:-1] + dx[:, 2:]
+        gx = (dx[:, :-2] + dx[:, 2:]).add_(dx[:, 1:-1], alpha=2)
         dy = gray[:, 2:, :] - gray[:, :-2, :]  # ... and across columns: Sobel y
-        gy = dy[:, :, :-2] + 2 * dy[:, :, 1:-1] + dy[:, :, 2:]
-        center = gray[:, 1:-1, 1:-1]
-        laplacian = gray[:, :-2, 1:-1] + gray[:, 2:, 1:-1] + gray[:, 1:-1, :-2] + gray[:, 1:-1, 2:] - 4 * center
+        gy = (dy[:, :, :-2] + dy[:, :, 2:]).add_(dy[:, :, 1:-1], alpha=2)
+        laplacian = (gray[:, :-2, 1:-1] + gray[:, 2:, 1:-1]).add_(gray[:, 1:-1, :-2]).add_(gray[:, 1:-1, 2:])
+        laplacian.sub_(gray[:, 1:-1, 1:-1], alpha=4)
+        magnitude = (gx * gx).addcmul_(gy, gy).sqrt_().mean(dim=(1, 2))
+        sobel_x, sobel_y, laplacian = torch.stack([gx, gy, laplacian], dim=1).abs_().mean(dim=(2, 3)).unbind(1)
+        edges = torch.stack([sobel_x, sobel_y, magnitude, laplacian], dim=1)  # (N, 4)
 
         gray_bt = gray.reshape(b, t, size * size)
         if t > 1:
-            step = (gray_bt[:, 1:] - gray_bt[:, :-1]).abs().mean(dim=2)  # (B, T-1)
+            step = (gray_bt[:, 1:] - gray_bt[:, :-1]).abs_().mean(dim=2)  # (B, T-1)
             motion = torch.cat([step[:, :1], step], dim=1)
         else:
             motion = torch.zeros(b, t, device=x.device)
 
-        stats = torch.stack(
-            [
-                gray.flatten(1).mean(dim=1),
-                _log_energy(variance),
-                _log_energy(gx.abs().flatten(1).mean(dim=1)),
-                _log_energy(gy.abs().flatten(1).mean(dim=1)),
-                _log_energy(torch.sqrt(gx * gx + gy * gy).flatten(1).mean(dim=1)),
-                _log_energy(laplacian.abs().flatten(1).mean(dim=1)),
-            ],
-            dim=1,
-        ).reshape(b, t, NUM_FEATURES - 1)
+        energies = _log_energy(torch.cat([variance.unsqueeze(1), edges], dim=1))  # (N, 5)
+        stats = torch.cat([gray.mean(dim=(1, 2)).unsqueeze(1), energies], dim=1).reshape(b, t, NUM_FEATURES - 1)
         return torch.cat([stats, _log_energy(motion).unsqueeze(2)], dim=2)
 
 

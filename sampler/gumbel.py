@@ -29,6 +29,17 @@ def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     return hard + soft - soft.detach()
 
 
+def _one_hot_rows(scaled_logits: torch.Tensor, index: torch.Tensor, *, dim: int) -> torch.Tensor:
+    """One-hot rows at ``index``, straight-through the softmax of ``scaled_logits`` over ``dim``.
+
+    Without autograd (inference) the softmax is skipped and the rows are exactly one-hot.
+    """
+    hard = torch.zeros_like(scaled_logits).scatter_(dim, index.unsqueeze(dim), 1.0)
+    if not scaled_logits.requires_grad:
+        return hard
+    return straight_through(hard, F.softmax(scaled_logits, dim=dim))
+
+
 def penalize_invalid(scaled_logits: torch.Tensor, invalid: torch.Tensor) -> torch.Tensor:
     """Push the logits (..., T) of invalid frames (B, T) below every valid one."""
     while invalid.dim() < scaled_logits.dim():
@@ -49,10 +60,8 @@ def select_row(scaled_logits: torch.Tensor, taken: torch.Tensor | None) -> tuple
     """
     if taken is not None:
         scaled_logits = scaled_logits.masked_fill(taken, float("-inf"))
-    soft = F.softmax(scaled_logits, dim=1)
     index = scaled_logits.argmax(dim=1)
-    hard = F.one_hot(index, scaled_logits.shape[1]).to(soft.dtype)
-    return straight_through(hard, soft), index
+    return _one_hot_rows(scaled_logits, index, dim=1), index
 
 
 def select_without_replacement(scaled_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +78,7 @@ def select_without_replacement(scaled_logits: torch.Tensor) -> tuple[torch.Tenso
     rows, picks = [], []
     for j in range(k):
         row, index = select_row(scaled_logits[:, j], taken)
-        taken = taken | F.one_hot(index, t).bool()
+        taken = taken.scatter(1, index.unsqueeze(1), True)
         rows.append(row)
         picks.append(index)
     return torch.stack(rows, dim=1), torch.stack(picks, dim=1)
@@ -81,10 +90,8 @@ def select_independent(scaled_logits: torch.Tensor) -> tuple[torch.Tensor, torch
     Returns:
         (matrix (B, k, T) straight-through, indices (B, k)) in row order.
     """
-    soft = F.softmax(scaled_logits, dim=2)
     indices = scaled_logits.argmax(dim=2)
-    hard = F.one_hot(indices, scaled_logits.shape[2]).to(soft.dtype)
-    return straight_through(hard, soft), indices
+    return _one_hot_rows(scaled_logits, indices, dim=2), indices
 
 
 def in_temporal_order(matrix: torch.Tensor, indices: torch.Tensor) -> SamplerOutput:
@@ -100,5 +107,5 @@ def top_k_priority(priority: torch.Tensor, k: int) -> SamplerOutput:
     For the non-learned samplers; the caller breaks ties.
     """
     indices = priority.topk(k, dim=1).indices.sort(dim=1).values
-    matrix = F.one_hot(indices, priority.shape[1]).float()
+    matrix = torch.zeros(*indices.shape, priority.shape[1], device=priority.device).scatter_(2, indices.unsqueeze(2), 1.0)
     return SamplerOutput(matrix=matrix, indices=indices)
