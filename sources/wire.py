@@ -178,8 +178,6 @@ def _decode_jpeg(payload: bytes, max_frame_bytes: int) -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise BadMessage("JPEG could not be decoded (corrupt data)")
-    if image.shape[:2] != (height, width):
-        raise BadMessage(f"JPEG decoded to {image.shape}, not the {height}x{width} its header declares")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
 
 
@@ -210,7 +208,7 @@ class FrameSender:
     """
 
     def __init__(self, url: str, *, pattern: str = "pub", bind: bool = True, topic: bytes = b"") -> None:
-        kinds = {"pub": zmq.PUB, "push": zmq.PUSH}
+        kinds = {"pub": zmq.XPUB, "push": zmq.PUSH}  # XPUB: a PUB that also sees subscriptions
         if pattern not in kinds:
             raise SourceError(f"sender pattern must be 'pub' or 'push', got {pattern!r}")
         self._context = zmq.Context()
@@ -224,9 +222,19 @@ class FrameSender:
         self._prefix = [topic] if topic else []
         self._seq = 0
 
+    def wait_for_subscriber(self, timeout: float) -> bool:
+        """``pub`` only: block until a subscriber has joined (True) or ``timeout`` seconds pass
+        (False). Frames published before anyone subscribes are lost, as with any PUB socket."""
+        if self._socket.type != zmq.XPUB:
+            raise SourceError("wait_for_subscriber applies to pattern 'pub' only")
+        if not self._socket.poll(int(timeout * 1000)):
+            return False
+        self._socket.recv()  # the subscription message
+        return True
+
     def send_array(self, array: np.ndarray, *, msg: str = "", seq: int | None = None, timestamp: float | None = None) -> None:
         """Send a raw array."""
-        self._send(encode_array(array, msg=msg, seq=self._next_seq(seq), timestamp=_now_if_none(timestamp)))
+        self.send_parts(encode_array(array, msg=msg, seq=self._next_seq(seq), timestamp=_now_if_none(timestamp)))
 
     def send_jpg(
         self,
@@ -239,15 +247,17 @@ class FrameSender:
     ) -> None:
         """Send a JPEG (an array to encode, or JPEG bytes)."""
         parts = encode_jpg(image, msg=msg, seq=self._next_seq(seq), timestamp=_now_if_none(timestamp), quality=quality)
-        self._send(parts)
+        self.send_parts(parts)
 
     def _next_seq(self, seq: int | None) -> int:
         self._seq = self._seq if seq is None else seq
         self._seq += 1
         return self._seq - 1
 
-    def _send(self, parts: list[bytes]) -> None:
-        self._socket.send_multipart(self._prefix + parts, copy=False)
+    def send_parts(self, parts: list[bytes]) -> None:
+        """Send an already encoded message (``encode_array`` / ``encode_jpg`` output) as is,
+        after the topic frame if one is set."""
+        self._socket.send_multipart(self._prefix + list(parts), copy=False)
 
     def close(self) -> None:
         self._socket.close()
