@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +119,8 @@ class OnnxEmbedder:
         size = model.config.input_size
         graph = _EmbedGraph(model.classifier).eval()
         dummy = torch.zeros(2, 1, size, size, dtype=torch.uint8)
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
             path = Path(tmp) / "embed.onnx"
             torch.onnx.export(
                 graph, (dummy,), str(path), dynamo=False, input_names=["frames"], output_names=["embedding"],
@@ -157,6 +159,7 @@ class InferenceEngine:
         self.feature_size = cfg.feature_size
         self.input_size = cfg.input_size
         self.class_names = tuple(cfg.class_names)
+        self.embed_dim = model.classifier.embed_dim
         self.model_name = f"{cfg.name} ({cfg.method})"
         if engine == "torch":
             self.embedder: TorchEmbedder | OnnxEmbedder = TorchEmbedder(self.model, self.device)
@@ -206,15 +209,17 @@ class InferenceEngine:
                 small[b, t] = self._small_copy(w.stream, frame)
             valid[b, : len(w.frames)] = True
         x = torch.from_numpy(small).unsqueeze(2).to(self.device).float().div_(255.0)
-        sel = self.model.sampler.select(x, valid.to(self.device))
-        indices = sel.indices.cpu().numpy()
+        indices = self.model.sampler.select(x, valid.to(self.device)).indices.cpu().numpy()
+        # As in SampledClassifier.forward: picks that are padding or empty (lost probe contact)
+        # are left out of the pooling, so they need no embedding either.
+        usable = valid.numpy() & (small.reshape(B, T, -1).max(axis=2) > 0)
 
-        # Embed the picked real frames that have no embedding yet, in as few backbone calls as possible.
+        # Embed the usable picked frames that have no embedding yet, in as few backbone calls as possible.
         new: dict[Key, np.ndarray] = {}
         calls_by_window = [0] * B
         for b, w in enumerate(windows):
             for t in indices[b]:
-                if t < len(w.frames):
+                if usable[b, t]:
                     key = (w.stream, w.frames[t].seq)
                     if key not in self._emb and key not in new:
                         new[key] = resize_gray(w.frames[t].image, self.input_size)
@@ -222,22 +227,20 @@ class InferenceEngine:
         keys = list(new)
         for i in range(0, len(keys), self.max_embed_batch):
             chunk = keys[i : i + self.max_embed_batch]
-            emb = self.embedder(np.stack([new[k] for k in chunk]))
-            for key, e in zip(chunk, emb):
+            for key, e in zip(chunk, self.embedder(np.stack([new[k] for k in chunk]))):
                 self._emb[key] = e
 
-        emb_dim = next(iter(self._emb.values())).shape[-1] if self._emb else 0
-        picked = torch.zeros(B, self.k, emb_dim)
+        picked = torch.zeros(B, self.k, self.embed_dim)
         mask = torch.zeros(B, self.k, dtype=torch.bool)
         selected: list[tuple[int, ...]] = []
         for b, w in enumerate(windows):
             seqs = []
             for j, t in enumerate(indices[b]):
                 if t < len(w.frames):
-                    key = (w.stream, w.frames[t].seq)
-                    picked[b, j] = self._emb[key]
+                    seqs.append(w.frames[t].seq)
+                if usable[b, t]:
+                    picked[b, j] = self._emb[(w.stream, w.frames[t].seq)]
                     mask[b, j] = True
-                    seqs.append(key[1])
             selected.append(tuple(seqs))
         logits = self.model.classifier.classify(picked.to(self.device), mask.to(self.device))
         probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
@@ -246,4 +249,3 @@ class InferenceEngine:
                          backbone_calls=calls_by_window[b])
             for b, w in enumerate(windows)
         ]
-

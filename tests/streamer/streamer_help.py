@@ -1,0 +1,40 @@
+"""Helpers for the streamer tests: small real model files and real video files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from sampler.model import ModelConfig, build_model
+from sources.synthetic import CLASSES, make_clip
+
+
+def make_model_file(path: Path, *, method: str = "das", num_frames: int = 8, k: int = 4,
+                    input_size: int = 32, feature_size: int = 16, seed: int = 0) -> Path:
+    """Save an untrained (random-init) model: enough to exercise the runtime end to end."""
+    torch.manual_seed(seed)
+    k = num_frames if method == "full" else k
+    cfg = ModelConfig(method=method, num_frames=num_frames, k=k, class_names=CLASSES,
+                      feature_size=feature_size, input_size=input_size, name=path.stem)
+    build_model(cfg).save(path)
+    return path
+
+
+def write_video(path: Path, *, frames: int, fps: int = 30, size: int = 64, seed: int = 0) -> Path:
+    """Encode synthetic ultrasound-like frames to an H.264 (mp4) file with PyAV."""
+    rng = np.random.default_rng(seed)
+    clip = np.concatenate([make_clip(i % len(CLASSES), 16, size=size, rng=rng, empty_run_prob=0.0)
+                           for i in range(-(-frames // 16))])[:frames]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for image in clip:
+            rgb = np.repeat(image[:, :, None], 3, axis=2)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

@@ -1,0 +1,181 @@
+"""The whole runtime as users run it: `das-stream run` in its own process, a real broker, a
+separate MQTT subscriber, real video files encoded with PyAV."""
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import sys
+
+import numpy as np
+import pytest
+
+from sinks.mqtt import MqttSettings
+from sinks.subscribe import subscribe
+from sources.frame import Frame
+from streamer.window import Windower
+from streamer_help import make_model_file, write_video
+
+T, S = 8, 4
+
+
+def expected_windows(n: int) -> int:
+    w = Windower(stream="s", num_frames=T, stride=S)
+    img = np.zeros((1, 1), np.uint8)
+    count = sum(w.push(Frame("s", i, 0.0, img)) is not None for i in range(n))
+    last = w.flush()
+    return count + (1 if last is not None and last.frames else 0)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    return make_model_file(tmp_path_factory.mktemp("model") / "tiny.pt", num_frames=T, k=4)
+
+
+def run_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "streamer.cli", "run", "--log-level", "warning", *args]
+
+
+class Collector:
+    """A separate subscriber (persistent session, reconnects) recording every JSON message."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.settings = MqttSettings.from_url(url, topic_prefix=prefix, client_id=f"test-sub-{prefix}",
+                                              reconnect_max=0.5)
+        self.out = io.StringIO()
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    async def __aenter__(self):
+        self.task = asyncio.create_task(subscribe(self.settings, out=self.out, raw=True, ready=self.ready))
+        await asyncio.wait_for(self.ready.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc):
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    def messages(self) -> list[dict]:
+        return [json.loads(line) for line in self.out.getvalue().splitlines() if line.strip()]
+
+    def predictions(self) -> list[dict]:
+        return [m for m in self.messages() if m.get("type") == "prediction" and not m.get("duplicate")]
+
+    def final_stats(self) -> list[dict]:
+        return [m for m in self.messages() if m.get("type") == "stats" and m.get("final")]
+
+    async def wait_final(self, streams: int = 1, timeout: float = 60) -> None:
+        async def poll():
+            while len(self.final_stats()) < streams:
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(poll(), timeout)
+
+
+def assert_accounting(stats: dict) -> None:
+    assert stats["frames_pending"] == 0
+    assert stats["frames_in"] == stats["frames_forwarded"] + stats["frames_skipped"] + stats["frames_dropped"]
+
+
+async def test_replay_every_window_arrives_and_stats_add_up(tmp_path, mqtt_broker, model_file):
+    n = 103  # not a multiple of the stride: the last partial window is classified, padded
+    video = write_video(tmp_path / "clip.mp4", frames=n)
+    async with Collector(mqtt_broker.url, "e2e") as sub:
+        proc = await asyncio.create_subprocess_exec(
+            *run_cmd("--source", f"video:{video}", "--model", str(model_file), "--stride", str(S),
+                     "--no-pacing", "--mqtt", mqtt_broker.url, "--topic-prefix", "e2e", "--quiet",
+                     "--client-id", "e2e-runner"),
+            stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err.decode()
+        await sub.wait_final()
+    preds = sub.predictions()
+    assert [p["window"] for p in preds] == list(range(expected_windows(n)))
+    assert all(p["stream"] == "clip" and len(p["selected"]) <= 4 for p in preds)
+    assert preds[-1]["last_seq"] == n - 1 and preds[-1]["padded"] > 0
+    assert all(abs(sum(p["probs"].values()) - 1) < 1e-3 and p["label"] in p["probs"] for p in preds)
+    (final,) = sub.final_stats()
+    assert final["frames_in"] == n and final["frames_dropped"] == 0 and final["windows"] == len(preds)
+    assert_accounting(final)
+    forwarded = {s for p in preds for s in p["selected"]}
+    assert final["frames_forwarded"] == len(forwarded)
+    assert 0 < final["compute_saved"] < 1
+
+
+async def test_sigint_flushes_and_publishes_final_stats(tmp_path, mqtt_broker, model_file):
+    jsonl = tmp_path / "out.jsonl"
+    async with Collector(mqtt_broker.url, "sig") as sub:
+        proc = await asyncio.create_subprocess_exec(
+            *run_cmd("--source", "synthetic:?fps=60", "--model", str(model_file), "--mqtt", mqtt_broker.url,
+                     "--topic-prefix", "sig", "--jsonl", str(jsonl), "--client-id", "sig-runner"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+        async def some_predictions():
+            while len(sub.predictions()) < 3:
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(some_predictions(), 60)
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        await sub.wait_final()
+    (final,) = sub.final_stats()
+    assert_accounting(final)
+    assert final["windows"] == len(sub.predictions())
+    assert b"synthetic" in out  # the console sink printed lines too
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert sum(m["type"] == "prediction" for m in lines) == final["windows"]
+    assert lines[-1]["type"] == "stats" and lines[-1]["final"]
+
+
+async def test_broker_outage_mid_stream_loses_nothing(tmp_path, mqtt_broker, model_file):
+    n = 240  # 8 s at 30 fps, with the broker away for about 2 s in the middle
+    video = write_video(tmp_path / "long.mp4", frames=n)
+    async with Collector(mqtt_broker.url, "out") as sub:
+        proc = await asyncio.create_subprocess_exec(
+            *run_cmd("--source", f"video:{video}", "--model", str(model_file), "--mqtt", mqtt_broker.url,
+                     "--topic-prefix", "out", "--quiet", "--client-id", "outage-runner"),
+            stderr=asyncio.subprocess.PIPE)
+
+        async def predictions(count):
+            while len(sub.predictions()) < count:
+                await asyncio.sleep(0.05)
+        await asyncio.wait_for(predictions(5), 60)
+        await asyncio.to_thread(mqtt_broker.stop)
+        await asyncio.sleep(2.0)
+        await asyncio.to_thread(mqtt_broker.start)
+        _, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 0, err.decode()
+        await sub.wait_final()
+    windows = [p["window"] for p in sub.predictions()]
+    assert windows == list(range(expected_windows_stride(n, T)))  # all, in order, no repeats
+    (final,) = sub.final_stats()
+    assert_accounting(final)
+
+
+def expected_windows_stride(n: int, stride: int) -> int:
+    return -(-n // stride)  # non-overlapping windows, the last one padded
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_video_one_line_error_nonzero_exit(tmp_path, model_file, damage):
+    import subprocess
+    video = write_video(tmp_path / "ok.mp4", frames=60)
+    data = video.read_bytes()
+    bad = tmp_path / f"{damage}.mp4"
+    bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else os.urandom(len(data)))
+    res = subprocess.run(run_cmd("--source", f"video:{bad}", "--model", str(model_file), "--no-pacing", "--quiet"),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("das-stream: error:") and bad.name in last
+
+
+def test_wrong_model_file_is_a_clear_error(tmp_path):
+    import subprocess
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"not a model")
+    res = subprocess.run(run_cmd("--model", str(bad), "--duration", "1"), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()]  # one line
+    assert "das-stream: error: model file" in res.stderr and str(bad) in res.stderr
