@@ -100,7 +100,7 @@ class VideoFile:
     """
 
     def __init__(self, path: str | Path, *, threads: bool = True) -> None:
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
         if not self.path.exists():
             raise SourceError(f"video file not found: {self.path}; check the path")
         if not self.path.is_file():
@@ -264,7 +264,7 @@ class VideoSource(Source):
         gray: bool = True,
         size: int | tuple[int, int] | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
         super().__init__(name=name or derive_name(self.path.stem))
         self._pacer = Pacer(speed=speed) if pacing else None
         self._loop_forever = loop
