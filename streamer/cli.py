@@ -111,8 +111,81 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
 
 
 # --- training commands (train, evaluate, compare) ---
+_TRAIN_FLAGS = {"method": "model.method", "keep": "model.keep", "seed": "train.seed", "epochs": "train.epochs",
+                "device": "train.device", "methods": "grid.methods", "seeds": "grid.seeds", "keeps": "grid.keeps"}
+
+
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
-    pass
+    settings = argparse.ArgumentParser(add_help=False)
+    settings.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                          help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
+    settings.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the config's (auto)")
+
+    train = sub.add_parser("train", parents=[settings], help="train one method on one dataset",
+                           description="Train one sampler + classifier; writes model.pt, result.json and figures.")
+    train.add_argument("--config", required=True, help="experiment YAML, e.g. configs/train_adrenal28.yaml")
+    train.add_argument("--method", help="full | random | uniform | dps | adps | das")
+    train.add_argument("--keep", type=float, help="keep ratio k/T (default 0.5)")
+    train.add_argument("--seed", type=int, help="random seed (default 0)")
+    train.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
+    train.add_argument("--out", help="run folder (default: train.out/<name>/<method>-keep<k>-seed<s>)")
+    train.set_defaults(handler=_cmd_train)
+
+    evaluate = sub.add_parser("evaluate", parents=[settings], help="score a trained model on one split",
+                              description="Score a model on val or test; writes eval-<split>.json, predictions and "
+                              "a figure of the frames it picks.")
+    evaluate.add_argument("--model", required=True, help="model file written by `das-stream train`")
+    evaluate.add_argument("--config", help="experiment YAML (default: the config.yaml saved next to the model)")
+    evaluate.add_argument("--split", choices=["val", "test"], default="test", help="default test")
+    evaluate.add_argument("--out", help="output folder (default: the model's folder)")
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+    compare = sub.add_parser("compare", parents=[settings], help="run methods x seeds on one dataset, write the table",
+                             description="Train every method x keep x seed of the grid and write <name>.csv, "
+                             "<name>.md and <name>-auc.png.")
+    compare.add_argument("--config", required=True, help="experiment YAML, e.g. configs/train_adrenal28.yaml")
+    compare.add_argument("--methods", help="comma list (default: the config's grid.methods)")
+    compare.add_argument("--seeds", help="comma list, e.g. 0,1,2")
+    compare.add_argument("--keeps", help="comma list of keep ratios, e.g. 0.25,0.5,0.75")
+    compare.add_argument("--epochs", type=int, help="maximum epochs per run")
+    compare.add_argument("--out", help="output folder (default: train.out/<name>)")
+    compare.add_argument("--resume", action="store_true", help="skip runs whose result.json already exists")
+    compare.set_defaults(handler=_cmd_compare)
+
+
+def _training_overrides(args: argparse.Namespace) -> list[str]:
+    """The flags that set config values, as ``section.key=value`` overrides (then --set ones)."""
+    flags = [f"{key}={getattr(args, name)}" for name, key in _TRAIN_FLAGS.items() if getattr(args, name, None) is not None]
+    return [*flags, *args.overrides]
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sampler.training.commands import train
+    from sampler.training.config import load_config
+
+    train(load_config(args.config, overrides=_training_overrides(args)), run_dir=args.out)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from sampler.training.commands import evaluate_model, run_config_path
+    from sampler.training.config import load_config
+
+    config = load_config(args.config or run_config_path(args.model), overrides=_training_overrides(args))
+    report = evaluate_model(args.model, config=config, split=args.split, out=args.out)
+    print(f"{report.split}: auc {report.auc:.4f} balanced_acc {report.acc:.2f}% loss {report.loss:.4f} "
+          f"clips {report.clips} unique {report.unique_frames:.2f}/{report.k}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from sampler.training.commands import compare
+    from sampler.training.config import load_config
+    from sampler.training.report import markdown_table
+
+    rows = compare(load_config(args.config, overrides=_training_overrides(args)), out=args.out, resume=args.resume)
+    print(markdown_table(rows), end="")
+    return 0
 # --- end training commands ---
 
 

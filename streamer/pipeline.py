@@ -298,10 +298,14 @@ class Pipeline:
     def _snapshot(self, st: _Stream, *, final: bool) -> Stats:
         counters = dict(st.source.counters)
         bad = int(counters.pop("bad_messages", 0))
+        upstream_dropped = int(counters.pop("overflow", 0))
         extra: dict[str, Any] = {"policy": st.policy, **counters}
+        for sink in self.sinks:  # e.g. the MQTT sink's buffer overflow and reconnects
+            if isinstance(getattr(sink, "counters", None), dict):
+                extra[type(sink).__name__] = dict(sink.counters)
         if final and st.error is not None:
             extra["error"] = str(st.error)
-        return st.stats.snapshot(bad_messages=bad, final=final, extra=extra)
+        return st.stats.snapshot(bad_messages=bad, upstream_dropped=upstream_dropped, final=final, extra=extra)
 
     async def _tick(self) -> None:
         while True:

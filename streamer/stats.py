@@ -84,7 +84,17 @@ class StreamStats:
     def pending(self) -> int:
         return self.frames_in - self.frames_forwarded - self.frames_skipped - self.frames_dropped
 
-    def snapshot(self, *, bad_messages: int = 0, final: bool = False, extra: dict | None = None) -> Stats:
+    def snapshot(self, *, bad_messages: int = 0, upstream_dropped: int = 0, final: bool = False,
+                 extra: dict | None = None) -> Stats:
+        """The counters as a Stats record.
+
+        Args:
+            bad_messages: malformed messages the source rejected.
+            upstream_dropped: frames a live source itself dropped before handing them over (its
+                own overflow); counted as both in and dropped so that every frame is accounted for.
+            final: the last stats of the stream.
+            extra: more counters to publish.
+        """
         elapsed = 0.0
         if self._t_start is not None and self._t_last_in is not None:
             elapsed = self._t_last_in - self._t_start
@@ -93,10 +103,10 @@ class StreamStats:
         saved = 1.0 - self.backbone_calls / full_work if full_work else 0.0
         return Stats(
             stream=self.stream,
-            frames_in=self.frames_in,
+            frames_in=self.frames_in + upstream_dropped,
             frames_forwarded=self.frames_forwarded,
             frames_skipped=self.frames_skipped,
-            frames_dropped=self.frames_dropped,
+            frames_dropped=self.frames_dropped + upstream_dropped,
             frames_pending=self.pending,
             bad_messages=bad_messages,
             windows=self.windows,
