@@ -6,8 +6,11 @@ Import the samplers from here::
 """
 from .base import Sampler, SamplerOutput
 from .baselines import ADPSSampler, DPSSampler, FullSampler, RandomSampler, UniformSampler
+from .classifier import FrameClassifier
 from .das import DASSampler
 from .errors import ConfigError, DataError, ModelFileError, SamplerError
+from .features import frame_features
+from .model import ModelConfig, SampledClassifier, build_model, build_sampler
 
 __all__ = [
     "ADPSSampler",
@@ -15,11 +18,17 @@ __all__ = [
     "DASSampler",
     "DataError",
     "DPSSampler",
+    "FrameClassifier",
     "FullSampler",
+    "ModelConfig",
     "ModelFileError",
     "RandomSampler",
+    "SampledClassifier",
     "Sampler",
     "SamplerError",
     "SamplerOutput",
     "UniformSampler",
+    "build_model",
+    "build_sampler",
+    "frame_features",
 ]
