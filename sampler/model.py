@@ -96,6 +96,10 @@ class ModelConfig:
         object.__setattr__(self, "backbone_weights", str(self.backbone_weights))
         if self.method not in SAMPLERS:
             raise ConfigError(f"unknown sampling method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("num_frames", "k", "feature_size", "input_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"model config {name} must be an integer, got {value!r}")
         if not 1 <= self.k <= self.num_frames:
             raise ConfigError(f"k must be between 1 and num_frames={self.num_frames}, got k={self.k}")
         if self.method == "full" and self.k != self.num_frames:

@@ -126,5 +126,19 @@ def test_bad_configs_raise_config_errors():
         ModelConfig.from_dict({**config().to_dict(), "extra": 1})
     with pytest.raises(ConfigError, match="bad option for the 'das' sampler"):
         build_sampler("das", 8, 3, 16, seed=1)
+    with pytest.raises(ConfigError, match="num_frames must be an integer, got '32'"):
+        config(num_frames="32")
     with pytest.raises(ConfigError, match="unknown classifier option"):
         config(classifier_kwargs={"depth": 3})
+
+
+def test_windows_that_do_not_fit_the_model_raise_value_errors():
+    model = build_model(config())
+    with pytest.raises(ValueError, match="T=6 frames but the sampler was built for num_frames=8"):
+        model(torch.rand(1, 6, 1, 20, 20))
+    with pytest.raises(ValueError, match="rank 5"):
+        model(torch.rand(8, 1, 20, 20))
+    nan = torch.rand(1, 8, 1, 20, 20)
+    nan[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model(nan)
