@@ -241,3 +241,26 @@ class Source:
         """Loop-side stage between the reader thread and the consumer; items are Frames here."""
         async for frame in items:
             yield frame
+
+
+class PacedSource(Source):
+    """A replayed source (file, generator): the reader thread yields ``(seq, t, image)`` with
+    ``t`` the item's time in seconds, and frames are released at their time (see ``Pacer``)
+    unless pacing is off. ``t_capture`` is the release time.
+
+    Args:
+        name: stream id.
+        queue_size: frames decoded ahead of their release.
+        pacing: release frames at their timestamps (False: as fast as the consumer takes them).
+        speed: playback speed factor.
+    """
+
+    def __init__(self, *, name: str, queue_size: int = 8, pacing: bool = True, speed: float = 1.0) -> None:
+        super().__init__(name=name, queue_size=queue_size)
+        self._pacer = Pacer(speed=speed) if pacing else None
+
+    async def _frames(self, items: AsyncIterator[tuple[int, float, np.ndarray]]) -> AsyncIterator[Frame]:
+        async for seq, t, image in items:
+            if self._pacer is not None:
+                await self._pacer.wait(t)
+            yield self._frame(seq, image)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +22,8 @@ import av
 import cv2
 import numpy as np
 
-from .base import Pacer, Source, derive_name
+from .base import PacedSource, derive_name
 from .errors import SourceError
-from .frame import Frame
 from .image import OutputFormat, normalise_size
 
 VIDEO_KINDS = "mp4, avi, mov, mpeg, gif"
@@ -233,7 +232,7 @@ def read_video(
         return np.stack(images), video.rate
 
 
-class VideoSource(Source):
+class VideoSource(PacedSource):
     """Replays a video file as if it were live.
 
     Frame i is released at ``t0 + pts_i / speed`` (``t0``: when the first frame was released),
@@ -265,8 +264,7 @@ class VideoSource(Source):
         size: int | tuple[int, int] | None = None,
     ) -> None:
         self.path = Path(path).expanduser()
-        super().__init__(name=name or derive_name(self.path.stem))
-        self._pacer = Pacer(speed=speed) if pacing else None
+        super().__init__(name=name or derive_name(self.path.stem), pacing=pacing, speed=speed)
         self._loop_forever = loop
         self._convert = FrameConverter(OutputFormat(gray=gray, size=normalise_size(size)))
         self.rate = FALLBACK_RATE
@@ -307,9 +305,3 @@ class VideoSource(Source):
         if self._video is not None:
             self._video.close()
             self._video = None
-
-    async def _frames(self, items: AsyncIterator[tuple[int, float, np.ndarray]]) -> AsyncIterator[Frame]:
-        async for seq, t, image in items:
-            if self._pacer is not None:
-                await self._pacer.wait(t)
-            yield self._frame(seq, image)
