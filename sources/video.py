@@ -274,14 +274,14 @@ class VideoSource(PacedSource):
 
     def _open(self) -> None:
         # Open and decode the first frame now, so a bad file fails at 'async with'.
-        self._video = VideoFile(self.path)
-        self.rate = self._video.rate
-        self._decoded = self._video.frames()
+        video = VideoFile(self.path)
+        decoded = video.frames()
         try:
-            self._first = next(self._decoded)
+            self._first = next(decoded)
         except BaseException:
-            self._video.close()
+            video.close()
             raise
+        self._video, self._decoded, self.rate = video, decoded, video.rate
 
     def _produce(self, stop: threading.Event) -> Iterator[tuple[int, float, np.ndarray]]:
         seq, offset = 0, 0.0
