@@ -74,6 +74,10 @@ class Sampler(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
         out = self.select(x, valid)
-        xf = x if x.is_floating_point() else x.float()
-        frames = torch.einsum("bkt,btchw->bkchw", out.matrix.to(xf.dtype), xf)
+        xf = x if x.is_floating_point() else x.float().div_(255.0)
+        if torch.is_grad_enabled() and out.matrix.requires_grad:
+            # P X: the hard rows pick the frames, the soft relaxation carries the gradient.
+            frames = torch.einsum("bkt,btchw->bkchw", out.matrix.to(xf.dtype), xf)
+        else:  # no gradient needed: the same frames by index, without the dense product
+            frames = xf[torch.arange(xf.shape[0], device=xf.device)[:, None], out.indices]
         return SamplerOutput(matrix=out.matrix, indices=out.indices, frames=frames)

@@ -127,7 +127,8 @@ def parse_source(
         pacing: release replayed frames at their frame rate (False: as fast as possible).
         loop: restart a video when it ends.
         gray: (H, W) gray frames, else (H, W, 3) RGB.
-        size: output size, int (square) or (width, height); None keeps the source's.
+        size: output size, int (square) or (width, height); None keeps the source's. A
+            ``synthetic:?size=N`` spec overrides it (the size the clips are generated at).
         options: source-specific options, as in the spec's query string.
 
     Raises:
@@ -156,8 +157,6 @@ def parse_source(
         if loop:
             raise SourceError(f"loop applies to video sources; {spec!r} is endless unless frames=N is given")
         typed = _typed(spec, _merge(spec, rest.lstrip("?"), options), _SYNTHETIC_OPTIONS)
-        if "size" in typed and size is not None:
-            raise SourceError(f"size is given twice for source {spec!r} (in the spec and as a keyword); keep one")
-        size = typed.pop("size", size)
+        size = typed.pop("size", size)  # the spec's own size wins over the caller's default
         return SyntheticSource(name=name or "synthetic", pacing=pacing, speed=speed, gray=gray, size=size, **typed)
     raise SourceError(f"unknown source spec {spec!r}; valid forms: {SPEC_FORMS}")

@@ -39,14 +39,15 @@ def load_model(cfg: RunConfig) -> SampledClassifier:
 
 
 def build_sources(cfg: RunConfig, *, size: int) -> list:
-    sources = [parse_source(spec, speed=cfg.speed, pacing=cfg.pacing, loop=cfg.loop, gray=True, size=size)
-               for spec in cfg.sources]
+    """One source per spec; several of the same kind get unique stream ids (name, name-1, ...)."""
+    options = dict(speed=cfg.speed, pacing=cfg.pacing, loop=cfg.loop, gray=True, size=size)
+    sources = [parse_source(spec, **options) for spec in cfg.sources]
     seen: dict[str, int] = {}
-    for src in sources:  # several sources of the same kind: make the stream ids unique
+    for i, (spec, src) in enumerate(zip(cfg.sources, sources)):
         n = seen.get(src.name, 0)
         seen[src.name] = n + 1
         if n:
-            src.name = f"{src.name}-{n}"
+            sources[i] = parse_source(spec, name=f"{src.name}-{n}", **options)
     return sources
 
 

@@ -240,7 +240,8 @@ class Pipeline:
         except asyncio.CancelledError:
             pass
         except Exception as exc:  # a source error ends this stream; frames already in are kept
-            log.error("stream %s stopped: %s", st.source.name, exc)
+            if len(self.streams) > 1:  # the others go on; say so now (the run's summary repeats it)
+                log.error("stream %s stopped: %s", st.source.name, exc)
             st.error = exc
         finally:
             await st.queue.close()

@@ -66,7 +66,6 @@ async def test_synthetic_spec_options():
         ("zmq+pull://127.0.0.1:5555", {"pacing": False}, "replayed sources"),
         ("probe:0", {"speed": 2.0}, "replayed sources"),
         ("synthetic:", {"loop": True}, "loop applies to video"),
-        ("synthetic:?size=64", {"size": 32}, "size is given twice"),
         ("synthetic:?fps=fast", {}, "bad value 'fast' for option 'fps'"),
         ("synthetic:?label=pneumothorax", {}, "unknown synthetic class"),
         ("synthetic:", {"name": "a b"}, "stream name 'a b' is not usable"),
@@ -82,3 +81,9 @@ def test_spec_errors_are_one_line_and_name_the_fix(spec, kwargs, match):
 def test_valid_forms_are_listed():
     for form in ("video:PATH", "probe:/dev/videoN", "probe:URL", "zmq+sub://HOST:PORT", "zmq+pull://HOST:PORT", "synthetic:"):
         assert form in SPEC_FORMS
+
+
+async def test_synthetic_spec_size_overrides_the_callers_default():
+    async with parse_source("synthetic:?size=48&frames=1", size=224, pacing=False) as src:
+        frames = [f async for f in src]
+    assert [f.image.shape for f in frames] == [(48, 48)]
