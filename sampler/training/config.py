@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from ..classifier import BACKBONES
 from ..errors import ConfigError
 
 METHODS = ("full", "random", "uniform", "dps", "adps", "das")
@@ -80,16 +81,20 @@ class ModelSettings:
         keep: keep ratio k/T; ignored by ``full`` (k = T).
         feature_size: resolution of the sampler's per-frame features.
         input_size: resolution the classifier's backbone sees.
+        backbone: ``mobilenet_v3_small`` (the paper's) or ``tiny_cnn`` (fast CPU experiments).
         backbone_weights: ``none``, ``auto`` (ImageNet if available, else random init) or a path.
-        sampler: extra keyword arguments for the sampler (e.g. temperature).
+        sampler: extra keyword arguments for the sampler (e.g. ``heads`` for DAS).
+        classifier: extra classifier options (``embed_dim``, ``hidden``, ``dropout``).
     """
 
     method: str = "das"
     keep: float = 0.5
     feature_size: int = 64
     input_size: int = 64
+    backbone: str = "mobilenet_v3_small"
     backbone_weights: str = "auto"
     sampler: Mapping[str, Any] = field(default_factory=dict)
+    classifier: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,9 @@ class TrainSettings:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         threads: torch CPU threads; 0 keeps torch's default.
         class_weights: ``balanced`` weighs the loss by inverse class frequency, ``none`` does not.
+        bn_momentum: momentum of the backbone's BatchNorm running statistics during training;
+            0 keeps the backbone's own (0.01 for MobileNetV3, tuned for long ImageNet runs: from
+            random init on a few hundred steps the eval-mode statistics would lag far behind).
         eval_batch_size: batch size for validation and test.
         out: folder for run outputs.
         progress: show a progress bar per epoch.
@@ -118,6 +126,7 @@ class TrainSettings:
     device: str = "auto"
     threads: int = 0
     class_weights: str = "balanced"
+    bn_momentum: float = 0.1
     eval_batch_size: int = 64
     out: str = "runs"
     progress: bool = True
@@ -279,8 +288,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin is tuple:
         if isinstance(value, str):  # "a,b" from a flag
             value = [_parse_scalar(v) for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
+        elif not isinstance(value, (list, tuple)):  # a single value, e.g. --seeds 0
+            value = [value]
         return tuple(_coerce(v, args[0], key) for v in value)
     if origin is not None and issubclass(origin, Mapping):
         if not isinstance(value, Mapping):
@@ -334,13 +343,16 @@ def _validate(c: ExperimentConfig, where: _Origin) -> None:
     for key, keep in [("model.keep", m.keep), *(("grid.keeps", x) for x in g.keeps)]:
         need(0 < keep <= 1, key, f"must be a keep ratio in (0, 1], got {keep}")
     need(len(g.methods) > 0 and len(g.seeds) > 0 and len(g.keeps) > 0, "grid", "needs at least one method, seed and keep")
-    need(m.feature_size >= 8 and m.input_size >= 32, "model.feature_size/input_size", "must be >= 8 and >= 32 pixels")
+    need(m.feature_size >= 8, "model.feature_size", f"must be >= 8 pixels, got {m.feature_size}")
+    need(m.input_size >= 16, "model.input_size", f"must be >= 16 pixels, got {m.input_size}")
+    need(m.backbone in BACKBONES, "model.backbone", f"must be one of {', '.join(BACKBONES)}, got {m.backbone!r}")
     need(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
     need(t.patience >= 1, "train.patience", f"must be >= 1, got {t.patience}")
     need(t.batch_size >= 1 and t.eval_batch_size >= 1, "train.batch_size", "must be >= 1")
     need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
     need(t.device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got {t.device!r}")
     need(t.threads >= 0, "train.threads", f"must be >= 0, got {t.threads}")
+    need(0 <= t.bn_momentum <= 1, "train.bn_momentum", f"must be in [0, 1], got {t.bn_momentum}")
     need(t.class_weights in ("balanced", "none"), "train.class_weights", f"must be balanced or none, got {t.class_weights!r}")
 
 

@@ -1,0 +1,288 @@
+"""What ``das-stream train``, ``evaluate`` and ``compare`` do, as plain functions of a config.
+
+A run folder holds ``model.pt``, ``config.yaml`` (the exact experiment config, so ``evaluate``
+needs nothing else), ``train.log``, ``history.csv``, ``result.json`` and
+``selection-test.png``. ``compare`` puts one run folder per method x keep x seed under its output
+folder, skips runs whose ``result.json`` exists when resuming, and writes ``<name>.csv``,
+``<name>.md`` and ``<name>-auc.png`` next to them.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..errors import DataError, ModelFileError
+from ..model import ModelConfig, SampledClassifier, build_model
+from .config import ExperimentConfig, load_config
+from .datasets import DatasetSplits, load_dataset
+from .loop import EpochLog, Evaluation, class_weights, evaluate, fit, resolve_device, seed_everything
+from .report import RunResult, SummaryRow, markdown_table, plot_auc, plot_selection, summarize, write_summary_csv
+
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.yaml"
+RESULT_FILE = "result.json"
+
+
+class RunLog:
+    """Writes progress lines to stderr and appends them to a log file."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def __call__(self, line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(line + "\n")
+
+
+def keep_of(method: str, keep: float) -> float:
+    """The keep ratio a method actually uses (``full`` keeps everything)."""
+    return 1.0 if method == "full" else keep
+
+
+def run_name(method: str, keep: float, seed: int) -> str:
+    """Folder name of one run, e.g. ``das-keep0.5-seed0``."""
+    return f"{method}-keep{keep_of(method, keep):g}-seed{seed}"
+
+
+def model_config(config: ExperimentConfig, data: DatasetSplits) -> ModelConfig:
+    """The model an experiment config asks for, sized to the data (T, classes)."""
+    m = config.model
+    t = data.num_frames
+    k = t if m.method == "full" else max(1, min(t, round(m.keep * t)))
+    return ModelConfig(
+        method=m.method,
+        num_frames=t,
+        k=k,
+        class_names=data.class_names,
+        feature_size=m.feature_size,
+        input_size=m.input_size,
+        backbone=m.backbone,
+        backbone_weights=m.backbone_weights,
+        sampler_kwargs=dict(m.sampler),
+        classifier_kwargs=dict(m.classifier),
+        name=f"{config.name}-{m.method}",
+    )
+
+
+def train(config: ExperimentConfig, *, run_dir: str | os.PathLike | None = None) -> RunResult:
+    """``das-stream train``: one method, one seed, on the config's dataset."""
+    _set_threads(config)
+    data = load_dataset(config.data)
+    if run_dir is None:
+        run_dir = Path(config.train.out) / config.name / run_name(config.model.method, config.model.keep, config.train.seed)
+    return train_run(config, data, Path(run_dir))
+
+
+def train_run(config: ExperimentConfig, data: DatasetSplits, run_dir: Path) -> RunResult:
+    """Train one model on preloaded data and write everything into ``run_dir``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "train.log").unlink(missing_ok=True)
+    log = RunLog(run_dir / "train.log")
+    device = resolve_device(config.train.device)
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    seed_everything(config.train.seed)
+    model = build_model(model_config(config, data))
+    mc = model.config
+    log(
+        f"train {config.name} method={mc.method} k={mc.k}/T={mc.num_frames} seed={config.train.seed} device={device} "
+        f"clips train/val/test={len(data.train)}/{len(data.val)}/{len(data.test)} backbone={mc.backbone} "
+        f"weights={model.classifier.weights_source} input={mc.input_size}px"
+    )
+    fitted = fit(model, data, config.train, device=device, log=log)
+    model.save(run_dir / MODEL_FILE)
+    _write_history(fitted.history, run_dir / "history.csv")
+    weight = class_weights(data.train.labels, len(data.class_names), config.train.class_weights)
+    test = evaluate(model, data.test, device=device, batch_size=config.train.eval_batch_size, weight=weight)
+    _plot_picks(test, data, "test", run_dir, title=f"{config.name} {mc.method} k={mc.k}/{mc.num_frames} seed {config.train.seed}")
+    best = fitted.best
+    result = RunResult(
+        dataset=config.name,
+        method=mc.method,
+        keep=keep_of(mc.method, config.model.keep),
+        seed=config.train.seed,
+        k=mc.k,
+        num_frames=mc.num_frames,
+        val=best.val,
+        test=test.scores,
+        val_loss=best.val_loss,
+        best_epoch=fitted.best_epoch,
+        epochs_run=len(fitted.history),
+        unique_frames=test.unique_frames,
+        train_seconds=round(fitted.seconds, 1),
+        device=str(device),
+    )
+    result.save(run_dir / RESULT_FILE)
+    log(
+        f"done in {fitted.seconds / 60:.1f} min: best epoch {fitted.best_epoch}, val auc {best.val.auc:.3f}; "
+        f"test auc {test.scores.auc:.3f} balanced acc {test.scores.acc:.1f}% -> {run_dir}"
+    )
+    return result
+
+
+@dataclass(frozen=True)
+class EvaluateReport:
+    """What ``das-stream evaluate`` measured (also written as ``eval-<split>.json``)."""
+
+    model: str
+    split: str
+    clips: int
+    loss: float
+    auc: float
+    acc: float
+    unique_frames: float
+    k: int
+    num_frames: int
+
+
+def evaluate_model(
+    model_path: str | os.PathLike,
+    *,
+    config: ExperimentConfig | None = None,
+    split: str = "test",
+    out: str | os.PathLike | None = None,
+) -> EvaluateReport:
+    """``das-stream evaluate``: score a saved model on one split of its dataset.
+
+    Args:
+        model_path: a model file written by ``train``.
+        config: the experiment config; default the ``config.yaml`` saved next to the model.
+        split: ``val`` or ``test`` (``train`` works too).
+        out: folder for ``eval-<split>.json``, ``predictions-<split>.csv`` and
+            ``selection-<split>.png``; default the model's folder.
+    """
+    model_path = Path(model_path)
+    if config is None:
+        config = load_config(run_config_path(model_path))
+    _set_threads(config)
+    device = resolve_device(config.train.device)
+    model = SampledClassifier.load(model_path, map_location=device)
+    data = load_dataset(config.data)
+    clips = data.split(split)
+    mc = model.config
+    if mc.num_frames != data.num_frames or tuple(mc.class_names) != data.class_names:
+        raise DataError(
+            f"model {model_path} expects T={mc.num_frames} and classes {list(mc.class_names)}, but the data of "
+            f"{config.source} has T={data.num_frames} and classes {list(data.class_names)}; pass the config it was trained with"
+        )
+    weight = class_weights(data.train.labels, len(data.class_names), config.train.class_weights)
+    ev = evaluate(model, clips, device=device, batch_size=config.train.eval_batch_size, weight=weight)
+    out = Path(out) if out is not None else model_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    report = EvaluateReport(
+        model=str(model_path),
+        split=split,
+        clips=len(clips),
+        loss=ev.loss,
+        auc=ev.scores.auc,
+        acc=ev.scores.acc,
+        unique_frames=ev.unique_frames,
+        k=mc.k,
+        num_frames=mc.num_frames,
+    )
+    (out / f"eval-{split}.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    _write_predictions(ev, clips.names, data.class_names, out / f"predictions-{split}.csv")
+    _plot_picks(ev, data, split, out, title=f"{config.name} {mc.method} k={mc.k}/{mc.num_frames} ({split})")
+    return report
+
+
+def run_config_path(model_path: str | os.PathLike) -> Path:
+    """The experiment config ``train`` saved next to a model."""
+    if not Path(model_path).is_file():
+        raise ModelFileError(f"model file {model_path} does not exist; check the path or train a model first")
+    path = Path(model_path).parent / CONFIG_FILE
+    if not path.is_file():
+        raise DataError(f"no {CONFIG_FILE} next to model {model_path}; pass the training config with --config")
+    return path
+
+
+def compare(
+    config: ExperimentConfig,
+    *,
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> list[SummaryRow]:
+    """``das-stream compare``: every method x keep x seed of ``config.grid``, then the summary.
+
+    Args:
+        config: the experiment; ``model.method``, ``model.keep`` and ``train.seed`` are replaced
+            by the grid's values.
+        out: folder for the run folders and the summary; default ``train.out/<name>``.
+        resume: skip runs whose ``result.json`` exists (the grid takes hours).
+    """
+    _set_threads(config)
+    out = Path(out) if out is not None else Path(config.train.out) / config.name
+    out.mkdir(parents=True, exist_ok=True)
+    progress = RunLog(out / "compare.log")
+    plan = _grid(config)
+    data: DatasetSplits | None = None
+    results = []
+    for i, (method, keep, seed) in enumerate(plan, start=1):
+        run_dir = out / run_name(method, keep, seed)
+        if resume and (run_dir / RESULT_FILE).is_file():
+            progress(f"[{i}/{len(plan)}] {run_dir.name}: result exists, skipped (--resume)")
+            results.append(RunResult.load(run_dir / RESULT_FILE))
+            continue
+        progress(f"[{i}/{len(plan)}] {run_dir.name}")
+        data = data if data is not None else load_dataset(config.data)
+        run_config = config.replace(model={"method": method, "keep": keep}, train={"seed": seed})
+        results.append(train_run(run_config, data, run_dir))
+    rows = summarize(results)
+    write_summary_csv(rows, out / f"{config.name}.csv")
+    (out / f"{config.name}.md").write_text(markdown_table(rows))
+    plot_auc(rows, out / f"{config.name}-auc.png", title=f"{config.name}: test AUC (mean ± std over seeds)")
+    return rows
+
+
+def _grid(config: ExperimentConfig) -> list[tuple[str, float, int]]:
+    """(method, keep, seed) runs; ``full`` once per seed whatever the keep ratios."""
+    g = config.grid
+    runs = []
+    for method in g.methods:
+        for keep in (1.0,) if method == "full" else g.keeps:
+            runs += [(method, keep, seed) for seed in g.seeds]
+    return runs
+
+
+def _set_threads(config: ExperimentConfig) -> None:
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
+
+
+def _write_history(history: tuple[EpochLog, ...], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", "train_loss", "val_loss", "val_auc", "val_acc", "unique_frames", "seconds"])
+        for e in history:
+            writer.writerow([e.epoch, f"{e.train_loss:.5f}", f"{e.val_loss:.5f}", f"{e.val.auc:.4f}", f"{e.val.acc:.2f}", f"{e.unique_frames:.2f}", f"{e.seconds:.1f}"])
+
+
+def _write_predictions(ev: Evaluation, names: tuple[str, ...], class_names: tuple[str, ...], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["clip", "label", "predicted", *(f"p_{c}" for c in class_names), "picked"])
+        for name, label, probs, picked in zip(names, ev.labels, ev.probs, ev.indices):
+            writer.writerow(
+                [name, class_names[label], class_names[int(probs.argmax())], *(f"{p:.4f}" for p in probs), " ".join(map(str, picked))]
+            )
+
+
+def _plot_picks(ev: Evaluation, data: DatasetSplits, split: str, out: Path, *, title: str) -> None:
+    clips = data.split(split)
+    plot_selection(
+        indices=ev.indices,
+        valid=clips.valid,
+        labels=clips.labels,
+        class_names=data.class_names,
+        clips=clips.x,
+        path=out / f"selection-{split}.png",
+        title=title,
+    )

@@ -1,0 +1,381 @@
+"""Datasets for training and evaluation, preloaded into memory.
+
+Every sample is a clip of T frames: ``x`` uint8 (T, 1, H, W), ``valid`` bool (T,) (False for the
+empty frames that pad a short video) and an integer label. The model gets ``x`` as float / 255.
+
+Three sources, chosen by ``DataConfig.kind``:
+
+- ``medmnist3d``: the official MedMNIST 3D npz (keys ``{train,val,test}_{images,labels}``,
+  images uint8 (N, D, H, W), labels (N, 1)); each volume is a sequence of D slices.
+- ``videos``: a CSV (video path, class) and a folder. Every video is decoded once with PyAV,
+  resampled to one frame rate and size, optionally cropped/trimmed, fitted to T frames and cached
+  as npz under ``cache_dir``; the split is by video, stratified, with a fixed seed.
+- ``synthetic``: clips from ``sources.synthetic.make_clip`` (for the demo model and tests).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sources.errors import SourceError
+from sources.synthetic import CLASSES as SYNTHETIC_CLASSES
+from sources.synthetic import make_clip
+from sources.video import read_video
+
+from ..errors import DataError
+from .config import DataConfig
+
+SPLITS = ("train", "val", "test")
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ClipSet:
+    """The clips of one split; a map-style dataset for ``torch.utils.data.DataLoader``.
+
+    Attributes:
+        x: (N, T, H, W) uint8 frames.
+        valid: (N, T) bool, False for padding.
+        labels: (N,) int64 class indices.
+        names: a name per clip (the video path, or ``split/index`` for volumes).
+    """
+
+    x: np.ndarray
+    valid: np.ndarray
+    labels: np.ndarray
+    names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return torch.from_numpy(self.x[i][:, None]), torch.from_numpy(self.valid[i]), int(self.labels[i])
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.x.shape[1])
+
+    def subset(self, index: np.ndarray) -> ClipSet:
+        return ClipSet(self.x[index], self.valid[index], self.labels[index], tuple(self.names[i] for i in index))
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """Train, validation and test clips of one dataset with its class names (label order)."""
+
+    train: ClipSet
+    val: ClipSet
+    test: ClipSet
+    class_names: tuple[str, ...]
+
+    def split(self, name: str) -> ClipSet:
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; use one of {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+    @property
+    def num_frames(self) -> int:
+        return self.train.num_frames
+
+
+def load_dataset(config: DataConfig) -> DatasetSplits:
+    """Load (or build) the three splits a config describes."""
+    if config.kind == "medmnist3d":
+        return load_medmnist3d(config.path, class_names=config.classes)
+    if config.kind == "videos":
+        return load_video_dataset(config)
+    return make_synthetic_dataset(config)
+
+
+# --- MedMNIST 3D ---------------------------------------------------------------------------
+
+
+def load_medmnist3d(path: str | os.PathLike, *, class_names: Sequence[str] | None = None) -> DatasetSplits:
+    """Read an official MedMNIST 3D npz (any size); each volume becomes a clip of D slices.
+
+    Args:
+        path: the npz file (as the ``medmnist`` package downloads it).
+        class_names: names for labels 0..C-1; default "0", "1", ...
+
+    Raises:
+        DataError: missing/corrupt file, missing keys, wrong shapes or dtypes, or label sets that
+            differ between splits.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"dataset file {path} not found; set data.path to a MedMNIST 3D npz (e.g. adrenalmnist3d.npz)")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = set(npz.files)
+            wanted = [f"{s}_{part}" for s in SPLITS for part in ("images", "labels")]
+            missing = [k for k in wanted if k not in keys]
+            if missing:
+                raise DataError(
+                    f"npz {path} lacks keys {', '.join(missing)}; expected the official MedMNIST layout "
+                    f"with {', '.join(wanted)}"
+                )
+            arrays = {k: npz[k] for k in wanted}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"dataset file {path} is not a readable npz ({exc}); re-download it") from None
+
+    clips = {s: _volumes_to_clips(path, s, arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in SPLITS}
+    label_sets = {s: sorted(np.unique(c.labels).tolist()) for s, c in clips.items()}
+    for s in ("val", "test"):
+        if label_sets[s] != label_sets["train"]:
+            raise DataError(
+                f"npz {path}: labels in {s}_labels {label_sets[s]} differ from train_labels {label_sets['train']}; "
+                "every split must hold the same classes"
+            )
+    num_classes = int(max(label_sets["train"])) + 1
+    names = _class_names(class_names, num_classes, path)
+    return DatasetSplits(**clips, class_names=names)
+
+
+def _volumes_to_clips(path: Path, split: str, images: np.ndarray, labels: np.ndarray) -> ClipSet:
+    if images.ndim == 5 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.ndim != 4:
+        raise DataError(
+            f"npz {path}: {split}_images has shape {images.shape}; expected (N, D, H, W) volumes (a 3D MedMNIST file)"
+        )
+    if images.dtype != np.uint8:
+        raise DataError(f"npz {path}: {split}_images is {images.dtype}; expected uint8 images in 0..255")
+    labels = np.asarray(labels).reshape(len(labels), -1)
+    if labels.shape[1] != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(
+            f"npz {path}: {split}_labels has shape {labels.shape} ({labels.dtype}); expected one integer "
+            f"label per volume, (N, 1) with N = {len(images)}"
+        )
+    labels = labels[:, 0].astype(np.int64)
+    if labels.min(initial=0) < 0:
+        raise DataError(f"npz {path}: {split}_labels has negative labels; expected class indices 0..C-1")
+    valid = np.ones(images.shape[:2], dtype=bool)
+    names = tuple(f"{split}/{i}" for i in range(len(labels)))
+    return ClipSet(np.ascontiguousarray(images), valid, labels, names)
+
+
+def _class_names(given: Sequence[str] | None, num_classes: int, path: Path) -> tuple[str, ...]:
+    if given is None:
+        return tuple(str(i) for i in range(num_classes))
+    if len(given) != num_classes:
+        raise DataError(f"data.classes names {len(given)} classes but {path} has {num_classes}; list one name per label")
+    return tuple(given)
+
+
+# --- videos --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoEntry:
+    """One usable row of the CSV index."""
+
+    row: int
+    name: str
+    path: Path
+    label: str
+    crop: tuple[int, int, int] | None
+    trim: tuple[int, int] | None
+
+
+def load_video_dataset(config: DataConfig) -> DatasetSplits:
+    """Decode (or read from the cache) every video of the index and split them by video.
+
+    Raises:
+        DataError: missing CSV or columns, a row naming a missing or unreadable video, a class
+            with too few videos to appear in every split, a bad crop file.
+    """
+    entries, class_names = read_video_index(config)
+    cache = _cache_path(config, entries)
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as npz:
+            x, valid = npz["x"], npz["valid"]
+    else:
+        clips = [decode_entry(e, config) for e in entries]
+        x = np.stack([c[0] for c in clips])
+        valid = np.stack([c[1] for c in clips])
+        _write_atomic(cache, x=x, valid=valid)
+    labels = np.array([class_names.index(e.label) for e in entries], dtype=np.int64)
+    everything = ClipSet(x, valid, labels, tuple(e.name for e in entries))
+    parts = stratified_split(labels, fractions=config.split, seed=config.split_seed)
+    return DatasetSplits(*(everything.subset(p) for p in parts), class_names=class_names)
+
+
+def read_video_index(config: DataConfig) -> tuple[list[VideoEntry], tuple[str, ...]]:
+    """Read and check the CSV index (and the optional crop file); returns entries and class names."""
+    index = Path(config.path).expanduser()
+    if not index.is_file():
+        raise DataError(f"video index {index} not found; set data.path to a CSV with columns {config.path_column},{config.label_column}")
+    root = Path(config.root).expanduser() if config.root else index.parent
+    crops = _read_crop_file(config.crop_file)
+    with index.open(newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        for col in (config.path_column, config.label_column):
+            if col not in columns:
+                raise DataError(
+                    f"video index {index} has no column {col!r} (columns: {', '.join(columns) or 'none'}); "
+                    "set data.path_column / data.label_column"
+                )
+        rows = list(reader)
+    wanted = config.classes
+    entries = []
+    for line, row in enumerate(rows, start=2):
+        name, label = (row[config.path_column] or "").strip(), (row[config.label_column] or "").strip()
+        if not name or not label:
+            raise DataError(f"video index {index} row {line}: empty path or class; fill it in or remove the row")
+        if wanted is not None and label not in wanted:
+            continue
+        path = root / name
+        if not path.is_file():
+            raise DataError(
+                f"video index {index} row {line} names {path}, which does not exist; fix the path "
+                "(relative to data.root) or remove the row"
+            )
+        box, trim = crops.get(name, (None, None))
+        entries.append(VideoEntry(row=line, name=name, path=path, label=label, crop=box, trim=trim))
+    found = sorted({e.label for e in entries})
+    class_names = tuple(wanted) if wanted is not None else tuple(found)
+    counts = {c: sum(e.label == c for e in entries) for c in class_names}
+    short = [f"{c} ({n})" for c, n in counts.items() if n < len(SPLITS)]
+    if short:
+        raise DataError(
+            f"video index {index}: class {', '.join(short)} has fewer than 3 videos, too few for a train/val/test "
+            "split by video; add videos or leave the class out with data.classes"
+        )
+    return entries, class_names
+
+
+def _read_crop_file(crop_file: str | None) -> dict[str, tuple[tuple[int, int, int], tuple[int, int] | None]]:
+    """Read ``{path: [[top, left, size], [start, end]]}``; ``end <= start`` means to the end."""
+    if not crop_file:
+        return {}
+    path = Path(crop_file).expanduser()
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"crop file {path} not found; fix data.crop_file or remove it") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"crop file {path} is not valid JSON ({exc.msg}, line {exc.lineno}); fix it") from None
+    out = {}
+    for key, value in raw.items() if isinstance(raw, Mapping) else ():
+        try:
+            (top, left, size), (start, end) = value
+            box = (int(top), int(left), int(size))
+            trim = (int(start), int(end)) if 0 <= start < end else None
+        except (TypeError, ValueError):
+            raise DataError(f"crop file {path}: entry {key!r} must be [[top, left, size], [start, end]]") from None
+        out[key] = (box, trim)
+    return out
+
+
+def decode_entry(entry: VideoEntry, config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one video: crop, trim, resample to ``config.fps``, resize, then fit to T frames."""
+    crop = None
+    if entry.crop is not None:
+        top, left, size = entry.crop
+        crop = (left, top, size, size)
+    try:
+        # With "cut" only the first T frames are kept, so decoding can stop there.
+        limit = config.num_frames if config.long_videos == "cut" and entry.trim is None else None
+        frames, source_fps = read_video(entry.path, gray=True, size=config.size, fps=config.fps, crop=crop, max_frames=limit)
+    except SourceError as exc:
+        raise DataError(f"video {entry.path} (CSV row {entry.row}) cannot be used: {exc}") from None
+    if entry.trim is not None:
+        # The trim range counts source frames; map it onto the resampled time line.
+        scale = config.fps / source_fps
+        frames = frames[round(entry.trim[0] * scale) : round(entry.trim[1] * scale)]
+    if len(frames) == 0:
+        raise DataError(f"video {entry.path} (CSV row {entry.row}) has no frames; remove the row or fix its trim range")
+    return fit_length(frames, config.num_frames, policy=config.long_videos)
+
+
+def fit_length(frames: np.ndarray, num_frames: int, *, policy: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fit (N, H, W) frames to exactly ``num_frames``.
+
+    Longer: ``cut`` keeps the first T frames, ``subsample`` takes T evenly spaced ones. Shorter:
+    empty (zero) frames are appended and marked invalid, as the paper did.
+
+    Returns:
+        (T, H, W) uint8 frames and a (T,) bool validity mask.
+    """
+    n = len(frames)
+    if n >= num_frames:
+        index = np.arange(num_frames) if policy == "cut" else np.linspace(0, n - 1, num_frames).round().astype(int)
+        return np.ascontiguousarray(frames[index]), np.ones(num_frames, dtype=bool)
+    out = np.zeros((num_frames, *frames.shape[1:]), dtype=frames.dtype)
+    out[:n] = frames
+    valid = np.zeros(num_frames, dtype=bool)
+    valid[:n] = True
+    return out, valid
+
+
+def _cache_path(config: DataConfig, entries: Sequence[VideoEntry]) -> Path:
+    """A cache file keyed by the preprocessing settings and every video's identity."""
+    files = []
+    for e in entries:
+        st = e.path.stat()
+        files.append([str(e.path.resolve()), st.st_size, st.st_mtime_ns, e.crop, e.trim])
+    key = {
+        "version": CACHE_VERSION,
+        "fps": config.fps,
+        "size": config.size,
+        "num_frames": config.num_frames,
+        "long_videos": config.long_videos,
+        "files": files,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(config.cache_dir).expanduser() / f"videos-{digest}.npz"
+
+
+def _write_atomic(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        np.savez(f, **arrays)
+    tmp.replace(path)
+
+
+def stratified_split(labels: np.ndarray, *, fractions: Sequence[float], seed: int) -> tuple[np.ndarray, ...]:
+    """Split sample indices into train/val/test, per class, with a fixed seed.
+
+    Every class with at least three samples gets at least one in each split. Returns three
+    sorted index arrays.
+    """
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[], [], []]
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n = len(members)
+        n_val = max(1, round(n * fractions[1]))
+        n_test = max(1, round(n * fractions[2]))
+        n_train = n - n_val - n_test
+        if n_train < 1:
+            raise DataError(f"class {c} has only {n} samples; it needs at least 3 to appear in train, val and test")
+        parts[0] += members[:n_train].tolist()
+        parts[1] += members[n_train : n_train + n_val].tolist()
+        parts[2] += members[n_train + n_val :].tolist()
+    return tuple(np.array(sorted(p), dtype=np.int64) for p in parts)
+
+
+# --- synthetic -----------------------------------------------------------------------------
+
+
+def make_synthetic_dataset(config: DataConfig) -> DatasetSplits:
+    """Balanced synthetic clips (``sources.synthetic``), a different seeded stream per split."""
+    splits = {}
+    for i, (split, count) in enumerate(zip(SPLITS, config.synthetic_counts)):
+        rng = np.random.default_rng([config.split_seed, i])
+        labels = np.arange(count, dtype=np.int64) % len(SYNTHETIC_CLASSES)
+        x = np.stack([make_clip(int(c), config.num_frames, size=config.size, rng=rng) for c in labels])
+        valid = np.ones(x.shape[:2], dtype=bool)
+        splits[split] = ClipSet(x, valid, labels, tuple(f"{split}/{j}" for j in range(count)))
+    return DatasetSplits(**splits, class_names=tuple(SYNTHETIC_CLASSES))

@@ -1,0 +1,203 @@
+"""The training loop: Adam, early stopping on validation loss, best-validation weights kept."""
+from __future__ import annotations
+
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..errors import ConfigError
+from ..model import SampledClassifier
+from .config import TrainSettings
+from .datasets import ClipSet, DatasetSplits
+from .metrics import Scores, classification_scores, unique_per_window
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available, else CPU; ``cuda`` without a GPU is a ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no CUDA device is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) so a run repeats exactly on the same device."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def set_bn_momentum(model: torch.nn.Module, momentum: float) -> None:
+    """Set the running-statistics momentum of every BatchNorm layer (0 leaves them as built)."""
+    if momentum > 0:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.momentum = momentum
+
+
+def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | None:
+    """Inverse-frequency loss weights (mean 1 over the samples) for ``balanced``; None for ``none``."""
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = len(labels) / (num_classes * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's outputs and scores on one split.
+
+    Attributes:
+        loss: mean (class-weighted, when weights are given) cross-entropy.
+        scores: ROC AUC and balanced accuracy.
+        probs: (N, C) softmax probabilities.
+        labels: (N,) true labels.
+        indices: (N, k) positions the sampler picked.
+        unique_frames: mean distinct picks per window.
+    """
+
+    loss: float
+    scores: Scores
+    probs: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    unique_frames: float
+
+
+@dataclass(frozen=True)
+class EpochLog:
+    """One epoch: training and validation loss, validation scores, picks, time."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val: Scores
+    unique_frames: float
+    seconds: float
+
+    def line(self, *, epochs: int, k: int, best: bool) -> str:
+        return (
+            f"epoch {self.epoch}/{epochs} loss {self.train_loss:.4f} val_loss {self.val_loss:.4f} "
+            f"val_auc {self.val.auc:.3f} val_acc {self.val.acc:.1f} unique {self.unique_frames:.2f}/{k} "
+            f"time {self.seconds:.1f}s" + (" *" if best else "")
+        )
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The epochs run and which one's weights were kept."""
+
+    history: tuple[EpochLog, ...]
+    best_epoch: int
+    seconds: float
+
+    @property
+    def best(self) -> EpochLog:
+        return self.history[self.best_epoch - 1]
+
+
+def batch_to_device(
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """uint8 (B, T, 1, H, W) frames become float in [0, 1] on ``device``."""
+    x, valid, y = batch
+    return x.to(device, non_blocking=True).float().div_(255.0), valid.to(device), y.to(device)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: SampledClassifier,
+    clips: ClipSet,
+    *,
+    device: torch.device,
+    batch_size: int = 64,
+    weight: torch.Tensor | None = None,
+) -> Evaluation:
+    """Run ``model`` in eval mode over ``clips`` (in order) and score it."""
+    model.eval()
+    loader = DataLoader(clips, batch_size=batch_size, shuffle=False)
+    weight = None if weight is None else weight.to(device)
+    total, probs, indices = 0.0, [], []
+    for batch in loader:
+        x, valid, y = batch_to_device(batch, device)
+        logits, out = model(x, valid)
+        total += F.cross_entropy(logits.float(), y, weight=weight, reduction="sum").item()
+        probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        indices.append(out.indices.cpu().numpy())
+    probs_all, indices_all = np.concatenate(probs), np.concatenate(indices)
+    norm = len(clips) if weight is None else float(weight.cpu()[torch.from_numpy(clips.labels)].sum())
+    return Evaluation(
+        loss=total / norm,
+        scores=classification_scores(clips.labels, probs_all),
+        probs=probs_all,
+        labels=clips.labels,
+        indices=indices_all,
+        unique_frames=unique_per_window(indices_all),
+    )
+
+
+def fit(
+    model: SampledClassifier,
+    data: DatasetSplits,
+    settings: TrainSettings,
+    *,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> FitResult:
+    """Train ``model`` on ``data.train``; stop when ``data.val``'s loss has not improved for
+    ``settings.patience`` epochs; load the best-validation weights back into ``model``.
+
+    Only the validation split steers anything (early stopping, the kept weights); the test split
+    is never looked at here. Seed the global generators (:func:`seed_everything`) before building
+    the model so that initialisation, data order and Gumbel noise all repeat.
+    """
+    model.to(device)
+    set_bn_momentum(model, settings.bn_momentum)
+    weight = class_weights(data.train.labels, len(data.class_names), settings.class_weights)
+    weight_dev = None if weight is None else weight.to(device)
+    optimizer = torch.optim.Adam(model.param_groups(settings.lr), lr=settings.lr)
+    order = torch.Generator().manual_seed(settings.seed)
+    loader = DataLoader(data.train, batch_size=settings.batch_size, shuffle=True, generator=order)
+    k = model.sampler.k
+    history: list[EpochLog] = []
+    best_loss, best_epoch, best_state = math.inf, 0, None
+    start = time.perf_counter()
+    for epoch in range(1, settings.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        total, count = 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr, disable=not settings.progress)
+        for batch in bar:
+            x, valid, y = batch_to_device(batch, device)
+            logits, _ = model(x, valid)
+            loss = F.cross_entropy(logits, y, weight=weight_dev)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(y)
+            count += len(y)
+            bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+        val = evaluate(model, data.val, device=device, batch_size=settings.eval_batch_size, weight=weight)
+        entry = EpochLog(epoch, total / count, val.loss, val.scores, val.unique_frames, time.perf_counter() - t0)
+        history.append(entry)
+        improved = val.loss < best_loss or best_state is None
+        if improved:
+            best_loss, best_epoch = val.loss, epoch
+            best_state = {name: v.detach().to("cpu", copy=True) for name, v in model.state_dict().items()}
+        log(entry.line(epochs=settings.epochs, k=k, best=improved))
+        if epoch - best_epoch >= settings.patience:
+            log(f"early stop: no lower val_loss for {settings.patience} epochs; keeping epoch {best_epoch}")
+            break
+    model.load_state_dict(best_state)
+    return FitResult(history=tuple(history), best_epoch=best_epoch, seconds=time.perf_counter() - start)
