@@ -81,6 +81,22 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     subscribe.add_argument("--tls-ca", help="CA file for mqtts://")
     subscribe.set_defaults(handler=_cmd_subscribe)
 
+    bench = sub.add_parser(
+        "bench", help="measure compute saved, sampler overhead, throughput and latency on this machine",
+        description="Runs the benchmark suite (see docs/performance.md) and prints one JSON object. Keys: "
+        "compute_ratio, sampler_overhead, throughput_ratio, throughput_fps, latency_p99_ms, then details.",
+    )
+    bench.add_argument("--quick", action="store_true", help="short runs: under 5 minutes on 2 CPU cores")
+    bench.add_argument("--model", help="model file to time (default: untrained T=32, 224 px DAS/full models)")
+    bench.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    bench.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="backbone engine")
+    bench.add_argument("--video", help="video to replay for throughput/latency (default: a synthetic 640x480 clip)")
+    bench.add_argument("--mqtt", metavar="URL", help="broker for throughput/latency (default: a local mosquitto if installed)")
+    bench.add_argument("--only", help="comma-separated items: compute,sampler,throughput,latency,overlap,memory,streams")
+    bench.add_argument("--threads", type=int, help="torch intra-op threads")
+    bench.add_argument("--out", help="also write the JSON to this file")
+    bench.set_defaults(handler=_cmd_bench)
+
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from streamer import app
@@ -92,6 +108,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if summary.errors:
         print(f"das-stream: error: {summary.errors[0]}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import logging
+
+    import torch
+
+    from streamer.bench import ITEMS, BenchSettings, run_bench, to_json
+
+    only = tuple(x.strip() for x in args.only.split(",")) if args.only else ()
+    unknown = [x for x in only if x not in ITEMS]
+    if unknown:
+        from sampler.errors import ConfigError
+        raise ConfigError(f"unknown bench item {unknown[0]!r}; choose from {', '.join(ITEMS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    settings = BenchSettings(quick=args.quick, model=args.model, device=args.device, engine=args.engine,
+                             video=args.video, mqtt=args.mqtt, only=only)
+    result = run_bench(settings, log=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
+    text = to_json(result)
+    print(text)
+    if args.out:
+        from pathlib import Path
+        Path(args.out).write_text(text + "\n")
     return 0
 
 

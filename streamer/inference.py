@@ -168,6 +168,7 @@ class InferenceEngine:
         else:
             raise SamplerError(f"unknown engine {engine!r}; use torch or onnx")
         self.max_embed_batch = max_embed_batch
+        self.reuse_embeddings = True  # False only to measure what the cache saves (benchmarks)
         self._small: dict[Key, np.ndarray] = {}
         self._emb: dict[Key, torch.Tensor] = {}
 
@@ -182,6 +183,15 @@ class InferenceEngine:
         if small is None:
             small = self._small[key] = resize_gray(frame.image, self.feature_size)
         return small
+
+    def process_each(self, windows: list[Window]) -> list[WindowResult]:
+        """Windows one call each (no batching across windows); honours ``reuse_embeddings``."""
+        out = []
+        for w in windows:
+            if not self.reuse_embeddings:
+                self._emb.clear()
+            out.extend(self.process([w]))
+        return out
 
     @torch.inference_mode()
     def process(self, windows: list[Window]) -> list[WindowResult]:

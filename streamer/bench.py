@@ -1,0 +1,377 @@
+"""`das-stream bench`: will this keep up on my machine? Measured, side by side, in one run.
+
+Every comparison runs its variants in the same process, one after the other on the same inputs,
+so the ratios hold on a noisy machine even when absolute times wander. Items (numbered as in
+docs/performance.md):
+
+1. compute: sampler + classifier time per window, DAS at k/T = 0.25, 0.5, 0.75 and the full
+   sequence (T = 32 frames of 224 x 224 gray by default);
+2. sampler overhead: DAS alone (feature-resolution copies, features, attention, selection) per
+   window, as a fraction of the full-sequence classifier time;
+3. throughput: the whole pipeline replaying a video file with no pacing (decode, window, sampler,
+   classifier, MQTT publish), input frames per second, DAS at 0.5 against the full sequence;
+4. latency: the same replay paced at 30 fps: capture -> published and window close -> published;
+5. overlap: stride T/2, backbone calls per input frame and the time the embedding cache saves;
+6. memory: peak RSS over a long no-pacing stream and its growth after warm-up (full mode only);
+7. streams: 4 synthetic streams at 30 fps in one process: per-stream p99 latency and drops.
+
+Models: ``--model PATH`` times that model (and a full-sequence twin with the same T and input
+size); without it, untrained models with T = 32 at 224 px (timing does not depend on weights).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import torch
+
+from sampler.model import ModelConfig, SampledClassifier, build_model
+from sinks.mqtt import MqttSettings, MqttSink
+from sources.frame import Frame
+from sources.synthetic import CLASSES, SyntheticSource, make_clip
+from sources.video import VideoSource
+
+from .inference import InferenceEngine
+from .pipeline import Pipeline, PipelineSettings
+from .window import Window, Windower
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What to measure and how long.
+
+    Args:
+        quick: shorter runs (the whole suite well under 5 minutes on 2 CPU cores).
+        model: a model file to time (None: untrained models of ``num_frames`` at ``input_size``).
+        device: "auto", "cpu" or "cuda".
+        engine: "torch" or "onnx" for the backbone.
+        num_frames, input_size: the default models' window length and frame size.
+        video: a video file to replay for items 3-4 (None: a synthetic 640x480 H.264 clip).
+        mqtt: broker URL for items 3-4 (None: start a local mosquitto if installed, else no MQTT).
+        only: run only these items (names from ITEMS).
+    """
+
+    quick: bool = False
+    model: str | None = None
+    device: str = "auto"
+    engine: str = "torch"
+    num_frames: int = 32
+    input_size: int = 224
+    video: str | None = None
+    mqtt: str | None = None
+    only: tuple[str, ...] = ()
+
+
+ITEMS = ("compute", "sampler", "throughput", "latency", "overlap", "memory", "streams")
+
+
+# --- models ----------------------------------------------------------------------------------
+def _models(s: BenchSettings) -> dict[str, SampledClassifier]:
+    """The DAS model(s) and their full-sequence twin, keyed "das@0.5", "full", ..."""
+    if s.model:
+        das = SampledClassifier.load(s.model)
+        base = das.config
+        models = {f"{base.method}@{base.k / base.num_frames:g}": das}
+    else:
+        base = ModelConfig(method="das", num_frames=s.num_frames, k=s.num_frames // 2, class_names=CLASSES,
+                           input_size=s.input_size, name="bench")
+        models = {}
+        for keep in (0.25, 0.5, 0.75):
+            torch.manual_seed(0)
+            models[f"das@{keep:g}"] = build_model(replace(base, k=max(1, round(keep * base.num_frames))))
+    torch.manual_seed(0)
+    models["full"] = build_model(replace(base, method="full", k=base.num_frames, sampler_kwargs={}))
+    return models
+
+
+def _headline(models: dict[str, Any]) -> str:
+    """The DAS variant the headline ratios use: k/T = 0.5 when there is one."""
+    das = [k for k in models if k != "full"]
+    return "das@0.5" if "das@0.5" in das else das[0]
+
+
+# --- inputs ----------------------------------------------------------------------------------
+class _FrameMaker:
+    """Fresh frames (new sequence numbers, so nothing is cached) of ultrasound-like content."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        clip = np.concatenate([make_clip(c, 32, size=size, rng=rng) for c in range(len(CLASSES))])
+        self.images = list(clip)
+        self.seq = 0
+
+    def frames(self, n: int, stream: str = "bench") -> list[Frame]:
+        out = [Frame(stream, self.seq + i, time.time(), self.images[(self.seq + i) % len(self.images)]) for i in range(n)]
+        self.seq += n
+        return out
+
+
+def _windows(frames: list[Frame], num_frames: int, stride: int) -> list[Window]:
+    w = Windower(stream=frames[0].stream, num_frames=num_frames, stride=stride)
+    out = [x for f in frames if (x := w.push(f)) is not None]
+    if (last := w.flush()) is not None:
+        out.append(last)
+    return out
+
+
+def make_video(path: Path, *, frames: int, fps: int = 30, width: int = 640, height: int = 480) -> Path:
+    """A synthetic ultrasound-like H.264 clip at a typical probe resolution."""
+    rng = np.random.default_rng(1)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast"}
+        made = 0
+        while made < frames:
+            for image in make_clip(made // 32 % len(CLASSES), 32, size=height, rng=rng):
+                canvas = np.zeros((height, width), np.uint8)
+                x0 = (width - height) // 2
+                canvas[:, x0 : x0 + height] = image
+                frame = av.VideoFrame.from_ndarray(cv2.cvtColor(canvas, cv2.COLOR_GRAY2RGB), format="rgb24")
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+                made += 1
+                if made == frames:
+                    break
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@contextlib.contextmanager
+def _broker(url: str | None) -> Iterator[str | None]:
+    """The given broker, or a throwaway local mosquitto on a free port, or None."""
+    if url:
+        yield url
+        return
+    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if binary is None:
+        yield None
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "mosquitto.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
+        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+                    break
+                time.sleep(0.05)
+            yield f"mqtt://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            proc.wait(5)
+
+
+# --- timing helpers --------------------------------------------------------------------------
+def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return round(1000 * statistics.median(times), 3)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# --- items -----------------------------------------------------------------------------------
+def bench_compute(engines: dict[str, InferenceEngine], s: BenchSettings) -> dict[str, Any]:
+    """Items 1-2: per-window time of each variant on fresh frames, and DAS's own share."""
+    repeats = 5 if s.quick else 15
+    any_engine = next(iter(engines.values()))
+    T, size = any_engine.num_frames, any_engine.input_size
+    maker = _FrameMaker(size)
+    per_window = {}
+    for name, eng in engines.items():
+        per_window[name] = _median_ms(lambda eng=eng: eng.process(_windows(maker.frames(T), T, T)), repeats)
+    full = per_window["full"]
+    out: dict[str, Any] = {"num_frames": T, "input_size": size, "window_ms": per_window,
+                           "ratio_vs_full": {k: round(v / full, 3) for k, v in per_window.items()}}
+
+    # Item 2: what DAS adds per window: feature-resolution copies of T frames, features, attention, top-k.
+    das = engines[_headline(engines)]
+    frames = maker.frames(T)
+
+    def sampler_only() -> None:
+        small = np.stack([cv2.resize(f.image, (das.feature_size,) * 2, interpolation=cv2.INTER_AREA) for f in frames])
+        x = torch.from_numpy(small)[None, :, None].to(das.device).float().div_(255.0)
+        with torch.inference_mode():
+            das.model.sampler.select(x)
+        if das.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    sampler_ms = _median_ms(sampler_only, 4 * repeats)
+    out["sampler_ms"] = sampler_ms
+    out["sampler_overhead"] = round(sampler_ms / full, 4)
+    return out
+
+
+async def _replay(engine: InferenceEngine, video: Path, *, pacing: bool, mqtt: str | None, stride: int,
+                  duration: float | None = None) -> dict[str, Any]:
+    src = VideoSource(video, pacing=pacing, loop=duration is not None, gray=True, size=engine.input_size)
+    sinks = [MqttSink(MqttSettings.from_url(mqtt, topic_prefix="bench", client_id=f"bench-{os.getpid()}"))] if mqtt else []
+    pipe = Pipeline(sources=[(src, "drop_oldest" if pacing else "block")], engine=engine, sinks=sinks,
+                    settings=PipelineSettings(stride=stride, stats_interval=3600, duration=duration))
+    t0 = time.perf_counter()
+    summary = await pipe.run()
+    wall = time.perf_counter() - t0
+    (final,) = summary.final.values()
+    if summary.errors:
+        raise summary.errors[0]
+    return {"frames": final.frames_in, "seconds": round(wall, 2), "fps_in": round(final.frames_in / wall, 1),
+            "windows": final.windows, "dropped": final.frames_dropped, "latency_ms": final.latency_ms,
+            "latency_close_ms": final.extra["latency_close_ms"], "compute_saved": final.compute_saved}
+
+
+def bench_throughput(engines: dict[str, InferenceEngine], video: Path, mqtt: str | None) -> dict[str, Any]:
+    """Item 3: no-pacing replay through the whole pipeline, DAS against the full sequence."""
+    head = _headline(engines)
+    runs = {}
+    for name in (head, "full"):
+        eng = engines[name]
+        runs[name] = asyncio.run(_replay(eng, video, pacing=False, mqtt=mqtt, stride=eng.num_frames))
+    return {"video": str(video), "mqtt": mqtt or "none", "runs": runs,
+            "throughput_ratio": round(runs[head]["fps_in"] / runs["full"]["fps_in"], 3)}
+
+
+def bench_latency(engine: InferenceEngine, video: Path, mqtt: str | None, seconds: float) -> dict[str, Any]:
+    """Item 4: real-time replay at the file's rate (30 fps) for ``seconds``."""
+    run = asyncio.run(_replay(engine, video, pacing=True, mqtt=mqtt, stride=engine.num_frames, duration=seconds))
+    return {"seconds": seconds, **run}
+
+
+def bench_overlap(engine: InferenceEngine, s: BenchSettings) -> dict[str, Any]:
+    """Item 5: stride T/2; the embedding cache against recomputing every window's picks."""
+    T = engine.num_frames
+    n = (8 if s.quick else 24) * T
+    maker = _FrameMaker(engine.input_size, seed=2)
+    out = {}
+    for reuse in (True, False):
+        frames = maker.frames(n)
+        windows = _windows(frames, T, T // 2)
+        engine.reuse_embeddings = reuse
+        t0 = time.perf_counter()
+        calls = sum(r.backbone_calls for r in engine.process_each(windows))
+        out["cache" if reuse else "recompute"] = {"seconds": round(time.perf_counter() - t0, 3),
+                                                  "backbone_calls_per_frame": round(calls / n, 3)}
+    engine.reuse_embeddings = True
+    out["time_saved"] = round(1 - out["cache"]["seconds"] / out["recompute"]["seconds"], 3)
+    return out
+
+
+def bench_memory(engine: InferenceEngine, frames: int) -> dict[str, Any]:
+    """Item 6: RSS over a long no-pacing synthetic stream; growth after the first 10%."""
+    samples: list[tuple[int, float]] = []
+
+    async def main() -> None:
+        src = SyntheticSource(name="mem", pacing=False, size=engine.input_size, frames=frames)
+        pipe = Pipeline(sources=[(src, "block")], engine=engine, sinks=[],
+                        settings=PipelineSettings(stride=engine.num_frames, stats_interval=3600))
+        async def sample() -> None:
+            while True:
+                samples.append((pipe.streams[0].stats.frames_in, _rss_mb()))
+                await asyncio.sleep(0.5)
+        task = asyncio.create_task(sample())
+        await pipe.run()
+        task.cancel()
+
+    t0 = time.perf_counter()
+    asyncio.run(main())
+    wall = time.perf_counter() - t0
+    warm = [rss for n, rss in samples if n >= frames // 10] or [samples[-1][1]]
+    return {"frames": frames, "seconds": round(wall, 1), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "rss_after_warmup_mb": round(warm[0], 1), "rss_end_mb": round(warm[-1], 1),
+            "growth_after_warmup_mb": round(max(warm) - warm[0], 1)}
+
+
+def bench_streams(engine: InferenceEngine, streams: int, seconds: float) -> dict[str, Any]:
+    """Item 7: several paced synthetic streams at 30 fps in one process."""
+    async def main() -> dict[str, Any]:
+        sources = [SyntheticSource(name=f"probe{i}", fps=30.0, size=engine.input_size, seed=i) for i in range(streams)]
+        pipe = Pipeline(sources=[(src, "drop_oldest") for src in sources], engine=engine, sinks=[],
+                        settings=PipelineSettings(stride=engine.num_frames, stats_interval=3600, duration=seconds))
+        summary = await pipe.run()
+        return {name: {"frames": st.frames_in, "dropped": st.frames_dropped, "windows": st.windows,
+                       "latency_p99_ms": st.latency_ms["p99"], "latency_close_p99_ms": st.extra["latency_close_ms"]["p99"]}
+                for name, st in summary.final.items()}
+    per_stream = asyncio.run(main())
+    return {"streams": streams, "fps_each": 30, "seconds": seconds, "per_stream": per_stream,
+            "dropped_total": sum(v["dropped"] for v in per_stream.values())}
+
+
+def machine() -> dict[str, Any]:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "gpu": gpu}
+
+
+def run_bench(s: BenchSettings, *, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Run the selected items; return one JSON-ready dict with the headline keys first."""
+    wanted = set(s.only or ITEMS)
+    models = _models(s)
+    engines = {name: InferenceEngine(m, device=s.device, engine=s.engine) for name, m in models.items()}
+    head = _headline(engines)
+    result: dict[str, Any] = {}
+    details: dict[str, Any] = {"settings": {**s.__dict__, "only": list(s.only)}, "machine": machine(),
+                               "device": str(engines[head].device), "engine": s.engine}
+    if wanted & {"compute", "sampler"}:
+        log("1-2: compute per window and sampler overhead")
+        details["compute"] = c = bench_compute(engines, s)
+        result["compute_ratio"] = c["ratio_vs_full"][head]
+        result["sampler_overhead"] = c["sampler_overhead"]
+    with tempfile.TemporaryDirectory() as tmp, _broker(s.mqtt) as mqtt:
+        video = Path(s.video) if s.video else None
+        if wanted & {"throughput", "latency"} and video is None:
+            log("making a 640x480 H.264 test clip")
+            video = make_video(Path(tmp) / "bench.mp4", frames=600 if s.quick else 1800)
+        if "throughput" in wanted:
+            log("3: no-pacing replay throughput")
+            details["throughput"] = t = bench_throughput(engines, video, mqtt)
+            result["throughput_ratio"] = t["throughput_ratio"]
+            result["throughput_fps"] = t["runs"][head]["fps_in"]
+        if "latency" in wanted:
+            seconds = 20.0 if s.quick else 60.0
+            log(f"4: paced replay latency for {seconds:g} s")
+            details["latency"] = lat = bench_latency(engines[head], video, mqtt, seconds)
+            result["latency_p99_ms"] = lat["latency_ms"]["p99"]
+            result["latency_close_p99_ms"] = lat["latency_close_ms"]["p99"]
+    if "overlap" in wanted:
+        log("5: overlapping windows, cache against recompute")
+        details["overlap"] = bench_overlap(engines[head], s)
+    if "memory" in wanted and not s.quick:
+        log("6: memory over 100,000 frames")
+        details["memory"] = bench_memory(engines[head], 100_000)
+    if "streams" in wanted:
+        seconds = 10.0 if s.quick else 30.0
+        log(f"7: 4 streams at 30 fps for {seconds:g} s")
+        details["streams"] = bench_streams(engines[head], 4, seconds)
+    return {**result, **details}
+
+
+def to_json(result: dict[str, Any]) -> str:
+    return json.dumps(result, indent=2, default=str)

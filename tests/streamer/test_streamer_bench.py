@@ -1,0 +1,26 @@
+"""The benchmark machinery runs and reports consistent figures (no timing assertions)."""
+import json
+
+from streamer.bench import BenchSettings, make_video, run_bench, to_json
+
+
+def test_bench_reports_headline_keys_and_consistent_details(tmp_path, mqtt_broker):
+    video = make_video(tmp_path / "b.mp4", frames=96, width=80, height=64)
+    s = BenchSettings(quick=True, num_frames=8, input_size=32, video=str(video), mqtt=mqtt_broker.url,
+                      only=("compute", "throughput", "overlap"))
+    result = json.loads(to_json(run_bench(s)))
+    for key in ("compute_ratio", "sampler_overhead", "throughput_ratio", "throughput_fps"):
+        assert result[key] > 0
+    c = result["compute"]
+    assert set(c["window_ms"]) == {"das@0.25", "das@0.5", "das@0.75", "full"}
+    assert c["ratio_vs_full"]["full"] == 1.0
+    assert result["compute_ratio"] == c["ratio_vs_full"]["das@0.5"]
+    runs = result["throughput"]["runs"]
+    assert runs["full"]["frames"] == runs["das@0.5"]["frames"] == 96  # every frame read, none dropped
+    assert runs["full"]["dropped"] == 0 and runs["full"]["windows"] == 12
+    # full embeds every non-empty frame (the clip has runs of blank frames), DAS about half
+    assert runs["full"]["compute_saved"] < 0.3 < runs["das@0.5"]["compute_saved"]
+    ov = result["overlap"]
+    # stride T/2: each frame is in two windows; the cache embeds each picked frame once
+    assert ov["cache"]["backbone_calls_per_frame"] < ov["recompute"]["backbone_calls_per_frame"]
+    assert ov["recompute"]["backbone_calls_per_frame"] <= 1.0 + 1e-9
