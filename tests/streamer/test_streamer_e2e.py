@@ -179,3 +179,52 @@ def test_wrong_model_file_is_a_clear_error(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [res.stderr.strip()]  # one line
     assert "das-stream: error: model file" in res.stderr and str(bad) in res.stderr
+
+
+def test_zmq_feed_bad_messages_counted_good_frames_flow(tmp_path, model_file):
+    """A real sender process pushes good frames interleaved with every kind of malformed message."""
+    import socket
+    import subprocess
+    from pathlib import Path
+
+    peer_dir = Path(__file__).parents[1] / "sources"
+    sys.path.insert(0, str(peer_dir))
+    from zmq_peer import mixed
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    jsonl = tmp_path / "zmq.jsonl"
+    run = subprocess.Popen(run_cmd("--source", f"zmq+pull://127.0.0.1:{port}?bind=1", "--model", str(model_file),
+                                   "--jsonl", str(jsonl), "--quiet", "--stats-interval", "0.5"),
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        import time
+
+        def latest():
+            lines = jsonl.read_text().splitlines() if jsonl.exists() else []
+            stats = [json.loads(x) for x in lines if '"type":"stats"' in x]
+            return stats[-1] if stats else None
+
+        deadline = time.monotonic() + 60
+        while latest() is None:  # the first periodic stats: the source is bound and listening
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        peer = subprocess.run([sys.executable, str(peer_dir / "zmq_peer.py"), f"tcp://127.0.0.1:{port}", "push",
+                               "connect", "mixed"], timeout=60, capture_output=True, text=True)
+        assert peer.returncode == 0, peer.stderr
+        scenario = mixed()
+        good = sum(v is not None for _, v in scenario)
+        deadline = time.monotonic() + 60
+        while (st := latest()) is None or st["frames_in"] < good:
+            assert time.monotonic() < deadline, st
+            time.sleep(0.2)
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 0, err
+    final = [json.loads(x) for x in jsonl.read_text().splitlines() if '"final":true' in x][-1]
+    assert final["frames_in"] == good
+    assert final["bad_messages"] == len(scenario) - good
+    assert_accounting(final)
