@@ -12,6 +12,7 @@ window that retires the frame has been processed.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 import warnings
@@ -21,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from sampler.errors import SamplerError
 from sampler.model import SampledClassifier
@@ -74,24 +76,39 @@ def resize_gray(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
 
 
+def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` (eval mode) with every Conv2d -> BatchNorm2d pair of a Sequential folded
+    into one convolution: the same function, one pass over the activations less."""
+    module = copy.deepcopy(module).eval()
+    for parent in module.modules():
+        if not isinstance(parent, torch.nn.Sequential):
+            continue
+        names = list(parent._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = parent._modules[a], parent._modules[b]
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
+                parent._modules[a] = fuse_conv_bn_eval(conv, bn)
+                parent._modules[b] = torch.nn.Identity()
+    return module
+
+
 class TorchEmbedder:
-    """The classifier's backbone in eager PyTorch (CUDA autocast when on a GPU)."""
+    """The classifier's backbone in eager PyTorch, prepared for inference: batch norm folded into
+    the convolutions and channels-last memory layout (about 1.8x faster on CPU than the training
+    layout, see docs/performance.md); CUDA autocast (float16) on a GPU."""
 
     name = "torch"
 
     def __init__(self, model: SampledClassifier, device: torch.device) -> None:
-        self.model = model
+        self.classifier = fold_batchnorm(model.classifier).to(device, memory_format=torch.channels_last)
         self.device = device
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> torch.Tensor:
         """Embed gray uint8 frames (N, S, S) -> float32 (N, E) on the CPU."""
         x = torch.from_numpy(batch).unsqueeze(1).to(self.device, non_blocking=True)
-        if self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
-                emb = self.model.classifier.embed(x)
-        else:
-            emb = self.model.classifier.embed(x)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+            emb = self.classifier.embed(x)  # channels-last weights make the convolutions channels-last
         return emb.float().cpu()
 
 

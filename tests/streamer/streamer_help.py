@@ -18,8 +18,32 @@ def make_model_file(path: Path, *, method: str = "das", num_frames: int = 8, k: 
     k = num_frames if method == "full" else k
     cfg = ModelConfig(method=method, num_frames=num_frames, k=k, class_names=CLASSES,
                       feature_size=feature_size, input_size=input_size, name=path.stem)
-    build_model(cfg).save(path)
+    model = build_model(cfg)
+    calibrate_batchnorm(model, input_size)
+    model.save(path)
     return path
+
+
+def calibrate_batchnorm(model, input_size: int) -> None:
+    """Give a random-init backbone batch-norm statistics of real-looking frames.
+
+    Untrained, its running statistics are the identity and the activations vanish through the
+    layers (embeddings ~1e-8), so every frame would give the same prediction and a test that
+    compares predictions could not fail.
+    """
+    rng = np.random.default_rng(0)
+    frames = np.concatenate([make_clip(c, 8, size=input_size, rng=rng, empty_run_prob=0.0) for c in range(len(CLASSES))])
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # a plain average over the calibration batch
+    model.classifier.train()
+    with torch.no_grad():
+        model.classifier.embed(torch.from_numpy(frames)[:, None])
+    model.classifier.eval()
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
 
 
 def write_video(path: Path, *, frames: int, fps: int = 30, size: int = 64, seed: int = 0) -> Path:
