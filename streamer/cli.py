@@ -145,9 +145,11 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
 
     settings = MqttSettings.from_url(args.mqtt, topic_prefix=args.topic_prefix, tls_ca=args.tls_ca)
     try:
-        asyncio.run(subscribe(settings, duration=args.duration, max_messages=args.count, raw=args.raw))
+        summary = asyncio.run(subscribe(settings, duration=args.duration, max_messages=args.count, raw=args.raw))
     except KeyboardInterrupt:
-        pass
+        return 0
+    print(f"das-stream subscribe: {summary.predictions} predictions, {summary.stats} stats, "
+          f"{summary.duplicates} duplicates, {summary.malformed} malformed", file=sys.stderr)
     return 0
 # --- end streaming commands ---
 

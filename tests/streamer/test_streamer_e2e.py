@@ -228,3 +228,30 @@ def test_zmq_feed_bad_messages_counted_good_frames_flow(tmp_path, model_file):
     assert final["frames_in"] == good
     assert final["bad_messages"] == len(scenario) - good
     assert_accounting(final)
+
+
+async def test_subscribe_command_prints_what_arrives(mqtt_broker):
+    from sinks.messages import Prediction
+    from sinks.mqtt import MqttSink
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streamer.cli", "subscribe", "--mqtt", mqtt_broker.url, "--topic-prefix", "cli",
+        "--raw", "--count", "3", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    settings = MqttSettings.from_url(mqtt_broker.url, topic_prefix="cli", client_id="cli-pub")
+    async with MqttSink(settings) as sink:
+        window = 0
+        while proc.returncode is None and window < 400:  # until the subscriber has seen 3 and left
+            await sink.publish_prediction(Prediction(
+                stream="us1", window=window, first_seq=0, last_seq=7, t_first=0.0, t_last=0.1, selected=(1, 5),
+                probs={"a": 0.25, "b": 0.75}, label="b", model="m (das)", latency_ms=1.0))
+            window += 1
+            try:
+                await asyncio.wait_for(proc.wait(), 0.25)
+            except TimeoutError:
+                pass
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    got = [json.loads(line) for line in out.decode().splitlines()]
+    assert len(got) == 3 and all(m["type"] == "prediction" and m["label"] == "b" for m in got)
+    assert [m["window"] for m in got] == sorted(m["window"] for m in got)
+    assert "3 predictions" in err.decode()
