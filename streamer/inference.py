@@ -26,6 +26,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from sampler.errors import SamplerError
 from sampler.model import SampledClassifier
+from sources.image import area_resize
 
 from .window import Window
 
@@ -69,11 +70,8 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 
 
 def resize_gray(image: np.ndarray, size: int) -> np.ndarray:
-    """Gray uint8 copy at size x size (a view of the input when it already fits)."""
-    gray = to_gray(image)
-    if gray.shape == (size, size):
-        return gray
-    return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
+    """Gray uint8 copy at size x size (the input itself when it already fits)."""
+    return area_resize(to_gray(image), (size, size))
 
 
 def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
