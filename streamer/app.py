@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ log = logging.getLogger(__name__)
 
 def demo_model_path() -> Path:
     """The small DAS model bundled with the package (trained on the synthetic generator)."""
-    return Path(str(resources.files("streamer") / "assets" / "demo.pt"))
+    return Path(__file__).resolve().parent / "assets" / "demo.pt"
 
 
 def load_model(cfg: RunConfig) -> SampledClassifier:
