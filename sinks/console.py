@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -37,26 +39,42 @@ def format_stats(s: Stats) -> str:
 class LineWriter:
     """Write whole lines to a text stream from one worker thread, in call order, flushing each.
 
+    ``write`` hands the line to the worker and returns at once, so a slow terminal or disk never
+    holds up the pipeline; only when ``max_pending`` lines are still waiting does it wait for the
+    oldest (memory stays bounded). A failed write is raised as SinkError by the next ``write`` or
+    by ``aclose``.
+
     Args:
         stream: where the lines go.
         name: what the stream is, for the error message (e.g. "JSONL file 'out.jsonl'").
         close: close ``stream`` in :meth:`aclose` (for files the writer owns).
+        max_pending: lines that may wait for the worker before ``write`` waits too.
     """
 
-    def __init__(self, stream: TextIO, *, name: str, close: bool = False) -> None:
+    def __init__(self, stream: TextIO, *, name: str, close: bool = False, max_pending: int = 1000) -> None:
         self._stream = stream
         self._name = name
         self._close = close
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="das-lines")
+        self._pending: collections.deque[concurrent.futures.Future] = collections.deque()
+        self._max_pending = max_pending
 
     async def write(self, line: str) -> None:
-        """Append ``line`` and a newline; raises SinkError when the stream cannot be written."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._write, line)
+        """Queue ``line`` (and a newline); raises SinkError when an earlier write failed."""
+        while self._pending and self._pending[0].done():
+            self._pending.popleft().result()  # raises the SinkError of a failed write
+        if len(self._pending) >= self._max_pending:
+            await asyncio.wrap_future(self._pending.popleft())
+        self._pending.append(self._executor.submit(self._write, line))
 
     async def aclose(self) -> None:
-        """Finish pending writes (and close the stream if owned)."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._finish)
-        self._executor.shutdown(wait=False)
+        """Finish pending writes (and close the stream if owned); raise the first failure."""
+        try:
+            while self._pending:
+                await asyncio.wrap_future(self._pending.popleft())
+        finally:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._finish)
+            self._executor.shutdown(wait=False)
 
     def _write(self, line: str) -> None:
         try:

@@ -80,3 +80,16 @@ async def test_fanout_closes_the_sinks_already_open_when_one_fails(tmp_path):
             pass
     with pytest.raises(RuntimeError, match="not open"):
         await good.publish_prediction(prediction(0))
+
+
+async def test_console_write_failure_surfaces_as_sink_error_without_blocking_publish():
+    class Broken(io.StringIO):
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+    sink = ConsoleSink(Broken())
+    with pytest.raises(SinkError, match="cannot write the console: .*No space left"):
+        async with sink:
+            await sink.publish_prediction(prediction(0))  # returns at once; the failure comes later
+            for i in range(1, 50):
+                await sink.publish_prediction(prediction(i))
