@@ -1,6 +1,7 @@
 """ConsoleSink lines, JsonlSink files, and FanOut to both."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import io
 import json
@@ -41,7 +42,11 @@ async def test_jsonl_writes_one_object_per_line_and_appends(tmp_path):
     async with JsonlSink(path) as sink:
         await sink.publish_prediction(prediction(0))
         await sink.publish_stats(stats())
-        # Flushed per line: readable while the sink is still open.
+        # Written by the writer thread and flushed per line: readable while the sink is still open.
+        for _ in range(200):
+            if len(path.read_text().splitlines()) == 2:
+                break
+            await asyncio.sleep(0.01)
         assert len(path.read_text().splitlines()) == 2
     async with JsonlSink(str(path)) as sink:
         await sink.publish_prediction(prediction(1))
