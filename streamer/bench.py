@@ -304,9 +304,15 @@ def bench_memory(engine: InferenceEngine, frames: int) -> dict[str, Any]:
     asyncio.run(main())
     wall = time.perf_counter() - t0
     warm = [rss for n, rss in samples if n >= frames // 10] or [samples[-1][1]]
-    return {"frames": frames, "seconds": round(wall, 1), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "rss_after_warmup_mb": round(warm[0], 1), "rss_end_mb": round(warm[-1], 1),
-            "growth_after_warmup_mb": round(max(warm) - warm[0], 1)}
+    quarter = max(1, len(warm) // 4)
+    early, late = statistics.median(warm[:quarter]), statistics.median(warm[-quarter:])
+    return {"frames": frames, "seconds": round(wall, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "rss_early_mb": round(early, 1), "rss_late_mb": round(late, 1),
+            # median RSS of the last quarter of the run against the first quarter after warm-up
+            # (the allocator makes single samples swing by tens of MB)
+            "growth_after_warmup_mb": round(late - early, 1),
+            "rss_range_after_warmup_mb": [round(min(warm), 1), round(max(warm), 1)]}
 
 
 def bench_streams(engine: InferenceEngine, streams: int, seconds: float) -> dict[str, Any]:
