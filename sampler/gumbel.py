@@ -104,8 +104,8 @@ def in_temporal_order(matrix: torch.Tensor, indices: torch.Tensor) -> SamplerOut
 def top_k_priority(priority: torch.Tensor, k: int) -> SamplerOutput:
     """The k frames of highest ``priority`` (B, T), as a hard sampling matrix in temporal order.
 
-    For the non-learned samplers; the caller breaks ties.
+    Ties go to the earlier frame (as the row-by-row argmax of ``select_without_replacement``).
     """
-    indices = priority.topk(k, dim=1).indices.sort(dim=1).values
+    indices = priority.argsort(dim=1, descending=True, stable=True)[:, :k].sort(dim=1).values
     matrix = torch.zeros(*indices.shape, priority.shape[1], device=priority.device).scatter_(2, indices.unsqueeze(2), 1.0)
     return SamplerOutput(matrix=matrix, indices=indices)

@@ -187,3 +187,23 @@ def test_bad_input_raises_a_clear_value_error(cls):
 def test_k_larger_than_t_is_refused(cls):
     with pytest.raises(ValueError, match=r"k must be between 1 and num_frames=8, got k=9"):
         cls(num_frames=8, k=9)
+
+
+@pytest.mark.parametrize("padded", [0, 5, 10])
+def test_das_inference_shortcut_picks_what_the_row_by_row_selection_picks(padded):
+    """Without gradients, eval-mode DAS takes one top-k instead of k masked argmax passes."""
+    t, k = 16, 8
+    x = window(4, t, seed=3)
+    valid = torch.ones(4, t, dtype=torch.bool)
+    valid[:, t - padded :] = False
+    torch.manual_seed(2)
+    sampler = DASSampler(num_frames=t, k=k).eval()
+    with torch.no_grad():
+        fast = sampler.select(x, valid)
+    slow = sampler.select(x, valid)  # parameters need gradients: the row-by-row path
+    assert slow.matrix.requires_grad and not fast.matrix.requires_grad
+    assert torch.equal(fast.indices, slow.indices)
+    assert torch.allclose(fast.matrix, slow.matrix.detach(), atol=1e-6)  # hard + soft - soft: rounding
+    assert all(len(set(row)) == k for row in fast.indices.tolist())
+    if padded <= t - k:
+        assert (fast.indices < t - padded).all()  # enough real frames: no padding picked
