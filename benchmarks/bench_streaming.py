@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model")
     p.add_argument("--threads", type=int)
     p.add_argument("--only", default="")
+    p.add_argument("--feature-size", type=int, default=56)
     p.add_argument("--markdown", help="write the summary table here")
     p.add_argument("--json", help="write the full JSON here")
     args = p.parse_args(argv)
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             video = str(make_video(Path(tmp) / "bench.mp4", frames=600 if args.quick else 1800))
         for engine in args.engines.split(","):
             print(f"[bench] engine {engine}", file=sys.stderr, flush=True)
-            s = BenchSettings(quick=args.quick, model=args.model, device=args.device, engine=engine, video=video, only=only)
+            s = BenchSettings(quick=args.quick, model=args.model, device=args.device, engine=engine, video=video, only=only,
+                              feature_size=args.feature_size)
             results[engine] = run_bench(s, log=lambda m: print(f"[bench]   {m}", file=sys.stderr, flush=True))
     command = "python " + " ".join(["benchmarks/bench_streaming.py", *(argv if argv is not None else sys.argv[1:])])
     out = {"wall_seconds": round(time.perf_counter() - t0, 1), "command": command, "results": results}

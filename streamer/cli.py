@@ -94,6 +94,8 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--mqtt", metavar="URL", help="broker for throughput/latency (default: a local mosquitto if installed)")
     bench.add_argument("--only", help="comma-separated items: compute,sampler,throughput,latency,overlap,memory,streams")
     bench.add_argument("--threads", type=int, help="torch intra-op threads")
+    bench.add_argument("--feature-size", type=int, default=56,
+                       help="sampler feature resolution of the default models (default 56 = 224/4)")
     bench.add_argument("--out", help="also write the JSON to this file")
     bench.set_defaults(handler=_cmd_bench)
 
@@ -127,7 +129,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     settings = BenchSettings(quick=args.quick, model=args.model, device=args.device, engine=args.engine,
-                             video=args.video, mqtt=args.mqtt, only=only)
+                             video=args.video, mqtt=args.mqtt, only=only, feature_size=args.feature_size)
     result = run_bench(settings, log=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
     text = to_json(result)
     print(text)

@@ -233,7 +233,7 @@ class InferenceEngine:
             for t, frame in enumerate(w.frames):
                 small[b, t] = self._small_copy(w.stream, frame)
             valid[b, : len(w.frames)] = True
-        x = torch.from_numpy(small).unsqueeze(2).to(self.device).float().div_(255.0)
+        x = torch.from_numpy(small).unsqueeze(2).to(self.device)  # uint8: the sampler scales it
         indices = self.model.sampler.select(x, valid.to(self.device)).indices.cpu().numpy()
         # As in SampledClassifier.forward: picks that are padding or empty (lost probe contact)
         # are left out of the pooling, so they need no embedding either.

@@ -6,7 +6,7 @@ from streamer.bench import BenchSettings, make_video, run_bench, to_json
 
 def test_bench_reports_headline_keys_and_consistent_details(tmp_path, mqtt_broker):
     video = make_video(tmp_path / "b.mp4", frames=96, width=80, height=64)
-    s = BenchSettings(quick=True, num_frames=8, input_size=32, video=str(video), mqtt=mqtt_broker.url,
+    s = BenchSettings(quick=True, num_frames=8, input_size=32, feature_size=16, video=str(video), mqtt=mqtt_broker.url,
                       only=("compute", "throughput", "overlap"))
     result = json.loads(to_json(run_bench(s)))
     for key in ("compute_ratio", "sampler_overhead", "throughput_ratio", "throughput_fps"):
