@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -222,6 +223,7 @@ def compare(
     out = Path(out) if out is not None else Path(config.train.out) / config.name
     out.mkdir(parents=True, exist_ok=True)
     progress = RunLog(out / "compare.log")
+    start = time.perf_counter()
     plan = _grid(config)
     data: DatasetSplits | None = None
     results = []
@@ -231,10 +233,11 @@ def compare(
             progress(f"[{i}/{len(plan)}] {run_dir.name}: result exists, skipped (--resume)")
             results.append(RunResult.load(run_dir / RESULT_FILE))
             continue
-        progress(f"[{i}/{len(plan)}] {run_dir.name}")
+        progress(f"[{i}/{len(plan)}] {run_dir.name} (after {(time.perf_counter() - start) / 60:.1f} min)")
         data = data if data is not None else load_dataset(config.data)
         run_config = config.replace(model={"method": method, "keep": keep}, train={"seed": seed})
         results.append(train_run(run_config, data, run_dir))
+    progress(f"compare: {len(plan)} runs done in {(time.perf_counter() - start) / 60:.1f} min of wall-clock time")
     rows = summarize(results)
     write_summary_csv(rows, out / f"{config.name}.csv")
     (out / f"{config.name}.md").write_text(markdown_table(rows))

@@ -110,9 +110,14 @@ class TrainSettings:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         threads: torch CPU threads; 0 keeps torch's default.
         class_weights: ``balanced`` weighs the loss by inverse class frequency, ``none`` does not.
-        bn_momentum: momentum of the backbone's BatchNorm running statistics during training;
-            0 keeps the backbone's own (0.01 for MobileNetV3, tuned for long ImageNet runs: from
-            random init on a few hundred steps the eval-mode statistics would lag far behind).
+        bn_stats: how BatchNorm running statistics (used in eval mode) are kept. ``epoch``:
+            reset at the start of every epoch and averaged over that epoch's batches. ``ema``:
+            an exponential moving average with ``bn_momentum``. MobileNetV3 from random init
+            needs ``epoch``: its pre-norm variances are tiny (depthwise convolutions), so the
+            initial running variance of 1 takes hundreds of EMA steps to wash out and eval-mode
+            outputs collapse to a constant until then.
+        bn_momentum: the EMA momentum for ``bn_stats: ema``; 0 keeps each layer's own (0.01 in
+            MobileNetV3).
         eval_batch_size: batch size for validation and test.
         out: folder for run outputs.
         progress: show a progress bar per epoch.
@@ -126,6 +131,7 @@ class TrainSettings:
     device: str = "auto"
     threads: int = 0
     class_weights: str = "balanced"
+    bn_stats: str = "epoch"
     bn_momentum: float = 0.1
     eval_batch_size: int = 64
     out: str = "runs"
@@ -352,6 +358,7 @@ def _validate(c: ExperimentConfig, where: _Origin) -> None:
     need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
     need(t.device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got {t.device!r}")
     need(t.threads >= 0, "train.threads", f"must be >= 0, got {t.threads}")
+    need(t.bn_stats in ("epoch", "ema"), "train.bn_stats", f"must be epoch or ema, got {t.bn_stats!r}")
     need(0 <= t.bn_momentum <= 1, "train.bn_momentum", f"must be in [0, 1], got {t.bn_momentum}")
     need(t.class_weights in ("balanced", "none"), "train.class_weights", f"must be balanced or none, got {t.class_weights!r}")
 

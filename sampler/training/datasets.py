@@ -38,7 +38,7 @@ SPLITS = ("train", "val", "test")
 CACHE_VERSION = 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ClipSet:
     """The clips of one split; a map-style dataset for ``torch.utils.data.DataLoader``.
 
@@ -68,7 +68,7 @@ class ClipSet:
         return ClipSet(self.x[index], self.valid[index], self.labels[index], tuple(self.names[i] for i in index))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DatasetSplits:
     """Train, validation and test clips of one dataset with its class names (label order)."""
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -37,12 +38,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def batch_norms(model: torch.nn.Module) -> list[_BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+
 def set_bn_momentum(model: torch.nn.Module, momentum: float) -> None:
     """Set the running-statistics momentum of every BatchNorm layer (0 leaves them as built)."""
     if momentum > 0:
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.momentum = momentum
+        for module in batch_norms(model):
+            module.momentum = momentum
+
+
+def restart_bn_statistics(model: torch.nn.Module) -> None:
+    """Forget the BatchNorm running statistics; the next batches are averaged with equal weight."""
+    for module in batch_norms(model):
+        module.reset_running_stats()
+        module.momentum = None
 
 
 def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | None:
@@ -54,7 +65,7 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tens
     return torch.tensor(weights, dtype=torch.float32)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Evaluation:
     """A model's outputs and scores on one split.
 
@@ -163,7 +174,8 @@ def fit(
     the model so that initialisation, data order and Gumbel noise all repeat.
     """
     model.to(device)
-    set_bn_momentum(model, settings.bn_momentum)
+    if settings.bn_stats == "ema":
+        set_bn_momentum(model, settings.bn_momentum)
     weight = class_weights(data.train.labels, len(data.class_names), settings.class_weights)
     weight_dev = None if weight is None else weight.to(device)
     optimizer = torch.optim.Adam(model.param_groups(settings.lr), lr=settings.lr)
@@ -176,6 +188,8 @@ def fit(
     for epoch in range(1, settings.epochs + 1):
         t0 = time.perf_counter()
         model.train()
+        if settings.bn_stats == "epoch":
+            restart_bn_statistics(model)
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr, disable=not settings.progress)
         for batch in bar:
