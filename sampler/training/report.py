@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Patch, Rectangle
 
 from ..errors import DataError
 from .config import METHODS
@@ -158,14 +158,20 @@ def plot_auc(rows: Sequence[SummaryRow], path: Path, *, title: str) -> None:
     ax = fig.add_subplot()
     width = 0.8 / len(keeps)
     for j, keep in enumerate(keeps):
-        xs, means, stds = [], [], []
+        xs, means, stds, colors = [], [], [], []
         for i, m in enumerate(methods):
-            r = next((r for r in rows if r.method == m), None) if m == "full" else _find(rows, rows[0].dataset, m, keep)
+            if m == "full":  # one bar: Full keeps every frame whatever the keep ratio
+                r = next((r for r in rows if r.method == m), None) if j == 0 else None
+                offset = 0.0
+            else:
+                r = _find(rows, rows[0].dataset, m, keep)
+                offset = (j - (len(keeps) - 1) / 2) * width
             if r is not None:
-                xs.append(i + (j - (len(keeps) - 1) / 2) * width)
+                xs.append(i + offset)
                 means.append(r.auc_mean)
                 stds.append(r.auc_std)
-        ax.bar(xs, means, width=width * 0.95, yerr=stds, capsize=3, label=f"keep {keep:.0%}")
+                colors.append("0.55" if m == "full" else f"C{j}")
+        ax.bar(xs, means, width=width * 0.95, yerr=stds, capsize=3, color=colors)
     ax.set_xticks(range(len(methods)), [METHOD_LABELS[m] for m in methods])
     ax.set_ylabel("test ROC AUC")
     ax.axhline(0.5, color="gray", lw=0.8, ls="--")
@@ -173,7 +179,8 @@ def plot_auc(rows: Sequence[SummaryRow], path: Path, *, title: str) -> None:
     ax.set_ylim(max(0.0, min(0.45, low - 0.05)), 1.0)
     ax.set_title(title)
     if len(keeps) > 1:
-        ax.legend(fontsize=8)
+        handles = [Patch(color=f"C{j}", label=f"keep {keep:.0%}") for j, keep in enumerate(keeps)]
+        ax.legend(handles=handles, fontsize=8)
     fig.savefig(path, dpi=120)
 
 
