@@ -205,13 +205,19 @@ def _rss_mb() -> float:
 # --- items -----------------------------------------------------------------------------------
 def bench_compute(engines: dict[str, InferenceEngine], s: BenchSettings) -> dict[str, Any]:
     """Items 1-2: per-window time of each variant on fresh frames, and DAS's own share."""
-    repeats = 5 if s.quick else 15
+    repeats = 10 if s.quick else 25
     any_engine = next(iter(engines.values()))
     T, size = any_engine.num_frames, any_engine.input_size
     maker = _FrameMaker(size)
-    per_window = {}
-    for name, eng in engines.items():
-        per_window[name] = _median_ms(lambda eng=eng: eng.process(_windows(maker.frames(T), T, T)), repeats)
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    for r in range(repeats + 1):  # variants interleaved, so a slow spell of the machine hits them all
+        for name, eng in engines.items():
+            windows = _windows(maker.frames(T), T, T)
+            t0 = time.perf_counter()
+            eng.process(windows)
+            if r:  # the first round warms up
+                times[name].append(time.perf_counter() - t0)
+    per_window = {name: round(1000 * statistics.median(ts), 3) for name, ts in times.items()}
     full = per_window["full"]
     out: dict[str, Any] = {"num_frames": T, "input_size": size, "window_ms": per_window,
                            "ratio_vs_full": {k: round(v / full, 3) for k, v in per_window.items()}}
