@@ -255,3 +255,24 @@ async def test_subscribe_command_prints_what_arrives(mqtt_broker):
     assert len(got) == 3 and all(m["type"] == "prediction" and m["label"] == "b" for m in got)
     assert [m["window"] for m in got] == sorted(m["window"] for m in got)
     assert "3 predictions" in err.decode()
+
+
+async def test_no_arguments_runs_the_demo_until_stopped():
+    """`das-stream` alone: the synthetic source through the bundled demo model, to the console."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "streamer.cli", stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    lines = []
+
+    async def first_predictions():
+        while len([x for x in lines if " seq " in x]) < 2:
+            line = await proc.stdout.readline()
+            assert line, "das-stream ended before printing predictions"
+            lines.append(line.decode())
+    await asyncio.wait_for(first_predictions(), 90)
+    proc.send_signal(signal.SIGINT)
+    rest, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    lines += rest.decode().splitlines()
+    assert lines[0].startswith("synthetic #0 seq 0-15: ")  # demo windows: T = 16
+    assert any(label in lines[0] for label in ("a_lines", "b_lines", "consolidation"))
+    assert "stats (final)" in lines[-1] and "dropped 0" in lines[-1]
