@@ -216,16 +216,19 @@ def read_video_index(config: DataConfig) -> tuple[list[VideoEntry], tuple[str, .
         raise DataError(f"video index {index} not found; set data.path to a CSV with columns {config.path_column},{config.label_column}")
     root = Path(config.root).expanduser() if config.root else index.parent
     crops = _read_crop_file(config.crop_file)
-    with index.open(newline="") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        for col in (config.path_column, config.label_column):
-            if col not in columns:
-                raise DataError(
-                    f"video index {index} has no column {col!r} (columns: {', '.join(columns) or 'none'}); "
-                    "set data.path_column / data.label_column"
-                )
-        rows = list(reader)
+    try:
+        with index.open(newline="") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"video index {index} is not a readable CSV ({exc}); save it as UTF-8 CSV") from None
+    for col in (config.path_column, config.label_column):
+        if col not in columns:
+            raise DataError(
+                f"video index {index} has no column {col!r} (columns: {', '.join(columns) or 'none'}); "
+                "set data.path_column / data.label_column"
+            )
     wanted = config.classes
     entries = []
     for line, row in enumerate(rows, start=2):
