@@ -51,6 +51,8 @@ def markdown(results: dict[str, dict], command: str) -> str:
     row("4. latency capture -> published p50/p95/p99 (ms)", "", lambda r: "/".join(str(r["latency"]["latency_ms"][p]) for p in ("p50", "p95", "p99")))
     row("4. latency window close -> published p50/p95/p99 (ms)", "p99 <= 50",
         lambda r: "/".join(str(r["latency"]["latency_close_ms"][p]) for p in ("p50", "p95", "p99")))
+    row("4. of which engine stages p50: sampler / embed / head (ms)", "",
+        lambda r: " / ".join(str(r["latency"]["stages_ms"][k]["p50"]) for k in ("sampler", "embed", "head")))
     row("4. frames dropped at 30 fps", "0", lambda r: r["latency"]["dropped"])
     row("5. backbone calls per frame, stride T/2: cache / recompute", "",
         lambda r: f"{r['overlap']['cache']['backbone_calls_per_frame']} / {r['overlap']['recompute']['backbone_calls_per_frame']}")

@@ -15,7 +15,9 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
+import time
 import warnings
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,6 +188,10 @@ class InferenceEngine:
         self.reuse_embeddings = True  # False only to measure what the cache saves (benchmarks)
         self._small: dict[Key, np.ndarray] = {}
         self._emb: dict[Key, torch.Tensor] = {}
+        # Wall time of each _classify call's stages, in ms (recent calls only), for benchmarks:
+        # "sampler" (feature-size copies, features, attention, selection), "embed" (backbone on the
+        # picks not yet cached), "head" (pooling, MLP, softmax).
+        self.stage_ms: dict[str, deque[float]] = {name: deque(maxlen=4096) for name in ("sampler", "embed", "head")}
 
     @property
     def cached(self) -> int:
@@ -226,6 +232,7 @@ class InferenceEngine:
         return out
 
     def _classify(self, windows: list[Window]) -> list[WindowResult]:
+        t0 = time.perf_counter()
         B, T, fs = len(windows), self.num_frames, self.feature_size
         small = np.zeros((B, T, fs, fs), np.uint8)
         valid = torch.zeros(B, T, dtype=torch.bool)
@@ -250,10 +257,12 @@ class InferenceEngine:
                         new[key] = resize_gray(w.frames[t].image, self.input_size)
                         calls_by_window[b] += 1
         keys = list(new)
+        t1 = time.perf_counter()
         for i in range(0, len(keys), self.max_embed_batch):
             chunk = keys[i : i + self.max_embed_batch]
             for key, e in zip(chunk, self.embedder(np.stack([new[k] for k in chunk]))):
                 self._emb[key] = e
+        t2 = time.perf_counter()  # the embedders return CPU tensors, so CUDA work is done here
 
         picked = torch.zeros(B, self.k, self.embed_dim)
         mask = torch.zeros(B, self.k, dtype=torch.bool)
@@ -269,6 +278,9 @@ class InferenceEngine:
             selected.append(tuple(seqs))
         logits = self.model.classifier.classify(picked.to(self.device), mask.to(self.device))
         probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        t3 = time.perf_counter()
+        for name, ms in (("sampler", t1 - t0), ("embed", t2 - t1), ("head", t3 - t2)):
+            self.stage_ms[name].append(1000.0 * ms)
         return [
             WindowResult(window=w, selected=selected[b], probs=tuple(float(p) for p in probs[b]),
                          backbone_calls=calls_by_window[b])

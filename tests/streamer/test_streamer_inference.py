@@ -61,6 +61,23 @@ def test_each_frame_embedded_at_most_once_with_overlap(das_model):
     assert eng.cached == 0  # everything retired was evicted
 
 
+def test_stage_timings_cover_each_classify_call(das_model):
+    """The per-stage wall times the latency benchmark reports: one entry per stage per call, and
+    together no longer than the call itself."""
+    import time
+
+    eng = InferenceEngine(das_model, device="cpu")
+    ws = windows(frames(32, size=eng.input_size), 8, 8)
+    spent = 0.0
+    for i in range(0, len(ws), 2):
+        t0 = time.perf_counter()
+        eng.process(ws[i:i + 2])
+        spent += 1000 * (time.perf_counter() - t0)
+    assert {name: len(v) for name, v in eng.stage_ms.items()} == {"sampler": 2, "embed": 2, "head": 2}
+    assert all(ms > 0 for v in eng.stage_ms.values() for ms in v)
+    assert sum(ms for v in eng.stage_ms.values() for ms in v) <= spent
+
+
 def test_padded_and_empty_frames_are_not_embedded(das_model):
     eng = InferenceEngine(das_model, device="cpu")
     fs = frames(3, empty={1})  # a short stream: one partial window of 3 frames, one of them blank
