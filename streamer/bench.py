@@ -211,6 +211,9 @@ def bench_compute(engines: dict[str, InferenceEngine], s: BenchSettings) -> dict
     T, size = any_engine.num_frames, any_engine.input_size
     maker = _FrameMaker(size)
     times: dict[str, list[float]] = {name: [] for name in engines}
+    for eng in engines.values():
+        for samples in eng.stage_ms.values():
+            samples.clear()
     for r in range(repeats + 1):  # variants interleaved, so a slow spell of the machine hits them all
         for name, eng in engines.items():
             windows = _windows(maker.frames(T), T, T)
@@ -221,7 +224,10 @@ def bench_compute(engines: dict[str, InferenceEngine], s: BenchSettings) -> dict
     per_window = {name: round(1000 * statistics.median(ts), 3) for name, ts in times.items()}
     full = per_window["full"]
     out: dict[str, Any] = {"num_frames": T, "input_size": size, "window_ms": per_window,
-                           "ratio_vs_full": {k: round(v / full, 3) for k, v in per_window.items()}}
+                           "ratio_vs_full": {k: round(v / full, 3) for k, v in per_window.items()},
+                           # median of each engine stage (warm-up round included), see InferenceEngine.stage_ms
+                           "stages_ms": {name: {stage: round(statistics.median(v), 3) for stage, v in eng.stage_ms.items()}
+                                         for name, eng in engines.items()}}
 
     # Item 2: what DAS adds per window: feature-resolution copies of T frames, features, attention, top-k.
     das = engines[_headline(engines)]

@@ -145,6 +145,9 @@ class OnnxEmbedder:
             )
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads or torch.get_num_threads()
+            # No busy-waiting between runs: the engine runs in bursts (once per window), and
+            # spinning pool threads take the cores from decoding, the sampler and other sessions.
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             providers = ["CPUExecutionProvider"]
             if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
                 providers.insert(0, "CUDAExecutionProvider")

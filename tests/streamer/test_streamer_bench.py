@@ -15,6 +15,9 @@ def test_bench_reports_headline_keys_and_consistent_details(tmp_path, mqtt_broke
     assert set(c["window_ms"]) == {"das@0.25", "das@0.5", "das@0.75", "full"}
     assert c["ratio_vs_full"]["full"] == 1.0
     assert result["compute_ratio"] == c["ratio_vs_full"]["das@0.5"]
+    for name, stages in c["stages_ms"].items():  # the engine's own stages fit in the window's time
+        assert set(stages) == {"sampler", "embed", "head"}
+        assert 0 < sum(stages.values()) <= c["window_ms"][name] * 1.5  # medians of different calls
     runs = result["throughput"]["runs"]
     assert runs["full"]["frames"] == runs["das@0.5"]["frames"] == 96  # every frame read, none dropped
     assert runs["full"]["dropped"] == 0 and runs["full"]["windows"] == 12
