@@ -4,7 +4,8 @@ Everything here is blocking and runs in one worker thread (the pipeline calls
 :meth:`InferenceEngine.process` through ``asyncio.to_thread``). Per frame it keeps, keyed by
 ``(stream, seq)``:
 
-- a gray copy at the sampler's feature resolution, made the first time a window holds the frame;
+- a gray copy at the sampler's feature resolution, made when the frame arrives (the pipeline
+  calls :meth:`InferenceEngine.prepare`) or else the first time a window holds it;
 - the backbone embedding, computed the first time a window *picks* the frame.
 
 So with overlapping windows no frame is resized or embedded twice. Entries are evicted when the
@@ -200,6 +201,17 @@ class InferenceEngine:
     def cached(self) -> int:
         """Frames currently holding a cached embedding (for memory checks)."""
         return len(self._emb)
+
+    @property
+    def held_copies(self) -> int:
+        """Frames currently holding a feature-size copy (for memory checks)."""
+        return len(self._small)
+
+    def prepare(self, stream: str, frame) -> None:
+        """Make the frame's feature-size copy now, as it arrives, so that the window close does not
+        wait for it. Optional (a window makes the copies it lacks) and cheap (one area resize);
+        safe to call from another thread than :meth:`process`."""
+        self._small_copy(stream, frame)
 
     def _small_copy(self, stream: str, frame) -> np.ndarray:
         key = (stream, frame.seq)

@@ -249,6 +249,8 @@ class Pipeline:
     async def _window(self, st: _Stream, windows: asyncio.Queue) -> None:
         """Frame queue -> windows; the last, partial window when the stream ends."""
         while (frame := await st.queue.get()) is not None:
+            if st.windower.next_in_window:  # its sampler copy now, off the window-close path
+                self.engine.prepare(st.windower.stream, frame)
             if (w := st.windower.push(frame)) is not None:
                 await windows.put(w)
         if (w := st.windower.flush()) is not None:

@@ -76,6 +76,11 @@ class Windower:
         self._covered_end = 0  # one past the last position of the last emitted window
         self._gap: list[int] = []  # seqs in no window (stride > T), retired by the next window
 
+    @property
+    def next_in_window(self) -> bool:
+        """Whether the next pushed frame will be part of a window (False in a stride > T gap)."""
+        return self._pos >= self._start
+
     def push(self, frame: Frame) -> Window | None:
         """Add the next frame; return the window it completes, if any."""
         pos = self._pos

@@ -91,3 +91,18 @@ async def test_stop_keeps_accepted_frames(engine):
     final = summary.final["live"]
     assert final.frames_in > 0 and accounted(final) and final.final
     assert any(not s.final for s in sink.stats)  # periodic stats were published too
+
+
+@pytest.mark.parametrize("stride", [4, 8, 11])  # overlapping, adjacent, with gaps between windows
+async def test_copies_made_on_arrival_are_all_released(engine, stride):
+    """The pipeline makes each frame's sampler copy as it arrives; when the run ends every copy
+    and embedding has been released, including frames in no window (stride > T)."""
+    src = SyntheticSource(name="s", pacing=False, size=32, frames=101, clip_frames=16)
+    sink = ListSink()
+    pipe = Pipeline(sources=[(src, "block")], engine=engine, sinks=[sink], settings=PipelineSettings(stride=stride))
+    summary = await pipe.run()
+    final = summary.final["s"]
+    assert final.frames_in == 101 and accounted(final)
+    assert final.windows == len(sink.predictions) > 0
+    assert engine.held_copies == 0 and engine.cached == 0
+

@@ -43,6 +43,21 @@ def test_every_frame_retired_once_and_windows_match_positions(n, T, S):
             assert seq in w.seqs or seq not in covered or not w.frames
 
 
+@pytest.mark.parametrize("n,T,S", [(40, 8, 3), (40, 8, 8), (40, 8, 11), (41, 4, 9)])
+def test_next_in_window_says_which_frames_a_window_will_hold(n, T, S):
+    w = Windower(stream="s", num_frames=T, stride=S)
+    flagged, windows = set(), []
+    for f in frames(n):
+        if w.next_in_window:
+            flagged.add(f.seq)
+        if (x := w.push(f)) is not None:
+            windows.append(x)
+    if (last := w.flush()) is not None:
+        windows.append(last)
+    assert flagged == {seq for x in windows for seq in x.seqs}
+    assert (len(flagged) < n) == (S > T)  # a gap between windows only when stride > T
+
+
 def test_retire_only_window_when_tail_already_seen():
     out, last = run(32, 16, 8)  # windows 0-15, 8-23, 16-31; 24-31 seen but not retired
     assert [w.seqs[0] for w in out] == [0, 8, 16]
