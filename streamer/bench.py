@@ -212,8 +212,7 @@ def bench_compute(engines: dict[str, InferenceEngine], s: BenchSettings) -> dict
     maker = _FrameMaker(size)
     times: dict[str, list[float]] = {name: [] for name in engines}
     for eng in engines.values():
-        for samples in eng.stage_ms.values():
-            samples.clear()
+        eng.clear_stage_times()
     for r in range(repeats + 1):  # variants interleaved, so a slow spell of the machine hits them all
         for name, eng in engines.items():
             windows = _windows(maker.frames(T), T, T)
@@ -277,8 +276,7 @@ def bench_throughput(engines: dict[str, InferenceEngine], video: Path, mqtt: str
 
 def bench_latency(engine: InferenceEngine, video: Path, mqtt: str | None, seconds: float) -> dict[str, Any]:
     """Item 4: real-time replay at the file's rate (30 fps) for ``seconds``."""
-    for samples in engine.stage_ms.values():
-        samples.clear()
+    engine.clear_stage_times()
     run = asyncio.run(_replay(engine, video, pacing=True, mqtt=mqtt, stride=engine.num_frames, duration=seconds))
     # Where window close -> published goes: the engine's stages (the rest is queueing and publishing).
     stages = {name: percentiles(samples) for name, samples in engine.stage_ms.items()}

@@ -129,7 +129,8 @@ class OnnxEmbedder:
 
     name = "onnx"
 
-    def __init__(self, model: SampledClassifier, device: torch.device, *, threads: int | None = None) -> None:
+    def __init__(self, model: SampledClassifier, device: torch.device, *, threads: int | None = None,
+                 spinning: bool = False) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:  # an optional dependency
@@ -146,9 +147,10 @@ class OnnxEmbedder:
             )
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads or torch.get_num_threads()
-            # No busy-waiting between runs: the engine runs in bursts (once per window), and
-            # spinning pool threads take the cores from decoding, the sampler and other sessions.
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            # By default no busy-waiting between runs: the engine runs in bursts (once per window),
+            # and spinning pool threads take the cores from decoding, the sampler and other sessions
+            # (benchmarks/bench_ort_spinning.py measures both settings).
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
             providers = ["CPUExecutionProvider"]
             if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
                 providers.insert(0, "CUDAExecutionProvider")
@@ -201,6 +203,11 @@ class InferenceEngine:
     def cached(self) -> int:
         """Frames currently holding a cached embedding (for memory checks)."""
         return len(self._emb)
+
+    def clear_stage_times(self) -> None:
+        """Forget the recorded stage times (a benchmark starts its own count)."""
+        for samples in self.stage_ms.values():
+            samples.clear()
 
     @property
     def held_copies(self) -> int:

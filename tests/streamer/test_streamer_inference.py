@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -64,8 +66,6 @@ def test_each_frame_embedded_at_most_once_with_overlap(das_model):
 def test_stage_timings_cover_each_classify_call(das_model):
     """The per-stage wall times the latency benchmark reports: one entry per stage per call, and
     together no longer than the call itself."""
-    import time
-
     eng = InferenceEngine(das_model, device="cpu")
     ws = windows(frames(32, size=eng.input_size), 8, 8)
     spent = 0.0
