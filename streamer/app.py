@@ -76,7 +76,7 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = load_model(cfg)
-    engine = InferenceEngine(model, device=cfg.device, engine=cfg.engine)
+    engine = InferenceEngine(model, device=cfg.device, backend=cfg.engine, max_windows=cfg.max_batch_windows)
     policy = overload_policy(cfg)
     sources = build_sources(cfg, size=model.config.input_size)
     settings = PipelineSettings(

@@ -54,7 +54,7 @@ class RunConfig:
     window_queue: int = 16
     max_batch_windows: int = 8
     device: str = "auto"
-    engine: Literal["torch", "onnx"] = "torch"
+    engine: Literal["auto", "torch", "torch-cudagraph", "onnx"] = "auto"
     threads: int | None = None
     mqtt: str | None = None
     topic_prefix: str = "das"

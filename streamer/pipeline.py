@@ -249,8 +249,8 @@ class Pipeline:
     async def _window(self, st: _Stream, windows: asyncio.Queue) -> None:
         """Frame queue -> windows; the last, partial window when the stream ends."""
         while (frame := await st.queue.get()) is not None:
-            if st.windower.next_in_window:  # its sampler copy now, off the window-close path
-                self.engine.prepare(st.windower.stream, frame)
+            if st.windower.next_in_window:  # its sampler copy now, on the engine's thread, off the window-close path
+                self.engine.accept(st.windower.stream, frame)
             if (w := st.windower.push(frame)) is not None:
                 await windows.put(w)
         if (w := st.windower.flush()) is not None:
@@ -272,7 +272,7 @@ class Pipeline:
             results = await asyncio.to_thread(self.engine.process, todo)
             for res in results:
                 w = res.window
-                stats[w.stream].window_done(w, res.selected, res.backbone_calls)
+                stats[w.stream].window_done(w, res.selected, res.frames_embedded)
                 if w.frames:
                     await self._publish_prediction(res, stats[w.stream])
 

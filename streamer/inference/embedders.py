@@ -4,9 +4,11 @@ Every backend sees only a small fixed set of batch sizes, the *buckets* (1, 2, 4
 largest batch). A request of N frames is cut into bucket-sized calls, the last one padded with
 empty frames whose outputs are dropped. Every backend pays for a new input shape (CUDA: seconds
 per shape; oneDNN and ONNX Runtime: less), so :meth:`BucketedEmbedder.warm_up` runs every bucket
-once before the first frame and then times it: the plan for N frames is the set of buckets with
-the least *measured* cost. On a CPU, where the cost grows with the frames, that is the binary
-split of N (no padding); on a GPU, where a call costs about the same for any size, one padded call.
+once before the first frame and then times it, fitting cost = per call + per frame x size (a line
+through all buckets, so one noisy timing cannot skew it). The plan for N frames is the set of
+buckets with the least fitted cost: on a CPU, where the cost grows with the frames, about the
+binary split of N (little padding); on a GPU, where a call costs about the same for any size,
+one padded call.
 
 A new backend (TensorRT, OpenVINO) is one file with a subclass that implements ``_forward`` for
 a (b, 1, S, S) uint8 batch, plus one line in :data:`EMBEDDERS`.
@@ -67,6 +69,7 @@ class BucketedEmbedder:
         self.shapes_seen: set[tuple[int, ...]] = set()
         # Cost of one call per bucket; until warm-up measures it, the frames plus a little per call.
         self.cost: dict[int, float] = {b: b + 0.5 for b in self.buckets}
+        self.measured: dict[int, float] = {}  # seconds per call, as timed in warm-up
         self._plans: dict[int, tuple[int, ...]] = {}
 
     def _forward(self, x: np.ndarray) -> torch.Tensor:  # pragma: no cover - every backend has one
@@ -77,8 +80,9 @@ class BucketedEmbedder:
         self.shapes_seen.add(tuple(x.shape))
         return self._forward(x)
 
-    def warm_up(self, repeats: int = 2) -> float:
-        """Run every bucket once (the per-shape cost), then time it; returns the seconds taken."""
+    def warm_up(self, repeats: int = 1) -> float:
+        """Run every bucket once (the per-shape cost), then time it and fit the cost line;
+        returns the seconds taken."""
         t0 = time.perf_counter()
         for b in sorted(self.buckets, reverse=True):
             x = np.zeros((b, 1, self.input_size, self.input_size), np.uint8)
@@ -88,7 +92,15 @@ class BucketedEmbedder:
                 t = time.perf_counter()
                 self._run(x)
                 times.append(time.perf_counter() - t)
-            self.cost[b] = min(times)
+            self.measured[b] = min(times)
+        sizes = np.array(self.buckets, float)
+        if len(sizes) > 1:
+            per_frame, per_call = np.polyfit(sizes, [self.measured[b] for b in self.buckets], 1)
+        else:
+            per_frame, per_call = self.measured[self.buckets[0]], 0.0
+        per_call = max(per_call, 0.0)
+        per_frame = max(per_frame, 1e-3 * per_call / sizes[-1], 1e-9)  # flat (a GPU): padding is almost free
+        self.cost = {b: float(per_call + per_frame * b) for b in self.buckets}
         self._plans.clear()
         return time.perf_counter() - t0
 
