@@ -1,6 +1,8 @@
 """Per-frame state the engine keeps between windows, keyed by ``(stream, seq)``.
 
 - a gray copy at the sampler's feature resolution, made when the frame arrives;
+- the sampler's per-frame features of that copy (those not depending on the window), also
+  made on arrival, for samplers that look at features (DAS, ADPS);
 - the backbone embedding, made the first time a window *picks* the frame.
 
 So with overlapping windows no frame is resized or embedded twice. An entry goes when the window
@@ -42,6 +44,7 @@ class FrameCache:
         self.feature_size = feature_size
         self.small: dict[Key, np.ndarray] = {}
         self.emb: dict[Key, torch.Tensor] = {}
+        self.stats: dict[Key, torch.Tensor] = {}
 
     def small_copy(self, stream: str, frame) -> np.ndarray:
         """The frame's feature-size gray copy, made now if it is not held yet."""
@@ -56,11 +59,13 @@ class FrameCache:
         for seq in seqs:
             self.small.pop((stream, seq), None)
             self.emb.pop((stream, seq), None)
+            self.stats.pop((stream, seq), None)
 
     def clear(self) -> None:
         self.small.clear()
         self.emb.clear()
+        self.stats.clear()
 
     def __len__(self) -> int:
         """Frames with any entry."""
-        return len(self.small.keys() | self.emb.keys())
+        return len(self.small.keys() | self.emb.keys() | self.stats.keys())

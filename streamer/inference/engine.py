@@ -5,7 +5,9 @@ All the work runs on the engine's own worker thread, which also owns the per-fra
 arrive) only enqueues, and :meth:`InferenceEngine.process` (a batch of closed windows) hands the
 batch to that thread and waits. One call is three steps:
 
-1. sampler: the windows' feature-size copies -> ``sampler.select`` (one call for the batch);
+1. sampler: the windows' feature-size copies -> ``sampler.select`` (one call for the batch); for
+   samplers that look at frame features (DAS, ADPS) the per-frame part of the features was
+   computed as each frame arrived, so only the motion, attention and top-k are left for the close;
 2. embed: the usable picks that have no embedding yet -> the :class:`Embedder` (fixed buckets);
 3. head: attention pooling + MLP + softmax over each window's picks.
 
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from sampler.errors import SamplerError
+from sampler.features import frame_stats, with_motion
 from sampler.model import SampledClassifier
 
 from ..window import Window
@@ -110,6 +113,9 @@ class InferenceEngine:
         if self.device.type != "cpu":
             self._step_models[torch.device("cpu")] = copy.deepcopy(self.model).cpu()
         self._step_device: dict[int, torch.device] = {}
+        # Per-frame features on arrival for samplers with select_features (DAS, ADPS).
+        self.features_on_arrival = callable(getattr(self.model.sampler, "select_features", None))
+        self._empty_stats = frame_stats(torch.zeros(1, 1, self.feature_size, self.feature_size), self.feature_size)[0]
         self.warm_up_s = self.on_worker(self._warm_up, max_windows)
         log.info("inference engine %s on %s warmed up in %.2f s: backbone batches %s, 1-%d windows per call",
                  self.backend, self.device, self.warm_up_s, "/".join(map(str, self.embedder.buckets)), max_windows)
@@ -134,12 +140,21 @@ class InferenceEngine:
 
     def _drain(self) -> None:
         self._drain_queued = False  # before reading: a frame appended from now on queues a new drain
+        keys = []
         while self._inbox:
             stream, frame = self._inbox.popleft()
             try:
                 self.cache.small_copy(stream, frame)
             except Exception:  # a bad frame fails the window that holds it, in process()
                 continue
+            keys.append((stream, frame.seq))
+        if keys and self.features_on_arrival:
+            self._frame_stats(keys)
+
+    def _frame_stats(self, keys: list[Key]) -> None:
+        """The sampler's per-frame features of these held copies, in one call."""
+        small = torch.from_numpy(np.stack([self.cache.small[k] for k in keys])).unsqueeze(1)
+        self.cache.stats.update(zip(keys, frame_stats(small, self.feature_size)))
 
     def close(self) -> None:
         self._worker.shutdown(wait=True)
@@ -183,11 +198,16 @@ class InferenceEngine:
         step = self._step_device.get(len(windows), self.device)
         model = self._step_models[step]
         small, valid = self._sampler_input(windows)
-        x = torch.from_numpy(small).unsqueeze(2).to(step)  # uint8: the sampler scales it
-        indices = model.sampler.select(x, valid.to(step)).indices.cpu().numpy()
         # As in SampledClassifier.forward: picks that are padding or empty (lost probe contact)
         # are left out of the pooling, so they need no embedding either.
         usable = valid.numpy() & (small.reshape(len(windows), self.num_frames, -1).max(axis=2) > 0)
+        if self.features_on_arrival:
+            raw = with_motion(self._window_stats(windows), torch.from_numpy(small))
+            picks = model.sampler.select_features(raw.to(step), torch.from_numpy(usable).to(step))
+        else:
+            x = torch.from_numpy(small).unsqueeze(2).to(step)  # uint8: the sampler scales it
+            picks = model.sampler.select(x, valid.to(step))
+        indices = picks.indices.cpu().numpy()
         t1 = time.perf_counter()
         embedded = self._embed_picks(windows, indices, usable)
         t2 = time.perf_counter()  # the embedders return CPU tensors, so CUDA work is done here
@@ -208,6 +228,17 @@ class InferenceEngine:
                 small[b, t] = self.cache.small_copy(w.stream, frame)
             valid[b, : len(w.frames)] = True
         return small, valid
+
+    def _window_stats(self, windows: list[Window]) -> torch.Tensor:
+        """(B, T, d - 1): the frames' per-frame features (made now for frames that lack them)."""
+        missing = [(w.stream, f.seq) for w in windows for f in w.frames if (w.stream, f.seq) not in self.cache.stats]
+        if missing:
+            self._frame_stats(list(dict.fromkeys(missing)))
+        out = self._empty_stats.repeat(len(windows), self.num_frames, 1)  # padding: empty frames
+        for b, w in enumerate(windows):
+            if w.frames:
+                out[b, : len(w.frames)] = torch.stack([self.cache.stats[(w.stream, f.seq)] for f in w.frames])
+        return out
 
     def _embed_picks(self, windows: list[Window], indices: np.ndarray, usable: np.ndarray) -> list[int]:
         """Embed the usable picks with no embedding yet, in one embedder call; frames embedded per window."""
@@ -253,7 +284,11 @@ class InferenceEngine:
             for dev, model in self._step_models.items():
                 for _ in range(2):  # the first pays the new shape, the second is timed
                     t = time.perf_counter()
-                    model.sampler.select(x.to(dev)).indices.cpu()
+                    if self.features_on_arrival:
+                        raw = with_motion(self._empty_stats.repeat(B, T, 1), x[:, :, 0])
+                        model.sampler.select_features(raw.to(dev), torch.ones(B, T, dtype=torch.bool, device=dev)).indices.cpu()
+                    else:
+                        model.sampler.select(x.to(dev)).indices.cpu()
                     model.classifier.classify(emb.to(dev), mask.to(dev)).cpu()
                     times[dev] = time.perf_counter() - t
             self._step_device[B] = min(times, key=times.__getitem__)

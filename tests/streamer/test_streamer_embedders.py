@@ -183,3 +183,26 @@ def test_onnx_runtime_on_cuda_uses_the_given_gpu(model):
     frames = np.stack([f.image for f in clip(5, model.config.input_size)])
     ref = TorchEager(model, torch.device("cpu"), max_batch=8).embed(frames)
     torch.testing.assert_close(emb.embed(frames), ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("method", ["das", "adps"])
+def test_features_made_on_arrival_give_the_same_picks_and_probs(tmp_path, method):
+    """Per-frame sampler features computed as frames arrive (only motion, attention and top-k at
+    the close) select exactly what the sampler selects from the whole window at the close."""
+    m = SampledClassifier.load(make_model_file(tmp_path / f"{method}.pt", method=method, num_frames=8, k=4))
+    early = InferenceEngine(m, device="cpu", backend="torch", max_embed_batch=8)
+    late = InferenceEngine(m, device="cpu", backend="torch", max_embed_batch=8)
+    assert early.features_on_arrival
+    late.features_on_arrival = False  # the sampler's own select() on the window's copies
+    frames = [*clip(30, m.config.input_size, seed=7)]
+    frames[5] = Frame("s", 5, 5.0, np.zeros_like(frames[5].image))  # lost contact: an empty frame
+    ws = windows(frames, 8, 3)  # overlapping, with a partial last window
+    for f in frames:
+        early.accept("s", f)
+    early.on_worker(lambda: None)
+    assert len(early.cache.stats) == 30  # made on arrival, before any window closed
+    for i in range(0, len(ws), 2):
+        for a, b in zip(early.process(ws[i : i + 2]), late.process(ws[i : i + 2])):
+            assert a.selected == b.selected
+            np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=1e-6)
+    assert len(early.cache) == 0
