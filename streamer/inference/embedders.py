@@ -186,7 +186,7 @@ class TorchCudaGraph(BucketedEmbedder):
         self._pool = torch.cuda.graph_pool_handle()
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the static buffers are written in place on every call
     def _capture(self, b: int) -> None:
         S = self.input_size
         dev_in = torch.zeros(b, 1, S, S, dtype=torch.uint8, device=self.device)
@@ -204,15 +204,16 @@ class TorchCudaGraph(BucketedEmbedder):
         self._graphs[b] = (graph, dev_in, dev_out, host_in, host_out)
 
     def _forward(self, x: np.ndarray) -> torch.Tensor:
-        if len(x) not in self._graphs:  # captured in warm-up, largest first (they share one pool)
-            self._capture(len(x))
-        graph, dev_in, dev_out, host_in, host_out = self._graphs[len(x)]
-        host_in.numpy()[:] = x
-        dev_in.copy_(host_in, non_blocking=True)
-        graph.replay()
-        host_out.copy_(dev_out, non_blocking=True)
-        torch.cuda.current_stream(self.device).synchronize()
-        return host_out.clone()
+        with torch.cuda.device(self.device), torch.no_grad():
+            if len(x) not in self._graphs:  # captured in warm-up, largest first (they share one pool)
+                self._capture(len(x))
+            graph, dev_in, dev_out, host_in, host_out = self._graphs[len(x)]
+            host_in.numpy()[:] = x
+            dev_in.copy_(host_in, non_blocking=True)
+            graph.replay()
+            host_out.copy_(dev_out, non_blocking=True)
+            torch.cuda.current_stream(self.device).synchronize()
+            return host_out.clone()
 
 
 class _EmbedGraph(torch.nn.Module):
