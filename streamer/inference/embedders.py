@@ -186,8 +186,8 @@ class TorchCudaGraph(BucketedEmbedder):
         self._pool = torch.cuda.graph_pool_handle()
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    @torch.no_grad()  # not inference_mode: the static buffers are written in place on every call
     def _capture(self, b: int) -> None:
+        """One graph for batches of b (called by _forward, whose context makes plain tensors)."""
         S = self.input_size
         dev_in = torch.zeros(b, 1, S, S, dtype=torch.uint8, device=self.device)
         stream = torch.cuda.Stream(self.device)
@@ -197,14 +197,16 @@ class TorchCudaGraph(BucketedEmbedder):
                 self.classifier.embed(dev_in)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             dev_out = self.classifier.embed(dev_in).float()
         host_in = torch.zeros(b, 1, S, S, dtype=torch.uint8).pin_memory()
         host_out = torch.zeros(dev_out.shape, dtype=torch.float32).pin_memory()
         self._graphs[b] = (graph, dev_in, dev_out, host_in, host_out)
 
     def _forward(self, x: np.ndarray) -> torch.Tensor:
-        with torch.cuda.device(self.device), torch.no_grad():
+        # Plain tensors even when the caller is in inference mode: the static buffers are
+        # written in place on every call, which inference tensors allow only inside that mode.
+        with torch.cuda.device(self.device), torch.inference_mode(False), torch.no_grad():
             if len(x) not in self._graphs:  # captured in warm-up, largest first (they share one pool)
                 self._capture(len(x))
             graph, dev_in, dev_out, host_in, host_out = self._graphs[len(x)]
