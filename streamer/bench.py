@@ -411,6 +411,8 @@ def capacity_point(engine: InferenceEngine, streams: int, seconds: float, images
                    fps: float = 30.0) -> dict[str, Any]:
     """``streams`` replayed streams at ``fps`` for ``seconds`` in one pipeline; their starts are
     spread over one window's time, as independent probes' would be."""
+    _clear_stage_times(engine)
+
     async def main() -> dict[str, Any]:
         t0 = time.monotonic() + 0.2
         period = engine.num_frames / fps
@@ -422,7 +424,10 @@ def capacity_point(engine: InferenceEngine, streams: int, seconds: float, images
         finals = summary.final.values()
         return {"streams": streams, "frames": sum(st.frames_in for st in finals),
                 "dropped": sum(st.frames_dropped for st in finals), "windows": sum(st.windows for st in finals),
-                "latency_close_ms": percentiles(close)}
+                "latency_close_ms": percentiles(close),
+                # the engine's steps per call; after warm-up no embed call should stand far above its median
+                "stages_ms": {name: {**percentiles(v), "max": round(max(v, default=0.0), 2)}
+                              for name, v in engine.stage_ms.items()}}
     return asyncio.run(main())
 
 
