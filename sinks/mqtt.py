@@ -319,6 +319,12 @@ class MqttSink:
         self._published = 0
         self._overflow = 0
         self._undelivered = 0
+        self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection to the broker is up (False before the first one and during outages)."""
+        return self._connected
 
     @property
     def counters(self) -> dict[str, int]:
@@ -391,6 +397,7 @@ class MqttSink:
     async def _deliver(self, client: aiomqtt.Client) -> None:
         """Send until the connection breaks; raises MqttError then, with unacked messages requeued."""
         self._connections += 1
+        self._connected = True
         if self._connections > 1:
             log.info("mqtt sink: reconnected to %s, %d message(s) buffered", self.settings.url, self.counters["buffered"])
         watch = asyncio.create_task(self._watch(client))
@@ -398,6 +405,7 @@ class MqttSink:
         try:
             done, _ = await asyncio.wait({watch, send}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._connected = False
             for task in (watch, send):
                 task.cancel()
             await asyncio.gather(watch, send, return_exceptions=True)

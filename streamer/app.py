@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -79,11 +80,20 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
     engine = InferenceEngine(model, device=cfg.device, engine=cfg.engine)
     policy = overload_policy(cfg)
     sources = build_sources(cfg, size=model.config.input_size)
+    sinks = build_sinks(cfg)
+    observers = []
+    if cfg.web or cfg.metrics:
+        from .observe import Observer
+
+        observer = Observer(streams=[s.name for s in sources], sinks=sinks, web=cfg.web, metrics=cfg.metrics)
+        observer.attach_engine(engine)
+        observers.append(observer)
     settings = PipelineSettings(
         stride=cfg.stride or model.config.num_frames, frame_queue=cfg.frame_queue, window_queue=cfg.window_queue,
         max_batch_windows=cfg.max_batch_windows, stats_interval=cfg.stats_interval, duration=cfg.duration,
     )
-    return Pipeline(sources=[(s, policy) for s in sources], engine=engine, sinks=build_sinks(cfg), settings=settings)
+    return Pipeline(sources=[(s, policy) for s in sources], engine=engine, sinks=sinks, settings=settings,
+                    observers=observers)
 
 
 async def run_pipeline(pipeline: Pipeline) -> RunSummary:
@@ -92,7 +102,11 @@ async def run_pipeline(pipeline: Pipeline) -> RunSummary:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, pipeline.stop)
     try:
-        return await pipeline.run()
+        async with contextlib.AsyncExitStack() as stack:
+            for observer in pipeline.observers:  # their servers run for the whole run
+                if hasattr(observer, "__aenter__"):
+                    await stack.enter_async_context(observer)
+            return await pipeline.run()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

@@ -70,6 +70,10 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--stats-interval", type=float, help="seconds between stats messages (default 5)")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--web", nargs="?", const="127.0.0.1:8080", metavar="HOST:PORT",
+                     help="serve a live view of the run in the browser (default off; alone: 127.0.0.1:8080)")
+    run.add_argument("--metrics", nargs="?", const="127.0.0.1:9108", metavar="HOST:PORT",
+                     help="serve Prometheus /metrics and /healthz (default off; alone: 127.0.0.1:9108)")
     run.set_defaults(handler=_cmd_run)
 
     subscribe = sub.add_parser("subscribe", help="print predictions and stats arriving over MQTT")

@@ -40,6 +40,8 @@ class RunConfig:
         stats_interval: seconds between stats messages.
         duration: stop after this many seconds (None: run until the sources end or Ctrl-C).
         log_level: debug, info, warning or error.
+        web: ``HOST:PORT`` of the live web view (None: off); see docs/observe.md.
+        metrics: ``HOST:PORT`` of Prometheus ``/metrics`` and ``/healthz`` (None: off).
     """
 
     sources: tuple[str, ...] = ("synthetic:",)
@@ -70,6 +72,8 @@ class RunConfig:
     stats_interval: float = 5.0
     duration: float | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    web: str | None = None
+    metrics: str | None = None
     _origin: str = field(default="the command line", repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -198,6 +198,9 @@ class InferenceEngine:
         # "sampler" (feature-size copies, features, attention, selection), "embed" (backbone on the
         # picks not yet cached), "head" (pooling, MLP, softmax).
         self.stage_ms: dict[str, deque[float]] = {name: deque(maxlen=4096) for name in ("sampler", "embed", "head")}
+        # Called as fn(stage, seconds) for every stage time recorded (e.g. the Prometheus metrics);
+        # called from the worker thread, so a listener must be thread-safe and quick.
+        self.stage_listeners: list = []
 
     @property
     def cached(self) -> int:
@@ -303,6 +306,8 @@ class InferenceEngine:
         t3 = time.perf_counter()
         for name, ms in (("sampler", t1 - t0), ("embed", t2 - t1), ("head", t3 - t2)):
             self.stage_ms[name].append(1000.0 * ms)
+            for listener in self.stage_listeners:
+                listener(name, ms)
         return [
             WindowResult(window=w, selected=selected[b], probs=tuple(float(p) for p in probs[b]),
                          backbone_calls=calls_by_window[b])

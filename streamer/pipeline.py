@@ -159,16 +159,20 @@ class Pipeline:
         engine: the inference engine.
         sinks: where predictions and stats go.
         settings: pipeline knobs.
+        observers: objects with synchronous, non-blocking ``on_frame(stream, frame)``,
+            ``on_window(result, prediction)`` and ``on_stats(stats)`` (e.g. streamer.observe.Observer);
+            they get every frame, every published prediction, and stats every second.
     """
 
     def __init__(self, *, sources: Sequence[tuple[Source, Policy]], engine: InferenceEngine,
-                 sinks: Sequence[Sink], settings: PipelineSettings) -> None:
+                 sinks: Sequence[Sink], settings: PipelineSettings, observers: Sequence[Any] = ()) -> None:
         names = [s.name for s, _ in sources]
         if len(set(names)) != len(names):
             raise ValueError(f"stream names must be unique, got {names}")
         self.engine = engine
         self.sinks = list(sinks)
         self.settings = settings
+        self.observers = list(observers)
         self.streams = [
             _Stream(
                 source=src, policy=policy, queue=FrameQueue(settings.frame_queue, policy),
@@ -198,12 +202,13 @@ class Pipeline:
         infer = asyncio.create_task(self._infer(windows))
         ticker = asyncio.create_task(self._tick())
         stopper = asyncio.create_task(self._stop_when_asked(ingest))
+        watcher = asyncio.create_task(self._observe_tick())
         try:
             await asyncio.gather(*ingest, *windowing, infer)
         finally:
-            for task in (ticker, stopper, *ingest, *windowing, infer):
+            for task in (ticker, stopper, watcher, *ingest, *windowing, infer):
                 task.cancel()
-            await asyncio.gather(ticker, stopper, *ingest, *windowing, infer, return_exceptions=True)
+            await asyncio.gather(ticker, stopper, watcher, *ingest, *windowing, infer, return_exceptions=True)
         summary = RunSummary()
         for st in self.streams:
             final = self._snapshot(st, final=True)
@@ -235,6 +240,8 @@ class Pipeline:
                 finally:
                     st.reading = False
                 st.stats.frame_in()
+                for observer in self.observers:
+                    observer.on_frame(st.source.name, frame)
                 if dropped := await st.queue.put(frame):
                     st.stats.dropped(dropped)
         except asyncio.CancelledError:
@@ -293,10 +300,14 @@ class Pipeline:
         for sink in self.sinks:
             await sink.publish_prediction(pred)
         stats.published(t_capture_last=pred.t_last, t_close=res.window.t_close)
+        for observer in self.observers:
+            observer.on_window(res, pred)
 
     async def _publish_stats(self, stats: Stats) -> None:
         for sink in self.sinks:
             await sink.publish_stats(stats)
+        for observer in self.observers:
+            observer.on_stats(stats)
 
     def _snapshot(self, st: _Stream, *, final: bool) -> Stats:
         counters = dict(st.source.counters)
@@ -309,6 +320,15 @@ class Pipeline:
         if final and st.error is not None:
             extra["error"] = str(st.error)
         return st.stats.snapshot(bad_messages=bad, upstream_dropped=upstream_dropped, final=final, extra=extra)
+
+    async def _observe_tick(self) -> None:
+        """Stats for the observers every second (the sinks get them every stats_interval)."""
+        while self.observers:
+            await asyncio.sleep(1.0)
+            for st in self.streams:
+                stats = self._snapshot(st, final=False)
+                for observer in self.observers:
+                    observer.on_stats(stats)
 
     async def _tick(self) -> None:
         while True:
