@@ -73,9 +73,21 @@ def build_sinks(cfg: RunConfig) -> list:
     return sinks
 
 
+def observe_addresses(cfg: RunConfig) -> tuple:
+    """The parsed --web and --metrics addresses (None when off); ConfigError for a bad one."""
+    if not (cfg.web or cfg.metrics):
+        return None, None
+    from .observe import parse_address
+    from .observe.observer import METRICS_PORT, WEB_PORT
+
+    return (cfg.web and parse_address(cfg.web, flag="--web", default_port=WEB_PORT),
+            cfg.metrics and parse_address(cfg.metrics, flag="--metrics", default_port=METRICS_PORT))
+
+
 def build_pipeline(cfg: RunConfig) -> Pipeline:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    web, metrics = observe_addresses(cfg)  # a bad address fails before the model loads
     model = load_model(cfg)
     engine = InferenceEngine(model, device=cfg.device, engine=cfg.engine)
     policy = overload_policy(cfg)
@@ -85,7 +97,7 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
     if cfg.web or cfg.metrics:
         from .observe import Observer
 
-        observer = Observer(streams=[s.name for s in sources], sinks=sinks, web=cfg.web, metrics=cfg.metrics)
+        observer = Observer(streams=[s.name for s in sources], sinks=sinks, web=web, metrics=metrics)
         observer.attach_engine(engine)
         observers.append(observer)
     settings = PipelineSettings(

@@ -282,3 +282,23 @@ def test_a_broken_item_is_logged_once_and_never_raises(caplog):
     for _ in range(3):
         observer.on_window(object(), None)  # not a WindowResult: the pipeline must go on
     assert sum("on_window failed" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_web_and_metrics_flags_default_to_loopback_and_reach_the_config():
+    from streamer.cli import build_parser
+    from streamer.config import RunConfig
+
+    args = build_parser().parse_args(["run", "--web", "--metrics", "0.0.0.0:9200"])
+    assert (args.web, args.metrics) == ("127.0.0.1:8080", "0.0.0.0:9200")
+    assert build_parser().parse_args(["run"]).web is None  # off unless asked for
+    cfg = RunConfig.load(None, {"web": args.web, "metrics": args.metrics})
+    assert (cfg.web, cfg.metrics) == ("127.0.0.1:8080", "0.0.0.0:9200")
+
+
+def test_bad_web_address_is_a_one_line_cli_error(capsys):
+    from streamer.cli import main
+
+    assert main(["run", "--web", "127.0.0.1:http", "--duration", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("das-stream: error: --web '127.0.0.1:http': port 'http' is not a number from 0 to 65535; "
+                   "give HOST:PORT, e.g. --web 127.0.0.1:8080")
