@@ -115,12 +115,16 @@ class ViewState:
 
     # --- asked for by the browser ---
     def live_jpeg(self, stream: str, now: float) -> tuple[bytes | None, Frame | None]:
-        """The cached JPEG and, when a fresher frame should be encoded now, that frame."""
+        """The cached JPEG and, when a fresher frame should be encoded now, that frame (at most
+        ``live_fps`` encodes per second per stream, however many browsers ask)."""
         view = self.streams.get(stream)
         if view is None or view.latest is None:
             return None, None
         stale = view.jpeg_seq != view.latest.seq and now - view.t_jpeg >= 1.0 / self.live_fps
-        return view.jpeg, (view.latest if stale or view.jpeg is None else None)
+        if not stale and view.jpeg is not None:
+            return view.jpeg, None
+        view.t_jpeg = now  # reserved: concurrent requests get the cached image meanwhile
+        return view.jpeg, view.latest
 
     def store_live(self, stream: str, frame: Frame, jpeg: bytes, now: float) -> None:
         view = self.stream(stream)

@@ -302,3 +302,18 @@ def test_bad_web_address_is_a_one_line_cli_error(capsys):
     err = capsys.readouterr().err.strip()
     assert err == ("das-stream: error: --web '127.0.0.1:http': port 'http' is not a number from 0 to 65535; "
                    "give HOST:PORT, e.g. --web 127.0.0.1:8080")
+
+
+def test_live_image_is_encoded_at_most_live_fps_times_a_second_whatever_the_requests():
+    observer = Observer(streams=["s"], live_fps=4.0)
+    rng = np.random.default_rng(0)
+    encodes = 0
+    t = 0.0
+    for seq in range(300):  # 300 frames and 300 requests over 3 s of (simulated) time
+        observer.on_frame("s", Frame("s", seq, 0.0, rng.integers(0, 255, (32, 32), dtype=np.uint8)))
+        jpeg, todo = observer.view.live_jpeg("s", t)
+        if todo is not None:
+            encodes += 1
+            observer.view.store_live("s", todo, b"jpeg", t)
+        t += 0.01
+    assert encodes == 12  # one at t=0, then every 0.25 s

@@ -77,7 +77,8 @@ def run_with_web(tmp_path):
     port, metrics_port = free_port(), free_port()
     jsonl = tmp_path / "out.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamer.cli", "run", "--source", "synthetic:?fps=30", "--web", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "streamer.cli", "run", "--source", "synthetic:?fps=30",
+         "--source", "synthetic:?fps=30&seed=1&label=b_lines", "--web", f"127.0.0.1:{port}",
          "--metrics", f"127.0.0.1:{metrics_port}",
          "--jsonl", str(jsonl), "--quiet", "--duration", "240", "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -106,7 +107,7 @@ def browser(tmp_path):
     opts.binary_location = CHROMIUM
     for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1280,1000", f"--user-data-dir={tmp_path / 'chromium'}"):
+                "--disable-dev-shm-usage", "--window-size=1280,1400", f"--user-data-dir={tmp_path / 'chromium'}"):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
@@ -127,6 +128,10 @@ return {window: Number(strip.dataset.window), thumbs: thumbs.length,
         pickedBorder: picked.length ? getComputedStyle(picked[0]).borderTopColor : null,
         otherBorder: other ? getComputedStyle(other).borderTopColor : null};
 """
+PANELS = """
+const ps = [...document.querySelectorAll('.stream')].filter(p => p.querySelector('img.live').dataset.loaded);
+return ps.map(p => p.dataset.stream).sort();
+"""
 CHART = """
 const c = document.querySelector('.stream[data-stream="synthetic"] canvas.chart');
 return c && c.dataset.points ? {points: Number(c.dataset.points), lastT: c.dataset.lastT, png: c.toDataURL()} : null;
@@ -145,6 +150,8 @@ def test_live_view_in_chromium(run_with_web, browser, tmp_path):
     url, metrics_url, proc, jsonl = run_with_web
     browser.get(url + "/")
     assert browser.title == "das-stream live"
+    panels = wait_for(lambda: (p := browser.execute_script(PANELS)) and len(p) == 2 and p, 60, "two stream panels")
+    assert panels == ["synthetic", "synthetic-1"]  # one panel per stream
 
     first = wait_for(lambda: (s := browser.execute_script(STRIP)) and s["thumbs"] == T and s["loaded"] == T and s,
                      60, "the first window's thumbnails")
@@ -171,7 +178,7 @@ def test_live_view_in_chromium(run_with_web, browser, tmp_path):
     if os.environ.get("DAS_OBSERVE_SCREENSHOT"):
         Path(os.environ["DAS_OBSERVE_SCREENSHOT"]).write_bytes(png)
     image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
-    assert image is not None and image.shape[0] > 500 and image.shape[1] > 1000
+    assert image is not None and image.shape[0] > 1000 and image.shape[1] > 1000
     assert float(image.std()) > 20, "the screenshot is blank"
     strip = browser.find_element("css selector", '.stream[data-stream="synthetic"] .strip').rect
     crop = image[int(strip["y"]):int(strip["y"] + strip["height"]), int(strip["x"]):int(strip["x"] + strip["width"])]
@@ -184,9 +191,10 @@ def test_live_view_in_chromium(run_with_web, browser, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     predictions = {m["window"]: m for m in map(json.loads, jsonl.read_text().splitlines())
-                   if m.get("type") == "prediction"}
+                   if m.get("type") == "prediction" and m["stream"] == "synthetic"}
     final = [m for m in map(json.loads, jsonl.read_text().splitlines()) if m.get("type") == "stats" and m["final"]]
-    assert len(final) == 1
+    assert sorted(m["stream"] for m in final) == ["synthetic", "synthetic-1"]
+    final = [m for m in final if m["stream"] == "synthetic"]
     final = final[0]
     label = (("stream", "synthetic"),)
     counted = {o: during[("das_stream_frames_total", (("outcome", o), *label))]
