@@ -62,6 +62,10 @@ class Observer:
                  stall_s: float = 5.0) -> None:
         self.web = _address(web, "--web", WEB_PORT)
         self.metrics_address = _address(metrics, "--metrics", METRICS_PORT)
+        for flag, address in (("--web", self.web), ("--metrics", self.metrics_address)):
+            if address is not None and not address.loopback:
+                log.warning("%s %s is reachable from other machines and has no authentication; "
+                            "use 127.0.0.1 to keep it local", flag, address)
         self.expected = list(streams)
         self.sinks = list(sinks)
         self.stall_s = stall_s
@@ -182,9 +186,6 @@ class Observer:
                 url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
                 for role in roles:
                     self.urls[role] = url
-                    if not address.loopback:
-                        log.warning("%s served on %s, reachable from other machines (no authentication); "
-                                    "use 127.0.0.1 to keep it local", role, address)
                     log.info("%s: %s%s", role, url, "/metrics" if role == "metrics" else "/")
         except BaseException:
             await self.stop()

@@ -317,3 +317,10 @@ def test_live_image_is_encoded_at_most_live_fps_times_a_second_whatever_the_requ
             observer.view.store_live("s", todo, b"jpeg", t)
         t += 0.01
     assert encodes == 12  # one at t=0, then every 0.25 s
+
+
+def test_a_non_loopback_address_logs_one_warning_line(caplog):
+    Observer(web="0.0.0.0:8080", metrics="127.0.0.1:9108")  # not started: nothing binds
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["--web 0.0.0.0:8080 is reachable from other machines and has no authentication; "
+                        "use 127.0.0.1 to keep it local"]
