@@ -12,7 +12,7 @@ from sampler.model import SampledClassifier
 from sources.base import Source
 from streamer.inference import InferenceEngine
 from streamer.pipeline import Pipeline, PipelineSettings
-from streamer_help import make_model_file
+from streamer_help import ListSink, make_model_file
 
 
 class PausingSource(Source):
@@ -42,27 +42,6 @@ class PausingSource(Source):
             if seq == self.before:
                 self.t_first_after = t
             yield self._frame(seq, rng.integers(0, 255, (32, 32), dtype=np.uint8), t)
-
-
-class ListSink:
-    def __init__(self, hold: asyncio.Event | None = None):
-        self.predictions, self.stats, self.hold = [], [], hold
-        self.received: list[float] = []  # wall time each prediction reached the sink
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc):
-        return None
-
-    async def publish_prediction(self, p):
-        if self.hold is not None:
-            await self.hold.wait()
-        self.received.append(time.time())
-        self.predictions.append(p)
-
-    async def publish_stats(self, s):
-        self.stats.append(s)
 
 
 @pytest.fixture(scope="module")
