@@ -14,7 +14,7 @@ Two kinds of numbers:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -66,7 +66,7 @@ class _StatsCollector(Collector):
             up.add_metric([name], 1.0 if ok else 0.0)
         yield up
 
-        mqtt = [s for s in self.m.sinks if isinstance(getattr(s, "counters", None), dict) and hasattr(s, "settings")]
+        mqtt = [s for s in self.m.sinks if isinstance(getattr(s, "counters", None), Mapping) and hasattr(s, "settings")]
         if mqtt:
             buffered = GaugeMetricFamily("das_stream_mqtt_buffered", "Messages waiting or in flight to the broker",
                                          labels=["broker"])

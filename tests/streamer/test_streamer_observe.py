@@ -21,7 +21,7 @@ from streamer.inference import InferenceEngine
 from streamer.observe import Observer, parse_address
 from streamer.observe.view import MAX_HISTORY
 from streamer.pipeline import Pipeline, PipelineSettings
-from streamer_help import make_model_file
+from streamer_help import ListSink, make_model_file
 
 T, K = 8, 4
 
@@ -30,23 +30,6 @@ T, K = 8, 4
 def engine(tmp_path_factory):
     model = SampledClassifier.load(make_model_file(tmp_path_factory.mktemp("m") / "obs.pt", num_frames=T, k=K))
     return InferenceEngine(model, device="cpu")
-
-
-class ListSink:
-    def __init__(self):
-        self.predictions, self.stats = [], []
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc):
-        return None
-
-    async def publish_prediction(self, p):
-        self.predictions.append(p)
-
-    async def publish_stats(self, s):
-        self.stats.append(s)
 
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> dict[tuple[str, tuple], float]:
