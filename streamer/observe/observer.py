@@ -233,7 +233,7 @@ class Observer:
         if w is None:
             raise web.HTTPNotFound(text="no window closed yet on this stream")
         thumbs = await asyncio.to_thread(self.view.thumbnails, w)
-        body = {**self.view._window_summary(w), "thumbs": thumbs}
+        body = {**self.view.window_summary(w), "thumbs": thumbs}
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 
     async def _live(self, request: web.Request) -> web.Response:

@@ -141,13 +141,13 @@ class ViewState:
                 "frames_seen": view.frames_seen,
                 "latest_seq": view.latest.seq if view.latest is not None else None,
                 "stats": view.stats.to_dict() if view.stats is not None else None,
-                "window": None if w is None else self._window_summary(w),
+                "window": None if w is None else self.window_summary(w),
                 "history": [[t, *p] for t, p in view.history if t > since],
             }
         return out
 
     @staticmethod
-    def _window_summary(w: _LastWindow) -> dict[str, Any]:
+    def window_summary(w: _LastWindow) -> dict[str, Any]:
         p = w.prediction
         return {"index": w.index, "seqs": [f.seq for f in w.frames], "selected": list(w.selected),
                 "padded": p.padded, "label": p.label, "probs": p.probs, "latency_ms": p.latency_ms,
