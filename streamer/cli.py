@@ -10,12 +10,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sampler.errors import SamplerError
+from sampler.errors import ConfigError, SamplerError
 from sinks.errors import SinkError
 from sources.errors import SourceError
 
-# The user-caused errors (see docs/design.md); ConfigError, ModelFileError and DataError are SamplerErrors.
-USER_ERRORS: tuple[type[BaseException], ...] = (SamplerError, SourceError, SinkError)
+# The user-caused errors (see docs/design.md); ModelFileError and DataError are SamplerErrors.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SamplerError, SourceError, SinkError)
 
 
 def build_parser() -> argparse.ArgumentParser:
