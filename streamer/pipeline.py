@@ -142,7 +142,13 @@ class _Stream:
 
 @dataclass
 class RunSummary:
-    """What a finished run did: the final stats per stream and the first source error, if any."""
+    """What a finished run did.
+
+    Attributes:
+        final: the final stats of each stream, by stream name.
+        errors: the error that ended each stream that failed, in stream order (empty when none
+            did); the CLI reports the first and exits 1.
+    """
 
     final: dict[str, Stats] = field(default_factory=dict)
     errors: list[BaseException] = field(default_factory=list)
