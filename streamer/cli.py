@@ -80,6 +80,8 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--quiet", dest="console", action="store_const", const=False, help="no console output")
     run.add_argument("--stats-interval", type=float, help=f"seconds between stats messages (default {d['stats_interval']:g})")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--gap", type=float, help="seconds without a frame that close a stream's open window early "
+                                                f"and mark the next one gap_before (default {d['gap']:g}; 0: never)")
     run.add_argument("--log-level", choices=choices("log_level"), help=f"default {d['log_level']}")
     run.set_defaults(handler=_cmd_run)
 

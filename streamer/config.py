@@ -10,6 +10,7 @@ pipeline's and the MQTT sink's knobs are theirs (:class:`PipelineSettings`,
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +46,8 @@ class RunConfig:
         console: print predictions and stats to stdout.
         stats_interval: seconds between stats messages.
         duration: stop after this many seconds (None: run until the sources end or Ctrl-C).
+        gap: seconds without a frame after which a stream's open window is classified, padded,
+            and the next window marked ``gap_before`` (0: never).
         log_level: debug, info, warning or error.
     """
 
@@ -75,6 +78,7 @@ class RunConfig:
     console: bool = True
     stats_interval: float = PipelineSettings.stats_interval
     duration: float | None = PipelineSettings.duration
+    gap: float = PipelineSettings.gap
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     _origin: str = field(default="the command line", repr=False, compare=False)
 
@@ -91,6 +95,8 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be > 0, got {value} (in {self._origin})")
+        if not math.isfinite(self.gap) or self.gap < 0:
+            raise ConfigError(f"gap must be a number of seconds >= 0 (0 turns it off), got {self.gap} (in {self._origin})")
         if not self.sources:
             raise ConfigError(f"no source given (in {self._origin}); add --source SPEC, e.g. --source synthetic:")
         if not is_device_name(self.device):
