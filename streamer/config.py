@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from sampler.errors import ConfigError
 from sampler.settings import DEVICE_FORMS, coerce_fields, defaults, is_device_name
-from sampler.settings import read_yaml as _read_yaml
+from sampler.settings import read_yaml
 from sinks.mqtt import MqttSettings
 
 from .pipeline import PipelineSettings
@@ -129,7 +129,3 @@ class RunConfig:
                 values[key] = value
         return cls(**values, _origin=origin)
 
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file holding one mapping, or ConfigError naming the file."""
-    return _read_yaml(path)
