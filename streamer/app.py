@@ -5,11 +5,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from sampler.model import SampledClassifier
+from sinks import Sink
 from sinks.console import ConsoleSink
 from sinks.jsonl import JsonlSink
 from sinks.mqtt import MqttSettings, MqttSink
@@ -57,20 +59,27 @@ def overload_policy(cfg: RunConfig) -> str:
     return "drop_oldest" if cfg.pacing else "block"
 
 
-def build_sinks(cfg: RunConfig) -> list:
-    sinks: list = []
-    if cfg.console:
-        sinks.append(ConsoleSink())
-    if cfg.jsonl:
-        sinks.append(JsonlSink(cfg.jsonl))
-    if cfg.mqtt:
-        settings = MqttSettings.from_url(
-            cfg.mqtt, topic_prefix=cfg.topic_prefix, client_id=cfg.client_id, qos=cfg.qos,
-            buffer_size=cfg.mqtt_buffer, tls_ca=cfg.tls_ca, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
-            tls_insecure=cfg.tls_insecure,
-        )
-        sinks.append(MqttSink(settings))
-    return sinks
+def mqtt_sink(cfg: RunConfig) -> MqttSink:
+    settings = MqttSettings.from_url(
+        cfg.mqtt, topic_prefix=cfg.topic_prefix, client_id=cfg.client_id, qos=cfg.qos,
+        buffer_size=cfg.mqtt_buffer, tls_ca=cfg.tls_ca, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
+        tls_insecure=cfg.tls_insecure,
+    )
+    return MqttSink(settings)
+
+
+# The sink registry: the RunConfig key that turns a sink on -> how to build it from the config.
+# A new sink is its module in sinks/, its key in RunConfig (and flag in cli.py), and one line here.
+SINKS: dict[str, Callable[[RunConfig], Sink]] = {
+    "console": lambda cfg: ConsoleSink(),
+    "jsonl": lambda cfg: JsonlSink(cfg.jsonl),
+    "mqtt": mqtt_sink,
+}
+
+
+def build_sinks(cfg: RunConfig) -> list[Sink]:
+    """The sinks the config turns on, in registry order."""
+    return [build(cfg) for key, build in SINKS.items() if getattr(cfg, key)]
 
 
 def observe_addresses(cfg: RunConfig) -> tuple:

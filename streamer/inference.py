@@ -29,6 +29,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from sampler.errors import SamplerError
 from sampler.model import SampledClassifier
+from sampler.settings import resolve_device  # the one device rule, shared with training
 from sources.image import area_resize
 
 from .window import Window
@@ -53,17 +54,6 @@ class WindowResult:
     selected: tuple[int, ...]
     probs: tuple[float, ...]
     backbone_calls: int
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SamplerError(f"device {device!r} requested but torch sees no CUDA GPU; use --device cpu or auto")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise SamplerError(f"unknown device {device!r}; use auto, cpu or cuda[:N]")
-    return torch.device(device)
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
