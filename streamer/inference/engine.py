@@ -28,9 +28,9 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 import torch
 
-from sampler.errors import SamplerError
 from sampler.features import frame_stats, with_motion
 from sampler.model import SampledClassifier
+from sampler.settings import resolve_device  # the one device rule, shared with training
 
 from ..window import Window
 from .cache import FrameCache, Key, resize_gray
@@ -63,17 +63,6 @@ class WindowResult:
         return self.frames_embedded
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SamplerError(f"device {device!r} requested but torch sees no CUDA GPU; use --device cpu or auto")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise SamplerError(f"unknown device {device!r}; use auto, cpu or cuda[:N]")
-    return torch.device(device)
-
-
 class InferenceEngine:
     """Runs a :class:`SampledClassifier` on windows, embedding each frame at most once.
 
@@ -103,6 +92,9 @@ class InferenceEngine:
         # Wall time of each call's steps in ms (recent calls only): "sampler" (feature-size copies
         # still missing, features, attention, selection), "embed" (backbone on the new picks), "head".
         self.stage_ms: dict[str, deque[float]] = {name: deque(maxlen=4096) for name in ("sampler", "embed", "head")}
+        # Called as fn(stage, seconds) for every stage time recorded (e.g. the Prometheus metrics);
+        # called from the worker thread, so a listener must be thread-safe and quick.
+        self.stage_listeners: list = []
         self._inbox: deque[tuple[str, Any]] = deque()
         self._drain_queued = False
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="inference")
@@ -215,6 +207,8 @@ class InferenceEngine:
         t3 = time.perf_counter()
         for name, s in (("sampler", t1 - t0), ("embed", t2 - t1), ("head", t3 - t2)):
             self.stage_ms[name].append(1000.0 * s)
+            for listener in self.stage_listeners:
+                listener(name, s)
         return [WindowResult(window=w, selected=selected[b], probs=tuple(float(p) for p in probs[b]),
                              frames_embedded=embedded[b]) for b, w in enumerate(windows)]
 
