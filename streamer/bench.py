@@ -48,6 +48,7 @@ import torch
 
 from sampler.model import ModelConfig, SampledClassifier, build_model
 from sinks.mqtt import MqttSettings, MqttSink
+from sources.base import SourceCounts
 from sources.frame import Frame
 from sources.synthetic import CLASSES, SyntheticSource, make_clip
 from sources.video import VideoSource
@@ -393,6 +394,9 @@ class _ReplaySource:
 
     def __aiter__(self) -> _ReplaySource:
         return self
+
+    def counts(self) -> SourceCounts:
+        return SourceCounts(overflow=self.counters["overflow"])
 
     async def __anext__(self) -> Frame:
         due = self.start + self._seq / self.fps
