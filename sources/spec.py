@@ -5,7 +5,9 @@
 - ``probe:udp://127.0.0.1:5000`` (or ``rtsp://``, ``http://``, ...): a network stream through PyAV.
 - ``zmq+sub://HOST:PORT``, ``zmq+pull://HOST:PORT``: frames pushed over ZeroMQ; connects unless
   ``?bind=1``; ``?topic=NAME`` for sub; also ``max_frame_bytes``, ``allowed_dtypes``
-  (comma-separated), ``queue_size``.
+  (comma-separated), ``queue_size``, ``rgb``, ``rcvhwm``, ``backlog``, ``backlog_bytes``,
+  ``max_seq_jump``, ``max_clock_skew``. ``zmq+rep://HOST:PORT`` (binds unless ``?bind=0``)
+  answers imagezmq's REQ/REP senders.
 - ``synthetic:``: the built-in ultrasound-like generator; options ``fps``, ``label``, ``seed``,
   ``frames``, ``size``, ``clip_frames`` (``synthetic:?fps=30&label=b_lines&seed=3``).
 
@@ -27,7 +29,7 @@ from .zmq_source import ZmqSource
 
 SPEC_FORMS = (
     "video:PATH, probe:INDEX, probe:/dev/videoN, probe:URL (udp://, rtsp://, http://), "
-    "zmq+sub://HOST:PORT, zmq+pull://HOST:PORT (?bind=1, ?topic=NAME), "
+    "zmq+sub://HOST:PORT, zmq+pull://HOST:PORT (?bind=1, ?topic=NAME), zmq+rep://HOST:PORT, "
     "synthetic: (?fps=30&label=b_lines&seed=3&frames=N&size=224)"
 )
 
@@ -65,6 +67,12 @@ _ZMQ_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "max_frame_bytes": int,
     "allowed_dtypes": _dtypes,
     "queue_size": int,
+    "rgb": _boolean,
+    "rcvhwm": int,
+    "backlog": int,
+    "backlog_bytes": int,
+    "max_seq_jump": int,
+    "max_clock_skew": float,
 }
 _SYNTHETIC_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "fps": float,
@@ -147,11 +155,13 @@ def parse_source(
             raise SourceError(f"source spec {spec!r} needs a device or URL: probe:0, probe:/dev/video0, probe:udp://HOST:PORT")
         _live_only(spec, speed, pacing, loop)
         return ProbeSource(rest, name=name, gray=gray, size=size, **_typed(spec, options, _PROBE_OPTIONS))
-    if scheme in ("zmq+sub", "zmq+pull"):
+    if scheme in ("zmq+sub", "zmq+pull", "zmq+rep"):
         parts = urlsplit(spec)
         _live_only(spec, speed, pacing, loop)
         typed = _typed(spec, _merge(spec, parts.query, options), _ZMQ_OPTIONS)
         pattern = scheme.split("+")[1]
+        if pattern == "rep":  # imagezmq's REQ senders connect to a hub that binds
+            typed.setdefault("bind", True)
         return ZmqSource(f"tcp://{parts.netloc}", pattern=pattern, name=name, gray=gray, size=size, **typed)
     if scheme == "synthetic":
         if loop:
