@@ -73,6 +73,7 @@ def build_sinks(cfg: RunConfig) -> list:
 
 
 def build_pipeline(cfg: RunConfig) -> Pipeline:
+    sinks = build_sinks(cfg)  # first: a bad broker URL fails before the model loads
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model = load_model(cfg)
@@ -83,7 +84,7 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
         stride=cfg.stride or model.config.num_frames, frame_queue=cfg.frame_queue, window_queue=cfg.window_queue,
         max_batch_windows=cfg.max_batch_windows, stats_interval=cfg.stats_interval, duration=cfg.duration,
     )
-    return Pipeline(sources=[(s, policy) for s in sources], engine=engine, sinks=build_sinks(cfg), settings=settings)
+    return Pipeline(sources=[(s, policy) for s in sources], engine=engine, sinks=sinks, settings=settings)
 
 
 async def run_pipeline(pipeline: Pipeline) -> RunSummary:
@@ -98,7 +99,21 @@ async def run_pipeline(pipeline: Pipeline) -> RunSummary:
             loop.remove_signal_handler(sig)
 
 
+def delivery_errors(sinks: list) -> list[BaseException]:
+    """One error per sink that accepted predictions it never delivered (e.g. MQTT overflow, or a
+    broker never reached): the run must not end as a success then."""
+    errors = []
+    for sink in sinks:
+        check = getattr(sink, "delivery_error", None)
+        if callable(check) and (error := check()) is not None:
+            errors.append(error)
+    return errors
+
+
 def run(cfg: RunConfig) -> RunSummary:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pipeline = build_pipeline(cfg)
-    return asyncio.run(run_pipeline(pipeline))
+    sinks = list(pipeline.sinks)
+    summary = asyncio.run(run_pipeline(pipeline))
+    summary.errors.extend(delivery_errors(sinks))
+    return summary

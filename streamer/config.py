@@ -86,8 +86,8 @@ class RunConfig:
                 raise ConfigError(f"{name} must be >= 1, got {value} (in {self._origin})")
         for name in ("speed", "stats_interval", "duration"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value} (in {self._origin})")
+            if value is not None and not 0 < value < float("inf"):  # also refuses NaN
+                raise ConfigError(f"{name} must be a finite number > 0, got {value} (in {self._origin})")
         if not self.sources:
             raise ConfigError(f"no source given (in {self._origin}); add --source SPEC, e.g. --source synthetic:")
 
