@@ -45,7 +45,7 @@ MAX_HEADER_BYTES = 64 * 2**10
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
 MAX_HEADER_DEPTH = 8  # {"shape": [...]} needs 2
 MAX_INT_DIGITS = 20  # any 64-bit integer
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (not DHT, JPG, DAC)
 _STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01, 0xD8}  # RSTn, TEM, SOI: no length field
@@ -88,13 +88,17 @@ def parse_header(raw: bytes) -> Any:
         BadMessage: not UTF-8 JSON, nested deeper than ``MAX_HEADER_DEPTH``, or a number that is
             too long, not finite or overflows a float.
     """
-    brackets = _JSON_STRING.sub(b"", bytes(raw)).translate(None, _NOT_BRACKETS)
+    raw = bytes(raw)
+    brackets = raw.translate(None, _NOT_BRACKETS)
+    if len(brackets) > MAX_HEADER_DEPTH:  # deeper nesting is possible: look outside strings only
+        outside = b"".join(raw.split(b'"')[::2]) if b"\\" not in raw else _JSON_STRING.sub(b"", raw)
+        brackets = outside.translate(None, _NOT_BRACKETS)
     if len(brackets) > MAX_HEADER_DEPTH:
         steps = np.where(np.frombuffer(brackets, np.uint8) & 0x04, -1, 1)  # ']' and '}' have bit 2 set
         if int(np.cumsum(steps).max()) > MAX_HEADER_DEPTH:
             raise BadMessage(f"header nests deeper than {MAX_HEADER_DEPTH} levels")
     try:
-        return _HEADER_DECODER.decode(bytes(raw).decode("utf-8"))
+        return _HEADER_DECODER.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise BadMessage(f"header is not UTF-8 JSON within limits ({str(exc)[:80]})") from None
 
@@ -179,9 +183,14 @@ def _decode_message(
     if not isinstance(header, dict):
         raise BadMessage(f"header must be a JSON object, got {type(header).__name__}")
     _check_optional_fields(header)
-    if header.get("jpg") is True or ("dtype" not in header and "shape" not in header):
+    if is_jpeg(header):
         return header, _decode_jpeg(payload, max_frame_bytes)
     return header, _array_view(header, payload, max_frame_bytes, allowed_dtypes)
+
+
+def is_jpeg(header: dict[str, Any]) -> bool:
+    """Whether a (valid) header announces a JPEG payload rather than a raw array."""
+    return header.get("jpg") is True or ("dtype" not in header and "shape" not in header)
 
 
 def _is_int(value: Any) -> bool:

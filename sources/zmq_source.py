@@ -36,6 +36,7 @@ from .wire import (
     SUPPORTED_DTYPES,
     BadMessage,
     decode_message,
+    is_jpeg,
     short,
     to_uint8,
 )
@@ -214,7 +215,7 @@ class ZmqSource(Source):
             header, array = decode_message(parts, max_frame_bytes=self._max_frame_bytes, allowed_dtypes=self._allowed)
             t_capture = self._capture_time(header, received)
             missed = self._missed(header.get("seq"))
-            bgr = array.ndim == 3 and array.shape[2] == 3 and not self.rgb
+            bgr = array.ndim == 3 and array.shape[2] == 3 and not self.rgb and not is_jpeg(header)
             image = self._output.apply(to_uint8(array), bgr=bgr)
         except Exception as exc:  # noqa: BLE001 - nothing one message does may end the stream
             self._count_bad(exc)
