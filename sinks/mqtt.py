@@ -545,8 +545,20 @@ class MqttSink:
             await asyncio.gather(*sending, return_exceptions=True)
 
     async def _send_one(self, client: aiomqtt.Client, message: _Outgoing) -> None:
-        """Publish and wait for the acknowledgement; then the message leaves the buffer."""
-        await client.publish(message.topic, message.payload, qos=self.settings.qos, timeout=self.settings.timeout)
+        """Publish and wait for the acknowledgement; then the message leaves the buffer.
+
+        A failure that is not the connection's (MqttError) is the message's own: it is dropped,
+        counted in ``sender_failures``, logged, and the sender goes on with the next one."""
+        try:
+            await client.publish(message.topic, message.payload, qos=self.settings.qos, timeout=self.settings.timeout)
+        except aiomqtt.MqttError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one unsendable message must not stop the others
+            self._inflight.remove(message)
+            self._sender_failures += 1
+            log.error("mqtt sink: a message to %s could not be sent and is dropped (%s: %s); %d so far",
+                      message.topic[:120], type(exc).__name__, str(exc)[:200], self._sender_failures)
+            return
         self._inflight.remove(message)
         self._published += 1
         self._predictions["published"] += message.prediction

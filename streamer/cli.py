@@ -26,6 +26,20 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (SamplerError, SourceError, SinkError)
 
 
+_ERROR_TYPES = (("sampler.errors", "SamplerError"), ("sources.errors", "SourceError"), ("sinks.errors", "SinkError"))
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of :func:`user_errors`, without importing anything: an error type
+    whose module was never imported cannot have been raised (and `subscribe` never pays for
+    importing torch)."""
+    for module, name in _ERROR_TYPES:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name)):
+            return True
+    return False
+
+
 def __getattr__(name: str) -> Any:  # USER_ERRORS, imported lazily
     if name == "USER_ERRORS":
         return user_errors()
@@ -293,10 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        errors = user_errors()
         try:
             return int(handler(args) or 0)
-        except errors as exc:
+        except Exception as exc:
+            if not is_user_error(exc):
+                raise  # a programming error: keep the traceback
             print(f"das-stream: error: {exc}", file=sys.stderr)
             return 2
     except KeyboardInterrupt:  # Ctrl-C before the run's own handlers are in place (start-up)
