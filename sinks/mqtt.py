@@ -339,7 +339,8 @@ class MqttSink:
             the first), "undelivered" (accepted, kept, and not acknowledged yet: what is
             buffered now; after exit, what was left). ``overflow + undelivered`` is everything
             accepted that has not reached the broker.
-        predictions: the same for predictions alone: "accepted", "published", "overflow".
+        predictions: the same for predictions alone: "accepted", "published", "overflow", and
+            "failed" (messages the client could not send, see ``sender_failures``).
         sender_failures: unexpected sender errors, each followed by a restart.
     """
 
@@ -354,10 +355,9 @@ class MqttSink:
         self._open = False
         self._fatal: SinkError | None = None
         self._connections = 0
-        self._accepted = 0
         self._published = 0
         self._overflow = 0
-        self._predictions = {"accepted": 0, "published": 0, "overflow": 0}
+        self._predictions = {"accepted": 0, "published": 0, "overflow": 0, "failed": 0}
         self._sender_failures = 0
         self._overflow_logged_at = -math.inf
         self._overflow_logged = 0
@@ -390,12 +390,13 @@ class MqttSink:
         lost = self.undelivered_predictions
         if not lost or self._open:
             return None
-        total = self._predictions["accepted"]
-        overflow = self._predictions["overflow"]
+        total, overflow, failed = (self._predictions[k] for k in ("accepted", "overflow", "failed"))
+        unsent = f", {failed} that could not be sent" if failed else ""
         return SinkError(
             f"{lost} of {total} predictions never reached the MQTT broker {self.settings.url} "
-            f"({overflow} dropped when the buffer of {self.settings.buffer_size} was full, {lost - overflow} "
-            f"still waiting at exit); check that the broker is reachable, or raise --mqtt-buffer"
+            f"({overflow} dropped when the buffer of {self.settings.buffer_size} was full, "
+            f"{lost - overflow - failed} still waiting at exit{unsent}); check that the broker is reachable, "
+            "or raise --mqtt-buffer"
         )
 
     async def __aenter__(self) -> MqttSink:
@@ -443,7 +444,6 @@ class MqttSink:
             raise self._fatal
         if not self._open:
             raise RuntimeError("MqttSink is not open; use 'async with MqttSink(...)'")
-        self._accepted += 1
         self._predictions["accepted"] += message.prediction
         if len(self._waiting) >= self.settings.buffer_size:
             self._drop(self._waiting.popleft())
@@ -556,6 +556,7 @@ class MqttSink:
         except Exception as exc:  # noqa: BLE001 - one unsendable message must not stop the others
             self._inflight.remove(message)
             self._sender_failures += 1
+            self._predictions["failed"] += message.prediction
             log.error("mqtt sink: a message to %s could not be sent and is dropped (%s: %s); %d so far",
                       message.topic[:120], type(exc).__name__, str(exc)[:200], self._sender_failures)
             return

@@ -178,6 +178,8 @@ class ZmqSource(Source):
                 waiting.append((parts, time.time(), 0))
             else:
                 self._take_waiting(waiting)
+                if not waiting:  # poll saw an event but no whole message was there
+                    continue
             parts, received, size = waiting.popleft()
             self._waiting_bytes -= size
             frame = self._accept([p.buffer for p in parts], received)
