@@ -22,6 +22,7 @@ import contextlib
 import logging
 import math
 import os
+import secrets
 import socket
 import ssl
 import time
@@ -56,9 +57,9 @@ def default_client_id(role: str = "") -> str:
 
 
 def unique_client_id(role: str = "") -> str:
-    """A client id of this process only (``das-stream-[<role>-]<host>-<pid>``), so two programs
-    on one host never take each other's session."""
-    return f"{default_client_id(role)}-{os.getpid()}"
+    """A client id of its own (``das-stream-[<role>-]<host>-<pid>-<random>``), so two programs
+    (or two subscriptions in one program) on one host never take each other's session."""
+    return f"{default_client_id(role)}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def topic_segment(stream: str) -> str:

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import math
+import os
 import signal
 import socket
 import sys
@@ -63,9 +64,9 @@ def test_bad_urls_are_one_line_errors(url, reason):
     assert "secret" not in str(exc.value) and len(str(exc.value)) < 400
 
 
-def test_client_ids_of_processes_differ():
-    assert unique_client_id("sub").endswith(f"-{__import__('os').getpid()}")
-    assert unique_client_id("sub") != unique_client_id("")
+def test_unique_client_ids_differ_per_call_and_name_the_process():
+    ids = {unique_client_id("sub") for _ in range(20)}
+    assert len(ids) == 20 and all(f"-sub-{socket.gethostname()}-{os.getpid()}-" in i for i in ids)
 
 
 async def test_an_unsendable_message_is_dropped_counted_and_the_rest_delivered(mqtt_broker, caplog):
