@@ -133,6 +133,7 @@ async def test_subscribe_shows_gaps_and_delivery_counters(mqtt_broker):
     assert summary.missing == 2 and summary.predictions == 3
 
 
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 async def test_subscribe_command_prints_its_summary_on_a_signal(mqtt_broker, sig):
     proc = await asyncio.create_subprocess_exec(
@@ -140,7 +141,7 @@ async def test_subscribe_command_prints_its_summary_on_a_signal(mqtt_broker, sig
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     async with MqttSink(MqttSettings.from_url(mqtt_broker.url, client_id="test-sig-pub")) as sink:
         reading = asyncio.ensure_future(proc.stdout.readline())
-        for w in range(200):  # until the subscriber, once it is up, has printed one
+        for w in range(1000):  # until the subscriber, once it is up (it imports torch), has printed one
             await sink.publish_prediction(prediction(w))
             done, _ = await asyncio.wait({reading}, timeout=0.25)
             if done:
