@@ -148,7 +148,7 @@ def delivery_errors(sinks: list) -> list[BaseException]:
 def run(cfg: RunConfig) -> RunSummary:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pipeline = build_pipeline(cfg)
-    sinks = list(pipeline.sinks)
+    sinks = list(getattr(pipeline.sinks, "sinks", pipeline.sinks))  # a FanOut, or a list
     summary = asyncio.run(run_pipeline(pipeline))
     summary.errors.extend(delivery_errors(sinks))
     return summary
