@@ -1,0 +1,308 @@
+"""DICOM cine loops (multi-frame ultrasound and any multi-frame image with a Cine Module),
+replayed as a stream through pydicom, paced like a video file.
+
+- Frame rate, first tag present wins: Frame Time (0018,1063, ms per frame), Cine Rate
+  (0018,0040, frames/s), Recommended Display Frame Rate (0008,2144, frames/s); none of them:
+  30 frames/s (logged).
+- Photometric interpretations MONOCHROME2, MONOCHROME1 (inverted), RGB, YBR_FULL and
+  YBR_FULL_422; 8 bits per sample. Gray output of YBR data is its Y plane (BT.601 luma, the
+  weights of ``cv2.COLOR_RGB2GRAY``), so no colour conversion runs.
+- Transfer syntaxes: whatever pydicom can decode with the handlers installed. With the declared
+  dependencies (pydicom, numpy, Pillow): the native ones (implicit/explicit VR little endian,
+  explicit big endian, deflated), RLE Lossless (pydicom itself), JPEG Baseline and JPEG
+  Extended 8-bit, JPEG 2000 and JPEG 2000 Lossless (Pillow). Anything else (JPEG Lossless,
+  JPEG-LS, HTJ2K, MPEG-2/MPEG-4/HEVC video) is refused on open with the packages that would
+  decode it.
+- A folder replays its cine files one after another (recursively), ordered by Series Number,
+  then Instance Number, then path. Files in it that are not cine loops (not DICOM, no pixel
+  data, single-frame) are skipped, logged and counted in ``counters["skipped_files"]``; a cine
+  loop it cannot decode is an error, as for a single file.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder, iter_pixels
+
+from .base import PacedSource, derive_name
+from .errors import SourceError
+from .image import OutputFormat, normalise_size
+from .video import FALLBACK_RATE
+
+log = logging.getLogger(__name__)
+
+PHOTOMETRIC = ("MONOCHROME2", "MONOCHROME1", "RGB", "YBR_FULL", "YBR_FULL_422")
+# (keyword, frames per second from its value), in the order they are looked up.
+RATE_TAGS = (
+    ("FrameTime", lambda ms: 1000.0 / float(ms)),
+    ("CineRate", float),
+    ("RecommendedDisplayFrameRate", float),
+)
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+class NotCine(SourceError):
+    """A file that is not a cine loop at all (not DICOM, no pixel data, one frame); a folder
+    skips such files, a file given on its own is refused."""
+
+
+@dataclass(frozen=True)
+class CineFile:
+    """What the header of one playable cine file says.
+
+    Attributes:
+        path: the file.
+        frames: Number of Frames.
+        rate: frames per second.
+        rate_tag: the keyword the rate came from, or ``"default"``.
+        photometric: Photometric Interpretation.
+        syntax: the transfer syntax name.
+        series, instance: Series Number and Instance Number (None when absent).
+    """
+
+    path: Path
+    frames: int
+    rate: float
+    rate_tag: str
+    photometric: str
+    syntax: str
+    series: int | None
+    instance: int | None
+
+    @property
+    def order(self) -> tuple:
+        """Sort key of a folder: series, instance (absent numbers last), then path."""
+        return (self.series is None, self.series or 0, self.instance is None, self.instance or 0, str(self.path))
+
+
+def frame_rate(ds: pydicom.Dataset) -> tuple[float, str]:
+    """(frames per second, the tag it came from) by ``RATE_TAGS`` order; (30, "default") if none."""
+    for keyword, to_rate in RATE_TAGS:
+        value = ds.get(keyword)
+        if value in (None, ""):
+            continue
+        try:
+            rate = to_rate(value)
+        except (TypeError, ValueError, ZeroDivisionError):
+            continue
+        if np.isfinite(rate) and rate > 0:
+            return rate, keyword
+    return FALLBACK_RATE, "default"
+
+
+def _number(ds: pydicom.Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def inspect(path: Path) -> CineFile:
+    """Read one file's header and check that it can be replayed.
+
+    Raises:
+        NotCine: not DICOM, no pixel data, or a single frame.
+        SourceError: an unsupported photometric interpretation, bit depth or transfer syntax.
+    """
+    try:
+        ds = pydicom.dcmread(path, defer_size="1 KB")
+    except InvalidDicomError:
+        raise NotCine(f"{path} is not a DICOM file (no DICM preamble); give a DICOM Part 10 file or a folder of them") from None
+    except (OSError, EOFError, ValueError) as exc:
+        raise SourceError(f"cannot read DICOM file {path}: {exc}; the file is corrupt or truncated") from None
+    if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
+        kind = getattr(ds.get("SOPClassUID"), "name", None) or "unknown SOP class"
+        raise NotCine(f"{path} holds no pixel data ({kind}); give a multi-frame image such as US Multi-frame Image Storage")
+    frames = _number(ds, "NumberOfFrames") or 1
+    if frames < 2:
+        raise NotCine(
+            f"{path} is a single-frame image; dicom: replays cine loops, give a multi-frame file "
+            "(Number of Frames > 1) or a folder of them"
+        )
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if photometric not in PHOTOMETRIC:
+        raise SourceError(
+            f"{path} uses photometric interpretation {photometric or 'none'!r}; supported: {', '.join(PHOTOMETRIC)}; "
+            "re-export the loop in one of them"
+        )
+    if ds.get("BitsAllocated") != 8 or "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        raise SourceError(
+            f"{path} stores {ds.get('BitsAllocated', '?')}-bit samples; dicom: replays 8-bit cine loops, re-export as 8 bit"
+        )
+    syntax = getattr(ds, "file_meta", pydicom.Dataset()).get("TransferSyntaxUID")
+    if syntax is None:
+        raise SourceError(f"{path} has no transfer syntax in its file meta information; the file is not valid DICOM Part 10")
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise SourceError(
+            f"{path} uses transfer syntax {syntax.name} ({syntax}), which pydicom cannot decode; "
+            "transcode it, e.g. `gdcmconv --raw` or dcmtk `dcmdjpeg`/`dcmdrle`"
+        ) from None
+    if not decoder.is_available:
+        needs = "; or ".join(decoder.missing_dependencies) or "a decoding plugin"
+        raise SourceError(
+            f"{path} uses transfer syntax {syntax.name}, which no installed handler decodes; install {needs}, "
+            "or transcode the file (e.g. `gdcmconv --raw`)"
+        )
+    rate, tag = frame_rate(ds)
+    return CineFile(
+        path=path, frames=frames, rate=rate, rate_tag=tag, photometric=photometric, syntax=syntax.name,
+        series=_number(ds, "SeriesNumber"), instance=_number(ds, "InstanceNumber"),
+    )
+
+
+def scan(path: Path) -> tuple[list[CineFile], list[tuple[Path, str]]]:
+    """The cine files to replay for a file or folder, in order, and the folder's skipped files
+    with the reason.
+
+    Raises:
+        SourceError: a missing path, a single file that is not a playable cine loop, a folder
+            without one, or a cine loop that cannot be decoded.
+    """
+    if path.is_file():
+        return [inspect(path)], []
+    if not path.is_dir():
+        raise SourceError(f"DICOM path {path} does not exist; give a multi-frame DICOM file or a folder of them")
+    cines, skipped = [], []
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        try:
+            cines.append(inspect(file))
+        except NotCine as exc:
+            skipped.append((file, str(exc)))
+    if not cines:
+        raise SourceError(
+            f"folder {path} holds no multi-frame DICOM image ({len(skipped)} files skipped as not DICOM, "
+            "without pixel data or single-frame); give a folder of cine loops"
+        )
+    for file, reason in skipped:
+        log.warning("skipping %s", reason)
+    return sorted(cines, key=lambda c: c.order), skipped
+
+
+class DicomSource(PacedSource):
+    """Replays a DICOM cine loop (or a folder of them) as if it were live.
+
+    Frame i of a file is released at ``t0 + (offset + i / rate) / speed``; the files of a folder
+    follow each other one frame interval apart, each at its own rate. Frames are decoded one by
+    one in the reader thread (``pydicom.pixels.iter_pixels``), straight to the output format.
+
+    Args:
+        path: a multi-frame DICOM file, or a folder of them.
+        name: stream id; default: the file or folder name without its suffix.
+        speed: playback speed factor.
+        pacing: False releases frames as fast as they decode.
+        loop: replay forever (a folder restarts at its first file); ``seq`` keeps increasing.
+        gray: (H, W) frames when True, (H, W, 3) RGB when False.
+        size: output size, int (square) or (width, height); None keeps the source size.
+
+    Attributes:
+        files: the cine files replayed, in order (known once open).
+        rate: the first file's frame rate; ``files[i].rate_tag`` says which tag gave it.
+        counters: ``skipped_files``, the folder's files that are not cine loops.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        speed: float = 1.0,
+        pacing: bool = True,
+        loop: bool = False,
+        gray: bool = True,
+        size: int | tuple[int, int] | None = None,
+    ) -> None:
+        self.path = Path(path).expanduser()
+        super().__init__(name=name or derive_name(self.path.stem or self.path.name), pacing=pacing, speed=speed)
+        self._loop_forever = loop
+        self._output = OutputFormat(gray=gray, size=normalise_size(size))
+        self.files: list[CineFile] = []
+        self.rate = FALLBACK_RATE
+        self.counters["skipped_files"] = 0
+        self._pending: tuple[np.ndarray, Iterator[np.ndarray]] | None = None
+
+    @classmethod
+    def from_spec(cls, spec: str, *, name: str | None = None, speed: float = 1.0, pacing: bool = True,
+                  loop: bool = False, gray: bool = True, size: int | tuple[int, int] | None = None,
+                  **options: Any) -> DicomSource:
+        """``dicom:PATH`` (no options; speed, pacing and loop are keyword arguments)."""
+        scheme, _, path = spec.partition(":")
+        if scheme != "dicom" or not path:
+            raise SourceError(f"source spec {spec!r} needs a path: dicom:FILE or dicom:FOLDER")
+        if options:
+            raise SourceError(f"unknown option {next(iter(options))!r} for source {spec!r}; valid options: none")
+        return cls(path, name=name, speed=speed, pacing=pacing, loop=loop, gray=gray, size=size)
+
+    def _open(self) -> None:
+        self.files, skipped = scan(self.path)
+        self.counters["skipped_files"] = len(skipped)
+        self.rate = self.files[0].rate
+        for cine in self.files:
+            if cine.rate_tag == "default":
+                log.warning("%s states no frame rate (Frame Time, Cine Rate, Recommended Display Frame Rate); "
+                            "replaying at %g frames/s", cine.path, FALLBACK_RATE)
+        # Decode the first frame now, so a file with broken pixel data fails at 'async with'.
+        frames = self._decode(self.files[0])
+        self._pending = (next(frames), frames)
+
+    def _decode(self, cine: CineFile) -> Iterator[np.ndarray]:
+        """The file's frames, converted; SourceError (after the good ones) on broken pixel data."""
+        ybr = cine.photometric.startswith("YBR")
+        raw = self._output.gray  # keep YBR as is: its Y plane is the gray image
+        index = 0
+        try:
+            for array in iter_pixels(cine.path, raw=raw):
+                if array.ndim == 3 and ybr and raw:
+                    array = array[:, :, 0]
+                if cine.photometric == "MONOCHROME1":
+                    array = np.invert(array)
+                yield self._output.apply(np.ascontiguousarray(array, dtype=np.uint8))
+                index += 1
+        except (SourceError, GeneratorExit):
+            raise
+        except Exception as exc:  # pydicom and its plugins raise many types for bad pixel data
+            raise SourceError(
+                f"DICOM file {cine.path}: frame {index} of {cine.frames} cannot be decoded "
+                f"({type(exc).__name__}: {exc}); the file is corrupt or truncated"
+            ) from None
+        if index < cine.frames:
+            raise SourceError(
+                f"DICOM file {cine.path} ends after {index} of its {cine.frames} frames; the file is truncated"
+            )
+
+    def _produce(self, stop: threading.Event) -> Iterator[tuple[int, float, np.ndarray]]:
+        seq, offset = 0, 0.0
+        for lap in itertools.count():
+            for number, cine in enumerate(self.files):
+                if lap == 0 and number == 0 and self._pending is not None:
+                    first, rest = self._pending
+                    self._pending = None
+                    frames = itertools.chain([first], rest)
+                else:
+                    rest = frames = self._decode(cine)
+                with contextlib.closing(rest):
+                    for i, image in enumerate(frames):
+                        if stop.is_set():
+                            return
+                        yield seq, offset + i / cine.rate, image
+                        seq += 1
+                offset += cine.frames / cine.rate
+            if not self._loop_forever:
+                return
+
+    def _close(self) -> None:
+        if self._pending is not None:
+            self._pending[1].close()
+            self._pending = None
