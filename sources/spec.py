@@ -1,6 +1,8 @@
 """Source specs, the strings that pick a source on the command line.
 
 - ``video:PATH``: replay a recorded file (mp4, avi, mov, mpeg, gif).
+- ``dicom:PATH``: replay a multi-frame DICOM file (cine loop) or a folder of them.
+- ``igtl://HOST:PORT``: IMAGE messages from an OpenIGTLink server (``?device=NAME``, ...).
 - ``probe:0``, ``probe:/dev/video0``: a capture device through OpenCV.
 - ``probe:udp://127.0.0.1:5000`` (or ``rtsp://``, ``http://``, ...): a network stream through PyAV.
 - ``zmq+sub://HOST:PORT``, ``zmq+pull://HOST:PORT``: frames pushed over ZeroMQ; connects unless
@@ -19,14 +21,16 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .base import Source
+from .dicom import DicomSource
 from .errors import SourceError
+from .igtl import IgtlSource
 from .probe import ProbeSource
 from .synthetic import SyntheticSource
 from .video import VideoSource
 from .zmq_source import ZmqSource
 
 SPEC_FORMS = (
-    "video:PATH, probe:INDEX, probe:/dev/videoN, probe:URL (udp://, rtsp://, http://), "
+    "video:PATH, dicom:FILE|FOLDER, igtl://HOST:PORT (?device=NAME), probe:INDEX, probe:/dev/videoN, probe:URL (udp://, rtsp://, http://), "
     "zmq+sub://HOST:PORT, zmq+pull://HOST:PORT (?bind=1, ?topic=NAME), "
     "synthetic: (?fps=30&label=b_lines&seed=3&frames=N&size=224)"
 )
@@ -137,6 +141,9 @@ def parse_source(
     if not isinstance(spec, str) or ":" not in spec:
         raise SourceError(f"source spec {spec!r} has no scheme; valid forms: {SPEC_FORMS}")
     scheme, _, rest = spec.partition(":")
+    if scheme in ("dicom", "igtl"):
+        new = DicomSource.from_spec if scheme == "dicom" else IgtlSource.from_spec
+        return new(spec, name=name, speed=speed, pacing=pacing, loop=loop, gray=gray, size=size, **options)
     if scheme == "video":
         if not rest:
             raise SourceError(f"source spec {spec!r} needs a path: video:PATH")

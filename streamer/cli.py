@@ -39,15 +39,15 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--config", help="YAML file with run settings (flags override it); see configs/")
     run.add_argument("--source", action="append", dest="sources", metavar="SPEC",
-                     help="video:PATH | probe:DEVICE|URL | zmq+sub://HOST:PORT | zmq+pull://HOST:PORT | synthetic: "
+                     help="video:PATH | dicom:FILE|FOLDER | igtl://HOST:PORT | probe:DEVICE|URL | zmq+sub://HOST:PORT | zmq+pull://HOST:PORT | synthetic: "
                      "(repeat for several streams; default synthetic:)")
     run.add_argument("--model", help="model file from `das-stream train` (default: bundled demo model)")
     run.add_argument("--window", type=int, help="window length T (must match the model; default: the model's)")
     run.add_argument("--stride", type=int, help="frames between window starts (default: the window length)")
-    run.add_argument("--speed", type=float, help="replay speed factor for video: sources (default 1.0)")
+    run.add_argument("--speed", type=float, help="replay speed factor for video: and dicom: sources (default 1.0)")
     run.add_argument("--no-pacing", dest="pacing", action="store_const", const=False,
                      help="replay files as fast as possible instead of at their frame rate")
-    run.add_argument("--loop", action="store_const", const=True, help="replay video: sources forever")
+    run.add_argument("--loop", action="store_const", const=True, help="replay video: and dicom: sources forever")
     run.add_argument("--overload", choices=["auto", "drop_oldest", "block"],
                      help="when the classifier lags: drop the oldest frames (counted) or block the source "
                      "(default auto: block for --no-pacing replays, drop_oldest otherwise)")
