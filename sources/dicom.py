@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import get_decoder, iter_pixels
+from pydicom.pixels import get_decoder, iter_pixels, pixel_array
 
 from .base import PacedSource, derive_name
 from .errors import SourceError
@@ -67,6 +67,7 @@ class CineFile:
         rate_tag: the keyword the rate came from, or ``"default"``.
         photometric: Photometric Interpretation.
         syntax: the transfer syntax name.
+        compressed: whether the pixel data is encapsulated (compressed).
         series, instance: Series Number and Instance Number (None when absent).
     """
 
@@ -76,6 +77,7 @@ class CineFile:
     rate_tag: str
     photometric: str
     syntax: str
+    compressed: bool
     series: int | None
     instance: int | None
 
@@ -159,7 +161,7 @@ def inspect(path: Path) -> CineFile:
     rate, tag = frame_rate(ds)
     return CineFile(
         path=path, frames=frames, rate=rate, rate_tag=tag, photometric=photometric, syntax=syntax.name,
-        series=_number(ds, "SeriesNumber"), instance=_number(ds, "InstanceNumber"),
+        compressed=syntax.is_compressed, series=_number(ds, "SeriesNumber"), instance=_number(ds, "InstanceNumber"),
     )
 
 
@@ -262,8 +264,14 @@ class DicomSource(PacedSource):
         ybr = cine.photometric.startswith("YBR")
         raw = self._output.gray  # keep YBR as is: its Y plane is the gray image
         index = 0
+        if cine.photometric == "YBR_FULL_422" and not cine.compressed:
+            # pydicom 3.0's iter_pixels sizes frames 1.. of native YBR_FULL_422 as YBR_FULL (it
+            # changes its own photometric setting after frame 0): decode frame by frame instead.
+            arrays = (pixel_array(cine.path, index=i, raw=raw) for i in range(cine.frames))
+        else:
+            arrays = iter_pixels(cine.path, raw=raw)
         try:
-            for array in iter_pixels(cine.path, raw=raw):
+            for array in arrays:
                 if array.ndim == 3 and ybr and raw:
                     array = array[:, :, 0]
                 if cine.photometric == "MONOCHROME1":
