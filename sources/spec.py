@@ -106,7 +106,7 @@ def _merge(spec: str, query: str, options: Mapping[str, Any]) -> dict[str, Any]:
 def _live_only(spec: str, speed: float, pacing: bool, loop: bool) -> None:
     if speed != 1.0 or not pacing or loop:
         raise SourceError(
-            f"speed, no-pacing and loop apply to replayed sources (video:, synthetic:), not to the live source {spec!r}"
+            f"speed, no-pacing and loop apply to replayed sources (video:, dicom:, synthetic:), not to the live source {spec!r}"
         )
 
 

@@ -35,9 +35,10 @@ async def take(source: IgtlSource, count: int) -> list:
     return await asyncio.wait_for(run(), timeout=20)
 
 
-def start(spawn, port: int, *args: object):
+async def start(spawn, port: int, *args: object):
+    """A peer process, once it listens (read off the event loop: sources keep running)."""
     peer = spawn("igtl_peer.py", port, *args)
-    assert peer.stdout.readline().strip() == b"ready"
+    assert (await asyncio.to_thread(peer.stdout.readline)).strip() == b"ready"
     return peer
 
 
@@ -49,7 +50,7 @@ def values(frames: list) -> list[int]:
 
 async def test_gray_images_of_one_device_arrive_in_order_under_its_name(spawn):
     port = free_port()
-    start(spawn, port, "stream")
+    await start(spawn, port, "stream")
     async with parse_source(f"igtl://127.0.0.1:{port}?device=US") as source:
         frames = await take(source, 8)
     assert source.name == "US" and all(f.stream == "US" for f in frames)
@@ -62,7 +63,7 @@ async def test_gray_images_of_one_device_arrive_in_order_under_its_name(spawn):
 
 async def test_rgb_images_as_rgb_and_as_gray(spawn):
     port = free_port()
-    start(spawn, port, "stream")
+    await start(spawn, port, "stream")
     async with IgtlSource("127.0.0.1", port, device="Color", gray=False) as source:
         colour = await take(source, 4)
     async with IgtlSource("127.0.0.1", port, device="Color", size=(8, 6)) as source:
@@ -79,7 +80,7 @@ async def test_rgb_images_as_rgb_and_as_gray(spawn):
 
 async def test_without_a_device_the_first_device_is_kept(spawn):
     port = free_port()
-    start(spawn, port, "stream")
+    await start(spawn, port, "stream")
     async with parse_source(f"igtl://127.0.0.1:{port}", gray=False) as source:
         frames = await take(source, 6)
     assert source.name == f"igtl-{port}" and source.device_name == "US"
@@ -88,7 +89,7 @@ async def test_without_a_device_the_first_device_is_kept(spawn):
 
 async def test_unusable_messages_are_counted_and_skipped(spawn):
     port = free_port()
-    start(spawn, port, "bad")
+    await start(spawn, port, "bad")
     expected = [v for _, v in bad() if v is not None]
     async with IgtlSource("127.0.0.1", port, device="US") as source:
         frames = await take(source, len(expected))
@@ -99,22 +100,24 @@ async def test_unusable_messages_are_counted_and_skipped(spawn):
 
 async def test_reconnects_after_the_server_restarts(spawn):
     port = free_port()
-    first = start(spawn, port, "stream")
-    source = IgtlSource("127.0.0.1", port, device="US", reconnect_initial=0.1, reconnect_max=0.4)
+    first = await start(spawn, port, "stream")
+    source = IgtlSource("127.0.0.1", port, device="US", reconnect_initial=0.1, reconnect_max=0.4, queue_size=64)
     async with source:
         before = await take(source, 3)
         first.terminate()
         await asyncio.to_thread(first.wait, 10)
-        start(spawn, port, "stream", 100)  # the new server counts from 100
+        await start(spawn, port, "stream", 100)  # the new server counts from 100
         after = await take(source, 30)
     assert values(before) == [0, 1, 2]
     got = values(after)
     restarted = got.index(100)  # frames the first server sent before it died come first
-    assert got[: restarted] == list(range(3, 3 + restarted))
+    first_left = 3 + source.counters["overflow"]  # (if the buffer overflowed meanwhile, the oldest went)
+    assert got[:restarted] == list(range(first_left, first_left + restarted))
     assert got[restarted:] == list(range(100, 100 + len(got) - restarted))
     seqs = [f.seq for f in before + after]
     assert all(b > a for a, b in zip(seqs, seqs[1:]))
-    assert source.counters["reconnects"] == 1 and source.counters["gaps"] == 1
+    # a connection may first land on the dying server's backlog: then two reconnections, one gap
+    assert source.counters["reconnects"] >= 1 and source.counters["gaps"] == 1
     assert seqs[3 + restarted] - seqs[2 + restarted] == 1 + source.counters["gap_frames"]
 
 
