@@ -114,16 +114,16 @@ class _IgtlFeed:
             if fields is None or fields["header_version"] not in (1, 2) or fields["body_size"] > source.max_message_bytes:
                 source.count_bad("unreadable message header or body over max_message_bytes")
                 raise _FeedLost("lost the message boundaries; reconnecting to resynchronise")
-            body = self._receive(fields["body_size"])
+            body = bytes(self._receive(fields["body_size"]))
             if fields["message_type"] != "IMAGE" or source.device_name not in (None, fields["device_name"]):
                 source.counters["ignored_messages"] += 1
                 continue
-            if source.check_crc and CRC64(bytes(body)) != _CRC.unpack_from(header, _HEADER - _CRC.size)[0]:
+            if source.check_crc and CRC64(body) != _CRC.unpack_from(header, _HEADER - _CRC.size)[0]:
                 source.count_bad(f"IMAGE {fields['device_name']!r} fails its CRC")
                 continue
             message = ImageMessage()
             try:
-                message.unpack(fields, bytes(body))
+                message.unpack(fields, body)
                 image = image_of(message)
             except BadMessage as exc:
                 source.count_bad(str(exc))
