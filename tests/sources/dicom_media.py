@@ -2,8 +2,8 @@
 
 ``write_cine(path, rgb, photometric=..., syntax=...)`` stores (N, H, W, 3) RGB frames in the
 given photometric interpretation (gray ones as their BT.601 luma) and transfer syntax: native
-(explicit VR little endian), RLE Lossless (pydicom's encoder) or JPEG Baseline (each frame
-encoded by Pillow, then encapsulated).
+(explicit VR little endian), RLE Lossless (pydicom's encoder), JPEG Baseline or JPEG 2000
+Lossless (each frame encoded by Pillow, then encapsulated).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
 from pydicom.uid import (
     ExplicitVRLittleEndian,
+    JPEG2000Lossless,
     JPEGBaseline8Bit,
     RLELossless,
     UltrasoundMultiFrameImageStorage,
@@ -84,6 +85,12 @@ def _jpeg(frame: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _j2k(frame: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="JPEG2000", irreversible=False, no_jp2=True)  # lossless, no MCT
+    return buffer.getvalue()
+
+
 def write_cine(
     path: Path,
     rgb: np.ndarray,
@@ -94,12 +101,14 @@ def write_cine(
 ) -> Path:
     """Write ``rgb`` as a multi-frame US image; ``tags`` adds or overrides elements by keyword."""
     ds = _dataset(rgb, photometric)
-    if syntax == JPEGBaseline8Bit:
+    if syntax in (JPEGBaseline8Bit, JPEG2000Lossless):
         pixels = rgb if photometric.startswith("YBR") else _native(rgb, photometric)
-        ds.PixelData = encapsulate([_jpeg(frame) for frame in pixels])
+        encode = _jpeg if syntax == JPEGBaseline8Bit else _j2k
+        ds.PixelData = encapsulate([encode(frame) for frame in pixels])
         ds["PixelData"].VR = "OB"
-        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
-        ds.LossyImageCompression = "01"
+        ds.file_meta.TransferSyntaxUID = syntax
+        if syntax == JPEGBaseline8Bit:
+            ds.LossyImageCompression = "01"
     elif photometric == "YBR_FULL_422":
         ds.PixelData = _ybr_422_bytes(_native(rgb, photometric))
     else:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from dicom_media import frames_rgb, gray_of, write_cine
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLosslessSV1, MPEG4HP41, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, MPEG4HP41, RLELossless
 
 from sources.dicom import DicomSource
 from sources.errors import SourceError
@@ -37,6 +37,8 @@ CASES = [
     ("YBR_FULL_422", ExplicitVRLittleEndian, 1, 16),
     ("YBR_FULL_422", JPEGBaseline8Bit, 4, 18),
     ("MONOCHROME2", JPEGBaseline8Bit, 4, 4),
+    ("MONOCHROME2", JPEG2000Lossless, 0, 0),
+    ("RGB", JPEG2000Lossless, 0, 0),
 ]
 
 
