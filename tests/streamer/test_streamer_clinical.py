@@ -49,3 +49,12 @@ async def test_dicom_folder_and_openigtlink_stream_side_by_side(tmp_path):
     for stats in (dicom, igtl):
         assert stats.frames_pending == 0
         assert stats.frames_in == stats.frames_forwarded + stats.frames_skipped + stats.frames_dropped
+
+
+@pytest.mark.parametrize(("path", "kind"), [("configs/replay_dicom.yaml", "dicom"), ("configs/igtl_feed.yaml", "igtl")])
+def test_shipped_configs_build_their_sources(path, kind):
+    from sources.spec import parse_source
+
+    cfg = RunConfig.load(path)
+    source = parse_source(cfg.sources[0], speed=cfg.speed, pacing=cfg.pacing, loop=cfg.loop)
+    assert type(source).__name__ == {"dicom": "DicomSource", "igtl": "IgtlSource"}[kind]
