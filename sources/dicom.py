@@ -269,7 +269,7 @@ class DicomSource(PacedSource):
         # raw: keep YBR as stored. Its Y plane is the gray image; for RGB OpenCV converts it (the
         # same full-range BT.601 matrix as pydicom's, several times faster than its numpy code).
         if cine.photometric == "YBR_FULL_422" and not cine.compressed:
-            # pydicom 3.0's iter_pixels sizes frames 1.. of native YBR_FULL_422 as YBR_FULL (it
+            # pydicom 3.0.2's iter_pixels sizes frames 1.. of native YBR_FULL_422 as YBR_FULL (it
             # changes its own photometric setting after frame 0): decode frame by frame instead.
             arrays = (pixel_array(cine.path, index=i, raw=True) for i in range(cine.frames))
         else:
