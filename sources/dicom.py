@@ -8,12 +8,13 @@ replayed as a stream through pydicom, paced like a video file.
   YBR_FULL_422; 8 bits per sample. Gray output of YBR data is its Y plane (BT.601 luma, the
   weights of ``cv2.COLOR_RGB2GRAY``), so no colour conversion runs.
 - Transfer syntaxes: whatever pydicom can decode with the handlers installed. With the declared
-  dependencies (pydicom, numpy, Pillow): the native ones (implicit/explicit VR little endian,
-  explicit big endian, deflated), RLE Lossless (pylibjpeg-rle; pydicom's own decoder, 6x
-  slower, when it is missing), JPEG Baseline and JPEG Extended 8-bit, JPEG 2000 and JPEG 2000
-  Lossless (Pillow). Anything else (JPEG Lossless,
-  JPEG-LS, HTJ2K, MPEG-2/MPEG-4/HEVC video) is refused on open with the packages that would
-  decode it.
+  dependencies (pydicom, numpy, Pillow, pylibjpeg-rle): the native ones (implicit/explicit VR
+  little endian, explicit big endian, deflated), RLE Lossless (pylibjpeg-rle; pydicom's own
+  decoder, 6x slower, when it is missing), JPEG Baseline and JPEG Extended 8-bit, JPEG 2000 and
+  JPEG 2000 Lossless (Pillow). The video syntaxes (MPEG-2, MPEG-4 AVC/H.264, HEVC), which no
+  pydicom handler decodes, go through PyAV like ``video:`` (photometric YBR_PARTIAL_420, as
+  the standard asks, is accepted for them). Anything else (JPEG Lossless, JPEG-LS, HTJ2K, ...)
+  is refused on open with the packages that would decode it.
 - A folder replays its cine files one after another (recursively), ordered by Series Number,
   then Instance Number, then path. Files in it that are not cine loops (not DICOM, no pixel
   data, single-frame) are skipped, logged and counted in ``counters["skipped_files"]``; a cine
@@ -22,6 +23,7 @@ replayed as a stream through pydicom, paced like a video file.
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import logging
 import threading
@@ -30,16 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 import cv2
 import numpy as np
 import pydicom
+from pydicom import uid
+from pydicom.encaps import generate_fragments, parse_basic_offsets
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder, iter_pixels, pixel_array
 
 from .base import PacedSource, derive_name
 from .errors import SourceError
 from .image import OutputFormat, normalise_size
-from .video import FALLBACK_RATE
+from .video import FALLBACK_RATE, FrameConverter
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,16 @@ RATE_TAGS = (
     ("CineRate", float),
     ("RecommendedDisplayFrameRate", float),
 )
+# DICOM's video transfer syntaxes hold one elementary stream, which no pydicom handler decodes;
+# FFmpeg (PyAV) does, given its format.
+_VIDEO_FORMATS = {
+    **dict.fromkeys((uid.MPEG2MPML, uid.MPEG2MPMLF, uid.MPEG2MPHL, uid.MPEG2MPHLF), "mpegvideo"),
+    **dict.fromkeys((uid.MPEG4HP41, uid.MPEG4HP41F, uid.MPEG4HP41BD, uid.MPEG4HP41BDF, uid.MPEG4HP422D,
+                     uid.MPEG4HP422DF, uid.MPEG4HP423D, uid.MPEG4HP423DF, uid.MPEG4HP42STEREO,
+                     uid.MPEG4HP42STEREOF), "h264"),
+    **dict.fromkeys((uid.HEVCMP51, uid.HEVCM10P51), "hevc"),
+}
+_VIDEO_PHOTOMETRIC = ("YBR_PARTIAL_420", *PHOTOMETRIC)  # what the standard asks of MPEG data, and more
 _CB_CR_SWAP = [0, 2, 1]  # DICOM YBR is Y, Cb, Cr; OpenCV's YCrCb is Y, Cr, Cb
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -72,6 +87,8 @@ class CineFile:
         syntax: the transfer syntax name.
         compressed: whether the pixel data is encapsulated (compressed).
         series, instance: Series Number and Instance Number (None when absent).
+        video_format: FFmpeg's format name for a video transfer syntax (MPEG-2, H.264, HEVC),
+            decoded with PyAV; None for pydicom's syntaxes.
     """
 
     path: Path
@@ -83,6 +100,7 @@ class CineFile:
     compressed: bool
     series: int | None
     instance: int | None
+    video_format: str | None = None
 
     @property
     def order(self) -> tuple:
@@ -135,8 +153,10 @@ def inspect(path: Path) -> CineFile:
             f"{path} is a single-frame image; dicom: replays cine loops, give a multi-frame file "
             "(Number of Frames > 1) or a folder of them"
         )
+    syntax = getattr(ds, "file_meta", pydicom.Dataset()).get("TransferSyntaxUID")
+    video_format = _VIDEO_FORMATS.get(syntax)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
-    if photometric not in PHOTOMETRIC:
+    if photometric not in (_VIDEO_PHOTOMETRIC if video_format else PHOTOMETRIC):
         raise SourceError(
             f"{path} uses photometric interpretation {photometric or 'none'!r}; supported: {', '.join(PHOTOMETRIC)}; "
             "re-export the loop in one of them"
@@ -145,9 +165,13 @@ def inspect(path: Path) -> CineFile:
         raise SourceError(
             f"{path} stores {ds.get('BitsAllocated', '?')}-bit samples; dicom: replays 8-bit cine loops, re-export as 8 bit"
         )
-    syntax = getattr(ds, "file_meta", pydicom.Dataset()).get("TransferSyntaxUID")
     if syntax is None:
         raise SourceError(f"{path} has no transfer syntax in its file meta information; the file is not valid DICOM Part 10")
+    rate, tag = frame_rate(ds)
+    numbers = dict(series=_number(ds, "SeriesNumber"), instance=_number(ds, "InstanceNumber"))
+    if video_format:
+        return CineFile(path=path, frames=frames, rate=rate, rate_tag=tag, photometric=photometric, syntax=syntax.name,
+                        compressed=True, video_format=video_format, **numbers)
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
@@ -161,11 +185,8 @@ def inspect(path: Path) -> CineFile:
             f"{path} uses transfer syntax {syntax.name}, which no installed handler decodes; install {needs}, "
             "or transcode the file (e.g. `gdcmconv --raw`)"
         )
-    rate, tag = frame_rate(ds)
-    return CineFile(
-        path=path, frames=frames, rate=rate, rate_tag=tag, photometric=photometric, syntax=syntax.name,
-        compressed=syntax.is_compressed, series=_number(ds, "SeriesNumber"), instance=_number(ds, "InstanceNumber"),
-    )
+    return CineFile(path=path, frames=frames, rate=rate, rate_tag=tag, photometric=photometric, syntax=syntax.name,
+                    compressed=syntax.is_compressed, **numbers)
 
 
 def scan(path: Path) -> tuple[list[CineFile], list[tuple[Path, str]]]:
@@ -264,29 +285,15 @@ class DicomSource(PacedSource):
 
     def _decode(self, cine: CineFile) -> Iterator[np.ndarray]:
         """The file's frames, converted; SourceError (after the good ones) on broken pixel data."""
-        ybr = cine.photometric.startswith("YBR")
+        frames = self._decode_video(cine) if cine.video_format else self._decode_pixels(cine)
         index = 0
-        # raw: keep YBR as stored. Its Y plane is the gray image; for RGB OpenCV converts it (the
-        # same full-range BT.601 matrix as pydicom's, several times faster than its numpy code).
-        if cine.photometric == "YBR_FULL_422" and not cine.compressed:
-            # pydicom 3.0.2's iter_pixels sizes frames 1.. of native YBR_FULL_422 as YBR_FULL (it
-            # changes its own photometric setting after frame 0): decode frame by frame instead.
-            arrays = (pixel_array(cine.path, index=i, raw=True) for i in range(cine.frames))
-        else:
-            arrays = iter_pixels(cine.path, raw=True)
         try:
-            for array in arrays:
-                if ybr and self._output.gray:
-                    array = array[:, :, 0]
-                elif ybr:
-                    array = cv2.cvtColor(np.ascontiguousarray(array[:, :, _CB_CR_SWAP]), cv2.COLOR_YCrCb2RGB)
-                if cine.photometric == "MONOCHROME1":
-                    array = np.invert(array)
-                yield self._output.apply(np.ascontiguousarray(array, dtype=np.uint8))
+            for image in frames:
+                yield image
                 index += 1
         except (SourceError, GeneratorExit):
             raise
-        except Exception as exc:  # pydicom and its plugins raise many types for bad pixel data
+        except Exception as exc:  # pydicom, its plugins and FFmpeg raise many types for bad data
             raise SourceError(
                 f"DICOM file {cine.path}: frame {index} of {cine.frames} cannot be decoded "
                 f"({type(exc).__name__}: {exc}); the file is corrupt or truncated"
@@ -295,6 +302,38 @@ class DicomSource(PacedSource):
             raise SourceError(
                 f"DICOM file {cine.path} ends after {index} of its {cine.frames} frames; the file is truncated"
             )
+
+    def _decode_pixels(self, cine: CineFile) -> Iterator[np.ndarray]:
+        """Frames pydicom decodes, one at a time. They stay as stored (``raw``): the Y plane of
+        YBR is the gray image, and for RGB OpenCV converts YBR (the same full-range BT.601 matrix
+        as pydicom's, several times faster than its numpy code)."""
+        if cine.photometric == "YBR_FULL_422" and not cine.compressed:
+            # pydicom 3.0.2's iter_pixels sizes frames 1.. of native YBR_FULL_422 as YBR_FULL (it
+            # changes its own photometric setting after frame 0): decode frame by frame instead.
+            arrays = (pixel_array(cine.path, index=i, raw=True) for i in range(cine.frames))
+        else:
+            arrays = iter_pixels(cine.path, raw=True)
+        ybr = cine.photometric.startswith("YBR")
+        for array in arrays:
+            if ybr and self._output.gray:
+                array = array[:, :, 0]
+            elif ybr:
+                array = cv2.cvtColor(np.ascontiguousarray(array[:, :, _CB_CR_SWAP]), cv2.COLOR_YCrCb2RGB)
+            elif cine.photometric == "MONOCHROME1":
+                array = np.invert(array)
+            yield self._output.apply(np.ascontiguousarray(array, dtype=np.uint8))
+
+    def _decode_video(self, cine: CineFile) -> Iterator[np.ndarray]:
+        """An MPEG-2 / H.264 / HEVC cine loop's frames through PyAV, converted as ``video:`` does
+        (gray straight from the luma plane, limited range expanded)."""
+        pixels = io.BytesIO(pydicom.dcmread(cine.path).PixelData)
+        parse_basic_offsets(pixels)
+        stream = io.BytesIO(b"".join(generate_fragments(pixels)))
+        convert = FrameConverter(self._output)
+        with av.open(stream, format=cine.video_format) as container:
+            container.streams.video[0].codec_context.options = {"err_detect": "explode"}
+            for frame in container.decode(video=0):
+                yield convert(frame)
 
     def _produce(self, stop: threading.Event) -> Iterator[tuple[int, float, np.ndarray]]:
         seq, offset = 0, 0.0

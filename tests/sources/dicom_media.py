@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 from PIL import Image
@@ -20,6 +21,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    MPEG4HP41,
     RLELossless,
     UltrasoundMultiFrameImageStorage,
     UID,
@@ -89,6 +91,36 @@ def _j2k(frame: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(frame).save(buffer, format="JPEG2000", irreversible=False, no_jp2=True)  # lossless, no MCT
     return buffer.getvalue()
+
+
+def h264_stream(rgb: np.ndarray, *, fps: int = 25) -> bytes:
+    """``rgb`` frames as an H.264 elementary stream (Annex B), as DICOM's MPEG-4 syntaxes hold it."""
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = rgb.shape[2], rgb.shape[1], "yuv420p"
+        stream.options = {"crf": "10", "preset": "ultrafast"}
+        for frame in rgb:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def write_mpeg4_cine(path: Path, rgb: np.ndarray, *, tags: dict | None = None, cut: int = 0) -> Path:
+    """``rgb`` as an MPEG-4 AVC/H.264 High Profile cine loop (YBR_PARTIAL_420, one stream in
+    fragments of at most 4 KB); ``cut`` drops that many bytes from the stream's end."""
+    ds = _dataset(rgb, "YBR_PARTIAL_420")
+    stream = h264_stream(rgb)
+    stream = stream[: len(stream) - cut]
+    fragments = [stream[i : i + 4096] for i in range(0, len(stream), 4096)]
+    ds.PixelData = encapsulate([b"".join(fragments)], fragments_per_frame=len(fragments))
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = MPEG4HP41
+    for keyword, value in (tags or {}).items():
+        setattr(ds, keyword, value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def write_cine(

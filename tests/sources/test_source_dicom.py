@@ -5,9 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dicom_media import frames_rgb, gray_of, write_cine
+from dicom_media import frames_rgb, gray_of, write_cine, write_mpeg4_cine
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLosslessSV1, MPEG4HP41, RLELossless
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    RLELossless,
+    SMPTEST211020UncompressedProgressiveActiveVideo,
+)
 
 from sources.dicom import DicomSource
 from sources.errors import SourceError
@@ -56,6 +63,34 @@ async def test_every_frame_matches_opencv(tmp_path, photometric, syntax, gray_er
     got_rgb = np.stack([f.image for f in colour]).astype(int)
     assert got_rgb.shape == (5, 16, 24, 3)
     assert np.abs(got_rgb - expected_rgb).max() <= rgb_error
+
+
+@pytest.mark.parametrize("gray", [True, False])
+async def test_mpeg4_cine_loop_decodes_through_pyav(tmp_path, gray):
+    # H.264 at CRF 10 with 4:2:0 chroma: close to the source, not exact
+    rgb = frames_rgb(12)
+    path = write_mpeg4_cine(tmp_path / "mp4loop.dcm", rgb, tags={"CineRate": 25})
+    source = DicomSource(path, pacing=False, gray=gray)
+    frames = await collect(source)
+    assert source.files[0].video_format == "h264" and source.rate == 25.0
+    assert [f.seq for f in frames] == list(range(12))
+    got = np.stack([f.image for f in frames]).astype(int)
+    expected = gray_of(rgb) if gray else rgb
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).mean() < (2 if gray else 4)
+    # frames come in order: each is nearest to its own source frame (they differ by 8 levels)
+    distance = np.abs(got[:, None] - expected[None].astype(int)).reshape(12, 12, -1).mean(axis=2)
+    assert list(distance.argmin(axis=1)) == list(range(12))
+
+
+async def test_truncated_mpeg4_stream_delivers_good_frames_then_fails(tmp_path):
+    path = write_mpeg4_cine(tmp_path / "cut.dcm", frames_rgb(12), cut=400)  # the last 2-3 of 12 frames
+    frames = []
+    with pytest.raises(SourceError, match=r"cut.dcm.*(truncated|corrupt)"):
+        async with DicomSource(path, pacing=False) as source:
+            async for frame in source:
+                frames.append(frame)
+    assert 1 <= len(frames) < 12
 
 
 async def test_resizes_when_decoding(tmp_path):
@@ -153,8 +188,8 @@ def _no_pixels(path):
         (lambda p: write_cine(p, frames_rgb(1)), r"is a single-frame image; dicom: replays cine loops, give a multi-frame"),
         (lambda p: write_cine(p, frames_rgb(2), syntax=JPEGLosslessSV1),
          r"JPEG Lossless.*which no installed handler decodes; install .*pylibjpeg.*or transcode"),
-        (lambda p: write_cine(p, frames_rgb(2), syntax=MPEG4HP41),
-         r"MPEG-4 AVC/H.264 High Profile.*which pydicom cannot decode; transcode it"),
+        (lambda p: write_cine(p, frames_rgb(2), syntax=SMPTEST211020UncompressedProgressiveActiveVideo),
+         r"SMPTE ST 2110-20 Uncompressed Progressive.*which pydicom cannot decode; transcode it"),
         (lambda p: write_cine(p, frames_rgb(2), tags={"PhotometricInterpretation": "PALETTE COLOR"}),
          r"photometric interpretation 'PALETTE COLOR'; supported: MONOCHROME2, .*re-export"),
         (lambda p: write_cine(p, frames_rgb(2), tags={"BitsAllocated": 16}), r"stores 16-bit samples; .*re-export as 8 bit"),
