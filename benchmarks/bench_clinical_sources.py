@@ -1,7 +1,7 @@
 """Decode rates of the clinical sources, printed as one JSON object.
 
 - ``dicom``: frames per second of ``DicomSource(pacing=False)`` on a 640x480 cine loop, per
-  photometric interpretation and transfer syntax, gray at 224x224 (the classifier's input) and
+  photometric interpretation and transfer syntax (H.264 by libx264 at its defaults), gray at 224x224 (the classifier's input) and
   RGB at the native size. The files are written to a temporary folder first (pydicom; JPEG frames
   by Pillow).
 - ``igtl_crc_ms``: milliseconds to check the CRC-64 of one 640x480 gray / RGB IMAGE body
@@ -19,13 +19,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, RLELossless, UltrasoundMultiFrameImageStorage, generate_uid
+from pydicom.uid import (
+    MPEG4HP41,
+    ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    RLELossless,
+    UltrasoundMultiFrameImageStorage,
+    generate_uid,
+)
 from pyigtl.messages import CRC64
 
 from sources.dicom import DicomSource
@@ -60,7 +68,18 @@ def _write(path: Path, rgb: np.ndarray, photometric: str, syntax) -> Path:
     ds.BitsAllocated = ds.BitsStored = 8
     ds.HighBit, ds.PixelRepresentation, ds.CineRate = 7, 0, 30
     pixels = rgb[..., 0] if photometric == "MONOCHROME2" else rgb
-    if syntax == JPEGBaseline8Bit:
+    if syntax == MPEG4HP41:
+        buffer = io.BytesIO()
+        with av.open(buffer, "w", format="h264") as container:
+            stream = container.add_stream("libx264", rate=30)
+            stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+            for frame in rgb:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+        ds.PixelData = encapsulate([buffer.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = syntax
+    elif syntax == JPEGBaseline8Bit:
         encoded = []
         for frame in pixels:
             buffer = io.BytesIO()
@@ -102,11 +121,12 @@ def main() -> None:
         ("RGB", RLELossless),
         ("YBR_FULL", RLELossless),
         ("YBR_FULL_422", JPEGBaseline8Bit),
+        ("YBR_PARTIAL_420", MPEG4HP41),
     ]
     dicom = {}
     with tempfile.TemporaryDirectory() as folder:
         for photometric, syntax in cases:
-            path = _write(Path(folder) / f"{photometric}-{syntax.name[:12]}.dcm", rgb, photometric, syntax)
+            path = _write(Path(folder) / f"{photometric}-{syntax}.dcm", rgb, photometric, syntax)
             dicom[f"{photometric} {syntax.name}"] = {
                 "MB": round(path.stat().st_size / 1e6, 1),
                 "fps_gray_224": asyncio.run(_rate(path, size=224)),
