@@ -4,6 +4,8 @@
   photometric interpretation and transfer syntax (H.264 by libx264 at its defaults), gray at 224x224 (the classifier's input) and
   RGB at the native size. The files are written to a temporary folder first (pydicom; JPEG frames
   by Pillow).
+- ``rle_rgb_decoder_fps``: frames per second of ``pydicom.pixels.iter_pixels`` alone on the RGB
+  RLE loop, with pydicom's own RLE decoder and with pylibjpeg-rle.
 - ``igtl_crc_ms``: milliseconds to check the CRC-64 of one 640x480 gray / RGB IMAGE body
   (pyigtl's crcmod function), the per-frame cost of ``check_crc``.
 
@@ -25,6 +27,7 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.pixels import iter_pixels
 from pydicom.pixels import convert_color_space
 from pydicom.uid import (
     MPEG4HP41,
@@ -108,6 +111,13 @@ async def _rate(path: Path, **options) -> float:
     return round(count / (time.perf_counter() - t0), 1)
 
 
+def _decode_rate(path: Path, plugin: str) -> float:
+    """Frames per second of pydicom's frame iterator alone with one decoding plugin."""
+    t0 = time.perf_counter()
+    count = sum(1 for _ in iter_pixels(path, decoding_plugin=plugin))
+    return round(count / (time.perf_counter() - t0), 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=100)
@@ -123,7 +133,8 @@ def main() -> None:
         ("YBR_FULL_422", JPEGBaseline8Bit),
         ("YBR_PARTIAL_420", MPEG4HP41),
     ]
-    dicom = {}
+    dicom: dict = {}
+    rle: dict = {}
     with tempfile.TemporaryDirectory() as folder:
         for photometric, syntax in cases:
             path = _write(Path(folder) / f"{photometric}-{syntax}.dcm", rgb, photometric, syntax)
@@ -132,13 +143,16 @@ def main() -> None:
                 "fps_gray_224": asyncio.run(_rate(path, size=224)),
                 "fps_rgb_native": asyncio.run(_rate(path, gray=False)),
             }
+            if (photometric, syntax) == ("RGB", RLELossless):
+                rle = {plugin: _decode_rate(path, plugin) for plugin in ("pydicom", "pylibjpeg")}
     crc = {}
     for label, body in (("gray", rgb[0, ..., 0].tobytes()), ("rgb", rgb[0].tobytes())):
         t0 = time.perf_counter()
         for _ in range(20):
             CRC64(body)
         crc[label] = round(1000 * (time.perf_counter() - t0) / 20, 2)
-    print(json.dumps({"frames": args.frames, "size": [W, H], "dicom": dicom, "igtl_crc_ms": crc}, indent=1))
+    print(json.dumps({"frames": args.frames, "size": [W, H], "dicom": dicom, "rle_rgb_decoder_fps": rle,
+                      "igtl_crc_ms": crc}, indent=1))
 
 
 if __name__ == "__main__":
