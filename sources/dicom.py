@@ -44,6 +44,7 @@ from pydicom.pixels import get_decoder, iter_pixels, pixel_array
 from .base import PacedSource, derive_name
 from .errors import SourceError
 from .image import OutputFormat, normalise_size
+from .options import typed
 from .video import FALLBACK_RATE, FrameConverter
 
 log = logging.getLogger(__name__)
@@ -267,8 +268,7 @@ class DicomSource(PacedSource):
         scheme, _, path = spec.partition(":")
         if scheme != "dicom" or not path:
             raise SourceError(f"source spec {spec!r} needs a path: dicom:FILE or dicom:FOLDER")
-        if options:
-            raise SourceError(f"unknown option {next(iter(options))!r} for source {spec!r}; valid options: none")
+        typed(spec, options, {})
         return cls(path, name=name, speed=speed, pacing=pacing, loop=loop, gray=gray, size=size)
 
     def _open(self) -> None:

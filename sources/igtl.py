@@ -31,6 +31,7 @@ from .base import derive_name
 from .errors import SourceError
 from .frame import Frame
 from .image import OutputFormat, normalise_size
+from .options import boolean, live_only, merge_query, optional_int, typed
 from .probe import ProbeSource, _FeedLost
 from .wire import DEFAULT_MAX_FRAME_BYTES, BadMessage
 
@@ -211,8 +212,6 @@ class IgtlSource(ProbeSource):
                   loop: bool = False, gray: bool = True, size: int | tuple[int, int] | None = None,
                   **options: Any) -> IgtlSource:
         """``igtl://HOST[:PORT][?device=NAME&timeout=S&...]`` (options as the keyword arguments)."""
-        from .spec import _boolean, _live_only, _merge, _optional_int, _typed  # spec imports this module
-
         parts = urlsplit(spec)
         try:
             port = parts.port or DEFAULT_PORT
@@ -220,14 +219,14 @@ class IgtlSource(ProbeSource):
             port = None
         if parts.scheme != "igtl" or not parts.hostname or port is None or parts.path not in ("", "/"):
             raise SourceError(f"source spec {spec!r} is not igtl://HOST:PORT (e.g. igtl://127.0.0.1:18944?device=Image)")
-        _live_only(spec, speed, pacing, loop)
+        live_only(spec, speed, pacing, loop)
         table = {
             "device": str, "timeout": float, "reconnect_initial": float, "reconnect_max": float,
-            "max_reconnects": _optional_int, "open_attempts": int, "queue_size": int,
-            "check_crc": _boolean, "max_message_bytes": int,
+            "max_reconnects": optional_int, "open_attempts": int, "queue_size": int,
+            "check_crc": boolean, "max_message_bytes": int,
         }
-        typed = _typed(spec, _merge(spec, parts.query, options), table)
-        return cls(parts.hostname, port, name=name, gray=gray, size=size, **typed)
+        given = typed(spec, merge_query(spec, parts.query, options), table)
+        return cls(parts.hostname, port, name=name, gray=gray, size=size, **given)
 
     def lock(self, device: str) -> None:
         """Keep ``device`` (the first to send an image) from now on."""

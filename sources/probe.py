@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import av
@@ -23,6 +24,7 @@ from .base import Source, derive_name
 from .errors import SourceError
 from .frame import Frame
 from .image import OutputFormat, normalise_size
+from .options import live_only, optional_int, typed
 from .video import FALLBACK_RATE, FrameConverter, ffmpeg_reason
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,21 @@ class ProbeSource(Source):
         self._initial, self._max_wait = reconnect_initial, reconnect_max
         self._max_reconnects, self._open_attempts = max_reconnects, open_attempts
         self._feed: _OpenCvFeed | _PyAvFeed | None = None
+
+    @classmethod
+    def from_spec(cls, spec: str, *, name: str | None = None, speed: float = 1.0, pacing: bool = True,
+                  loop: bool = False, gray: bool = True, size: int | tuple[int, int] | None = None,
+                  **options: Any) -> ProbeSource:
+        """``probe:INDEX``, ``probe:/dev/videoN`` or ``probe:URL``; options as the keyword arguments."""
+        device = spec.partition(":")[2]
+        if not device:
+            raise SourceError(f"source spec {spec!r} needs a device or URL: probe:0, probe:/dev/video0, probe:udp://HOST:PORT")
+        live_only(spec, speed, pacing, loop)
+        table = {
+            "timeout": float, "reconnect_initial": float, "reconnect_max": float, "max_reconnects": optional_int,
+            "open_attempts": int, "queue_size": int,
+        }
+        return cls(device, name=name, gray=gray, size=size, **typed(spec, options, table))
 
     def _connect(self, attempts: int | None, stop: threading.Event) -> _OpenCvFeed | _PyAvFeed | None:
         """A new feed, trying ``attempts`` times (None: until ``stop``) with backoff."""
