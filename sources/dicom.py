@@ -10,7 +10,7 @@ replayed as a stream through pydicom, paced like a video file.
 - Transfer syntaxes: whatever pydicom can decode with the handlers installed. With the declared
   dependencies (pydicom, numpy, Pillow, pylibjpeg-rle): the native ones (implicit/explicit VR
   little endian, explicit big endian, deflated), RLE Lossless (pylibjpeg-rle; pydicom's own
-  decoder, 6x slower, when it is missing), JPEG Baseline and JPEG Extended 8-bit, JPEG 2000 and
+  decoder, 5-17x slower, when it is missing), JPEG Baseline and JPEG Extended 8-bit, JPEG 2000 and
   JPEG 2000 Lossless (Pillow). The video syntaxes (MPEG-2, MPEG-4 AVC/H.264, HEVC), which no
   pydicom handler decodes, go through PyAV like ``video:`` (photometric YBR_PARTIAL_420, as
   the standard asks, is accepted for them). Anything else (JPEG Lossless, JPEG-LS, HTJ2K, ...)
