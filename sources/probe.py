@@ -164,6 +164,10 @@ class ProbeSource(Source):
     missed frames), ``decode_errors`` (skipped undecodable packets), ``overflow``.
     """
 
+    # What a failed open names, and the hint it gives (subclasses with another kind of feed).
+    _feed_kind = "probe"
+    _open_hint = "check the device index or URL and that the probe is streaming"
+
     def __init__(
         self,
         device: int | str,
@@ -227,8 +231,7 @@ class ProbeSource(Source):
                 attempt += 1
                 if attempts is not None and attempt >= attempts:
                     raise SourceError(
-                        f"cannot open probe {self.device}: {exc} ({attempt} attempts); "
-                        "check the device index or URL and that the probe is streaming"
+                        f"cannot open {self._feed_kind} {self.device}: {exc} ({attempt} attempts); {self._open_hint}"
                     ) from None
                 log.warning("%s: connection attempt %d failed (%s); retrying in %.1f s", self.name, attempt, exc, wait)
             if stop.wait(wait):
@@ -245,6 +248,8 @@ class ProbeSource(Source):
             try:
                 image, now = self._feed.read()
             except _FeedLost as exc:
+                if stop.is_set():  # closing, not a lost feed
+                    return
                 log.warning("%s: feed lost (%s); reconnecting", self.name, exc)
                 self._feed.close()
                 self._feed = None

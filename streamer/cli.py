@@ -103,10 +103,10 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--model", help="model file from `das-stream train` (default: bundled demo model)")
     run.add_argument("--window", type=int, help="window length T (must match the model; default: the model's)")
     run.add_argument("--stride", type=int, help="frames between window starts (default: the window length)")
-    run.add_argument("--speed", type=float, help=f"replay speed factor for video: sources (default {d['speed']})")
+    run.add_argument("--speed", type=float, help=f"replay speed factor for video: and dicom: sources (default {d['speed']})")
     run.add_argument("--no-pacing", dest="pacing", action="store_const", const=False,
                      help="replay files as fast as possible instead of at their frame rate")
-    run.add_argument("--loop", action="store_const", const=True, help="replay video: sources forever")
+    run.add_argument("--loop", action="store_const", const=True, help="replay video: and dicom: sources forever")
     run.add_argument("--overload", choices=choices("overload"),
                      help="when the classifier lags: drop the oldest frames (counted) or block the source "
                      "(default auto: block for --no-pacing replays, drop_oldest otherwise)")
