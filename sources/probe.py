@@ -246,7 +246,8 @@ class ProbeSource(Source):
         lost_since: float | None = None
         while not stop.is_set():
             try:
-                image, now = self._feed.read()
+                got = self._feed.read()  # (image, capture time), or an image stamped now (e.g. IgtlSource's feed)
+                image, now = got if isinstance(got, tuple) else (got, time.time())
             except _FeedLost as exc:
                 if stop.is_set():  # closing, not a lost feed
                     return
