@@ -64,5 +64,5 @@ def live_only(spec: str, speed: float, pacing: bool, loop: bool) -> None:
     """SourceError when replay settings (speed, no pacing, loop) are given to a live source."""
     if speed != 1.0 or not pacing or loop:
         raise SourceError(
-            f"speed, no-pacing and loop apply to replayed sources (video:, synthetic:), not to the live source {spec!r}"
+            f"speed, no-pacing and loop apply to replayed sources (video:, dicom:, synthetic:), not to the live source {spec!r}"
         )

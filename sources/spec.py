@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Source
+from .dicom import DicomSource
 from .errors import SourceError
+from .igtl import IgtlSource
 from .options import boolean as _boolean  # noqa: F401  (old names, for from_spec code written before options.py)
 from .options import live_only as _live_only  # noqa: F401
 from .options import merge_query as _merge  # noqa: F401
@@ -48,9 +50,12 @@ class SourceKind:
 # The registry: scheme -> kind, in the order help and errors list them.
 SOURCES: dict[str, SourceKind] = {
     "video": SourceKind("video:PATH", VideoSource.from_spec),
+    "dicom": SourceKind("dicom:FILE|FOLDER", DicomSource.from_spec),
+    "igtl": SourceKind("igtl://HOST:PORT", IgtlSource.from_spec, "?device=NAME"),
     "probe": SourceKind("probe:DEVICE|URL", ProbeSource.from_spec, "probe:INDEX, probe:/dev/videoN, probe:URL with udp://, rtsp://, http://"),
     "zmq+sub": SourceKind("zmq+sub://HOST:PORT", ZmqSource.from_spec, "?bind=1&topic=NAME"),
     "zmq+pull": SourceKind("zmq+pull://HOST:PORT", ZmqSource.from_spec, "?bind=1"),
+    "zmq+rep": SourceKind("zmq+rep://HOST:PORT", ZmqSource.from_spec, "imagezmq REQ/REP senders; binds unless ?bind=0"),
     "synthetic": SourceKind("synthetic:", SyntheticSource.from_spec, "?fps=30&label=b_lines&seed=3&frames=N&size=224"),
 }
 
