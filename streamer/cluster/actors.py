@@ -283,6 +283,18 @@ class StreamActor:
             final["extra"]["error"] = str(summary.errors[0])
         return final
 
+    async def clear_latency(self) -> int:
+        """Forget the latency samples so far (a benchmark starts its own count); frames in so far."""
+        if self.pipeline is None:
+            return 0
+        st = self.pipeline.streams[0].stats
+        st.latency_ms.clear()
+        st.close_latency_ms.clear()
+        return st.frames_in
+
+    async def frames_in(self) -> int:
+        return 0 if self.pipeline is None else self.pipeline.streams[0].stats.frames_in
+
     async def stop(self) -> None:
         """Ask for a clean stop: the last window is flushed and the final stats published."""
         self._stop_asked = True

@@ -27,6 +27,11 @@ from .config import ClusterConfig
 
 log = logging.getLogger(__name__)
 
+# The state actor is not detached: it lives while a handle to it does. The driver keeps one for
+# the life of its process, so that runs reusing the pool (and the replicas, which report to it)
+# keep the same one.
+_STATE_HANDLES: list[Any] = []
+
 _USER_ERRORS = (SamplerError, SourceError, SinkError)
 
 
@@ -142,6 +147,7 @@ class Cluster:
         self.check_resources()
         # One state actor per Ray instance, kept across runs (the replicas hold its handle).
         self.state = StateActor.options(name=STATE_ACTOR, namespace=NAMESPACE, get_if_exists=True).remote()
+        _STATE_HANDLES.append(self.state)  # the creating handle must stay (a looked-up one does not own it)
         serve.start(proxy_location="Disabled")
         reuse = self.reuse_pool and APP_NAME in serve.status().applications
         ray.get(self.state.reset.remote(keep_replicas=reuse))

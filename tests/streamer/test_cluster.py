@@ -243,6 +243,7 @@ async def test_stream_actor_killed_restarts_and_reports_the_gap(ray_instance, mo
             before = max(sub.by_window(victim))
             await sub.until(lambda: max(sub.by_window(victim)) > before + 3, 180)
             t_back = min(t for t, p in sub.predictions if p["stream"] == victim and p["window"] > before)
+            print(f"stream actor killed -> next prediction: {t_back - t_kill:.1f} s")  # docs/scale-out.md
             await asyncio.to_thread(cluster.stop)
             assert await asyncio.to_thread(cluster.wait, 60)
             await sub.until(lambda: all(any(s["stream"] == n and s["final"] for s in sub.stats) for n in cluster.names), 30)
