@@ -248,9 +248,11 @@ def run(cfg: ClusterConfig, *, out=print) -> int:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cluster = Cluster(cfg)
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict = {}
     try:
         cluster.start()
+        # After ray.init, which installs its own SIGTERM handler (exit at once): ours stops cleanly.
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
         out(f"das-stream cluster: {len(cluster.names)} streams, {cfg.replicas} embedder replicas "
             f"({'Ray at ' + cfg.address if cfg.address else 'local Ray'})", flush=True)
         deadline = None if cfg.duration is None else time.monotonic() + cfg.duration
