@@ -90,6 +90,9 @@ class OffsetSource:
     def counters(self) -> dict[str, int]:
         return self._source.counters
 
+    def counts(self) -> Any:
+        return self._source.counts()
+
     async def __aenter__(self) -> OffsetSource:
         await self._source.__aenter__()
         return self
@@ -127,23 +130,20 @@ class ClusterPipeline(Pipeline):
         self.rtt_ms: list[float] = []
 
     def _prediction(self, res: WindowResult) -> Prediction:
+        """The prediction about to be published, with the replica fields; checkpoints first, so a
+        crash between the two skips a window number and never reuses one."""
         pred = super()._prediction(res)
-        fields = {f.name: getattr(pred, f.name) for f in dataclasses.fields(Prediction)}
-        fields["window"] = pred.window + self.window_offset
-        extra = {k: getattr(res, k) for k in ("replica", "rtt_ms", "retries") if hasattr(res, k)}
-        return ClusterPrediction(**fields, **extra)
-
-    async def _publish_prediction(self, res: WindowResult, stats: Any) -> None:
         for replica in (getattr(res, "replica", None) or "").split(","):
             if replica:
                 self.replicas[replica] = self.replicas.get(replica, 0) + 1
         if getattr(res, "rtt_ms", 0.0):
             self.rtt_ms.append(res.rtt_ms)
-        w = res.window
-        self.next_seq = max(self.next_seq, w.frames[-1].seq + 1)
-        # Checkpoint first: a crash between the two skips a window number, never reuses one.
-        self._checkpoint(next_window=w.index + 1 + self.window_offset)
-        await super()._publish_prediction(res, stats)
+        self.next_seq = max(self.next_seq, res.window.frames[-1].seq + 1)
+        fields = {f.name: getattr(pred, f.name) for f in dataclasses.fields(Prediction)}
+        fields["window"] = pred.window + self.window_offset
+        self._checkpoint(next_window=fields["window"] + 1)
+        extra = {k: getattr(res, k) for k in ("replica", "rtt_ms", "retries") if hasattr(res, k)}
+        return ClusterPrediction(**fields, **extra)
 
     def _snapshot(self, st: Any, *, final: bool) -> Stats:
         s = super()._snapshot(st, final=final)

@@ -8,13 +8,13 @@ address. Unknown keys and bad values raise :class:`~sampler.errors.ConfigError` 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from sampler.errors import ConfigError
-from streamer.config import RunConfig, _coerce, read_yaml
+from sampler.settings import coerce_fields, read_yaml
+from streamer.config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,9 @@ class ClusterConfig:
     _origin: str = field(default="the command line", repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(ClusterConfig)
-        for f in dataclasses.fields(self):
-            if not f.name.startswith("_"):
-                object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name], self._origin))
+        if isinstance(self.sources, str):  # one spec (specs may contain commas)
+            object.__setattr__(self, "sources", (self.sources,))
+        coerce_fields(self, context=f" (in {self._origin})")
         where = f"(in {self._origin})"
         if not self.sources:
             raise ConfigError(f"no sources {where}; list at least one under 'sources:', e.g. - synthetic:")

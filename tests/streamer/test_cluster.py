@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import socket
@@ -132,7 +133,8 @@ async def single_process(model_file, specs, **options) -> dict[tuple[str, int], 
     return {(p.stream, p.window): p for p in sink.predictions}
 
 
-def test_bad_cluster_configs_are_one_line_errors(tmp_path, capsys):
+def test_bad_cluster_configs_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # the CLI's basicConfig must not keep capsys' stream
     bad = {"unknown.yaml": "sources: [synthetic:]\nreplica: 2\n", "empty.yaml": "sources: []\nreplicas: 2\n"}
     for name, text in bad.items():
         (tmp_path / name).write_text(text)
