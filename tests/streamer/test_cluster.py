@@ -156,6 +156,8 @@ def test_bad_cluster_configs_are_one_line_errors(tmp_path, capsys, monkeypatch):
             assert time.monotonic() - t0 < 8
     finally:
         silent.close()
+    ward = ClusterConfig.load("configs/ward.yaml")  # the shipped example validates
+    assert len(ward.sources) == 3 and ward.replicas == 2 and ward.policy == "drop_oldest"
     with pytest.raises(ConfigError, match="max_batch_frames"):
         ClusterConfig(sources=("synthetic:",), max_batch_frames=0)
 
