@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run_commands(sub)
     _add_training_commands(sub)
+    _add_cluster_command(sub)
     return parser
 
 
@@ -319,6 +320,42 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(markdown_table(rows), end="")
     return 0
 # --- end training commands ---
+
+
+# --- cluster command (streamer/cluster, docs/scale-out.md) ---
+def _add_cluster_command(sub: argparse._SubParsersAction) -> None:
+    cluster = sub.add_parser(
+        "cluster", help="run many streams on Ray: one actor per stream, a Ray Serve pool of embedder replicas",
+        description="Start (or join with --address / RAY_ADDRESS) a Ray cluster, deploy the embedder replicas, run "
+        "one actor per source, publish as `das-stream run` does. `das-stream cluster status` prints per-stream and "
+        "per-replica figures of the running cluster.",
+    )
+    cluster.add_argument("action", nargs="?", choices=["start", "status"], default="start",
+                         help="start (default) or status")
+    cluster.add_argument("--config", help="YAML with the sources, replicas and MQTT broker, e.g. configs/ward.yaml")
+    cluster.add_argument("--address", help="Ray cluster to join: ray://HEAD:10001 or HOST:6379 (default: "
+                         "RAY_ADDRESS, else a local Ray instance; status: the running local one)")
+    cluster.add_argument("--source", action="append", dest="sources", metavar="SPEC", help="add a stream (repeatable)")
+    cluster.add_argument("--replicas", type=int, help="embedder replicas (default 1)")
+    cluster.add_argument("--mqtt", metavar="URL", help="publish to mqtt://[user:pass@]HOST:PORT or mqtts://...")
+    cluster.add_argument("--duration", type=float, help="stop after this many seconds")
+    cluster.add_argument("--connect-timeout", type=float, help="seconds the Ray address has to answer (default 10)")
+    cluster.set_defaults(handler=_cmd_cluster)
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    import os
+
+    from streamer.cluster.config import ClusterConfig
+    from streamer.cluster.driver import run, status
+
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    if args.action == "status":
+        return status(address, timeout=args.connect_timeout or 10.0)
+    overrides = {"sources": args.sources, "replicas": args.replicas, "mqtt": args.mqtt, "duration": args.duration,
+                 "address": address, "connect_timeout": args.connect_timeout}
+    return run(ClusterConfig.load(args.config, overrides))
+# --- end cluster command ---
 
 
 def main(argv: Sequence[str] | None = None) -> int:
