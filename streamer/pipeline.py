@@ -34,6 +34,7 @@ from sinks.messages import Prediction, Stats
 from sources.frame import Frame
 
 from .inference import InferenceEngine, WindowResult
+from .resample import FrameResampler, make_resampler
 from .stats import StreamStats
 from .window import Window, Windower
 
@@ -127,6 +128,7 @@ class PipelineSettings:
     max_batch_windows: int = 8
     stats_interval: float = 5.0
     duration: float | None = None
+    fps: float | None = None  # the model's frame rate: streams are resampled to it (None: every frame)
 
 
 @dataclass
@@ -138,6 +140,7 @@ class _Stream:
     stats: StreamStats
     error: BaseException | None = None
     reading: bool = False
+    resampler: FrameResampler | None = None
 
 
 @dataclass
@@ -174,6 +177,7 @@ class Pipeline:
                 source=src, policy=policy, queue=FrameQueue(settings.frame_queue, policy),
                 windower=Windower(stream=src.name, num_frames=engine.num_frames, stride=settings.stride),
                 stats=StreamStats(stream=src.name, num_frames=engine.num_frames),
+                resampler=make_resampler(settings.fps, src),
             )
             for src, policy in sources
         ]
@@ -235,6 +239,9 @@ class Pipeline:
                 finally:
                     st.reading = False
                 st.stats.frame_in()
+                if st.resampler is not None and not st.resampler.keep(frame):
+                    st.stats.resampled_out()
+                    continue
                 if dropped := await st.queue.put(frame):
                     st.stats.dropped(dropped)
         except asyncio.CancelledError:
