@@ -1,17 +1,20 @@
 """Export a whole window model (sampler, backbone, head) to ONNX (``das-stream export``).
 
-The graph takes ``frames``: float32 (B, T, 1, S, S) in [0, 1] at the size training stored
-(``preprocessing.size``, else the backbone's input size) and ``valid``: bool (B, T) (False for
-padding), and returns ``probs`` (B, C) and ``indices`` (B, k), the picked positions. The sampler
+The graph takes one window (B = 1; the sampler's adaptive pooling needs static shapes in the
+TorchScript exporter): ``frames``: float32 (1, T, 1, S, S) in [0, 1] at the size training stored
+(``preprocessing.size``, else the backbone's input size) and ``valid``: bool (1, T) (False for
+padding), and returns ``probs`` (1, C) and ``indices`` (1, k), the picked positions. The sampler
 runs in eval mode (deterministic picks). The model's config, class names and preprocessing are
 stored as JSON in the ONNX file's metadata (``das_stream.config``, ``das_stream.preprocessing``,
 ``das_stream.class_names``), so a consumer resamples and resizes its stream as training did.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -48,25 +51,44 @@ def export_onnx(model: SampledClassifier, path: str | os.PathLike, *, opset: int
     frames = torch.rand(1, c.num_frames, 1, size, size)
     valid = torch.ones(1, c.num_frames, dtype=torch.bool)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _sort_without_stable():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
         torch.onnx.export(
             WindowModel(model), (frames, valid), str(path), dynamo=False, input_names=["frames", "valid"],
             output_names=["probs", "indices"], opset_version=opset,
-            dynamic_axes={"frames": {0: "batch"}, "valid": {0: "batch"}, "probs": {0: "batch"}, "indices": {0: "batch"}},
         )
     proto = onnx.load(str(path))
     meta = {
         "das_stream.config": json.dumps(c.to_dict()),
         "das_stream.class_names": json.dumps(list(c.class_names)),
         "das_stream.preprocessing": json.dumps(model.preprocessing or {"size": size, "gray": True, "fps": None}),
-        "das_stream.inputs": "frames float32 (B,T,1,S,S) in [0,1]; valid bool (B,T)",
+        "das_stream.inputs": "frames float32 (1,T,1,S,S) in [0,1]; valid bool (1,T)",
     }
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))
     return path
+
+
+@contextlib.contextmanager
+def _sort_without_stable() -> Iterator[None]:
+    """The TorchScript exporter cannot export ``sort(stable=True)``. ONNX's TopK (what sort becomes)
+    already puts equal values in index order, which is what ``stable`` asks for, so the flag is
+    dropped while tracing."""
+    sort, argsort = torch.Tensor.sort, torch.Tensor.argsort
+
+    def plain_sort(self, *args, stable=None, **kwargs):
+        return sort(self, *args, **kwargs)
+
+    def plain_argsort(self, *args, stable=None, **kwargs):
+        return argsort(self, *args, **kwargs)
+
+    torch.Tensor.sort, torch.Tensor.argsort = plain_sort, plain_argsort
+    try:
+        yield
+    finally:
+        torch.Tensor.sort, torch.Tensor.argsort = sort, argsort
 
 
 def check_export(model: SampledClassifier, path: str | os.PathLike, frames: torch.Tensor, valid: torch.Tensor) -> float:

@@ -245,7 +245,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     size, t = frame_size(model), model.config.num_frames
     frames = torch.rand(1, t, 1, size, size, generator=torch.Generator().manual_seed(0))
     diff = check_export(model, path, frames, torch.ones(1, t, dtype=torch.bool))
-    print(f"wrote {path}: frames (B,{t},1,{size},{size}) -> probs, indices; max |p_onnx - p_torch| = {diff:.2e} on a check window")
+    print(f"wrote {path}: frames (1,{t},1,{size},{size}) -> probs, indices; max |p_onnx - p_torch| = {diff:.2e} on a check window")
     return 0
 
 

@@ -70,7 +70,7 @@ class FrameResampler:
         self._check_rate(rel)
         upper = rel + max(rel - prev, 0.0) / 2  # end of this frame's time cell
         kept = False
-        while self._next / self.fps < upper:
+        while self._next / self.fps < upper - 1e-9:  # a tie goes to the later frame, as in training
             self._next += 1
             kept = True
         if kept:
