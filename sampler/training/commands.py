@@ -281,11 +281,11 @@ def compare(
             progress(f"[{i}/{len(plan)}] {run_dir.name}: result exists, skipped (--resume)")
             results.append(RunResult.load(run_dir / RESULT_FILE))
             continue
-        progress(f"[{i}/{len(plan)}] {run_dir.name} (after {(time.perf_counter() - start) / 60:.1f} min)")
+        progress(f"[{i}/{len(plan)}] {run_dir.name} (after {duration(time.perf_counter() - start)})")
         data = data if data is not None else load_dataset(config.data)
         run_config = config.replace(model={"method": method, "keep": keep}, train={"seed": seed})
         results.append(train_run(run_config, data, run_dir, resume=resume and (run_dir / CHECKPOINT_FILE).is_file()))
-    progress(f"compare: {len(plan)} runs done in {(time.perf_counter() - start) / 60:.1f} min of wall-clock time")
+    progress(f"compare: {len(plan)} runs done in {duration(time.perf_counter() - start)} of wall-clock time")
     rows = summarize(results)
     write_summary_csv(rows, out / f"{config.name}.csv")
     (out / f"{config.name}.md").write_text(markdown_table(rows))
