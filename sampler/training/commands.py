@@ -289,7 +289,7 @@ def compare(
     rows = summarize(results)
     write_summary_csv(rows, out / f"{config.name}.csv")
     (out / f"{config.name}.md").write_text(markdown_table(rows))
-    plot_auc(rows, out / f"{config.name}-auc.png", title=f"{config.name}: test AUC (mean ± std over seeds)")
+    plot_auc(rows, out / f"{config.name}-auc.png", title=f"{config.name}: test AUC (mean; ± std when n > 1 seeds)")
     return rows
 
 
@@ -336,4 +336,5 @@ def _plot_picks(ev: Evaluation, data: DatasetSplits, split: str, out: Path, *, t
         clips=clips.x,
         path=out / f"selection-{split}.png",
         title=title,
+        names=clips.names,
     )
