@@ -44,6 +44,27 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
                     old.unlink()
 
 
+def check_resume_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse to resume a run with another config than it started with (``train.epochs`` may differ)."""
+    import yaml
+
+    try:
+        before = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return
+    now = {**config, "train": {**config.get("train", {}), "epochs": None}}
+    before = {**before, "train": {**before.get("train", {}), "epochs": None}}
+    if now != before:
+        changed = sorted(
+            f"{s}.{k}" for s in set(now) | set(before) if isinstance(now.get(s), dict)
+            for k in set(now[s]) | set(before.get(s) or {}) if now[s].get(k) != (before.get(s) or {}).get(k)
+        ) or ["name"]
+        raise DataError(
+            f"--resume: the config differs from the one {run_dir} started with ({', '.join(changed[:4])}); "
+            "resume with the same config (only train.epochs may change) or start again with --overwrite"
+        )
+
+
 def rng_state(order: torch.Generator) -> dict[str, Any]:
     return {
         "python": random.getstate(),

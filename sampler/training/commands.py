@@ -23,7 +23,7 @@ import yaml
 from ..errors import DataError, ModelFileError
 from ..model import ModelConfig, SampledClassifier, build_model
 from .card import duration, padding_notes, training_meta
-from .checkpoint import CHECKPOINT_FILE, prepare_run_dir
+from .checkpoint import CHECKPOINT_FILE, check_resume_config, prepare_run_dir
 from .confusion import per_class, write_confusion
 from .config import ExperimentConfig, load_config
 from .datasets import DatasetSplits, load_dataset
@@ -90,6 +90,8 @@ def train(
     if run_dir is None:
         run_dir = Path(config.train.out) / config.name / run_name(config.model.method, config.model.keep, config.train.seed)
     prepare_run_dir(Path(run_dir), overwrite=overwrite, resume=resume)
+    if resume:
+        check_resume_config(Path(run_dir), config.to_dict())
     data = load_dataset(config.data)
     return train_run(config, data, Path(run_dir), resume=resume)
 

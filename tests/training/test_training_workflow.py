@@ -187,7 +187,7 @@ def test_train_refuses_a_non_empty_out_and_records_the_weights_used(npz_config, 
     assert not (run / "eval-test.json").exists() and (run / "model.pt").is_file()
 
 
-def test_resume_continues_from_the_last_epoch_checkpoint(npz_config, tmp_path, monkeypatch):
+def test_resume_continues_from_the_last_epoch_checkpoint(npz_config, tmp_path, monkeypatch, capsys):
     from sampler.training import commands
 
     base = ["train", "--config", str(npz_config), "--epochs", "3", "--set", "model.backbone=tiny_cnn"]
@@ -205,6 +205,8 @@ def test_resume_continues_from_the_last_epoch_checkpoint(npz_config, tmp_path, m
     assert (tmp_path / "cut" / "checkpoint.pt").is_file() and not (tmp_path / "cut" / "model.pt").exists()
     monkeypatch.setattr(commands.RunLog, "__call__", write)
     assert main([*base, "--out", str(tmp_path / "cut")]) == 2  # not empty: needs --resume or --overwrite
+    assert main([*base, "--out", str(tmp_path / "cut"), "--resume", "--set", "train.lr=0.1"]) == 2  # another config
+    assert "config differs from the one" in capsys.readouterr().err.splitlines()[-1]
     assert main([*base, "--out", str(tmp_path / "cut"), "--resume"]) == 0
     log = (tmp_path / "cut" / "train.log").read_text()
     assert "resumed from" in log and "after epoch 2" in log and log.count("epoch 3/3") == 1
