@@ -33,6 +33,7 @@ from sources.video import read_video
 
 from ..errors import DataError
 from .config import DataConfig
+from .labels import csv_labels_hint, left_out_note
 
 SPLITS = ("train", "val", "test")
 CACHE_VERSION = 1
@@ -207,8 +208,6 @@ def load_video_dataset(config: DataConfig) -> DatasetSplits:
     labels = np.array([class_names.index(e.label) for e in entries], dtype=np.int64)
     everything = ClipSet(x, valid, labels, tuple(e.name for e in entries))
     parts = stratified_split(labels, fractions=config.split, seed=config.split_seed)
-    from .labels import left_out_note
-
     notes = tuple(n for n in (left_out_note(config),) if n)
     return DatasetSplits(*(everything.subset(p) for p in parts), class_names=class_names, notes=notes)
 
@@ -254,8 +253,6 @@ def read_video_index(config: DataConfig) -> tuple[list[VideoEntry], tuple[str, .
     counts = {c: sum(e.label == c for e in entries) for c in class_names}
     short = [f"{c} ({n})" for c, n in counts.items() if n < len(SPLITS)]
     if short:
-        from .labels import csv_labels_hint
-
         raise DataError(
             f"video index {index}: class {', '.join(short)} has fewer than 3 videos, too few for a train/val/test "
             "split by video; add videos or leave the class out with data.classes"
