@@ -26,7 +26,12 @@ class Prediction:
         label: the most probable class name.
         model: model name (file stem) and method, e.g. "demo (das)".
         latency_ms: capture of the window's last frame to the moment the prediction was made.
-        padded: number of empty frames added to fill a short last window (0 normally).
+        padded: number of empty frames added to fill a short window: the last one of a stream,
+            or one closed early because the stream paused (0 normally).
+        gap_before: the stream paused (lost contact, a sender stopped) between the previous
+            window and this one; the previous window was closed early, padded.
+        gap_ms: how long that pause was, from the capture time of the last frame before it to the
+            first frame after it (0.0 when ``gap_before`` is false).
     """
 
     stream: str
@@ -41,6 +46,8 @@ class Prediction:
     model: str
     latency_ms: float
     padded: int = 0
+    gap_before: bool = False
+    gap_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -84,6 +84,7 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
         fps=pre.get("fps"),
         stride=cfg.stride or model.config.num_frames, frame_queue=cfg.frame_queue, window_queue=cfg.window_queue,
         max_batch_windows=cfg.max_batch_windows, stats_interval=cfg.stats_interval, duration=cfg.duration,
+        gap=cfg.gap,
     )
     return Pipeline(sources=[(s, policy) for s in sources], engine=engine, sinks=build_sinks(cfg), settings=settings)
 

@@ -69,6 +69,8 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--quiet", dest="console", action="store_const", const=False, help="no console output")
     run.add_argument("--stats-interval", type=float, help="seconds between stats messages (default 5)")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--gap", type=float, help="seconds without a frame that close a stream's open window early "
+                                                "and mark the next one gap_before (default 2; 0: never)")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.set_defaults(handler=_cmd_run)
 

@@ -7,6 +7,7 @@ command line overrides the file. Unknown keys and bad values raise
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ class RunConfig:
         console: print predictions and stats to stdout.
         stats_interval: seconds between stats messages.
         duration: stop after this many seconds (None: run until the sources end or Ctrl-C).
+        gap: seconds without a frame after which a stream's open window is classified, padded,
+            and the next window marked ``gap_before`` (0: never).
         log_level: debug, info, warning or error.
     """
 
@@ -69,6 +72,7 @@ class RunConfig:
     console: bool = True
     stats_interval: float = 5.0
     duration: float | None = None
+    gap: float = 2.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     _origin: str = field(default="the command line", repr=False, compare=False)
 
@@ -88,6 +92,8 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be > 0, got {value} (in {self._origin})")
+        if not math.isfinite(self.gap) or self.gap < 0:
+            raise ConfigError(f"gap must be a number of seconds >= 0 (0 turns it off), got {self.gap} (in {self._origin})")
         if not self.sources:
             raise ConfigError(f"no source given (in {self._origin}); add --source SPEC, e.g. --source synthetic:")
 
