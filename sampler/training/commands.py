@@ -220,8 +220,9 @@ def evaluate_model(
     confusion = per_class(ev.labels, ev.probs.argmax(axis=1), data.class_names)
     write_confusion(confusion, out / f"confusion-{split}.json", out / f"confusion-{split}.png",
                     title=f"{config.name} {mc.method} k={mc.k}/{mc.num_frames} ({split})")
-    # Video-level scores (issue 11's aggregation: windows of T, stride S, mean probability per video)
-    # plug in here for video datasets; see the merge note of the train branch.
+    # HOOK video-level scores: for data.kind == "videos", call issue 11's aggregation here
+    # (sampler.training.video_eval.evaluate_videos: windows of T, stride S, mean probability per
+    # video), add its scores to the report and its file to `names` above.
     return report
 
 
