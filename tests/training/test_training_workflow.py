@@ -172,8 +172,10 @@ def npz_config(tmp_path) -> Path:
 
 def test_train_refuses_a_non_empty_out_and_records_the_weights_used(npz_config, tmp_path, capsys):
     run = tmp_path / "run"
-    argv = ["train", "--config", str(npz_config), "--out", str(run), "--set", "model.backbone_weights=auto"]
+    argv = ["train", "--config", str(npz_config), "--out", str(run), "--set", "model.backbone_weights=auto",
+            "--set", "train.progress=true"]
     assert main(argv) == 0
+    assert "it/s" not in capsys.readouterr().err  # progress bars are off when stderr is not a terminal
     model = SampledClassifier.load(run / "model.pt")
     used = "imagenet" if imagenet_cache_path().is_file() else "none"  # auto falls back to random init
     assert model.config.backbone_weights == used == model.meta["training"]["backbone_weights_used"]
