@@ -145,7 +145,7 @@ def train_run(config: ExperimentConfig, data: DatasetSplits, run_dir: Path, *, r
     result.save(run_dir / RESULT_FILE)
     log(
         f"done in {duration(fitted.seconds)}: best epoch {fitted.best_epoch}, val auc {best.val.auc:.3f}; "
-        f"test auc {test.scores.auc:.3f} balanced acc {test.scores.acc:.1f}% -> {run_dir}"
+        f"test auc {test.scores.auc:.3f} balanced acc {test.scores.acc:.1f}% on n={len(data.test)} clips -> {run_dir}"
     )
     return result
 
