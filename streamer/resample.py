@@ -9,9 +9,10 @@ cell reaches from halfway to the previous frame to halfway to the next one, the 
 assumed one frame interval later; a frame is kept when a grid time falls in its cell. The frames
 left out are counted as ``frames_resampled_out`` (their own outcome in the stats).
 
-Times: a replayed file (a source with a nominal ``rate`` that is paced or not) uses its media time
-``seq / rate``, so ``--no-pacing`` and ``--speed`` replays resample the content, not the wall
-clock; every other source uses ``t_capture``.
+Times: a replayed source (a file, the synthetic generator) uses the media time of the frame it
+released last (``media_time``: the file's own timestamp, as training's decoder reads it), so
+``--no-pacing`` and ``--speed`` replays and variable-frame-rate files resample the content, not
+the wall clock; every other source uses ``t_capture``.
 
 A stream slower than the model's rate is not upsampled (frames are never repeated): every frame
 is kept and one warning says so.
@@ -33,8 +34,8 @@ class FrameResampler:
 
     Args:
         fps: the model's frame rate (frames per second the windows should hold).
-        source: the stream's source; its ``name`` and, once open, its nominal ``rate`` are read
-            at the first frame (a replayed file's frames then carry media time ``seq / rate``).
+        source: the stream's source; its ``name``, its nominal ``rate`` (for the warning) and,
+            for a replayed source, the ``media_time`` of each frame it just released are read.
     """
 
     def __init__(self, fps: float, source: Any = None) -> None:
@@ -43,7 +44,7 @@ class FrameResampler:
         self.fps = float(fps)
         self.source = source
         self.stream = getattr(source, "name", "")
-        self.media_rate: float | None = None
+        self.media = False  # True: times are the source's media_time (a replay)
         self.kept = 0
         self.left_out = 0
         self._t0: float | None = None
@@ -53,7 +54,7 @@ class FrameResampler:
         self._warned = False
 
     def time_of(self, frame: Frame) -> float:
-        return frame.seq / self.media_rate if self.media_rate else frame.t_capture
+        return float(self.source.media_time) if self.media else frame.t_capture
 
     def keep(self, frame: Frame) -> bool:
         """True when ``frame`` is the one nearest to a grid time (so it goes on to the windows)."""
@@ -81,8 +82,7 @@ class FrameResampler:
 
     def _start(self) -> None:
         rate = getattr(self.source, "rate", None)
-        if _replays_media(self.source) and rate:
-            self.media_rate = float(rate)
+        self.media = getattr(self.source, "media_time", None) is not None
         if rate:
             self._warned = True  # the nominal rate says it now; no need to estimate it
             if rate < self.fps * 0.95:
@@ -108,8 +108,3 @@ def make_resampler(fps: float | None, source: Any) -> FrameResampler | None:
     """The resampler for one source, or None when the model records no frame rate (old model files)."""
     return FrameResampler(fps, source) if fps else None
 
-
-def _replays_media(source: Any) -> bool:
-    from sources.video import VideoSource
-
-    return isinstance(source, VideoSource)
