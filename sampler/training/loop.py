@@ -200,6 +200,8 @@ def fit(
         set_rng_state(ck["rng"], order)
         first, before = ck["epoch"] + 1, ck["seconds"]
         log(f"resumed from {checkpoint} after epoch {ck['epoch']}")
+        if ck["epoch"] - best_epoch >= settings.patience:  # it was stopping early when interrupted
+            first = settings.epochs + 1
     for epoch in range(first, settings.epochs + 1):
         t0 = time.perf_counter()
         model.train()
