@@ -157,7 +157,8 @@ def model_card(path: str | Path) -> str:
         lines.append(f"  seed {tr.get('seed')}")
     metrics = meta.get("metrics") or {}
     if metrics:
-        parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()]
+        parts = [f"{k} {v:.1f}%" if k.endswith("_acc") else f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                 for k, v in metrics.items()]
         lines.append("metrics: " + ", ".join(parts))
     if meta.get("versions"):
         lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
