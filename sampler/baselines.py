@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Sampler, SamplerOutput, check_window
+from .base import Sampler, SamplerOutput, check_k, check_window
 from .das import FrameDescriptor, mlp
 from .errors import SamplerError
 from .features import frame_validity
@@ -32,9 +32,17 @@ class FullSampler(Sampler):
     """
 
     def __init__(self, *, num_frames: int, k: int | None = None) -> None:
-        if k is not None and k != num_frames:
-            raise SamplerError(f"FullSampler keeps every frame, so k must equal num_frames={num_frames}, got k={k}; use k={num_frames}")
+        self.check_k(num_frames, num_frames if k is None else k)
         super().__init__(num_frames, num_frames)
+
+    @staticmethod
+    def check_k(num_frames: int, k: int) -> None:
+        check_k(num_frames, num_frames)
+        if k != num_frames:
+            raise SamplerError(
+                f"the full sampler keeps every frame, so k must equal num_frames={num_frames}, got k={k}; "
+                f"set k equal to num_frames={num_frames}"
+            )
 
     def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
         check_window(x, self.num_frames, valid)

@@ -29,6 +29,9 @@ _LOG_EPS = 1e-3  # floor of the log-compressed energies: an empty frame sits at 
 _STD_EPS = 1e-3  # floor of the standard deviation in standardize_over_time
 
 
+MIN_FEATURE_SIZE = 3  # the smallest working resolution the features are defined for
+
+
 def as_float_window(x: torch.Tensor) -> torch.Tensor:
     """Return ``x`` as floats in [0, 1]: uint8 is divided by 255, floats are returned as they are."""
     return x if x.is_floating_point() else x.float().div_(255.0)
@@ -61,8 +64,8 @@ def frame_features(x: torch.Tensor, size: int = 64) -> torch.Tensor:
             already at that size to skip it: this is what a streaming runtime does).
         size: working resolution, at least 3.
     """
-    if size < 3:
-        raise SamplerError(f"feature size must be at least 3 pixels, got {size}; use e.g. 64")
+    if size < MIN_FEATURE_SIZE:
+        raise SamplerError(f"feature size must be at least {MIN_FEATURE_SIZE} pixels, got {size}; use e.g. 64")
     b, t, c, h, w = x.shape
     with torch.no_grad():
         frames = as_float_window(x).reshape(b * t, c, h, w).float()

@@ -22,7 +22,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Awaitable, Callable, Literal, TypeVar
+from typing import Any, Awaitable, Callable, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -122,29 +122,20 @@ class MqttSettings:
                 raise SinkError(f"TLS {what} file '{path}' does not exist; give the path of a PEM file")
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        topic_prefix: str = "das",
-        client_id: str | None = None,
-        qos: int = 1,
-        buffer_size: int = 10000,
-        keepalive: int = 30,
-        tls_ca: str | None = None,
-        tls_cert: str | None = None,
-        tls_key: str | None = None,
-        tls_insecure: bool = False,
-        reconnect_max: float = 10.0,
-        drain_timeout: float = 5.0,
-    ) -> MqttSettings:
+    def from_url(cls, url: str, **options: Any) -> MqttSettings:
         """Parse ``mqtt://[user:pass@]host[:1883]`` or ``mqtts://[user:pass@]host[:8883]``.
 
-        Other fields keep their defaults; change them with ``dataclasses.replace``.
+        Args:
+            url: the broker URL; it sets host, port, tls, username and password.
+            **options: any other field (topic_prefix, client_id, qos, buffer_size, tls_ca, ...);
+                the rest keep the defaults above (one place for each default).
 
         Raises:
             SinkError: the URL or an option is malformed (the message names it and the form).
         """
+        fixed = sorted(set(options) & {"host", "port", "tls", "username", "password"})
+        if fixed:
+            raise TypeError(f"from_url: {fixed[0]} comes from the URL, not from a keyword")  # a programming error
         parts = urlsplit(url.strip())
         try:
             port = parts.port
@@ -167,17 +158,7 @@ class MqttSettings:
             tls=parts.scheme == "mqtts",
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password is not None else None,
-            topic_prefix=topic_prefix,
-            client_id=client_id,
-            qos=qos,
-            buffer_size=buffer_size,
-            keepalive=keepalive,
-            tls_ca=tls_ca,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            tls_insecure=tls_insecure,
-            reconnect_max=reconnect_max,
-            drain_timeout=drain_timeout,
+            **options,
         )
 
     @property
@@ -319,6 +300,12 @@ class MqttSink:
         self._published = 0
         self._overflow = 0
         self._undelivered = 0
+        self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection to the broker is up (False before the first one and during outages)."""
+        return self._connected
 
     @property
     def counters(self) -> dict[str, int]:
@@ -391,6 +378,7 @@ class MqttSink:
     async def _deliver(self, client: aiomqtt.Client) -> None:
         """Send until the connection breaks; raises MqttError then, with unacked messages requeued."""
         self._connections += 1
+        self._connected = True
         if self._connections > 1:
             log.info("mqtt sink: reconnected to %s, %d message(s) buffered", self.settings.url, self.counters["buffered"])
         watch = asyncio.create_task(self._watch(client))
@@ -398,6 +386,7 @@ class MqttSink:
         try:
             done, _ = await asyncio.wait({watch, send}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._connected = False
             for task in (watch, send):
                 task.cancel()
             await asyncio.gather(watch, send, return_exceptions=True)

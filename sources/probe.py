@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import av
@@ -23,6 +24,7 @@ from .base import Source, derive_name
 from .errors import SourceError
 from .frame import Frame
 from .image import OutputFormat, normalise_size
+from .options import live_only, optional_int, typed
 from .video import FALLBACK_RATE, FrameConverter, ffmpeg_reason
 
 log = logging.getLogger(__name__)
@@ -140,6 +142,10 @@ class ProbeSource(Source):
     missed frames), ``decode_errors`` (skipped undecodable packets), ``overflow``.
     """
 
+    # What a failed open names, and the hint it gives (subclasses with another kind of feed).
+    _feed_kind = "probe"
+    _open_hint = "check the device index or URL and that the probe is streaming"
+
     def __init__(
         self,
         device: int | str,
@@ -178,6 +184,21 @@ class ProbeSource(Source):
         self._max_reconnects, self._open_attempts = max_reconnects, open_attempts
         self._feed: _OpenCvFeed | _PyAvFeed | None = None
 
+    @classmethod
+    def from_spec(cls, spec: str, *, name: str | None = None, speed: float = 1.0, pacing: bool = True,
+                  loop: bool = False, gray: bool = True, size: int | tuple[int, int] | None = None,
+                  **options: Any) -> ProbeSource:
+        """``probe:INDEX``, ``probe:/dev/videoN`` or ``probe:URL``; options as the keyword arguments."""
+        device = spec.partition(":")[2]
+        if not device:
+            raise SourceError(f"source spec {spec!r} needs a device or URL: probe:0, probe:/dev/video0, probe:udp://HOST:PORT")
+        live_only(spec, speed, pacing, loop)
+        table = {
+            "timeout": float, "reconnect_initial": float, "reconnect_max": float, "max_reconnects": optional_int,
+            "open_attempts": int, "queue_size": int,
+        }
+        return cls(device, name=name, gray=gray, size=size, **typed(spec, options, table))
+
     def _connect(self, attempts: int | None, stop: threading.Event) -> _OpenCvFeed | _PyAvFeed | None:
         """A new feed, trying ``attempts`` times (None: until ``stop``) with backoff."""
         wait, attempt = self._initial, 0
@@ -188,8 +209,7 @@ class ProbeSource(Source):
                 attempt += 1
                 if attempts is not None and attempt >= attempts:
                     raise SourceError(
-                        f"cannot open probe {self.device}: {exc} ({attempt} attempts); "
-                        "check the device index or URL and that the probe is streaming"
+                        f"cannot open {self._feed_kind} {self.device}: {exc} ({attempt} attempts); {self._open_hint}"
                     ) from None
                 log.warning("%s: connection attempt %d failed (%s); retrying in %.1f s", self.name, attempt, exc, wait)
             if stop.wait(wait):
@@ -206,6 +226,8 @@ class ProbeSource(Source):
             try:
                 image = self._feed.read()
             except _FeedLost as exc:
+                if stop.is_set():  # closing, not a lost feed
+                    return
                 log.warning("%s: feed lost (%s); reconnecting", self.name, exc)
                 self._feed.close()
                 self._feed = None

@@ -13,6 +13,8 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
 
 import zmq
 
@@ -20,6 +22,7 @@ from .base import Source
 from .errors import SourceError
 from .frame import Frame
 from .image import OutputFormat, normalise_size
+from .options import boolean, live_only, merge_query, names, typed
 from .wire import DEFAULT_MAX_FRAME_BYTES, MAX_HEADER_BYTES, SUPPORTED_DTYPES, BadMessage, decode_message, to_uint8
 
 log = logging.getLogger(__name__)
@@ -98,6 +101,18 @@ class ZmqSource(Source):
         self._socket: zmq.Socket | None = None
         self._seq = 0
         self._sender_seq: int | None = None
+
+    @classmethod
+    def from_spec(cls, spec: str, *, name: str | None = None, speed: float = 1.0, pacing: bool = True,
+                  loop: bool = False, gray: bool = True, size: int | tuple[int, int] | None = None,
+                  **options: Any) -> ZmqSource:
+        """``zmq+sub://HOST:PORT`` or ``zmq+pull://HOST:PORT``; options in the query or as keywords."""
+        parts = urlsplit(spec)
+        live_only(spec, speed, pacing, loop)
+        table = {"bind": boolean, "topic": str, "max_frame_bytes": int, "allowed_dtypes": names, "queue_size": int}
+        options = typed(spec, merge_query(spec, parts.query, options), table)
+        pattern = parts.scheme.partition("+")[2]
+        return cls(f"tcp://{parts.netloc}", pattern=pattern, name=name, gray=gray, size=size, **options)
 
     def _open(self) -> None:
         self._context = zmq.Context()

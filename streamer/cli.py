@@ -10,12 +10,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from sampler.errors import SamplerError
+from sampler.errors import ConfigError, SamplerError
 from sinks.errors import SinkError
 from sources.errors import SourceError
 
-# The user-caused errors (see docs/design.md); ConfigError, ModelFileError and DataError are SamplerErrors.
-USER_ERRORS: tuple[type[BaseException], ...] = (SamplerError, SourceError, SinkError)
+# The user-caused errors (see docs/design.md); ModelFileError and DataError are SamplerErrors.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SamplerError, SourceError, SinkError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- streaming commands (run, subscribe, bench) ---
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    import typing
+
+    from sampler.settings import DEVICE_FORMS
+    from sinks.mqtt import MqttSettings
+    from sources.spec import spec_usage
+    from streamer.config import RunConfig
+
+    d = RunConfig.defaults()  # help text shows the defaults from where they are defined
+
+    def choices(key: str) -> list:
+        return list(typing.get_args(typing.get_type_hints(RunConfig)[key]))
+
     run = sub.add_parser(
         "run", help="stream frames through the sampler and classifier (default command)",
         description="Attach to a stream, pick k frames per window with the sampler, classify them, publish "
@@ -39,44 +51,47 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--config", help="YAML file with run settings (flags override it); see configs/")
     run.add_argument("--source", action="append", dest="sources", metavar="SPEC",
-                     help="video:PATH | probe:DEVICE|URL | zmq+sub://HOST:PORT | zmq+pull://HOST:PORT | synthetic: "
-                     "(repeat for several streams; default synthetic:)")
+                     help=f"{spec_usage()} (repeat for several streams; default {' '.join(d['sources'])})")
     run.add_argument("--model", help="model file from `das-stream train` (default: bundled demo model)")
     run.add_argument("--window", type=int, help="window length T (must match the model; default: the model's)")
     run.add_argument("--stride", type=int, help="frames between window starts (default: the window length)")
-    run.add_argument("--speed", type=float, help="replay speed factor for video: sources (default 1.0)")
+    run.add_argument("--speed", type=float, help=f"replay speed factor for video: and dicom: sources (default {d['speed']})")
     run.add_argument("--no-pacing", dest="pacing", action="store_const", const=False,
                      help="replay files as fast as possible instead of at their frame rate")
-    run.add_argument("--loop", action="store_const", const=True, help="replay video: sources forever")
-    run.add_argument("--overload", choices=["auto", "drop_oldest", "block"],
+    run.add_argument("--loop", action="store_const", const=True, help="replay video: and dicom: sources forever")
+    run.add_argument("--overload", choices=choices("overload"),
                      help="when the classifier lags: drop the oldest frames (counted) or block the source "
                      "(default auto: block for --no-pacing replays, drop_oldest otherwise)")
-    run.add_argument("--frame-queue", type=int, help="frames buffered per stream (default 256)")
-    run.add_argument("--max-batch-windows", type=int, help="most windows per classifier call (default 8)")
-    run.add_argument("--device", help="auto | cpu | cuda[:N] (default auto)")
+    run.add_argument("--frame-queue", type=int, help=f"frames buffered per stream (default {d['frame_queue']})")
+    run.add_argument("--max-batch-windows", type=int, help=f"most windows per classifier call (default {d['max_batch_windows']})")
+    run.add_argument("--device", help=f"{DEVICE_FORMS} (default {d['device']})")
     run.add_argument("--engine", choices=["torch", "onnx"], help="classifier backbone engine (default torch)")
     run.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     run.add_argument("--mqtt", metavar="URL", help="publish to mqtt://[user:pass@]HOST:PORT or mqtts://...")
-    run.add_argument("--topic-prefix", help="MQTT topic prefix (default das): PREFIX/STREAM/prediction|stats")
-    run.add_argument("--qos", type=int, choices=[0, 1, 2], help="MQTT QoS (default 1)")
+    run.add_argument("--topic-prefix", help=f"MQTT topic prefix (default {d['topic_prefix']}): PREFIX/STREAM/prediction|stats")
+    run.add_argument("--qos", type=int, choices=choices("qos"), help=f"MQTT QoS (default {d['qos']})")
     run.add_argument("--client-id", help="MQTT client id (default: fixed per host, for a persistent session)")
-    run.add_argument("--mqtt-buffer", type=int, help="messages kept while the broker is away (default 10000)")
+    run.add_argument("--mqtt-buffer", type=int, help=f"messages kept while the broker is away (default {d['mqtt_buffer']})")
     run.add_argument("--tls-ca", help="CA file for mqtts://")
     run.add_argument("--tls-cert", help="client certificate for mqtts://")
     run.add_argument("--tls-key", help="client key for mqtts://")
     run.add_argument("--tls-insecure", action="store_const", const=True, help="do not check the broker's hostname")
     run.add_argument("--jsonl", metavar="PATH", help="also append every message to this JSON-lines file")
     run.add_argument("--quiet", dest="console", action="store_const", const=False, help="no console output")
-    run.add_argument("--stats-interval", type=float, help="seconds between stats messages (default 5)")
+    run.add_argument("--stats-interval", type=float, help=f"seconds between stats messages (default {d['stats_interval']:g})")
     run.add_argument("--duration", type=float, help="stop after this many seconds")
     run.add_argument("--gap", type=float, help="seconds without a frame that close a stream's open window early "
-                                                "and mark the next one gap_before (default 2; 0: never)")
-    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+                                                f"and mark the next one gap_before (default {d['gap']:g}; 0: never)")
+    run.add_argument("--log-level", choices=choices("log_level"), help=f"default {d['log_level']}")
+    run.add_argument("--web", nargs="?", const="127.0.0.1:8080", metavar="HOST:PORT",
+                     help="serve a live view of the run in the browser (default off; alone: 127.0.0.1:8080)")
+    run.add_argument("--metrics", nargs="?", const="127.0.0.1:9108", metavar="HOST:PORT",
+                     help="serve Prometheus /metrics and /healthz (default off; alone: 127.0.0.1:9108)")
     run.set_defaults(handler=_cmd_run)
 
     subscribe = sub.add_parser("subscribe", help="print predictions and stats arriving over MQTT")
     subscribe.add_argument("--mqtt", metavar="URL", required=True, help="mqtt://[user:pass@]HOST:PORT or mqtts://...")
-    subscribe.add_argument("--topic-prefix", default="das", help="topic prefix (default das)")
+    subscribe.add_argument("--topic-prefix", default=MqttSettings.topic_prefix, help="topic prefix (default %(default)s)")
     subscribe.add_argument("--raw", action="store_true", help="print the JSON payloads as they are, one per line")
     subscribe.add_argument("--duration", type=float, help="stop after this many seconds")
     subscribe.add_argument("--count", type=int, help="stop after this many messages")
@@ -164,17 +179,20 @@ _TRAIN_FLAGS = {"method": "model.method", "keep": "model.keep", "seed": "train.s
 
 
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    from sampler.settings import DEVICE_FORMS
+    from sampler.training.config import METHODS, ModelSettings, TrainSettings
+
     settings = argparse.ArgumentParser(add_help=False)
     settings.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                           help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
-    settings.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the config's (auto)")
+    settings.add_argument("--device", help=f"{DEVICE_FORMS} (default: the config's, else {TrainSettings.device})")
 
     train = sub.add_parser("train", parents=[settings], help="train one method on one dataset",
                            description="Train one sampler + classifier; writes model.pt, result.json and figures.")
     train.add_argument("--config", required=True, help="experiment YAML, e.g. configs/train_adrenal28.yaml")
-    train.add_argument("--method", help="full | random | uniform | dps | adps | das")
-    train.add_argument("--keep", type=float, help="keep ratio k/T (default 0.5)")
-    train.add_argument("--seed", type=int, help="random seed (default 0)")
+    train.add_argument("--method", help=" | ".join(METHODS))
+    train.add_argument("--keep", type=float, help=f"keep ratio k/T (default {ModelSettings.keep})")
+    train.add_argument("--seed", type=int, help=f"random seed (default {TrainSettings.seed})")
     train.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
     train.add_argument("--out", help="run folder (default: train.out/<name>/<method>-keep<k>-seed<s>)")
     train.add_argument("--overwrite", action="store_true", help="replace the run already in a non-empty --out")

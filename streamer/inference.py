@@ -29,6 +29,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from sampler.errors import SamplerError
 from sampler.model import SampledClassifier
+from sampler.settings import resolve_device  # the one device rule, shared with training
 from sources.image import area_resize
 
 from .window import Window
@@ -53,17 +54,6 @@ class WindowResult:
     selected: tuple[int, ...]
     probs: tuple[float, ...]
     backbone_calls: int
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SamplerError(f"device {device!r} requested but torch sees no CUDA GPU; use --device cpu or auto")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise SamplerError(f"unknown device {device!r}; use auto, cpu or cuda[:N]")
-    return torch.device(device)
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -198,6 +188,9 @@ class InferenceEngine:
         # "sampler" (feature-size copies, features, attention, selection), "embed" (backbone on the
         # picks not yet cached), "head" (pooling, MLP, softmax).
         self.stage_ms: dict[str, deque[float]] = {name: deque(maxlen=4096) for name in ("sampler", "embed", "head")}
+        # Called as fn(stage, seconds) for every stage time recorded (e.g. the Prometheus metrics);
+        # called from the worker thread, so a listener must be thread-safe and quick.
+        self.stage_listeners: list = []
 
     @property
     def cached(self) -> int:
@@ -303,6 +296,8 @@ class InferenceEngine:
         t3 = time.perf_counter()
         for name, ms in (("sampler", t1 - t0), ("embed", t2 - t1), ("head", t3 - t2)):
             self.stage_ms[name].append(1000.0 * ms)
+            for listener in self.stage_listeners:
+                listener(name, ms)
         return [
             WindowResult(window=w, selected=selected[b], probs=tuple(float(p) for p in probs[b]),
                          backbone_calls=calls_by_window[b])

@@ -233,7 +233,8 @@ class Pipeline:
             self._task("infer", self._infer(windows, results)),
             self._task("publish", self._publish(results)),
         ]
-        helpers = [self._task("stats", self._tick()), self._task("stop", self._stop_when_asked(ingest))]
+        helpers = [self._task("stats", self._tick()), self._task("stop", self._stop_when_asked(ingest)),
+                   self._task("observe", self._observe_tick())]
         try:
             await asyncio.gather(*stages)
         finally:
@@ -386,6 +387,15 @@ class Pipeline:
             extra["error"] = str(st.error)
         return st.stats.snapshot(bad_messages=counts.bad_messages, upstream_dropped=counts.overflow,
                                  final=final, extra=extra)
+
+    async def _observe_tick(self) -> None:
+        """Stats for the observers every second (the sinks get them every stats_interval)."""
+        while self.observers:
+            await asyncio.sleep(1.0)
+            for st in self.streams:
+                stats = self._snapshot(st, final=False)
+                for obs in self.observers:
+                    obs.on_stats(stats)
 
     async def _tick(self) -> None:
         while True:
