@@ -230,9 +230,22 @@ class SampledClassifier(nn.Module):
 def _read_model_file(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist; check the path or train a model first")
+    with path.open("rb") as file:
+        head = file.read(4)
+    zipped = head.startswith(b"PK\x03\x04")  # torch.save's format since PyTorch 1.6
+    if head and not zipped and not head.startswith(b"\x80"):  # neither a zip nor a pickle
+        raise ModelFileError(
+            f"model file {path} is not a das-stream model file (not a PyTorch file at all); "
+            "pass a model written by `das-stream train` or SampledClassifier.save"
+        )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not zipped:
+            raise ModelFileError(
+                f"model file {path} is not a das-stream model file (unreadable legacy pickle); "
+                "pass a model written by `das-stream train` or SampledClassifier.save"
+            ) from exc
         raise ModelFileError(
             f"model file {path} is not a das-stream model (it holds Python objects, not plain weights); "
             "save models with SampledClassifier.save"

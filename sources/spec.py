@@ -55,6 +55,7 @@ SOURCES: dict[str, SourceKind] = {
     "probe": SourceKind("probe:DEVICE|URL", ProbeSource.from_spec, "probe:INDEX, probe:/dev/videoN, probe:URL with udp://, rtsp://, http://"),
     "zmq+sub": SourceKind("zmq+sub://HOST:PORT", ZmqSource.from_spec, "?bind=1&topic=NAME"),
     "zmq+pull": SourceKind("zmq+pull://HOST:PORT", ZmqSource.from_spec, "?bind=1"),
+    "zmq+rep": SourceKind("zmq+rep://HOST:PORT", ZmqSource.from_spec, "imagezmq REQ/REP senders; binds unless ?bind=0"),
     "synthetic": SourceKind("synthetic:", SyntheticSource.from_spec, "?fps=30&label=b_lines&seed=3&frames=N&size=224"),
 }
 

@@ -94,6 +94,7 @@ def observe_addresses(cfg: RunConfig) -> tuple:
 
 
 def build_pipeline(cfg: RunConfig) -> Pipeline:
+    sinks = build_sinks(cfg)  # first: a bad broker URL fails before the model loads
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     web, metrics = observe_addresses(cfg)  # a bad address fails before the model loads
@@ -102,7 +103,6 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
     policy = overload_policy(cfg)
     pre = model.preprocessing  # what training did to its clips ({} for older model files)
     sources = build_sources(cfg, size=int(pre.get("size") or model.config.input_size))
-    sinks = build_sinks(cfg)
     observers = []
     if cfg.web or cfg.metrics:
         from .observe import Observer
@@ -136,7 +136,21 @@ async def run_pipeline(pipeline: Pipeline) -> RunSummary:
             loop.remove_signal_handler(sig)
 
 
+def delivery_errors(sinks: list) -> list[BaseException]:
+    """One error per sink that accepted predictions it never delivered (e.g. MQTT overflow, or a
+    broker never reached): the run must not end as a success then."""
+    errors = []
+    for sink in sinks:
+        check = getattr(sink, "delivery_error", None)
+        if callable(check) and (error := check()) is not None:
+            errors.append(error)
+    return errors
+
+
 def run(cfg: RunConfig) -> RunSummary:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pipeline = build_pipeline(cfg)
-    return asyncio.run(run_pipeline(pipeline))
+    sinks = list(getattr(pipeline.sinks, "sinks", pipeline.sinks))  # a FanOut, or a list
+    summary = asyncio.run(run_pipeline(pipeline))
+    summary.errors.extend(delivery_errors(sinks))
+    return summary

@@ -7,15 +7,63 @@ tracebacks.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from sampler.errors import ConfigError, SamplerError
-from sinks.errors import SinkError
-from sources.errors import SourceError
+# Nothing heavy (torch, OpenCV, PyAV) is imported at module level: a Ctrl-C during the seconds
+# those imports take then lands inside main(), which exits 130 without a traceback.
 
-# The user-caused errors (see docs/design.md); ModelFileError and DataError are SamplerErrors.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SamplerError, SourceError, SinkError)
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The user-caused errors (see docs/design.md); ModelFileError and DataError are SamplerErrors."""
+    from sampler.errors import ConfigError, SamplerError
+    from sinks.errors import SinkError
+    from sources.errors import SourceError
+
+    return (ConfigError, SamplerError, SourceError, SinkError)
+
+
+_ERROR_TYPES = (("sampler.errors", "ConfigError"), ("sampler.errors", "SamplerError"), ("sources.errors", "SourceError"),
+                ("sinks.errors", "SinkError"))
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of :func:`user_errors`, without importing anything: an error type
+    whose module was never imported cannot have been raised."""
+    for module, name in _ERROR_TYPES:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name)):
+            return True
+    return False
+
+
+def __getattr__(name: str) -> Any:  # USER_ERRORS, imported lazily
+    if name == "USER_ERRORS":
+        return user_errors()
+    raise AttributeError(name)
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds > 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +127,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--jsonl", metavar="PATH", help="also append every message to this JSON-lines file")
     run.add_argument("--quiet", dest="console", action="store_const", const=False, help="no console output")
     run.add_argument("--stats-interval", type=float, help=f"seconds between stats messages (default {d['stats_interval']:g})")
-    run.add_argument("--duration", type=float, help="stop after this many seconds")
+    run.add_argument("--duration", type=_seconds, help="stop after this many seconds")
     run.add_argument("--gap", type=float, help="seconds without a frame that close a stream's open window early "
                                                 f"and mark the next one gap_before (default {d['gap']:g}; 0: never)")
     run.add_argument("--log-level", choices=choices("log_level"), help=f"default {d['log_level']}")
@@ -93,9 +141,11 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     subscribe.add_argument("--mqtt", metavar="URL", required=True, help="mqtt://[user:pass@]HOST:PORT or mqtts://...")
     subscribe.add_argument("--topic-prefix", default=MqttSettings.topic_prefix, help="topic prefix (default %(default)s)")
     subscribe.add_argument("--raw", action="store_true", help="print the JSON payloads as they are, one per line")
-    subscribe.add_argument("--duration", type=float, help="stop after this many seconds")
-    subscribe.add_argument("--count", type=int, help="stop after this many messages")
+    subscribe.add_argument("--duration", type=_seconds, help="stop after this many seconds")
+    subscribe.add_argument("--count", type=_positive_int, help="stop after this many messages")
     subscribe.add_argument("--tls-ca", help="CA file for mqtts://")
+    subscribe.add_argument("--client-id", help="MQTT client id: keeps a persistent session under this id across "
+                           "restarts of subscribe (default: an id of this process, its session dropped at exit)")
     subscribe.set_defaults(handler=_cmd_subscribe)
 
     bench = sub.add_parser(
@@ -125,7 +175,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = RunConfig.load(args.config, overrides)
     summary = app.run(cfg)
     if summary.errors:
-        print(f"das-stream: error: {summary.errors[0]}", file=sys.stderr)
+        for error in summary.errors:  # a source error, undelivered predictions: one line each
+            print(f"das-stream: error: {error}", file=sys.stderr)
         return 1
     return 0
 
@@ -158,17 +209,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_subscribe(args: argparse.Namespace) -> int:
     import asyncio
+    import signal
 
-    from sinks.mqtt import MqttSettings
+    from sinks.mqtt import MqttSettings, unique_client_id
     from sinks.subscribe import subscribe
 
-    settings = MqttSettings.from_url(args.mqtt, topic_prefix=args.topic_prefix, tls_ca=args.tls_ca)
-    try:
-        summary = asyncio.run(subscribe(settings, duration=args.duration, max_messages=args.count, raw=args.raw))
-    except KeyboardInterrupt:
-        return 0
+    settings = MqttSettings.from_url(args.mqtt, topic_prefix=args.topic_prefix, tls_ca=args.tls_ca,
+                                     client_id=args.client_id or unique_client_id("sub"))
+
+    async def until_signal():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await subscribe(settings, duration=args.duration, max_messages=args.count, raw=args.raw,
+                               stop=stop, forget_session=args.client_id is None)
+
+    summary = asyncio.run(until_signal())
     print(f"das-stream subscribe: {summary.predictions} predictions, {summary.stats} stats, "
-          f"{summary.duplicates} duplicates, {summary.malformed} malformed", file=sys.stderr)
+          f"{summary.duplicates} duplicates, {summary.malformed} malformed, "
+          f"{summary.missing} windows missing", file=sys.stderr)
     return 0
 # --- end streaming commands ---
 
@@ -293,10 +353,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the run's own handlers are in place (start-up)
+        print("das-stream: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["run"]
-    parser = build_parser()
+    parser = build_parser()  # imports torch, OpenCV, ... for the help text: seconds
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
@@ -304,11 +372,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(handler(args) or 0)
-    except USER_ERRORS as exc:
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise  # a programming error: keep the traceback
         print(f"das-stream: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -97,8 +97,8 @@ class RunConfig:
                 raise ConfigError(f"{name} must be >= 1, got {value} (in {self._origin})")
         for name in ("speed", "stats_interval", "duration"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value} (in {self._origin})")
+            if value is not None and not 0 < value < float("inf"):  # also refuses NaN
+                raise ConfigError(f"{name} must be a finite number > 0, got {value} (in {self._origin})")
         if not math.isfinite(self.gap) or self.gap < 0:
             raise ConfigError(f"gap must be a number of seconds >= 0 (0 turns it off), got {self.gap} (in {self._origin})")
         if not self.sources:
