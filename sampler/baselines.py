@@ -19,7 +19,7 @@ from torch import nn
 from .base import Sampler, SamplerOutput, check_k, check_window
 from .das import FrameDescriptor, mlp
 from .errors import SamplerError
-from .features import frame_validity
+from .features import frame_features, frame_validity
 from .gumbel import gumbel_like, in_temporal_order, penalize_invalid, select_row, select_without_replacement, top_k_priority
 
 
@@ -182,8 +182,12 @@ class ADPSSampler(Sampler):
     def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
         check_window(x, self.num_frames, valid)
         usable = frame_validity(x, valid)
-        features = self.describe(x, usable)  # (B, T, d)
-        b = x.shape[0]
+        return self.select_features(frame_features(x, self.describe.feature_size), usable)
+
+    def select_features(self, raw: torch.Tensor, usable: torch.Tensor) -> SamplerOutput:
+        """:meth:`select` from precomputed frame features (B, T, d) and the usable mask (B, T)."""
+        features = FrameDescriptor.from_raw(raw, usable)  # (B, T, d)
+        b = raw.shape[0]
         state = (features.new_zeros(b, self.hidden), features.new_zeros(b, self.hidden))
         step_input = features.new_zeros(b, self.hidden)
         picked_sum = torch.zeros_like(features[:, 0])

@@ -64,7 +64,11 @@ class FrameDescriptor(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(B, T, 2 d): per-window z-scored features next to the raw ones, zero on invalid frames."""
-        raw = frame_features(x, self.feature_size)
+        return self.from_raw(frame_features(x, self.feature_size), valid)
+
+    @staticmethod
+    def from_raw(raw: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The same from already computed :func:`sampler.features.frame_features` (B, T, d)."""
         return torch.cat([standardize_over_time(raw, valid), raw * valid.unsqueeze(2)], dim=2)
 
 
@@ -129,7 +133,12 @@ class DASSampler(Sampler):
         """Equations 1-4 for a window ``x`` (B, T, C, H, W) (any H, W)."""
         check_window(x, self.num_frames, valid)
         usable = frame_validity(x, valid)
-        features = self.describe(x, usable)
+        return self.attention_from_features(frame_features(x, self.describe.feature_size), usable)
+
+    def attention_from_features(self, raw: torch.Tensor, usable: torch.Tensor) -> DASAttention:
+        """Equations 1-4 from the window's frame features (B, T, d) (:func:`frame_features` at
+        the sampler's feature size) and its (B, T) mask of usable frames (real and not empty)."""
+        features = FrameDescriptor.from_raw(raw, usable)
         pooled = masked_pool(features, usable)
         base = self.base(features).squeeze(2)  # (B, T)
         scales = torch.stack([F.softplus(head(pooled)) for head in self.heads], dim=1)  # (B, H, k)
@@ -138,7 +147,14 @@ class DASSampler(Sampler):
         return DASAttention(base=base, scales=scales, scores=scores, tau=tau, valid=usable)
 
     def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
-        att = self.attention(x, valid)
+        return self._select(self.attention(x, valid))
+
+    def select_features(self, raw: torch.Tensor, usable: torch.Tensor) -> SamplerOutput:
+        """:meth:`select` from precomputed frame features: what a streaming runtime calls when it
+        has computed each frame's features as the frame arrived (the same picks, tested)."""
+        return self._select(self.attention_from_features(raw, usable))
+
+    def _select(self, att: DASAttention) -> SamplerOutput:
         if not (self.training or self.paper_exact or att.scores.requires_grad):
             # Inference: every row of A ranks the frames as a_base does (positive scales, no
             # noise), so the k rows' picks without replacement are the top k of a_base, with

@@ -99,7 +99,7 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
         torch.set_num_threads(cfg.threads)
     web, metrics = observe_addresses(cfg)  # a bad address fails before the model loads
     model = load_model(cfg)
-    engine = InferenceEngine(model, device=cfg.device, engine=cfg.engine)
+    engine = InferenceEngine(model, device=cfg.device, backend=cfg.engine, max_windows=cfg.max_batch_windows)
     policy = overload_policy(cfg)
     pre = model.preprocessing  # what training did to its clips ({} for older model files)
     sources = build_sources(cfg, size=int(pre.get("size") or model.config.input_size))

@@ -113,7 +113,9 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--frame-queue", type=int, help=f"frames buffered per stream (default {d['frame_queue']})")
     run.add_argument("--max-batch-windows", type=int, help=f"most windows per classifier call (default {d['max_batch_windows']})")
     run.add_argument("--device", help=f"{DEVICE_FORMS} (default {d['device']})")
-    run.add_argument("--engine", choices=["torch", "onnx"], help="classifier backbone engine (default torch)")
+    run.add_argument("--engine", choices=choices("engine"),
+                     help=f"backbone engine (default {d['engine']}): auto = CUDA graphs on a GPU, ONNX Runtime on the "
+                     "CPU when installed, else torch; torch (eager), torch-cudagraph, onnx")
     run.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     run.add_argument("--mqtt", metavar="URL", help="publish to mqtt://[user:pass@]HOST:PORT or mqtts://...")
     run.add_argument("--topic-prefix", help=f"MQTT topic prefix (default {d['topic_prefix']}): PREFIX/STREAM/prediction|stats")
@@ -151,15 +153,18 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
         "bench", help="measure compute saved, sampler overhead, throughput and latency on this machine",
         description="Runs the benchmark suite (see docs/performance.md) and prints one JSON object. Keys: "
-        "compute_ratio, sampler_overhead, throughput_ratio, throughput_fps, latency_p99_ms, then details.",
+        "compute_ratio, sampler_overhead, throughput_ratio, throughput_fps, latency_p99_ms, capacity_streams, "
+        "capacity_streams_full, then details.",
     )
     bench.add_argument("--quick", action="store_true", help="short runs: under 5 minutes on 2 CPU cores")
     bench.add_argument("--model", help="model file to time (default: untrained T=32, 224 px DAS/full models)")
     bench.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    bench.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="backbone engine")
+    bench.add_argument("--engine", default="auto", choices=choices("engine"),
+                       help="backbone engine (default auto, as `run`)")
     bench.add_argument("--video", help="video to replay for throughput/latency (default: a synthetic 640x480 clip)")
     bench.add_argument("--mqtt", metavar="URL", help="broker for throughput/latency (default: a local mosquitto if installed)")
-    bench.add_argument("--only", help="comma-separated items: compute,sampler,throughput,latency,overlap,memory,streams")
+    bench.add_argument("--only", help="comma-separated items: compute,sampler,throughput,latency,overlap,memory,streams,capacity")
+    bench.add_argument("--streams", type=int, help="capacity item: run this one number of 30 fps streams, no sweep")
     bench.add_argument("--threads", type=int, help="torch intra-op threads")
     bench.add_argument("--feature-size", type=int, default=56,
                        help="sampler feature resolution of the default models (default 56 = 224/4)")
@@ -197,7 +202,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     settings = BenchSettings(quick=args.quick, model=args.model, device=args.device, engine=args.engine,
-                             video=args.video, mqtt=args.mqtt, only=only, feature_size=args.feature_size)
+                             video=args.video, mqtt=args.mqtt, only=only, feature_size=args.feature_size,
+                             streams=args.streams)
     result = run_bench(settings, log=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
     text = to_json(result)
     print(text)

@@ -65,7 +65,7 @@ class RunConfig:
     window_queue: int = PipelineSettings.window_queue
     max_batch_windows: int = PipelineSettings.max_batch_windows
     device: str = "auto"
-    engine: Literal["torch", "onnx"] = "torch"
+    engine: Literal["auto", "torch", "torch-cudagraph", "onnx"] = "auto"
     threads: int | None = None
     mqtt: str | None = None
     topic_prefix: str = MqttSettings.topic_prefix

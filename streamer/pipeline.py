@@ -309,8 +309,8 @@ class Pipeline:
                 await self._put_window(windows, st.windower.flush())  # before and after never share a window
                 self._paused(st, (frame.t_capture - last_t) * 1000.0)
             last_t = frame.t_capture
-            if st.windower.next_in_window:  # its sampler copy now, off the window-close path
-                self.engine.prepare(st.windower.stream, frame)
+            if st.windower.next_in_window:  # its sampler copy now, on the engine's thread, off the window-close path
+                self.engine.accept(st.windower.stream, frame)
             await self._put_window(windows, st.windower.push(frame))
         await self._put_window(windows, st.windower.flush())
         await windows.put(_END)
@@ -341,7 +341,7 @@ class Pipeline:
                     continue
                 for res in await asyncio.to_thread(self.engine.process, todo):
                     w = res.window
-                    stats[w.stream].window_done(w, res.selected, res.backbone_calls)
+                    stats[w.stream].window_done(w, res.selected, res.frames_embedded)
                     if w.frames:
                         t0 = time.monotonic()
                         await results.put(res)
