@@ -5,6 +5,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -151,6 +152,8 @@ def run(cfg: RunConfig) -> RunSummary:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pipeline = build_pipeline(cfg)
     sinks = list(getattr(pipeline.sinks, "sinks", pipeline.sinks))  # a FanOut, or a list
+    if threading.current_thread() is threading.main_thread():  # start-up is over (see streamer.cli)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     summary = asyncio.run(run_pipeline(pipeline))
     summary.errors.extend(delivery_errors(sinks))
     return summary

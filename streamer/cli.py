@@ -395,7 +395,22 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
 # --- end cluster command ---
 
 
+def _exit_during_start_up(signum: int, frame: Any) -> None:
+    """SIGINT while `run` starts (imports, model, warm-up): nothing is open yet, so leave at once.
+    Raising KeyboardInterrupt there could land inside a half-done import (seen: numpy's lazy
+    submodules then fail with RecursionError instead of the interrupt)."""
+    import os
+
+    os.write(2, b"das-stream: interrupted during start-up\n")
+    os._exit(130)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    command = (list(sys.argv[1:] if argv is None else argv) or ["run"])[0]
+    if command == "run":  # until app.run hands SIGINT to the pipeline's clean shutdown
+        import signal
+
+        signal.signal(signal.SIGINT, _exit_during_start_up)
     try:
         return _main(argv)
     except KeyboardInterrupt:  # Ctrl-C before the run's own handlers are in place (start-up)

@@ -81,7 +81,9 @@ def test_padded_outputs_equal_unpadded(model, cls):
     emb._plans.clear()
     assert emb.plan(13) == (16,)
     padded = emb.embed(frames)
-    torch.testing.assert_close(padded, exact, rtol=0, atol=1e-5)
+    # float32 convolutions may sum in another order for another batch size (oneDNN picks kernels
+    # per shape): equal within 1e-5 absolute plus 1e-4 relative, far below any decision's scale
+    torch.testing.assert_close(padded, exact, rtol=1e-4, atol=1e-5)
     emb.cost = {b: b + 0.5 for b in emb.buckets}  # a CPU-like cost: the binary split, no padding
     emb._plans.clear()
     assert emb.plan(13) == (8, 4, 1) and emb.plan(40) == (16, 16, 8)

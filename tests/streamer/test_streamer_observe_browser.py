@@ -158,8 +158,8 @@ def test_live_view_in_chromium(run_with_web, browser, tmp_path):
     assert len(first["picked"]) == K and set(first["picked"]) <= set(first["seqs"])
     assert first["pickedBorder"] != first["otherBorder"]  # the picked frames are visibly marked
     chart1 = wait_for(lambda: browser.execute_script(CHART), 30, "the chart")
-    live1 = wait_for(lambda: browser.execute_script(LIVE), 30, "the live image")
-    assert live1["width"] > 0
+    # (naturalWidth is 0 again while the next frame's src loads: wait for a drawn one)
+    live1 = wait_for(lambda: (v := browser.execute_script(LIVE)) and v["width"] > 0 and v, 30, "the live image")
 
     second = wait_for(lambda: (s := browser.execute_script(STRIP)) and s["window"] > first["window"]
                       and s["loaded"] == T and s, 30, "the thumbnails to move on to a later window")
