@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,3 +321,26 @@ class SyntheticSource(PacedSource):
                     return
                 yield seq, seq / self._fps, self._output.apply(image)
                 seq += 1
+
+
+def encode_video(target: Any, images: Iterable[np.ndarray], *, fps: float, codec: str = "libx264",
+                 pix_fmt: str = "yuv420p", format: str | None = None, options: dict[str, str] | None = None) -> Any:
+    """Encode uint8 frames, gray (H, W) or RGB (H, W, 3), into ``target`` (a path or a writable
+    binary file) with PyAV: the one video writer of the project's tests and benchmarks (the
+    synthetic clips of :func:`make_clip`, or any frames). Returns ``target``."""
+    import av  # PyAV only when a video is written
+
+    with av.open(str(target) if not hasattr(target, "write") else target, "w", format=format) as container:
+        stream = None
+        for image in images:
+            if stream is None:
+                stream = container.add_stream(codec, rate=fps)
+                stream.height, stream.width = image.shape[:2]
+                stream.pix_fmt = pix_fmt
+                if options:
+                    stream.options = dict(options)
+            rgb = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
+        if stream is not None:
+            container.mux(stream.encode())
+    return target

@@ -41,8 +41,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import av
-import cv2
 import numpy as np
 import torch
 
@@ -50,7 +48,7 @@ from sampler.model import ModelConfig, SampledClassifier, build_model
 from sinks.mqtt import MqttSettings, MqttSink
 from sources.base import SourceCounts
 from sources.frame import Frame
-from sources.synthetic import CLASSES, SyntheticSource, make_clip
+from sources.synthetic import CLASSES, SyntheticSource, encode_video, make_clip
 from sources.video import VideoSource
 
 from .inference import InferenceEngine, resize_gray
@@ -149,25 +147,20 @@ def _windows(frames: list[Frame], num_frames: int, stride: int) -> list[Window]:
 def make_video(path: Path, *, frames: int, fps: int = 30, width: int = 640, height: int = 480) -> Path:
     """A synthetic ultrasound-like H.264 clip at a typical probe resolution."""
     rng = np.random.default_rng(1)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "veryfast"}
+
+    def images() -> Iterator[np.ndarray]:
         made = 0
-        while made < frames:
+        while True:
             for image in make_clip(made // 32 % len(CLASSES), 32, size=height, rng=rng):
+                if made == frames:
+                    return
                 canvas = np.zeros((height, width), np.uint8)
                 x0 = (width - height) // 2
                 canvas[:, x0 : x0 + height] = image
-                frame = av.VideoFrame.from_ndarray(cv2.cvtColor(canvas, cv2.COLOR_GRAY2RGB), format="rgb24")
-                for packet in stream.encode(frame):
-                    out.mux(packet)
+                yield canvas
                 made += 1
-                if made == frames:
-                    break
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+
+    return encode_video(path, images(), fps=fps, options={"preset": "veryfast"})
 
 
 @contextlib.contextmanager

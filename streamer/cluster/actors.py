@@ -17,7 +17,6 @@ and ``lost_in_restart`` (those frames).
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os

@@ -10,8 +10,9 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
+
+from sources.synthetic import encode_video
 
 WIDTH, HEIGHT = 64, 48
 
@@ -54,14 +55,8 @@ KINDS = {
 
 def write_video(path: Path, kind: VideoKind, *, frames: int, fps: int = 25) -> Path:
     """Encode ``frames`` test frames at ``fps`` into ``path`` with PyAV."""
-    with av.open(str(path), "w", format=kind.format) as container:
-        stream = container.add_stream(kind.codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, kind.pix_fmt
-        for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(frame_rgb(i), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
+    return encode_video(path, (frame_rgb(i) for i in range(frames)), fps=fps, codec=kind.codec,
+                        pix_fmt=kind.pix_fmt, format=kind.format)
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

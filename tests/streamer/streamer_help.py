@@ -5,12 +5,11 @@ import asyncio
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
 from sampler.model import ModelConfig, build_model
-from sources.synthetic import CLASSES, make_clip
+from sources.synthetic import CLASSES, encode_video, make_clip
 
 
 def make_model_file(path: Path, *, method: str = "das", num_frames: int = 8, k: int = 4,
@@ -53,17 +52,7 @@ def write_video(path: Path, *, frames: int, fps: int = 30, size: int = 64, seed:
     rng = np.random.default_rng(seed)
     clip = np.concatenate([make_clip(i % len(CLASSES), 16, size=size, rng=rng, empty_run_prob=0.0)
                            for i in range(-(-frames // 16))])[:frames]
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for image in clip:
-            rgb = np.repeat(image[:, :, None], 3, axis=2)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+    return encode_video(path, clip, fps=fps)
 
 
 class ListSink:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import yaml
+
+from sources.synthetic import encode_video
 
 SPLIT_SIZES = {"train": 16, "val": 8, "test": 8}
 
@@ -40,16 +41,14 @@ def write_video(path: Path, levels: list[int], *, fps: int, size: tuple[int, int
     """Encode gray frames (frame i flat at ``levels[i]``) with PyAV; ``split_halves`` makes the
     right half of every frame black."""
     width, height = size
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for level in levels:
-            image = np.full((height, width, 3), level, np.uint8)
-            if split_halves:
-                image[:, width // 2 :] = 0
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
-        container.mux(stream.encode())
-    return path
+
+    def image(level: int) -> np.ndarray:
+        frame = np.full((height, width), level, np.uint8)
+        if split_halves:
+            frame[:, width // 2 :] = 0
+        return frame
+
+    return encode_video(path, (image(level) for level in levels), fps=fps, codec="mpeg4")
 
 
 def write_config(path: Path, data: dict[str, Any], **sections: dict[str, Any]) -> Path:
