@@ -1,0 +1,129 @@
+"""Video-level scores: a video is cut into windows as the streaming runtime cuts them, every
+window is classified, and the video's class probabilities are the mean of its windows'.
+
+The cut follows ``streamer.window.Windower``: windows start at frames 0, S, 2S, ... and hold T
+frames; at the end of the video one partial window holds the frames no full window reached (its
+missing frames are empty and masked out, as the runtime pads them); a video shorter than T is a
+single partial window. This is what a user of ``das-stream run`` gets per video, and how
+published lung ultrasound results are reported (Born et al., video-level accuracy).
+
+:func:`evaluate_videos` is the reusable entry point (also for ``das-stream evaluate``).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..model import SampledClassifier
+from .datasets import ClipSet
+from .loop import evaluate
+from .metrics import Scores, classification_scores
+
+
+def window_bounds(num_frames: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of every window the runtime classifies in a video of ``num_frames``."""
+    if window < 1 or stride < 1:
+        raise ValueError(f"window length and stride must be >= 1, got T={window}, S={stride}")
+    out, start, covered = [], 0, 0
+    while start + window <= num_frames:
+        out.append((start, start + window))
+        covered = start + window
+        start += stride
+    if start < num_frames and num_frames > covered:
+        out.append((start, num_frames))
+    return out
+
+
+def cut_windows(frames: np.ndarray, window: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) frames -> (W, T, H, W) windows and (W, T) validity (False for padding)."""
+    bounds = window_bounds(len(frames), window, stride)
+    x = np.zeros((len(bounds), window, *frames.shape[1:]), dtype=frames.dtype)
+    valid = np.zeros((len(bounds), window), dtype=bool)
+    for i, (a, b) in enumerate(bounds):
+        x[i, : b - a] = frames[a:b]
+        valid[i, : b - a] = True
+    return x, valid
+
+
+def windows_of_videos(
+    videos: Sequence[np.ndarray], labels: np.ndarray, names: Sequence[str], window: int, stride: int
+) -> tuple[ClipSet, np.ndarray]:
+    """Every runtime window of every video as one :class:`ClipSet`, and each window's video index."""
+    xs, vs, owner = [], [], []
+    for i, frames in enumerate(videos):
+        x, v = cut_windows(frames, window, stride)
+        xs.append(x)
+        vs.append(v)
+        owner += [i] * len(x)
+    owner_arr = np.array(owner, dtype=np.int64)
+    clip_names = tuple(f"{names[i]}#{j}" for i, j in zip(owner_arr, _ranks(owner_arr)))
+    return ClipSet(np.concatenate(xs), np.concatenate(vs), np.asarray(labels)[owner_arr], clip_names), owner_arr
+
+
+def _ranks(owner: np.ndarray) -> list[int]:
+    seen: dict[int, int] = {}
+    out = []
+    for o in owner.tolist():
+        out.append(seen.get(o, 0))
+        seen[o] = out[-1] + 1
+    return out
+
+
+def aggregate_video_probs(window_probs: np.ndarray, owner: np.ndarray, num_videos: int | None = None) -> np.ndarray:
+    """(W, C) window probabilities -> (V, C): the mean over each video's windows."""
+    owner = np.asarray(owner)
+    v = int(owner.max()) + 1 if num_videos is None else num_videos
+    sums = np.zeros((v, window_probs.shape[1]))
+    np.add.at(sums, owner, window_probs)
+    counts = np.bincount(owner, minlength=v)
+    if (counts == 0).any():
+        raise ValueError(f"videos {np.flatnonzero(counts == 0).tolist()} have no window")
+    return sums / counts[:, None]
+
+
+@dataclass(frozen=True)
+class VideoEvaluation:
+    """Video-level and window-level results of one model on a set of videos."""
+
+    scores: Scores
+    window_scores: Scores
+    probs: np.ndarray
+    labels: np.ndarray
+    windows_per_video: np.ndarray
+
+
+def evaluate_videos(
+    model: SampledClassifier,
+    videos: Sequence[np.ndarray],
+    labels: np.ndarray,
+    *,
+    window: int,
+    stride: int,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    names: Sequence[str] | None = None,
+) -> VideoEvaluation:
+    """Classify every runtime window of every video; a video's prediction is the mean of its
+    windows' probabilities.
+
+    Args:
+        model: a trained model (its T need not equal ``window``; usually it does).
+        videos: (N_i, H, W) uint8 frames per video, at the model's frame rate.
+        labels: (V,) class per video.
+        window, stride: T and S of the runtime.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    names = names if names is not None else [str(i) for i in range(len(videos))]
+    clips, owner = windows_of_videos(videos, labels, names, window, stride)
+    ev = evaluate(model, clips, device=torch.device(device), batch_size=batch_size)
+    probs = aggregate_video_probs(ev.probs, owner, len(videos))
+    return VideoEvaluation(
+        scores=classification_scores(labels, probs),
+        window_scores=ev.scores,
+        probs=probs,
+        labels=labels,
+        windows_per_video=np.bincount(owner, minlength=len(videos)),
+    )
