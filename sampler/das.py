@@ -42,6 +42,7 @@ from .gumbel import (
     select_without_replacement,
     top_k_priority,
 )
+from .learned_features import LearnedDescriptor
 
 
 def mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
@@ -97,6 +98,9 @@ class DASSampler(Sampler):
         heads: H, number of scale heads.
         hidden: width of the hidden layer of every MLP.
         tau0: base temperature; tau stays within [0.5 tau0, 1.5 tau0].
+        features: what DAS sees of each frame: ``hand`` (the hand-made features, the paper's),
+            ``learned`` (a tiny CNN trained end to end, :mod:`sampler.learned_features`) or
+            ``both`` (concatenated).
         paper_exact: pick each row independently as the paper writes it (picks may repeat and
             do repeat in eval mode); the default picks without replacement.
     """
@@ -111,14 +115,19 @@ class DASSampler(Sampler):
         hidden: int = 64,
         tau0: float = 1.0,
         paper_exact: bool = False,
+        features: str = "hand",
     ) -> None:
         super().__init__(num_frames, k)
         if heads < 1:
             raise SamplerError(f"DAS needs at least one head, got heads={heads}; use heads=1 or more")
         if tau0 <= 0:
             raise SamplerError(f"DAS tau0 must be positive, got tau0={tau0}; use e.g. tau0=1.0")
+        if features not in ("hand", "learned", "both"):
+            raise SamplerError(f"DAS features must be hand, learned or both, got {features!r}")
+        self.features = features
         self.describe = FrameDescriptor(feature_size=feature_size)
-        d = FrameDescriptor.dim
+        self.learned = LearnedDescriptor() if features != "hand" else None
+        d = (FrameDescriptor.dim if features != "learned" else 0) + (self.learned.dim if self.learned is not None else 0)
         self.base = mlp(d, hidden, 1)
         self.heads = nn.ModuleList(mlp(2 * d, hidden, k) for _ in range(heads))
         self.temperature = mlp(2 * d, hidden, 1)
@@ -129,7 +138,10 @@ class DASSampler(Sampler):
         """Equations 1-4 for a window ``x`` (B, T, C, H, W) (any H, W)."""
         check_window(x, self.num_frames, valid)
         usable = frame_validity(x, valid)
-        features = self.describe(x, usable)
+        parts = [] if self.features == "learned" else [self.describe(x, usable)]
+        if self.learned is not None:
+            parts.append(self.learned(x, usable))
+        features = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
         pooled = masked_pool(features, usable)
         base = self.base(features).squeeze(2)  # (B, T)
         scales = torch.stack([F.softplus(head(pooled)) for head in self.heads], dim=1)  # (B, H, k)
