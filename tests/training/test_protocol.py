@@ -251,3 +251,48 @@ def test_compare_folds_on_medmnist_keeps_the_official_test_split(tmp_path):
     # the official test split (8 volumes) is every fold's test set
     preds = (out / "fold0" / "das-keep0.5-seed0" / "selection-test.png")
     assert preds.is_file()
+
+
+# --- training windows and config keys ------------------------------------------------------
+
+
+def test_random_training_windows_come_from_anywhere_and_repeat_with_the_seed():
+    from sampler.training.crossval import RandomWindowSet
+
+    video = (np.arange(40, dtype=np.uint8)[:, None, None] + 10) * np.ones((1, 4, 4), np.uint8)
+    short = np.full((3, 4, 4), 100, np.uint8)
+
+    def draws(seed, corruption=None):
+        ds = RandomWindowSet([video, short], np.array([0, 1]), ("a", "b"), 8, seed=seed, corruption=corruption)
+        return [ds[i % 2] for i in range(40)]
+
+    a, b = draws(0), draws(0)
+    assert all(torch_equal(x[0], y[0]) for x, y in zip(a, b))
+    starts = {int(x[0][0, 0, 0, 0]) - 10 for x in a[::2]}
+    assert len(starts) > 5 and max(starts) > 8  # not only the first T frames
+    for x, valid, _ in a[::2]:  # consecutive frames, all real
+        values = x[:, 0, 0, 0].numpy().astype(int)
+        assert (np.diff(values) == 1).all() and bool(valid.all())
+    x, valid, label = a[1]  # the 3-frame video: padded and masked
+    assert label == 1 and valid.tolist() == [True] * 3 + [False] * 5 and int(x[3:].max()) == 0
+    corrupted = draws(0, StreamCorruption(rate=50.0, kinds=("lost_contact",)))
+    assert any(int(x[0][:, 0].amin()) <= 4 for x in corrupted[::2])  # some black runs in the long video
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("data.folds", "1", "must be 0 \\(fixed split\\) or >= 2"),
+    ("data.train_windows", "middle", "first, random or all"),
+    ("data.corruption", "train", "none, test or both"),
+    ("data.fold_test", "mine", "merge or official"),
+])
+def test_bad_protocol_settings_are_config_errors(tmp_path, key, value, message):
+    from sampler.training.config import load_config
+
+    npz = write_npz(tmp_path / "m.npz")
+    config = write_config(tmp_path / "m.yaml", {"kind": "medmnist3d", "path": str(npz)})
+    with pytest.raises(ConfigError, match=message):
+        load_config(config, overrides=[f"{key}={value}"])
