@@ -286,7 +286,9 @@ def _write_summaries(config: ExperimentConfig, results: list[RunResult], out: Pa
     name = f"{config.name}{suffix}"
     write_summary_with_diffs(rows, results, out / f"{name}.csv")
     write_paired_csv(diffs, out / f"{name}-paired.csv")
-    level = "video-level" if config.data.kind == "videos" else "clip-level"
+    level = "video-level" if config.data.kind == "videos" else (
+        "clip-level, official splits merged before folding" if config.data.fold_test == "merge"
+        else "clip-level, official test split kept as every fold's test set")
     text = (f"{config.data.folds}-fold cross-validation, {level} test scores{' (corrupted test)' if suffix else ''}; "
             f"mean ± std over folds x seeds.\n\n" + markdown_table(rows) + "\nPaired differences (same fold and seed), "
             "mean and 95% percentile bootstrap interval:\n\n" + paired_markdown(diffs))

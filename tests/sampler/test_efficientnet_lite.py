@@ -59,3 +59,15 @@ def test_wrong_state_dict_is_a_model_file_error(tmp_path):
     bad.write_bytes(b"not a state dict")
     with pytest.raises(ModelFileError, match="cannot be read"):
         load_lite_weights(LiteFeatures(), bad)
+
+
+def test_model_with_the_lite_backbone_saves_and_loads(tmp_path):
+    from sampler.model import ModelConfig, SampledClassifier, build_model
+
+    model = build_model(ModelConfig(method="uniform", num_frames=4, k=2, class_names=("a", "b"), input_size=32,
+                                    backbone="efficientnet_lite0", backbone_weights="auto")).eval()
+    assert model.classifier.weights_source == "imagenet"
+    model.save(tmp_path / "m.pt")
+    again = SampledClassifier.load(tmp_path / "m.pt").eval()
+    x = torch.rand(1, 4, 1, 32, 32)
+    assert torch.equal(model(x)[0], again(x)[0])
