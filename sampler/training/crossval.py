@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,77 +32,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sources.errors import SourceError
-from sources.video import read_video
-
 from ..errors import DataError
 from ..model import SampledClassifier
 from .commands import RESULT_FILE, MODEL_FILE, RunLog, _grid, _set_threads, run_name, train_run
 from .config import DataConfig, ExperimentConfig
 from .corruptions import StreamCorruption, corrupt_videos
-from .datasets import ClipSet, DatasetSplits, _write_atomic, load_medmnist3d, read_video_index
+from .datasets import ClipSet, DatasetSplits, load_medmnist3d
 from .folds import fold_splits, groups_from_regex
 from .loop import resolve_device
 from .paired import paired_markdown, paired_table, write_paired_csv, write_summary_with_diffs
 from .report import RunResult, SummaryRow, markdown_table, plot_auc, summarize
-from .video_eval import cut_windows, evaluate_videos, windows_of_videos
+from .video_eval import cut_windows, evaluate_videos, load_whole_videos, windows_of_videos
 
 CORRUPTED_RESULT = "result-corrupted.json"
 
 
-# --- whole videos ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class VideoSet:
-    """Whole videos (variable length) with labels, names and groups."""
-
-    videos: list[np.ndarray]
-    labels: np.ndarray
-    names: tuple[str, ...]
-    groups: np.ndarray
-    class_names: tuple[str, ...]
-
-    def take(self, index: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...]]:
-        return [self.videos[i] for i in index], self.labels[index], tuple(self.names[i] for i in index)
-
-
-def load_whole_videos(config: DataConfig) -> VideoSet:
-    """Decode every video of the index whole (cached under ``cache_dir``)."""
-    entries, class_names = read_video_index(config)
-    key = {
-        "version": 1,
-        "whole": True,
-        "fps": config.fps,
-        "size": config.size,
-        "max_frames": config.max_frames,
-        "files": [[str(e.path.resolve()), e.path.stat().st_size, e.path.stat().st_mtime_ns, e.crop, e.trim] for e in entries],
-    }
-    cache = Path(config.cache_dir).expanduser() / f"whole-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.npz"
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as npz:
-            frames, lengths = npz["frames"], npz["lengths"]
-        videos = np.split(frames, np.cumsum(lengths)[:-1])
-    else:
-        videos = [_decode_whole(e, config) for e in entries]
-        _write_atomic(cache, frames=np.concatenate(videos), lengths=np.array([len(v) for v in videos]))
-    labels = np.array([class_names.index(e.label) for e in entries], dtype=np.int64)
-    names = tuple(e.name for e in entries)
-    return VideoSet(list(videos), labels, names, _groups(config, names), class_names)
-
-
-def _decode_whole(entry, config: DataConfig) -> np.ndarray:
-    crop = None if entry.crop is None else (entry.crop[1], entry.crop[0], entry.crop[2], entry.crop[2])
-    try:
-        frames, source_fps = read_video(entry.path, gray=True, size=config.size, fps=config.fps, crop=crop, max_frames=config.max_frames or None)
-    except SourceError as exc:
-        raise DataError(f"video {entry.path} (CSV row {entry.row}) cannot be used: {exc}") from None
-    if entry.trim is not None:
-        scale = config.fps / source_fps
-        frames = frames[round(entry.trim[0] * scale) : round(entry.trim[1] * scale)]
-    if len(frames) == 0:
-        raise DataError(f"video {entry.path} (CSV row {entry.row}) has no frames; remove the row or fix its trim range")
-    return np.ascontiguousarray(frames)
+# --- training windows ----------------------------------------------------------------------------
 
 
 def _groups(config: DataConfig, names: Sequence[str]) -> np.ndarray:
@@ -178,7 +121,7 @@ def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) 
     start = time.perf_counter()
     if d.kind == "videos":
         vs = load_whole_videos(d)
-        labels, groups, class_names = vs.labels, vs.groups, vs.class_names
+        labels, groups, class_names = vs.labels, _groups(d, vs.names), vs.class_names
         splits = fold_splits(labels, folds=d.folds, seed=d.split_seed, groups=groups, val_fraction=d.split[1] / (d.split[0] + d.split[1]))
         progress(f"{d.folds} folds over {len(labels)} videos in {len(set(groups.tolist()))} groups; video-level test, "
                  f"T={d.num_frames} stride={_stride(config)} train_windows={d.train_windows} corruption={d.corruption}")

@@ -7,18 +7,27 @@ missing frames are empty and masked out, as the runtime pads them); a video shor
 single partial window. This is what a user of ``das-stream run`` gets per video, and how
 published lung ultrasound results are reported (Born et al., video-level accuracy).
 
-:func:`evaluate_videos` is the reusable entry point (also for ``das-stream evaluate``).
+:func:`evaluate_videos` is the reusable entry point (also for ``das-stream evaluate``);
+:func:`load_whole_videos` decodes (and caches) the whole videos of a ``data: {kind: videos}`` config.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from sources.errors import SourceError
+from sources.video import read_video
+
+from ..errors import DataError
 from ..model import SampledClassifier
-from .datasets import ClipSet
+from .config import DataConfig
+from .datasets import ClipSet, VideoEntry, _write_atomic, read_video_index
 from .loop import evaluate
 from .metrics import Scores, classification_scores
 
@@ -127,3 +136,57 @@ def evaluate_videos(
         labels=labels,
         windows_per_video=np.bincount(owner, minlength=len(videos)),
     )
+
+
+# --- whole videos --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class VideoSet:
+    """Whole videos (variable length, (N_i, H, W) uint8) with labels and names."""
+
+    videos: list[np.ndarray]
+    labels: np.ndarray
+    names: tuple[str, ...]
+    class_names: tuple[str, ...]
+
+    def take(self, index: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...]]:
+        return [self.videos[i] for i in index], self.labels[index], tuple(self.names[i] for i in index)
+
+
+def load_whole_videos(config: DataConfig) -> VideoSet:
+    """Decode every video of the index whole (cached under ``cache_dir``)."""
+    entries, class_names = read_video_index(config)
+    key = {
+        "version": 1,
+        "whole": True,
+        "fps": config.fps,
+        "size": config.size,
+        "max_frames": config.max_frames,
+        "files": [[str(e.path.resolve()), e.path.stat().st_size, e.path.stat().st_mtime_ns, e.crop, e.trim] for e in entries],
+    }
+    cache = Path(config.cache_dir).expanduser() / f"whole-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.npz"
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as npz:
+            frames, lengths = npz["frames"], npz["lengths"]
+        videos = np.split(frames, np.cumsum(lengths)[:-1])
+    else:
+        videos = [_decode_whole(e, config) for e in entries]
+        _write_atomic(cache, frames=np.concatenate(videos), lengths=np.array([len(v) for v in videos]))
+    labels = np.array([class_names.index(e.label) for e in entries], dtype=np.int64)
+    names = tuple(e.name for e in entries)
+    return VideoSet(list(videos), labels, names, class_names)
+
+
+def _decode_whole(entry: VideoEntry, config: DataConfig) -> np.ndarray:
+    crop = None if entry.crop is None else (entry.crop[1], entry.crop[0], entry.crop[2], entry.crop[2])
+    try:
+        frames, source_fps = read_video(entry.path, gray=True, size=config.size, fps=config.fps, crop=crop, max_frames=config.max_frames or None)
+    except SourceError as exc:
+        raise DataError(f"video {entry.path} (CSV row {entry.row}) cannot be used: {exc}") from None
+    if entry.trim is not None:
+        scale = config.fps / source_fps
+        frames = frames[round(entry.trim[0] * scale) : round(entry.trim[1] * scale)]
+    if len(frames) == 0:
+        raise DataError(f"video {entry.path} (CSV row {entry.row}) has no frames; remove the row or fix its trim range")
+    return np.ascontiguousarray(frames)
