@@ -370,6 +370,7 @@ def _validate(c: ExperimentConfig, where: _Origin) -> None:
     need(d.train_windows in ("first", "random", "all"), "data.train_windows", f"must be first, random or all, got {d.train_windows!r}")
     need(d.window_stride >= 0 and d.max_frames >= 0, "data.window_stride", "and data.max_frames must be >= 0")
     need(d.corruption in ("none", "test", "both"), "data.corruption", f"must be none, test or both, got {d.corruption!r}")
+    need(d.corruption != "both" or d.kind == "videos", "data.corruption", "both (corrupted training) needs data.kind videos; use test")
     need(not (d.group_column and d.group_regex), "data.group_regex", "and data.group_column exclude each other; set one")
     need(len(d.synthetic_counts) == 3 and min(d.synthetic_counts) >= 2, "data.synthetic_counts", "must be three counts >= 2")
     need(d.classes is None or len(set(d.classes)) == len(d.classes) >= 2, "data.classes", "must list at least two distinct classes")

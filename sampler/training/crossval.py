@@ -39,7 +39,7 @@ from .config import DataConfig, ExperimentConfig
 from .corruptions import StreamCorruption, corrupt_videos
 from .datasets import ClipSet, DatasetSplits, load_medmnist3d
 from .folds import fold_splits, groups_from_regex
-from .loop import resolve_device
+from .loop import evaluate, resolve_device
 from .paired import paired_markdown, paired_table, write_paired_csv, write_summary_with_diffs
 from .report import RunResult, SummaryRow, markdown_table, plot_auc, summarize
 from .video_eval import cut_windows, evaluate_videos, load_whole_videos, windows_of_videos
@@ -178,10 +178,11 @@ def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) 
                 data = data or DatasetSplits(pool.subset(tr), pool.subset(va), pool.subset(te) if te is not None else base.test, base.class_names)
                 r = dataclasses.replace(train_run(run_config, data, run_dir), fold=f)
                 if corruption is not None:
-                    from .loop import evaluate
-                    model = SampledClassifier.load(run_dir / MODEL_FILE)
+                    device = resolve_device(config.train.device)
+                    model = SampledClassifier.load(run_dir / MODEL_FILE, map_location=device)
                     bad = corrupt_videos(list(data.test.x), corruption, seed=d.corruption_seed)
-                    ev = evaluate(model, ClipSet(np.stack(bad), data.test.valid, data.test.labels, data.test.names), device=torch.device("cpu"))
+                    ev = evaluate(model, ClipSet(np.stack(bad), data.test.valid, data.test.labels, data.test.names), device=device,
+                                  batch_size=config.train.eval_batch_size)
                     rc = dataclasses.replace(r, test=ev.scores)
                     rc.save(run_dir / CORRUPTED_RESULT)
                     corrupted.append(rc)
