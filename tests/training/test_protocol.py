@@ -241,16 +241,20 @@ def test_compare_two_folds_video_level_with_groups_and_corruption(tmp_path, caps
 
 def test_compare_folds_on_medmnist_keeps_the_official_test_split(tmp_path):
     npz = write_npz(tmp_path / "m.npz", depth=6, size=16)
-    config = write_config(tmp_path / "m.yaml", {"kind": "medmnist3d", "path": str(npz), "classes": ["a", "b"], "fold_test": "official"})
+    config = write_config(tmp_path / "m.yaml", {"kind": "medmnist3d", "path": str(npz), "classes": ["a", "b"], "fold_test": "official",
+                                                "corruption": "test"})
     out = tmp_path / "cv"
     assert main(["compare", "--config", str(config), "--folds", "2", "--methods", "uniform,das", "--seeds", "0",
                  "--keeps", "0.5", "--set", "model.backbone=tiny_cnn", "--out", str(out)]) == 0
     for f in (0, 1):
         r = json.loads((out / f"fold{f}" / "das-keep0.5-seed0" / "result.json").read_text())
         assert r["fold"] == f
-    # the official test split (8 volumes) is every fold's test set
-    preds = (out / "fold0" / "das-keep0.5-seed0" / "selection-test.png")
-    assert preds.is_file()
+    # the official test split (8 volumes) is every fold's test set; train + val (24) are folded
+    for f in (0, 1):
+        log = (out / f"fold{f}" / "das-keep0.5-seed0" / "train.log").read_text()
+        assert "clips train/val/test=12/12/8" in log
+        assert (out / f"fold{f}" / "das-keep0.5-seed0" / "result-corrupted.json").is_file()
+    assert "official test split kept" in (out / "tiny.md").read_text()
 
 
 # --- training windows and config keys ------------------------------------------------------
