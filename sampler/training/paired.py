@@ -134,11 +134,10 @@ def paired_markdown(diffs: Sequence[PairedDiff]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for d in diffs:
-        scale = 1.0
         fmt = "{:+.3f}" if d.metric == "auc" else "{:+.1f}"
-        ci = "" if math.isnan(d.ci_low) else f" [{fmt.format(d.ci_low * scale)}, {fmt.format(d.ci_high * scale)}]"
+        ci = "" if math.isnan(d.ci_low) else f" [{fmt.format(d.ci_low)}, {fmt.format(d.ci_high)}]"
         lines.append(
-            f"| {d.dataset} | {d.keep:.1%} | {METHOD_LABELS[d.method]} - {METHOD_LABELS[d.baseline]} | "
+            f"| {d.dataset} | {d.keep * 100:g}% | {METHOD_LABELS[d.method]} - {METHOD_LABELS[d.baseline]} | "
             f"{'AUC' if d.metric == 'auc' else 'bal. acc. (pts)'} | {fmt.format(d.diff_mean)}{ci} | {d.wins} / {d.pairs} |"
         )
     return "\n".join(lines) + "\n"
