@@ -62,13 +62,17 @@ def markdown(results: dict[str, dict], command: str) -> str:
     row("7. 4 streams at 30 fps: worst p99 latency (ms)", "",
         lambda r: max(v["latency_p99_ms"] for v in r["streams"]["per_stream"].values()))
     row("7. 4 streams at 30 fps: frames dropped", "0", lambda r: r["streams"]["dropped_total"])
+    row("8. capacity: 30 fps streams with 0 drops and p99 close <= 50 ms, DAS 0.5 / full", "",
+        lambda r: f"{r['capacity_streams']} / {r['capacity_streams_full']}")
+    row("8. engine warm-up (s), DAS 0.5 / full", "",
+        lambda r: " / ".join(str(run["warm_up_s"]) for run in r["capacity"]["runs"].values()))
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--engines", default="torch,onnx")
+    p.add_argument("--engines", default="torch,onnx", help="comma list of auto, torch, torch-cudagraph, onnx")
     p.add_argument("--device", default="auto")
     p.add_argument("--model")
     p.add_argument("--threads", type=int)

@@ -6,7 +6,7 @@ Import the samplers from here::
 """
 from .base import Sampler, SamplerOutput
 from .baselines import ADPSSampler, DPSSampler, FullSampler, RandomSampler, UniformSampler
-from .classifier import FrameClassifier
+from .classifier import FrameClassifier, frame_classifier
 from .das import DASSampler
 from .errors import ConfigError, DataError, ModelFileError, SamplerError
 from .features import frame_features
@@ -30,5 +30,6 @@ __all__ = [
     "UniformSampler",
     "build_model",
     "build_sampler",
+    "frame_classifier",
     "frame_features",
 ]

@@ -54,6 +54,7 @@ def check_window(x: torch.Tensor, num_frames: int, valid: torch.Tensor | None = 
 
 
 def check_k(num_frames: int, k: int) -> None:
+    """The rule for k every sampler shares: 1 <= k <= T (SamplerError otherwise)."""
     if num_frames < 1:
         raise SamplerError(f"num_frames must be >= 1, got {num_frames}")
     if not 1 <= k <= num_frames:
@@ -65,9 +66,15 @@ class Sampler(nn.Module):
 
     def __init__(self, num_frames: int, k: int) -> None:
         super().__init__()
-        check_k(num_frames, k)
+        type(self).check_k(num_frames, k)
         self.num_frames = int(num_frames)
         self.k = int(k)
+
+    @staticmethod
+    def check_k(num_frames: int, k: int) -> None:
+        """Raise SamplerError when this sampler cannot pick ``k`` of ``num_frames`` frames
+        (``ModelConfig`` asks the sampler's class, so each rule is written once)."""
+        check_k(num_frames, k)
 
     def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:  # pragma: no cover
         raise NotImplementedError

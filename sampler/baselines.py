@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import Sampler, SamplerOutput, check_window
+from .base import Sampler, SamplerOutput, check_k, check_window
 from .das import FrameDescriptor, mlp
 from .errors import SamplerError
-from .features import frame_validity
+from .features import frame_features, frame_validity
 from .gumbel import gumbel_like, in_temporal_order, penalize_invalid, select_row, select_without_replacement, top_k_priority
 
 
@@ -32,9 +32,17 @@ class FullSampler(Sampler):
     """
 
     def __init__(self, *, num_frames: int, k: int | None = None) -> None:
-        if k is not None and k != num_frames:
-            raise SamplerError(f"FullSampler keeps every frame, so k must equal num_frames={num_frames}, got k={k}; use k={num_frames}")
+        self.check_k(num_frames, num_frames if k is None else k)
         super().__init__(num_frames, num_frames)
+
+    @staticmethod
+    def check_k(num_frames: int, k: int) -> None:
+        check_k(num_frames, num_frames)
+        if k != num_frames:
+            raise SamplerError(
+                f"the full sampler keeps every frame, so k must equal num_frames={num_frames}, got k={k}; "
+                f"set k equal to num_frames={num_frames}"
+            )
 
     def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
         check_window(x, self.num_frames, valid)
@@ -174,8 +182,12 @@ class ADPSSampler(Sampler):
     def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
         check_window(x, self.num_frames, valid)
         usable = frame_validity(x, valid)
-        features = self.describe(x, usable)  # (B, T, d)
-        b = x.shape[0]
+        return self.select_features(frame_features(x, self.describe.feature_size), usable)
+
+    def select_features(self, raw: torch.Tensor, usable: torch.Tensor) -> SamplerOutput:
+        """:meth:`select` from precomputed frame features (B, T, d) and the usable mask (B, T)."""
+        features = FrameDescriptor.from_raw(raw, usable)  # (B, T, d)
+        b = raw.shape[0]
         state = (features.new_zeros(b, self.hidden), features.new_zeros(b, self.hidden))
         step_input = features.new_zeros(b, self.hidden)
         picked_sum = torch.zeros_like(features[:, 0])

@@ -8,7 +8,9 @@ The per-frame embedding (:meth:`FrameClassifier.embed`) and the pooling + head
 (:meth:`FrameClassifier.classify`) are separate calls so that a streaming runtime can embed each
 frame once and reuse the embedding in every overlapping window that picks it.
 
-Backbone weights (``weights=``):
+The module itself does no I/O; :func:`frame_classifier` builds one and loads its backbone
+weights (as torchvision's ``mobilenet_v3_small(weights=...)`` does). Backbone weights
+(``weights=``):
 
 - ``"none"``: random initialisation.
 - ``"auto"``: torchvision's ImageNet weights when the file is already in the torch hub cache
@@ -25,6 +27,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +42,8 @@ from .features import as_float_window
 log = logging.getLogger(__name__)
 
 BACKBONE_DIM = 576  # channels of mobilenet_v3_small(...).features
+MIN_INPUT_SIZE = 16  # the smallest frame side the backbones take
+CLASSIFIER_OPTIONS = ("embed_dim", "hidden", "dropout")  # FrameClassifier's own options
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _IMAGENET = MobileNet_V3_Small_Weights.IMAGENET1K_V1
@@ -164,10 +169,12 @@ class AttentionPool(nn.Module):
 class FrameClassifier(nn.Module):
     """A CNN per frame (MobileNetV3-Small), attention pooling over the frames, a two-layer MLP head.
 
+    The backbone starts from random initialisation; build with :func:`frame_classifier` to
+    load pretrained backbone weights.
+
     Args:
         num_classes: number of classes.
         input_size: side of the square frames the backbone sees (frames are resized to it).
-        weights: backbone weights: ``"none"``, ``"auto"``, ``"imagenet"`` or a path.
         backbone: ``"mobilenet_v3_small"`` or ``"tiny_cnn"``.
         embed_dim: embedding size E; None keeps the backbone's own (576 for MobileNetV3-Small),
             another value adds a linear projection.
@@ -180,7 +187,6 @@ class FrameClassifier(nn.Module):
         num_classes: int,
         *,
         input_size: int = 224,
-        weights: str | os.PathLike = "none",
         backbone: str = "mobilenet_v3_small",
         embed_dim: int | None = None,
         hidden: int = 128,
@@ -189,15 +195,16 @@ class FrameClassifier(nn.Module):
         super().__init__()
         if num_classes < 2:
             raise SamplerError(f"a classifier needs at least 2 classes, got num_classes={num_classes}")
-        if input_size < 16:
-            raise SamplerError(f"input_size must be at least 16 pixels, got {input_size}")
+        if input_size < MIN_INPUT_SIZE:
+            raise SamplerError(f"input_size must be at least {MIN_INPUT_SIZE} pixels, got {input_size}")
         if backbone not in BACKBONES:
             raise SamplerError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
         self.num_classes = int(num_classes)
         self.input_size = int(input_size)
         build, backbone_dim = BACKBONES[backbone]
+        self.backbone_name = backbone
         self.backbone = build()
-        self.weights_source = load_backbone_weights(self.backbone, weights, backbone=backbone)
+        self.weights_source = "none"  # what the backbone holds; set by frame_classifier
         embed_dim = backbone_dim if embed_dim is None else int(embed_dim)
         self.project = nn.Identity() if embed_dim == backbone_dim else nn.Linear(backbone_dim, embed_dim)
         self.embed_dim = embed_dim
@@ -239,3 +246,18 @@ class FrameClassifier(nn.Module):
         b, k = frames.shape[:2]
         emb = self.embed(frames.flatten(0, 1)).view(b, k, -1)
         return self.classify(emb, mask)
+
+
+def frame_classifier(num_classes: int, *, weights: str | os.PathLike = "none", **options: Any) -> FrameClassifier:
+    """A :class:`FrameClassifier` with its backbone weights loaded (the builder that does the I/O).
+
+    Args:
+        num_classes: number of classes.
+        weights: backbone weights: ``"none"``, ``"auto"``, ``"imagenet"`` or a path (see the
+            module docstring); ``weights_source`` of the result says what was loaded.
+        **options: the rest of FrameClassifier's arguments (input_size, backbone, embed_dim,
+            hidden, dropout).
+    """
+    model = FrameClassifier(num_classes, **options)
+    model.weights_source = load_backbone_weights(model.backbone, weights, backbone=model.backbone_name)
+    return model

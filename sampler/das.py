@@ -65,7 +65,11 @@ class FrameDescriptor(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(B, T, 2 d): per-window z-scored features next to the raw ones, zero on invalid frames."""
-        raw = frame_features(x, self.feature_size)
+        return self.from_raw(frame_features(x, self.feature_size), valid)
+
+    @staticmethod
+    def from_raw(raw: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The same from already computed :func:`sampler.features.frame_features` (B, T, d)."""
         return torch.cat([standardize_over_time(raw, valid), raw * valid.unsqueeze(2)], dim=2)
 
 
@@ -127,6 +131,10 @@ class DASSampler(Sampler):
         self.features = features
         self.describe = FrameDescriptor(feature_size=feature_size)
         self.learned = LearnedDescriptor() if features != "hand" else None
+        if self.learned is not None:
+            # The learned features need the frames, not only the hand-made per-frame features a
+            # streaming runtime computes on arrival: hide select_features so the runtime calls select(x).
+            self.select_features = None
         d = (FrameDescriptor.dim if features != "learned" else 0) + (self.learned.dim if self.learned is not None else 0)
         self.base = mlp(d, hidden, 1)
         self.heads = nn.ModuleList(mlp(2 * d, hidden, k) for _ in range(heads))
@@ -138,9 +146,21 @@ class DASSampler(Sampler):
         """Equations 1-4 for a window ``x`` (B, T, C, H, W) (any H, W)."""
         check_window(x, self.num_frames, valid)
         usable = frame_validity(x, valid)
-        parts = [] if self.features == "learned" else [self.describe(x, usable)]
+        raw = frame_features(x, self.describe.feature_size) if self.features != "learned" else None
+        learned = self.learned(x, usable) if self.learned is not None else None
+        return self.attention_from_features(raw, usable, learned=learned)
+
+    def attention_from_features(
+        self, raw: torch.Tensor | None, usable: torch.Tensor, *, learned: torch.Tensor | None = None
+    ) -> DASAttention:
+        """Equations 1-4 from the window's frame features (B, T, d) (:func:`frame_features` at
+        the sampler's feature size) and its (B, T) mask of usable frames (real and not empty).
+        ``learned``: the learned descriptor (B, T, e), needed when ``features`` is learned or both."""
+        parts = [] if self.features == "learned" else [FrameDescriptor.from_raw(raw, usable)]
         if self.learned is not None:
-            parts.append(self.learned(x, usable))
+            if learned is None:
+                raise SamplerError("this DAS sampler uses learned features, which need the frames; call select(x) or attention(x)")
+            parts.append(learned)
         features = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
         pooled = masked_pool(features, usable)
         base = self.base(features).squeeze(2)  # (B, T)
@@ -150,7 +170,14 @@ class DASSampler(Sampler):
         return DASAttention(base=base, scales=scales, scores=scores, tau=tau, valid=usable)
 
     def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
-        att = self.attention(x, valid)
+        return self._select(self.attention(x, valid))
+
+    def select_features(self, raw: torch.Tensor, usable: torch.Tensor) -> SamplerOutput:
+        """:meth:`select` from precomputed frame features: what a streaming runtime calls when it
+        has computed each frame's features as the frame arrived (the same picks, tested)."""
+        return self._select(self.attention_from_features(raw, usable))
+
+    def _select(self, att: DASAttention) -> SamplerOutput:
         if not (self.training or self.paper_exact or att.scores.requires_grad):
             # Inference: every row of A ranks the frames as a_base does (positive scales, no
             # noise), so the k rows' picks without replacement are the top k of a_base, with

@@ -29,6 +29,9 @@ _LOG_EPS = 1e-3  # floor of the log-compressed energies: an empty frame sits at 
 _STD_EPS = 1e-3  # floor of the standard deviation in standardize_over_time
 
 
+MIN_FEATURE_SIZE = 3  # the smallest working resolution the features are defined for
+
+
 def as_float_window(x: torch.Tensor) -> torch.Tensor:
     """Return ``x`` as floats in [0, 1]: uint8 is divided by 255, floats are returned as they are."""
     return x if x.is_floating_point() else x.float().div_(255.0)
@@ -61,11 +64,39 @@ def frame_features(x: torch.Tensor, size: int = 64) -> torch.Tensor:
             already at that size to skip it: this is what a streaming runtime does).
         size: working resolution, at least 3.
     """
-    if size < 3:
-        raise SamplerError(f"feature size must be at least 3 pixels, got {size}; use e.g. 64")
     b, t, c, h, w = x.shape
+    stats, gray = _frame_stats(x.reshape(b * t, c, h, w), size)
+    return with_motion(stats.reshape(b, t, NUM_FEATURES - 1), gray.reshape(b, t, size, size))
+
+
+def frame_stats(frames: torch.Tensor, size: int = 64) -> torch.Tensor:
+    """The features of :func:`frame_features` that depend on one frame alone (all but ``motion``),
+    (N, NUM_FEATURES - 1), for frames (N, C, H, W): a streaming runtime computes them as each
+    frame arrives and adds the motion, which needs the window, with :func:`with_motion`."""
+    return _frame_stats(frames, size)[0]
+
+
+def with_motion(stats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, T, NUM_FEATURES): per-frame ``stats`` (B, T, NUM_FEATURES - 1) and the motion feature
+    of the window ``x`` (B, T, size, size) (gray, float in [0, 1] or uint8)."""
+    b, t = x.shape[:2]
     with torch.no_grad():
-        frames = as_float_window(x).reshape(b * t, c, h, w).float()
+        gray_bt = as_float_window(x).reshape(b, t, -1).float()
+        if t > 1:
+            step = (gray_bt[:, 1:] - gray_bt[:, :-1]).abs_().mean(dim=2)  # (B, T-1)
+            motion = torch.cat([step[:, :1], step], dim=1)
+        else:
+            motion = torch.zeros(b, t, device=x.device)
+        return torch.cat([stats, _log_energy(motion).unsqueeze(2)], dim=2)
+
+
+def _frame_stats(x: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, NUM_FEATURES - 1) per-frame features and the (N, size, size) gray working frames."""
+    if size < MIN_FEATURE_SIZE:
+        raise SamplerError(f"feature size must be at least {MIN_FEATURE_SIZE} pixels, got {size}; use e.g. 64")
+    n, c, h, w = x.shape
+    with torch.no_grad():
+        frames = as_float_window(x).float()
         if (h, w) != (size, size):
             frames = F.interpolate(frames, size=(size, size), mode="area")
         flat = frames.flatten(1)
@@ -81,17 +112,8 @@ def frame_features(x: torch.Tensor, size: int = 64) -> torch.Tensor:
         magnitude = (gx * gx).addcmul_(gy, gy).sqrt_().mean(dim=(1, 2))
         sobel_x, sobel_y, laplacian = torch.stack([gx, gy, laplacian], dim=1).abs_().mean(dim=(2, 3)).unbind(1)
         edges = torch.stack([sobel_x, sobel_y, magnitude, laplacian], dim=1)  # (N, 4)
-
-        gray_bt = gray.reshape(b, t, size * size)
-        if t > 1:
-            step = (gray_bt[:, 1:] - gray_bt[:, :-1]).abs_().mean(dim=2)  # (B, T-1)
-            motion = torch.cat([step[:, :1], step], dim=1)
-        else:
-            motion = torch.zeros(b, t, device=x.device)
-
         energies = _log_energy(torch.cat([variance.unsqueeze(1), edges], dim=1))  # (N, 5)
-        stats = torch.cat([gray.mean(dim=(1, 2)).unsqueeze(1), energies], dim=1).reshape(b, t, NUM_FEATURES - 1)
-        return torch.cat([stats, _log_energy(motion).unsqueeze(2)], dim=2)
+        return torch.cat([gray.mean(dim=(1, 2)).unsqueeze(1), energies], dim=1), gray
 
 
 def standardize_over_time(features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -18,22 +18,23 @@ from torch import nn
 
 from .base import Sampler, SamplerOutput
 from .baselines import ADPSSampler, DPSSampler, FullSampler, RandomSampler, UniformSampler
-from .classifier import BACKBONES, FrameClassifier
+from .classifier import BACKBONES, CLASSIFIER_OPTIONS, MIN_INPUT_SIZE, FrameClassifier, frame_classifier
 from .das import DASSampler
-from .errors import ConfigError, ModelFileError
-from .features import frame_validity
+from .errors import ConfigError, ModelFileError, SamplerError
+from .features import MIN_FEATURE_SIZE, frame_validity
 
 FILE_FORMAT = "das-stream-model"
 FILE_VERSION = 1
 
-# method -> (sampler class, whether it takes feature_size)
-SAMPLERS: dict[str, tuple[type[Sampler], bool]] = {
-    "full": (FullSampler, False),
-    "uniform": (UniformSampler, False),
-    "random": (RandomSampler, False),
-    "dps": (DPSSampler, False),
-    "adps": (ADPSSampler, True),
-    "das": (DASSampler, True),
+# The sampler registry: method name -> class. A new sampler is one module plus one line here; the
+# order is the order of tables and plots (cheapest baseline first, the paper's method last).
+SAMPLERS: dict[str, type[Sampler]] = {
+    "full": FullSampler,
+    "random": RandomSampler,
+    "uniform": UniformSampler,
+    "dps": DPSSampler,
+    "adps": ADPSSampler,
+    "das": DASSampler,
 }
 METHODS = tuple(SAMPLERS)
 
@@ -50,8 +51,8 @@ def build_sampler(method: str, num_frames: int, k: int, feature_size: int = 64, 
     """
     if method not in SAMPLERS:
         raise ConfigError(f"unknown sampling method {method!r}; choose one of {', '.join(METHODS)}")
-    cls, uses_features = SAMPLERS[method]
-    if uses_features:
+    cls = SAMPLERS[method]
+    if "feature_size" in inspect.signature(cls).parameters:
         kwargs = {"feature_size": feature_size, **kwargs}
     try:
         inspect.signature(cls).bind(num_frames=num_frames, k=k, **kwargs)
@@ -92,29 +93,37 @@ class ModelConfig:
     name: str = "model"
 
     def __post_init__(self) -> None:
+        """The one validator of a model's settings: training configs and model files go through it.
+
+        Each ConfigError carries ``key`` (the field) and ``problem`` (worded to follow the key),
+        so a caller can restate it under its own key, e.g. ``model.method in exp.yaml``.
+        """
+        def bad(key: str, problem: str, lead: str = "") -> ConfigError:
+            return ConfigError(f"{lead}{key} {problem}", key=key, problem=problem)
+
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         object.__setattr__(self, "backbone_weights", str(self.backbone_weights))
         if self.method not in SAMPLERS:
-            raise ConfigError(f"unknown sampling method {self.method!r}; choose one of {', '.join(METHODS)}")
+            raise bad("method", f"must be one of {', '.join(METHODS)}, got {self.method!r}", f"unknown sampling method {self.method!r}: ")
         for name in ("num_frames", "k", "feature_size", "input_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"model config {name} must be an integer, got {value!r}")
-        if not 1 <= self.k <= self.num_frames:
-            raise ConfigError(f"k must be between 1 and num_frames={self.num_frames}, got k={self.k}")
-        if self.method == "full" and self.k != self.num_frames:
-            raise ConfigError(f"method 'full' keeps every frame: set k equal to num_frames={self.num_frames} (got k={self.k})")
+                raise bad(name, f"must be an integer, got {value!r}", "model config ")
+        try:
+            SAMPLERS[self.method].check_k(self.num_frames, self.k)
+        except SamplerError as exc:
+            raise ConfigError(str(exc), key="k") from None
         if len(self.class_names) < 2 or len(set(self.class_names)) != len(self.class_names):
-            raise ConfigError(f"class_names must be at least 2 distinct names, got {list(self.class_names)}")
-        if self.feature_size < 3:
-            raise ConfigError(f"feature_size must be at least 3 pixels, got {self.feature_size}")
-        if self.input_size < 16:
-            raise ConfigError(f"input_size must be at least 16 pixels, got {self.input_size}")
+            raise bad("class_names", f"must be at least 2 distinct names, got {list(self.class_names)}")
+        if self.feature_size < MIN_FEATURE_SIZE:
+            raise bad("feature_size", f"must be at least {MIN_FEATURE_SIZE} pixels, got {self.feature_size}")
+        if self.input_size < MIN_INPUT_SIZE:
+            raise bad("input_size", f"must be at least {MIN_INPUT_SIZE} pixels, got {self.input_size}")
         if self.backbone not in BACKBONES:
-            raise ConfigError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
-        unknown = set(self.classifier_kwargs) - {"embed_dim", "hidden", "dropout"}
+            raise bad("backbone", f"must be one of {', '.join(BACKBONES)}, got {self.backbone!r}", f"unknown backbone {self.backbone!r}: ")
+        unknown = sorted(set(self.classifier_kwargs) - set(CLASSIFIER_OPTIONS))
         if unknown:
-            raise ConfigError(f"unknown classifier option(s) {sorted(unknown)}; use embed_dim, hidden or dropout")
+            raise bad("classifier_kwargs", f"may only hold {', '.join(CLASSIFIER_OPTIONS)}, got {unknown}", "unknown classifier option(s): ")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, dicts, str, int, float), as stored in the model file."""
@@ -205,9 +214,22 @@ class SampledClassifier(nn.Module):
 def _read_model_file(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist; check the path or train a model first")
+    with path.open("rb") as file:
+        head = file.read(4)
+    zipped = head.startswith(b"PK\x03\x04")  # torch.save's format since PyTorch 1.6
+    if head and not zipped and not head.startswith(b"\x80"):  # neither a zip nor a pickle
+        raise ModelFileError(
+            f"model file {path} is not a das-stream model file (not a PyTorch file at all); "
+            "pass a model written by `das-stream train` or SampledClassifier.save"
+        )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not zipped:
+            raise ModelFileError(
+                f"model file {path} is not a das-stream model file (unreadable legacy pickle); "
+                "pass a model written by `das-stream train` or SampledClassifier.save"
+            ) from exc
         raise ModelFileError(
             f"model file {path} is not a das-stream model (it holds Python objects, not plain weights); "
             "save models with SampledClassifier.save"
@@ -233,7 +255,7 @@ def build_model(config: ModelConfig, *, load_backbone_weights: bool = True) -> S
             the weights come from a model file anyway).
     """
     sampler = build_sampler(config.method, config.num_frames, config.k, config.feature_size, **config.sampler_kwargs)
-    classifier = FrameClassifier(
+    classifier = frame_classifier(
         len(config.class_names),
         input_size=config.input_size,
         weights=config.backbone_weights if load_backbone_weights else "none",

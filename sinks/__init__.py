@@ -6,6 +6,7 @@ Every sink is an async context manager with ``async publish_prediction(p)`` and
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Protocol
 
@@ -13,7 +14,12 @@ from sinks.messages import Prediction, Stats
 
 
 class Sink(Protocol):
-    """What the streamer publishes to."""
+    """What the streamer publishes to.
+
+    A sink may also have ``counters`` (a mapping of names to ints, e.g. the MQTT sink's buffer
+    overflow and reconnects) and a ``stats_key`` (the name they are published under in a stream's
+    ``Stats.extra``; the class name by default): :meth:`FanOut.counters` collects them.
+    """
 
     async def __aenter__(self) -> Sink: ...
 
@@ -63,6 +69,15 @@ class FanOut:
     async def publish_stats(self, s: Stats) -> None:
         for sink in self.sinks:
             await sink.publish_stats(s)
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """Every sink's counters that it exposes, by ``stats_key`` (or class name)."""
+        out: dict[str, dict[str, int]] = {}
+        for sink in self.sinks:
+            counters = getattr(sink, "counters", None)
+            if isinstance(counters, Mapping):
+                out[getattr(sink, "stats_key", type(sink).__name__)] = dict(counters)
+        return out
 
 
 __all__ = ["FanOut", "Sink"]

@@ -25,15 +25,27 @@ def format_prediction(p: Prediction) -> str:
 
 
 def format_stats(s: Stats) -> str:
-    """One line with the counters, input rate, latency percentiles and compute saved."""
+    """One line with the counters, input rate, latency percentiles and compute saved, and the
+    MQTT sink's delivery counters when the stats carry them (``extra.MqttSink``)."""
     p50, p95, p99 = (float(s.latency_ms.get(k, math.nan)) for k in ("p50", "p95", "p99"))
     final = " (final)" if s.final else ""
     return (
         f"{s.stream} stats{final}: in {s.frames_in} forwarded {s.frames_forwarded}"
         f" skipped {s.frames_skipped} dropped {s.frames_dropped} bad {s.bad_messages}"
         f" windows {s.windows} | {s.fps_in:.1f} fps | latency p50/p95/p99"
-        f" {p50:.1f}/{p95:.1f}/{p99:.1f} ms | compute saved {s.compute_saved:.0%}"
+        f" {p50:.1f}/{p95:.1f}/{p99:.1f} ms | compute saved {s.compute_saved:.0%}{_delivery(s)}"
     )
+
+
+def _delivery(s: Stats) -> str:
+    mqtt = s.extra.get("MqttSink") if isinstance(s.extra, dict) else None
+    if not isinstance(mqtt, dict):
+        return ""
+    figures = {k: mqtt.get(k) for k in ("published", "undelivered", "overflow", "reconnects")}
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in figures.values()):
+        return ""
+    return (f" | mqtt published {figures['published']} waiting {figures['undelivered']}"
+            f" lost {figures['overflow']} reconnects {figures['reconnects']}")
 
 
 class LineWriter:

@@ -2,14 +2,37 @@
 
 Both are published as UTF-8 JSON objects. ``to_dict`` is the schema: every field below is
 always present. Times are wall-clock seconds since the epoch; latencies are milliseconds.
+Payloads are strict JSON: a non-finite number (NaN, Infinity) is never written; should one
+reach a record it is published as ``null`` (see :func:`dumps`).
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SCHEMA_VERSION = 1
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (at any depth) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact, strict JSON (``allow_nan=False``): non-finite floats become null."""
+    try:
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # a NaN/Infinity somewhere: never publish invalid JSON
+        text = json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False)
+    return text.encode()
 
 
 @dataclass(frozen=True)
@@ -26,7 +49,12 @@ class Prediction:
         label: the most probable class name.
         model: model name (file stem) and method, e.g. "demo (das)".
         latency_ms: capture of the window's last frame to the moment the prediction was made.
-        padded: number of empty frames added to fill a short last window (0 normally).
+        padded: number of empty frames added to fill a short window: the last one of a stream,
+            or one closed early because the stream paused (0 normally).
+        gap_before: the stream paused (lost contact, a sender stopped) between the previous
+            window and this one; the previous window was closed early, padded.
+        gap_ms: how long that pause was, from the capture time of the last frame before it to the
+            first frame after it (0.0 when ``gap_before`` is false).
     """
 
     stream: str
@@ -41,6 +69,8 @@ class Prediction:
     model: str
     latency_ms: float
     padded: int = 0
+    gap_before: bool = False
+    gap_ms: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -50,7 +80,7 @@ class Prediction:
         return d
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return dumps(self.to_dict())
 
 
 @dataclass(frozen=True)
@@ -98,4 +128,4 @@ class Stats:
         return d
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode()
+        return dumps(self.to_dict())

@@ -9,7 +9,10 @@ a message from it only once the broker acknowledged it (PUBACK for QoS 1). When 
 breaks, unacknowledged messages go back to the front of the buffer and are sent again after a
 reconnect with exponential backoff, so a QoS 1 message may reach a subscriber twice; consumers
 dedupe predictions on ``(stream, window)``. When the buffer is full the oldest waiting message
-is dropped and counted as overflow.
+is dropped, counted as overflow and logged (rate-limited). Every connection is logged. An
+unexpected failure of the sender is logged, counted (``sender_failures``) and the sender
+restarts; after ``_MAX_SENDER_FAILURES`` failures in a row without a delivery the sink fails
+(SinkError from the next publish and from exit).
 """
 from __future__ import annotations
 
@@ -17,12 +20,16 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
+import os
+import secrets
 import socket
 import ssl
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Awaitable, Callable, Literal, TypeVar
+from typing import Any, Awaitable, Callable, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -39,12 +46,20 @@ _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 _TOPIC_RESERVED = str.maketrans({"/": "_", "+": "_", "#": "_"})
 # CONNACK refusals worth retrying; any other refusal (credentials, client id, ACL) is final.
 _RETRYABLE_REFUSALS = {"Server unavailable", "Server busy"}
+_OVERFLOW_LOG_INTERVAL = 10.0  # seconds between overflow warnings
+_MAX_SENDER_FAILURES = 5  # unexpected sender failures in a row (no delivery between) before giving up
 
 
 def default_client_id(role: str = "") -> str:
     """A client id fixed per host (``das-stream-<host>`` or ``das-stream-<role>-<host>``)."""
     parts = ["das-stream", role, socket.gethostname()]
     return "-".join(p for p in parts if p)
+
+
+def unique_client_id(role: str = "") -> str:
+    """A client id of its own (``das-stream-[<role>-]<host>-<pid>-<random>``), so two programs
+    (or two subscriptions in one program) on one host never take each other's session."""
+    return f"{default_client_id(role)}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def topic_segment(stream: str) -> str:
@@ -72,6 +87,8 @@ class MqttSettings:
         reconnect_min, reconnect_max: first and largest pause between connection attempts.
         drain_timeout: on exit, seconds to keep delivering what is still buffered.
         max_inflight: messages sent before their acknowledgements arrive.
+        clean_session: ask the broker for a fresh session that ends with the connection
+            (default False: a persistent session, queued messages survive a reconnect).
     """
 
     host: str
@@ -93,6 +110,7 @@ class MqttSettings:
     reconnect_max: float = 10.0
     drain_timeout: float = 5.0
     max_inflight: int = 20
+    clean_session: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -122,30 +140,25 @@ class MqttSettings:
                 raise SinkError(f"TLS {what} file '{path}' does not exist; give the path of a PEM file")
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        topic_prefix: str = "das",
-        client_id: str | None = None,
-        qos: int = 1,
-        buffer_size: int = 10000,
-        keepalive: int = 30,
-        tls_ca: str | None = None,
-        tls_cert: str | None = None,
-        tls_key: str | None = None,
-        tls_insecure: bool = False,
-        reconnect_max: float = 10.0,
-        drain_timeout: float = 5.0,
-    ) -> MqttSettings:
+    def from_url(cls, url: str, **options: Any) -> MqttSettings:
         """Parse ``mqtt://[user:pass@]host[:1883]`` or ``mqtts://[user:pass@]host[:8883]``.
 
-        Other fields keep their defaults; change them with ``dataclasses.replace``.
+        Args:
+            url: the broker URL; it sets host, port, tls, username and password.
+            **options: any other field (topic_prefix, client_id, qos, buffer_size, tls_ca, ...);
+                the rest keep the defaults above (one place for each default).
 
         Raises:
             SinkError: the URL or an option is malformed (the message names it and the form).
         """
-        parts = urlsplit(url.strip())
+        fixed = sorted(set(options) & {"host", "port", "tls", "username", "password"})
+        if fixed:
+            raise TypeError(f"from_url: {fixed[0]} comes from the URL, not from a keyword")  # a programming error
+        try:
+            parts = urlsplit(url.strip())
+            hostname = parts.hostname
+        except ValueError as exc:  # e.g. "mqtt://[::1": an unclosed IPv6 bracket
+            raise SinkError(f"bad MQTT broker URL {_short_url(url)}: {exc}; expected {URL_FORM}") from None
         try:
             port = parts.port
         except ValueError:
@@ -153,31 +166,21 @@ class MqttSettings:
         problem = None
         if parts.scheme not in _DEFAULT_PORTS:
             problem = "the scheme must be mqtt or mqtts"
-        elif not parts.hostname:
+        elif not hostname:
             problem = "no host"
-        elif port == -1:
+        elif port == -1 or port == 0:
             problem = "the port is not a number in 1-65535"
         elif parts.path not in ("", "/") or parts.query or parts.fragment:
             problem = "unexpected path or query after the host"
         if problem:
-            raise SinkError(f"bad MQTT broker URL '{_redact(url)}': {problem}; expected {URL_FORM}")
+            raise SinkError(f"bad MQTT broker URL {_short_url(url)}: {problem}; expected {URL_FORM}")
         return cls(
-            host=parts.hostname,
-            port=port or _DEFAULT_PORTS[parts.scheme],
+            host=hostname,
+            port=_DEFAULT_PORTS[parts.scheme] if port is None else port,
             tls=parts.scheme == "mqtts",
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password is not None else None,
-            topic_prefix=topic_prefix,
-            client_id=client_id,
-            qos=qos,
-            buffer_size=buffer_size,
-            keepalive=keepalive,
-            tls_ca=tls_ca,
-            tls_cert=tls_cert,
-            tls_key=tls_key,
-            tls_insecure=tls_insecure,
-            reconnect_max=reconnect_max,
-            drain_timeout=drain_timeout,
+            **options,
         )
 
     @property
@@ -210,7 +213,7 @@ class MqttSettings:
             password=self.password,
             identifier=self.client_id or default_client_id(role),
             protocol=aiomqtt.ProtocolVersion.V311,
-            clean_session=False,
+            clean_session=self.clean_session,
             keepalive=self.keepalive,
             timeout=self.timeout,
             tls_params=tls_params,
@@ -224,11 +227,22 @@ class MqttSettings:
 
 def _redact(url: str) -> str:
     """``url`` with any password replaced by ``***``."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # unparsable: hide everything between "://" and "@"
+        head, sep, tail = url.partition("://")
+        return f"{head}{sep}***@{tail.rsplit('@', 1)[1]}" if "@" in tail else url
+    if password is None:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    netloc = parts.netloc.replace(f":{password}@", ":***@", 1)
     return parts._replace(netloc=netloc).geturl()
+
+
+def _short_url(url: str, limit: int = 120) -> str:
+    """The redacted URL quoted, cut to ``limit`` characters for one-line errors."""
+    text = _redact(url)
+    return f"'{text}'" if len(text) <= limit else f"'{text[:limit]}...' ({len(text)} chars)"
 
 
 def _fatal_error(exc: aiomqtt.MqttError, settings: MqttSettings) -> SinkError | None:
@@ -272,6 +286,7 @@ async def keep_connected(
         try:
             async with settings.client(role=role) as client:
                 delay = settings.reconnect_min
+                log.info("%s: connected to %s", name, settings.url)
                 return await session(client)
         except aiomqtt.MqttError as exc:
             fatal = _fatal_error(exc, settings)
@@ -289,6 +304,7 @@ async def keep_connected(
 class _Outgoing:
     topic: str
     payload: bytes
+    prediction: bool = False
 
 
 class MqttSink:
@@ -300,9 +316,14 @@ class MqttSink:
         settings: broker, topics, QoS, buffer and reconnect settings.
 
     Attributes:
-        counters: "published" (acknowledged), "buffered" (waiting or in flight now), "overflow"
-            (dropped because the buffer was full), "reconnects" (connections after the first),
-            "undelivered" (still buffered when the sink closed).
+        counters: "published" (acknowledged), "buffered" (waiting or in flight now),
+            "overflow" (dropped because the buffer was full), "reconnects" (connections after
+            the first), "undelivered" (accepted, kept, and not acknowledged yet: what is
+            buffered now; after exit, what was left). ``overflow + undelivered`` is everything
+            accepted that has not reached the broker.
+        predictions: the same for predictions alone: "accepted", "published", "overflow", and
+            "failed" (messages the client could not send, see ``sender_failures``).
+        sender_failures: unexpected sender errors, each followed by a restart.
     """
 
     def __init__(self, settings: MqttSettings) -> None:
@@ -318,7 +339,16 @@ class MqttSink:
         self._connections = 0
         self._published = 0
         self._overflow = 0
-        self._undelivered = 0
+        self._predictions = {"accepted": 0, "published": 0, "overflow": 0, "failed": 0}
+        self._sender_failures = 0
+        self._overflow_logged_at = -math.inf
+        self._overflow_logged = 0
+        self._connected = False
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection to the broker is up (False before the first one and during outages)."""
+        return self._connected
 
     @property
     def counters(self) -> dict[str, int]:
@@ -327,8 +357,35 @@ class MqttSink:
             "buffered": len(self._waiting) + len(self._inflight),
             "overflow": self._overflow,
             "reconnects": max(0, self._connections - 1),
-            "undelivered": self._undelivered,
+            "undelivered": len(self._waiting) + len(self._inflight),
         }
+
+    @property
+    def predictions(self) -> dict[str, int]:
+        return dict(self._predictions)
+
+    @property
+    def sender_failures(self) -> int:
+        return self._sender_failures
+
+    @property
+    def undelivered_predictions(self) -> int:
+        """Predictions accepted but not acknowledged by the broker (lost, once the sink has closed)."""
+        return self._predictions["accepted"] - self._predictions["published"]
+
+    def delivery_error(self) -> SinkError | None:
+        """After exit: a one-line SinkError when predictions were accepted but never delivered."""
+        lost = self.undelivered_predictions
+        if not lost or self._open:
+            return None
+        total, overflow, failed = (self._predictions[k] for k in ("accepted", "overflow", "failed"))
+        unsent = f", {failed} that could not be sent" if failed else ""
+        return SinkError(
+            f"{lost} of {total} predictions never reached the MQTT broker {self.settings.url} "
+            f"({overflow} dropped when the buffer of {self.settings.buffer_size} was full, "
+            f"{lost - overflow - failed} still waiting at exit{unsent}); check that the broker is reachable, "
+            "or raise --mqtt-buffer"
+        )
 
     async def __aenter__(self) -> MqttSink:
         if self._task is not None:
@@ -352,18 +409,19 @@ class MqttSink:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._undelivered = len(self._waiting) + len(self._inflight)
-        if self._undelivered:
+        left = len(self._waiting) + len(self._inflight)
+        if left or self._overflow:
             log.warning(
-                "mqtt sink: %d message(s) not delivered to %s (drain timeout %.1f s; %d dropped on overflow)",
-                self._undelivered, self.settings.url, self.settings.drain_timeout, self._overflow,
+                "mqtt sink: %d message(s) not delivered to %s (%d still buffered after the %.1f s drain, "
+                "%d dropped on overflow)",
+                left + self._overflow, self.settings.url, left, self.settings.drain_timeout, self._overflow,
             )
         if self._fatal is not None and exc_type is None:
             raise self._fatal
 
     async def publish_prediction(self, p: Prediction) -> None:
         """Queue ``p`` for ``<prefix>/<stream>/prediction``; returns at once."""
-        self._enqueue(_Outgoing(self.settings.topic(p.stream, "prediction"), p.to_json()))
+        self._enqueue(_Outgoing(self.settings.topic(p.stream, "prediction"), p.to_json(), prediction=True))
 
     async def publish_stats(self, s: Stats) -> None:
         """Queue ``s`` for ``<prefix>/<stream>/stats``; returns at once."""
@@ -374,30 +432,65 @@ class MqttSink:
             raise self._fatal
         if not self._open:
             raise RuntimeError("MqttSink is not open; use 'async with MqttSink(...)'")
+        self._predictions["accepted"] += message.prediction
         if len(self._waiting) >= self.settings.buffer_size:
-            self._waiting.popleft()
-            self._overflow += 1
+            self._drop(self._waiting.popleft())
         self._waiting.append(message)
         self._idle.clear()
         self._wake.set()
 
+    def _drop(self, message: _Outgoing) -> None:
+        """Count (and now and then log) a message dropped because the buffer is full."""
+        self._overflow += 1
+        self._predictions["overflow"] += message.prediction
+        now = time.monotonic()
+        if now - self._overflow_logged_at >= _OVERFLOW_LOG_INTERVAL:
+            log.warning(
+                "mqtt sink: buffer of %d full (broker %s away or slow); %d message(s) dropped so far "
+                "(%d predictions), %d since the last warning",
+                self.settings.buffer_size, self.settings.url, self._overflow, self._predictions["overflow"],
+                self._overflow - self._overflow_logged,
+            )
+            self._overflow_logged_at, self._overflow_logged = now, self._overflow
+
     async def _run(self) -> None:
-        try:
-            await keep_connected(self.settings, self._deliver, name="mqtt sink")
-        except SinkError as exc:
-            log.error("%s", exc)
-            self._fatal = exc
+        failures = 0
+        while True:
+            published = self._published
+            try:
+                await keep_connected(self.settings, self._deliver, name="mqtt sink")
+                return
+            except SinkError as exc:
+                log.error("%s", exc)
+                self._fatal = exc
+                return
+            except Exception as exc:  # noqa: BLE001 - any sender failure must surface, never silently
+                self._sender_failures += 1
+                failures = 1 if self._published > published else failures + 1
+                log.error("mqtt sink: sender failed (%s: %s); restart %d of %d",
+                          type(exc).__name__, str(exc)[:200], failures, _MAX_SENDER_FAILURES)
+                if failures >= _MAX_SENDER_FAILURES:
+                    self._fatal = SinkError(
+                        f"MQTT sender for {self.settings.url} failed {failures} times in a row "
+                        f"({type(exc).__name__}: {str(exc)[:120]}); predictions cannot be delivered"
+                    )
+                    log.error("%s", self._fatal)
+                    return
+                await asyncio.sleep(self.settings.reconnect_min)
 
     async def _deliver(self, client: aiomqtt.Client) -> None:
         """Send until the connection breaks; raises MqttError then, with unacked messages requeued."""
         self._connections += 1
+        self._connected = True
         if self._connections > 1:
-            log.info("mqtt sink: reconnected to %s, %d message(s) buffered", self.settings.url, self.counters["buffered"])
+            log.info("mqtt sink: reconnected to %s, %d message(s) buffered, %d dropped on overflow so far",
+                     self.settings.url, self.counters["buffered"], self._overflow)
         watch = asyncio.create_task(self._watch(client))
         send = asyncio.create_task(self._send_forever(client))
         try:
             done, _ = await asyncio.wait({watch, send}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._connected = False
             for task in (watch, send):
                 task.cancel()
             await asyncio.gather(watch, send, return_exceptions=True)
@@ -410,8 +503,7 @@ class MqttSink:
         self._waiting.extendleft(reversed(self._inflight))
         self._inflight = []
         while len(self._waiting) > self.settings.buffer_size:
-            self._waiting.popleft()
-            self._overflow += 1
+            self._drop(self._waiting.popleft())
 
     @staticmethod
     async def _watch(client: aiomqtt.Client) -> None:
@@ -443,10 +535,25 @@ class MqttSink:
             await asyncio.gather(*sending, return_exceptions=True)
 
     async def _send_one(self, client: aiomqtt.Client, message: _Outgoing) -> None:
-        """Publish and wait for the acknowledgement; then the message leaves the buffer."""
-        await client.publish(message.topic, message.payload, qos=self.settings.qos, timeout=self.settings.timeout)
+        """Publish and wait for the acknowledgement; then the message leaves the buffer.
+
+        A failure that is not the connection's (MqttError) is the message's own: it is dropped,
+        counted in ``sender_failures``, logged, and the sender goes on with the next one."""
+        try:
+            await client.publish(message.topic, message.payload, qos=self.settings.qos, timeout=self.settings.timeout)
+        except aiomqtt.MqttError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one unsendable message must not stop the others
+            self._inflight.remove(message)
+            self._sender_failures += 1
+            self._predictions["failed"] += message.prediction
+            log.error("mqtt sink: a message to %s could not be sent and is dropped (%s: %s); %d so far",
+                      message.topic[:120], type(exc).__name__, str(exc)[:200], self._sender_failures)
+            return
         self._inflight.remove(message)
         self._published += 1
+        self._predictions["published"] += message.prediction
 
 
-__all__ = ["MqttSettings", "MqttSink", "URL_FORM", "default_client_id", "keep_connected", "topic_segment"]
+__all__ = ["MqttSettings", "MqttSink", "URL_FORM", "default_client_id", "keep_connected", "topic_segment",
+           "unique_client_id"]

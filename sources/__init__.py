@@ -5,8 +5,10 @@ iterator of ``Frame`` (see docs/sources.md).
         async for frame in source:
             ...
 """
+from .dicom import DicomSource
 from .errors import SourceError
 from .frame import Frame
+from .igtl import IgtlSource
 from .probe import ProbeSource
 from .spec import SPEC_FORMS, parse_source
 from .synthetic import CLASSES, SyntheticSource, make_clip, render_clip
@@ -18,8 +20,10 @@ __all__ = [
     "CLASSES",
     "SPEC_FORMS",
     "BadMessage",
+    "DicomSource",
     "Frame",
     "FrameSender",
+    "IgtlSource",
     "ProbeSource",
     "SourceError",
     "SyntheticSource",

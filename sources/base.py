@@ -21,6 +21,7 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -166,6 +167,21 @@ class Pacer:
             await asyncio.sleep(delay)
 
 
+@dataclass(frozen=True)
+class SourceCounts:
+    """A source's counters as the streamer reads them for its stats.
+
+    Attributes:
+        bad_messages: malformed messages rejected (network sources).
+        overflow: frames the source itself dropped because the consumer lagged (live sources).
+        other: every other source-specific count (reconnects, gaps, decode errors, ...).
+    """
+
+    bad_messages: int = 0
+    overflow: int = 0
+    other: dict[str, int] = field(default_factory=dict)
+
+
 class Source:
     """Base of every source: ``async with source: async for frame in source: ...``.
 
@@ -220,6 +236,12 @@ class Source:
         if self._iter is None:
             raise SourceError(f"source {self.name!r} is not open; iterate inside 'async with source:'")
         return await self._iter.__anext__()
+
+    def counts(self) -> SourceCounts:
+        """A snapshot of :attr:`counters` (safe to call while the reader thread updates them)."""
+        other = dict(self.counters)
+        return SourceCounts(bad_messages=int(other.pop("bad_messages", 0)),
+                            overflow=int(other.pop("overflow", 0)), other=other)
 
     def _count_overflow(self) -> None:
         self.counters["overflow"] += 1

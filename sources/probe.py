@@ -5,14 +5,22 @@ When the feed drops (no frame for ``timeout`` seconds, the device stops deliveri
 ends) the source reconnects with exponential backoff. When frames come back it logs the gap,
 counts it (``gaps``, estimated ``gap_frames``) and skips ``seq`` by the estimated number of
 missed frames, so the gap stays visible downstream.
+
+``t_capture`` is when the frame was captured, not when the source could hand it out. A network
+demuxer and decoder hold the last frames before a drop-out until the read timeout fires (an
+MPEG-TS packet is complete only when the next one starts); those frames are stamped from the
+stream's own clock (their pts, put on the wall clock by the least-delayed recent arrival), so
+they keep their real time and the gap is measured from the last real frame.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import av
@@ -23,6 +31,7 @@ from .base import Source, derive_name
 from .errors import SourceError
 from .frame import Frame
 from .image import OutputFormat, normalise_size
+from .options import live_only, optional_int, typed
 from .video import FALLBACK_RATE, FrameConverter, ffmpeg_reason
 
 log = logging.getLogger(__name__)
@@ -50,11 +59,13 @@ class _OpenCvFeed:
         self.rate = self._capture.get(cv2.CAP_PROP_FPS) or None
         self._output = output
 
-    def read(self) -> np.ndarray:
+    def read(self) -> tuple[np.ndarray, float]:
+        """The next frame and its capture time (when the device delivered it)."""
         ok, image = self._capture.read()
+        stamp = time.time()
         if not ok:
             raise _FeedLost("the device delivered no frame")
-        return self._output.apply(image, bgr=image.ndim == 3)
+        return self._output.apply(image, bgr=image.ndim == 3), stamp
 
     def close(self) -> None:
         self._capture.release()
@@ -79,19 +90,32 @@ class _PyAvFeed:
         self.rate = float(stream.average_rate) if stream.average_rate else None
         self._convert = FrameConverter(output)
         self._counters = counters
+        self._offsets: collections.deque[float] = collections.deque(maxlen=64)  # arrival - pts, recent frames
         self._frames = self._decode(stream)
 
-    def _decode(self, stream: av.video.stream.VideoStream) -> Iterator[np.ndarray]:
+    def _decode(self, stream: av.video.stream.VideoStream) -> Iterator[tuple[np.ndarray, float]]:
         for packet in self._container.demux(stream):
             try:
                 frames = packet.decode()
             except av.InvalidDataError:
                 self._counters["decode_errors"] += 1
                 continue
+            arrived = time.time()
             for frame in frames:
-                yield self._convert(frame)
+                yield self._convert(frame), self._stamp(frame.time, arrived)
 
-    def read(self) -> np.ndarray:
+    def _stamp(self, pts: float | None, arrived: float) -> float:
+        """Capture time of a frame with presentation time ``pts`` that came out at ``arrived``:
+        ``pts`` plus the smallest recent (arrival - pts), i.e. the stream clock put on the wall
+        clock by its least-delayed frames, never later than ``arrived``. A frame held back by the
+        demuxer until a timeout keeps its real time."""
+        if pts is None:
+            return arrived
+        self._offsets.append(arrived - pts)
+        return min(arrived, pts + min(self._offsets))
+
+    def read(self) -> tuple[np.ndarray, float]:
+        """The next frame and its capture time."""
         try:
             return next(self._frames)
         except StopIteration:
@@ -140,6 +164,10 @@ class ProbeSource(Source):
     missed frames), ``decode_errors`` (skipped undecodable packets), ``overflow``.
     """
 
+    # What a failed open names, and the hint it gives (subclasses with another kind of feed).
+    _feed_kind = "probe"
+    _open_hint = "check the device index or URL and that the probe is streaming"
+
     def __init__(
         self,
         device: int | str,
@@ -178,6 +206,21 @@ class ProbeSource(Source):
         self._max_reconnects, self._open_attempts = max_reconnects, open_attempts
         self._feed: _OpenCvFeed | _PyAvFeed | None = None
 
+    @classmethod
+    def from_spec(cls, spec: str, *, name: str | None = None, speed: float = 1.0, pacing: bool = True,
+                  loop: bool = False, gray: bool = True, size: int | tuple[int, int] | None = None,
+                  **options: Any) -> ProbeSource:
+        """``probe:INDEX``, ``probe:/dev/videoN`` or ``probe:URL``; options as the keyword arguments."""
+        device = spec.partition(":")[2]
+        if not device:
+            raise SourceError(f"source spec {spec!r} needs a device or URL: probe:0, probe:/dev/video0, probe:udp://HOST:PORT")
+        live_only(spec, speed, pacing, loop)
+        table = {
+            "timeout": float, "reconnect_initial": float, "reconnect_max": float, "max_reconnects": optional_int,
+            "open_attempts": int, "queue_size": int,
+        }
+        return cls(device, name=name, gray=gray, size=size, **typed(spec, options, table))
+
     def _connect(self, attempts: int | None, stop: threading.Event) -> _OpenCvFeed | _PyAvFeed | None:
         """A new feed, trying ``attempts`` times (None: until ``stop``) with backoff."""
         wait, attempt = self._initial, 0
@@ -188,8 +231,7 @@ class ProbeSource(Source):
                 attempt += 1
                 if attempts is not None and attempt >= attempts:
                     raise SourceError(
-                        f"cannot open probe {self.device}: {exc} ({attempt} attempts); "
-                        "check the device index or URL and that the probe is streaming"
+                        f"cannot open {self._feed_kind} {self.device}: {exc} ({attempt} attempts); {self._open_hint}"
                     ) from None
                 log.warning("%s: connection attempt %d failed (%s); retrying in %.1f s", self.name, attempt, exc, wait)
             if stop.wait(wait):
@@ -204,8 +246,11 @@ class ProbeSource(Source):
         lost_since: float | None = None
         while not stop.is_set():
             try:
-                image = self._feed.read()
+                got = self._feed.read()  # (image, capture time), or an image stamped now (e.g. IgtlSource's feed)
+                image, now = got if isinstance(got, tuple) else (got, time.time())
             except _FeedLost as exc:
+                if stop.is_set():  # closing, not a lost feed
+                    return
                 log.warning("%s: feed lost (%s); reconnecting", self.name, exc)
                 self._feed.close()
                 self._feed = None
@@ -215,7 +260,7 @@ class ProbeSource(Source):
                     return
                 self.counters["reconnects"] += 1
                 continue
-            now = time.time()
+            now = max(now, last)  # capture times never go back
             if lost_since is not None:
                 seq += self._report_gap(now - lost_since, interval)
                 lost_since = None

@@ -1,109 +1,71 @@
-"""Source specs, the strings that pick a source on the command line.
+"""Source specs, the strings that pick a source on the command line: ``SCHEME:REST``.
 
-- ``video:PATH``: replay a recorded file (mp4, avi, mov, mpeg, gif).
-- ``probe:0``, ``probe:/dev/video0``: a capture device through OpenCV.
-- ``probe:udp://127.0.0.1:5000`` (or ``rtsp://``, ``http://``, ...): a network stream through PyAV.
-- ``zmq+sub://HOST:PORT``, ``zmq+pull://HOST:PORT``: frames pushed over ZeroMQ; connects unless
-  ``?bind=1``; ``?topic=NAME`` for sub; also ``max_frame_bytes``, ``allowed_dtypes``
-  (comma-separated), ``queue_size``.
-- ``synthetic:``: the built-in ultrasound-like generator; options ``fps``, ``label``, ``seed``,
-  ``frames``, ``size``, ``clip_frames`` (``synthetic:?fps=30&label=b_lines&seed=3``).
+:data:`SOURCES` is the registry: scheme -> :class:`SourceKind` (how the spec looks, and the
+source class's ``from_spec`` that reads it). The forms listed in errors (:data:`SPEC_FORMS`) and
+in ``das-stream run --help`` (:func:`spec_usage`) come from it, so a new source kind is its own
+module plus one line here.
 
-Options may come in the spec's query string or as keyword arguments of ``parse_source`` (not
-both for the same option). ``speed``, ``pacing`` and ``loop`` only apply to replayed sources.
+Options may come in the spec's query string (where the kind reads one) or as keyword arguments
+of ``parse_source`` (not both for the same option). ``speed``, ``pacing`` and ``loop`` only apply
+to replayed sources. Each kind's ``from_spec`` documents its own options.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 from .base import Source
+from .dicom import DicomSource
 from .errors import SourceError
+from .igtl import IgtlSource
+from .options import boolean as _boolean  # noqa: F401  (old names, for from_spec code written before options.py)
+from .options import live_only as _live_only  # noqa: F401
+from .options import merge_query as _merge  # noqa: F401
+from .options import names as _dtypes  # noqa: F401
+from .options import optional_int as _optional_int  # noqa: F401
+from .options import typed as _typed  # noqa: F401
 from .probe import ProbeSource
 from .synthetic import SyntheticSource
 from .video import VideoSource
 from .zmq_source import ZmqSource
 
-SPEC_FORMS = (
-    "video:PATH, probe:INDEX, probe:/dev/videoN, probe:URL (udp://, rtsp://, http://), "
-    "zmq+sub://HOST:PORT, zmq+pull://HOST:PORT (?bind=1, ?topic=NAME), "
-    "synthetic: (?fps=30&label=b_lines&seed=3&frames=N&size=224)"
-)
+
+@dataclass(frozen=True)
+class SourceKind:
+    """One kind of source in the registry.
+
+    Args:
+        form: how a spec of this kind looks, e.g. ``video:PATH`` (shown in help and errors).
+        from_spec: ``from_spec(spec, *, name, speed, pacing, loop, gray, size, **options)``
+            returning the source; raises SourceError naming the fix for a bad spec or option.
+        hint: optional options or variants, e.g. ``?bind=1&topic=NAME`` (shown in errors).
+    """
+
+    form: str
+    from_spec: Callable[..., Source]
+    hint: str = ""
 
 
-def _boolean(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{value!r} is not a boolean (use 1/0, true/false)")
-
-
-def _dtypes(value: Any) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",")) if isinstance(value, str) else tuple(value)
-
-
-def _optional_int(value: Any) -> int | None:
-    return None if value is None or str(value).lower() == "none" else int(value)
-
-
-_PROBE_OPTIONS: dict[str, Callable[[Any], Any]] = {
-    "timeout": float,
-    "reconnect_initial": float,
-    "reconnect_max": float,
-    "max_reconnects": _optional_int,
-    "open_attempts": int,
-    "queue_size": int,
-}
-_ZMQ_OPTIONS: dict[str, Callable[[Any], Any]] = {
-    "bind": _boolean,
-    "topic": str,
-    "max_frame_bytes": int,
-    "allowed_dtypes": _dtypes,
-    "queue_size": int,
-}
-_SYNTHETIC_OPTIONS: dict[str, Callable[[Any], Any]] = {
-    "fps": float,
-    "label": lambda v: int(v) if isinstance(v, int) or str(v).isdigit() else str(v),
-    "seed": int,
-    "frames": _optional_int,
-    "size": int,
-    "clip_frames": int,
+# The registry: scheme -> kind, in the order help and errors list them.
+SOURCES: dict[str, SourceKind] = {
+    "video": SourceKind("video:PATH", VideoSource.from_spec),
+    "dicom": SourceKind("dicom:FILE|FOLDER", DicomSource.from_spec),
+    "igtl": SourceKind("igtl://HOST:PORT", IgtlSource.from_spec, "?device=NAME"),
+    "probe": SourceKind("probe:DEVICE|URL", ProbeSource.from_spec, "probe:INDEX, probe:/dev/videoN, probe:URL with udp://, rtsp://, http://"),
+    "zmq+sub": SourceKind("zmq+sub://HOST:PORT", ZmqSource.from_spec, "?bind=1&topic=NAME"),
+    "zmq+pull": SourceKind("zmq+pull://HOST:PORT", ZmqSource.from_spec, "?bind=1"),
+    "zmq+rep": SourceKind("zmq+rep://HOST:PORT", ZmqSource.from_spec, "imagezmq REQ/REP senders; binds unless ?bind=0"),
+    "synthetic": SourceKind("synthetic:", SyntheticSource.from_spec, "?fps=30&label=b_lines&seed=3&frames=N&size=224"),
 }
 
 
-def _typed(spec: str, given: Mapping[str, Any], table: Mapping[str, Callable[[Any], Any]]) -> dict[str, Any]:
-    """Check option names against ``table`` and convert their values."""
-    typed = {}
-    for key, value in given.items():
-        if key not in table:
-            valid = ", ".join(table) or "none"
-            raise SourceError(f"unknown option {key!r} for source {spec!r}; valid options: {valid}")
-        try:
-            typed[key] = table[key](value)
-        except (TypeError, ValueError) as exc:
-            raise SourceError(f"bad value {value!r} for option {key!r} of source {spec!r}: {exc}") from None
-    return typed
+def spec_usage(sep: str = " | ") -> str:
+    """The spec forms, e.g. ``video:PATH | probe:DEVICE|URL | ...`` (for help text)."""
+    return sep.join(kind.form for kind in SOURCES.values())
 
 
-def _merge(spec: str, query: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(options)
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key in merged:
-            raise SourceError(f"option {key!r} is given twice for source {spec!r} (in the spec and as a keyword); keep one")
-        merged[key] = value
-    return merged
-
-
-def _live_only(spec: str, speed: float, pacing: bool, loop: bool) -> None:
-    if speed != 1.0 or not pacing or loop:
-        raise SourceError(
-            f"speed, no-pacing and loop apply to replayed sources (video:, synthetic:), not to the live source {spec!r}"
-        )
+SPEC_FORMS = ", ".join(f"{k.form} ({k.hint})" if k.hint else k.form for k in SOURCES.values())
 
 
 def parse_source(
@@ -117,15 +79,15 @@ def parse_source(
     size: int | tuple[int, int] | None = None,
     **options: Any,
 ) -> Source:
-    """Build the source a spec names (see the module docstring for the forms).
+    """Build the source a spec names (see :data:`SOURCES` for the forms).
 
     Args:
         spec: the source spec.
         name: stream id; default derived from the spec (file stem, ``probe0``, ``zmq-5555``,
             ``synthetic``).
-        speed: replay speed factor (video, synthetic).
+        speed: replay speed factor (replayed sources).
         pacing: release replayed frames at their frame rate (False: as fast as possible).
-        loop: restart a video when it ends.
+        loop: restart a replayed file when it ends.
         gray: (H, W) gray frames, else (H, W, 3) RGB.
         size: output size, int (square) or (width, height); None keeps the source's. A
             ``synthetic:?size=N`` spec overrides it (the size the clips are generated at).
@@ -136,27 +98,7 @@ def parse_source(
     """
     if not isinstance(spec, str) or ":" not in spec:
         raise SourceError(f"source spec {spec!r} has no scheme; valid forms: {SPEC_FORMS}")
-    scheme, _, rest = spec.partition(":")
-    if scheme == "video":
-        if not rest:
-            raise SourceError(f"source spec {spec!r} needs a path: video:PATH")
-        _typed(spec, options, {})
-        return VideoSource(rest, name=name, speed=speed, pacing=pacing, loop=loop, gray=gray, size=size)
-    if scheme == "probe":
-        if not rest:
-            raise SourceError(f"source spec {spec!r} needs a device or URL: probe:0, probe:/dev/video0, probe:udp://HOST:PORT")
-        _live_only(spec, speed, pacing, loop)
-        return ProbeSource(rest, name=name, gray=gray, size=size, **_typed(spec, options, _PROBE_OPTIONS))
-    if scheme in ("zmq+sub", "zmq+pull"):
-        parts = urlsplit(spec)
-        _live_only(spec, speed, pacing, loop)
-        typed = _typed(spec, _merge(spec, parts.query, options), _ZMQ_OPTIONS)
-        pattern = scheme.split("+")[1]
-        return ZmqSource(f"tcp://{parts.netloc}", pattern=pattern, name=name, gray=gray, size=size, **typed)
-    if scheme == "synthetic":
-        if loop:
-            raise SourceError(f"loop applies to video sources; {spec!r} is endless unless frames=N is given")
-        typed = _typed(spec, _merge(spec, rest.lstrip("?"), options), _SYNTHETIC_OPTIONS)
-        size = typed.pop("size", size)  # the spec's own size wins over the caller's default
-        return SyntheticSource(name=name or "synthetic", pacing=pacing, speed=speed, gray=gray, size=size, **typed)
-    raise SourceError(f"unknown source spec {spec!r}; valid forms: {SPEC_FORMS}")
+    kind = SOURCES.get(spec.partition(":")[0])
+    if kind is None:
+        raise SourceError(f"unknown source spec {spec!r}; valid forms: {SPEC_FORMS}")
+    return kind.from_spec(spec, name=name, speed=speed, pacing=pacing, loop=loop, gray=gray, size=size, **options)

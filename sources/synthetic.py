@@ -22,12 +22,14 @@ import functools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .base import PacedSource
 from .errors import SourceError
 from .image import OutputFormat, normalise_size
+from .options import merge_query, optional_int, typed
 
 CLASSES: tuple[str, ...] = ("a_lines", "b_lines", "consolidation")
 
@@ -286,6 +288,23 @@ class SyntheticSource(PacedSource):
         self._seed = seed
         self._total = frames
         self._clip_frames = clip_frames
+
+    @classmethod
+    def from_spec(cls, spec: str, *, name: str | None = None, speed: float = 1.0, pacing: bool = True,
+                  loop: bool = False, gray: bool = True, size: int | tuple[int, int] | None = None,
+                  **options: Any) -> SyntheticSource:
+        """``synthetic:`` with options ``fps``, ``label``, ``seed``, ``frames``, ``size``,
+        ``clip_frames`` in the query (``synthetic:?fps=30&label=b_lines``) or as keywords.
+        The spec's own ``size`` wins over the caller's (the size the clips are generated at)."""
+        if loop:
+            raise SourceError(f"loop applies to video sources; {spec!r} is endless unless frames=N is given")
+        table = {
+            "fps": float, "label": lambda v: int(v) if isinstance(v, int) or str(v).isdigit() else str(v),
+            "seed": int, "frames": optional_int, "size": int, "clip_frames": int,
+        }
+        options = typed(spec, merge_query(spec, spec.partition(":")[2].lstrip("?"), options), table)
+        size = options.pop("size", size)
+        return cls(name=name or "synthetic", pacing=pacing, speed=speed, gray=gray, size=size, **options)
 
     def label_of(self, seq: int) -> str:
         """The true class of frame ``seq`` (for demos and evaluation)."""

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
@@ -25,6 +26,7 @@ import numpy as np
 from .base import PacedSource, derive_name
 from .errors import SourceError
 from .image import OutputFormat, normalise_size
+from .options import typed
 
 VIDEO_KINDS = "mp4, avi, mov, mpeg, gif"
 FALLBACK_RATE = 30.0  # frames per second assumed for a file that states no frame rate
@@ -271,6 +273,17 @@ class VideoSource(PacedSource):
         self._video: VideoFile | None = None
         self._decoded: Iterator[tuple[float, av.VideoFrame]] | None = None
         self._first: tuple[float, av.VideoFrame] | None = None
+
+    @classmethod
+    def from_spec(cls, spec: str, *, name: str | None = None, speed: float = 1.0, pacing: bool = True,
+                  loop: bool = False, gray: bool = True, size: int | tuple[int, int] | None = None,
+                  **options: Any) -> VideoSource:
+        """``video:PATH`` (no options; speed, pacing and loop are keyword arguments)."""
+        path = spec.partition(":")[2]
+        if not path:
+            raise SourceError(f"source spec {spec!r} needs a path: video:PATH")
+        typed(spec, options, {})
+        return cls(path, name=name, speed=speed, pacing=pacing, loop=loop, gray=gray, size=size)
 
     def _open(self) -> None:
         # Open and decode the first frame now, so a bad file fails at 'async with'.

@@ -7,7 +7,7 @@ A message is a ZeroMQ multipart message of two frames:
 
 Raw array (imagezmq ``send_array``)::
 
-    {"msg": "probe-1", "dtype": "uint8", "shape": [480, 640]}         (or [H, W, 3] RGB)
+    {"msg": "probe-1", "dtype": "uint8", "shape": [480, 640]}         (or [H, W, 3] BGR, OpenCV's order)
 
 JPEG (imagezmq ``send_jpg`` sends only ``{"msg": ...}``; this module adds ``"jpg": true``)::
 
@@ -18,11 +18,17 @@ fields: ``"seq"`` (non-negative int: the receiver turns jumps into visible gaps)
 ``"timestamp"`` (capture time, seconds since the epoch). Other fields are ignored. Nothing is
 ever unpickled; everything is checked before any array is allocated. With a topic (PUB/SUB),
 a leading topic frame comes first (three frames).
+
+The header is parsed with limits: at most ``MAX_HEADER_DEPTH`` levels of nesting, integers of at
+most ``MAX_INT_DIGITS`` digits, finite numbers only (no NaN/Infinity, nothing that overflows a
+float). Whatever goes wrong while decoding a message raises ``BadMessage``, never anything else.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -30,18 +36,71 @@ from typing import Any
 import cv2
 import numpy as np
 import zmq
+from PIL import Image
 
 from .errors import SourceError
 
 DEFAULT_MAX_FRAME_BYTES = 64 * 2**20
 MAX_HEADER_BYTES = 64 * 2**10
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
+MAX_HEADER_DEPTH = 8  # {"shape": [...]} needs 2
+MAX_INT_DIGITS = 20  # any 64-bit integer
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (not DHT, JPG, DAC)
 _STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01, 0xD8}  # RSTn, TEM, SOI: no length field
 
 
 class BadMessage(SourceError):
     """A message that does not follow the wire format; the text says what is wrong."""
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: sender-controlled text in logs stays short."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}...({len(text)} chars)"
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"integer of {len(text)} digits (more than {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:30]} does not fit a finite float")
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise ValueError(f"{text} is not a finite number")
+
+
+_HEADER_DECODER = json.JSONDecoder(parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+
+
+def parse_header(raw: bytes) -> Any:
+    """The JSON value of a header, parsed with limits (nesting depth, number sizes, finite only).
+
+    Raises:
+        BadMessage: not UTF-8 JSON, nested deeper than ``MAX_HEADER_DEPTH``, or a number that is
+            too long, not finite or overflows a float.
+    """
+    raw = bytes(raw)
+    brackets = raw.translate(None, _NOT_BRACKETS)
+    if len(brackets) > MAX_HEADER_DEPTH:  # deeper nesting is possible: look outside strings only
+        outside = b"".join(raw.split(b'"')[::2]) if b"\\" not in raw else _JSON_STRING.sub(b"", raw)
+        brackets = outside.translate(None, _NOT_BRACKETS)
+    if len(brackets) > MAX_HEADER_DEPTH:
+        steps = np.where(np.frombuffer(brackets, np.uint8) & 0x04, -1, 1)  # ']' and '}' have bit 2 set
+        if int(np.cumsum(steps).max()) > MAX_HEADER_DEPTH:
+            raise BadMessage(f"header nests deeper than {MAX_HEADER_DEPTH} levels")
+    try:
+        return _HEADER_DECODER.decode(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadMessage(f"header is not UTF-8 JSON within limits ({str(exc)[:80]})") from None
 
 
 def encode_array(
@@ -95,11 +154,24 @@ def decode_message(
 
     Returns:
         (header dict, array): the array is a read-only view of the payload for raw arrays
-        (dtype as sent), or the decoded JPEG as uint8 (H, W) gray or (H, W, 3) RGB.
+        (dtype and channel order as sent), or the decoded JPEG as uint8 (H, W) gray or
+        (H, W, 3) RGB.
 
     Raises:
-        BadMessage: naming what is wrong, before anything is allocated.
+        BadMessage: naming what is wrong, before anything is allocated; any other failure while
+            decoding is turned into a BadMessage too, so one message can never end a stream.
     """
+    try:
+        return _decode_message(parts, max_frame_bytes, allowed_dtypes)
+    except BadMessage:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a sender can trigger is a bad message
+        raise BadMessage(f"message could not be decoded ({type(exc).__name__}: {str(exc)[:80]})") from None
+
+
+def _decode_message(
+    parts: Sequence[bytes], max_frame_bytes: int, allowed_dtypes: Sequence[str]
+) -> tuple[dict[str, Any], np.ndarray]:
     if len(parts) != 2:
         raise BadMessage(f"expected 2 message parts (JSON header, payload), got {len(parts)}")
     raw_header, payload = parts
@@ -107,16 +179,18 @@ def decode_message(
         raise BadMessage(f"header of {len(raw_header)} bytes is over the {MAX_HEADER_BYTES}-byte limit")
     if len(payload) > max_frame_bytes:
         raise BadMessage(f"payload of {len(payload)} bytes is over max_frame_bytes={max_frame_bytes}")
-    try:
-        header = json.loads(raw_header)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadMessage(f"header is not UTF-8 JSON ({str(exc)[:80]})") from None
+    header = parse_header(raw_header)
     if not isinstance(header, dict):
         raise BadMessage(f"header must be a JSON object, got {type(header).__name__}")
     _check_optional_fields(header)
-    if header.get("jpg") is True or ("dtype" not in header and "shape" not in header):
+    if is_jpeg(header):
         return header, _decode_jpeg(payload, max_frame_bytes)
     return header, _array_view(header, payload, max_frame_bytes, allowed_dtypes)
+
+
+def is_jpeg(header: dict[str, Any]) -> bool:
+    """Whether a (valid) header announces a JPEG payload rather than a raw array."""
+    return header.get("jpg") is True or ("dtype" not in header and "shape" not in header)
 
 
 def _is_int(value: Any) -> bool:
@@ -126,20 +200,20 @@ def _is_int(value: Any) -> bool:
 def _check_optional_fields(header: dict[str, Any]) -> None:
     seq = header.get("seq")
     if seq is not None and not (_is_int(seq) and seq >= 0):
-        raise BadMessage(f"header seq must be a non-negative integer, got {seq!r}")
+        raise BadMessage(f"header seq must be a non-negative integer, got {short(seq)}")
     stamp = header.get("timestamp")
     if stamp is not None and not (isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and math.isfinite(stamp)):
-        raise BadMessage(f"header timestamp must be a finite number of seconds, got {stamp!r}")
+        raise BadMessage(f"header timestamp must be a finite number of seconds, got {short(stamp)}")
 
 
 def _array_view(header: dict[str, Any], payload: bytes, max_frame_bytes: int, allowed: Sequence[str]) -> np.ndarray:
     dtype, shape = header.get("dtype"), header.get("shape")
     if not isinstance(dtype, str) or dtype not in allowed:
-        raise BadMessage(f"dtype {dtype!r} is not allowed (allowed: {', '.join(allowed)})")
+        raise BadMessage(f"dtype {short(dtype)} is not allowed (allowed: {', '.join(allowed)})")
     if not (isinstance(shape, list) and len(shape) in (2, 3) and all(_is_int(d) and d > 0 for d in shape)):
         raise BadMessage(f"shape must be [H, W] or [H, W, C] of positive integers, got {str(shape)[:80]}")
     if len(shape) == 3 and shape[2] not in (1, 3):
-        raise BadMessage(f"shape {shape} has {shape[2]} channels; send 1 (gray) or 3 (RGB)")
+        raise BadMessage(f"shape {shape} has {shape[2]} channels; send 1 (gray) or 3 (colour)")
     nbytes = math.prod(shape) * np.dtype(dtype).itemsize
     if nbytes > max_frame_bytes:
         raise BadMessage(f"header claims a {nbytes}-byte frame {shape}, over max_frame_bytes={max_frame_bytes}")
@@ -175,10 +249,15 @@ def _decode_jpeg(payload: bytes, max_frame_bytes: int) -> np.ndarray:
         raise BadMessage(f"JPEG of {width}x{height} with {components} components; send gray or colour JPEG")
     if height * width * components > max_frame_bytes:
         raise BadMessage(f"JPEG of {width}x{height}x{components} decodes over max_frame_bytes={max_frame_bytes}")
-    image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise BadMessage("JPEG could not be decoded (corrupt data)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
+    # Pillow, not cv2.imdecode: libjpeg's warnings ("Corrupt JPEG data: ...") go nowhere instead
+    # of one stderr line per message, whatever the log settings.
+    try:
+        with Image.open(io.BytesIO(payload), formats=("JPEG",)) as jpeg:
+            jpeg.load()
+            image = np.asarray(jpeg if jpeg.mode in ("L", "RGB") else jpeg.convert("RGB"))
+    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, ValueError, SyntaxError, ...
+        raise BadMessage(f"JPEG could not be decoded (corrupt data: {str(exc)[:80]})") from None
+    return image
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:

@@ -1,18 +1,30 @@
-"""Frames pushed by another process over ZeroMQ (SUB or PULL), in the wire format of
-``sources.wire`` (imagezmq compatible).
+"""Frames pushed by another process over ZeroMQ (SUB, PULL, or REP for imagezmq's REQ/REP
+senders), in the wire format of ``sources.wire`` (imagezmq compatible).
 
-Every message is validated before anything is allocated; a bad one is counted in
-``counters["bad_messages"]``, logged, and skipped, never fatal. Payloads larger than
-``max_frame_bytes`` are refused by ZeroMQ itself (``ZMQ_MAXMSGSIZE``: the sender's connection is
-dropped and re-established) so they are never received at all.
+Every message is validated before anything is allocated; a bad one (whatever goes wrong while
+decoding it) is counted in ``counters["bad_messages"]``, logged (rate-limited, sender text cut
+short), and skipped, never fatal. Payloads larger than ``max_frame_bytes`` are refused by
+ZeroMQ itself (``ZMQ_MAXMSGSIZE``: the sender's connection is dropped and re-established) so
+they are never received at all.
+
+Memory is bounded by frames, not by senders: ZeroMQ queues at most ``rcvhwm`` messages per
+connected peer (``ZMQ_RCVHWM``), and the reader takes every waiting message off the socket
+before decoding one, keeping at most ``backlog`` undecoded messages and ``backlog_bytes`` of
+them (always the newest one); when the reader lags (decoding slower than the feed) the oldest
+are dropped there, at the socket, and counted in
+``counters["overflow"]`` (the stream's ``frames_dropped``) and ``counters["socket_dropped"]``.
 """
 from __future__ import annotations
 
+import collections
 import logging
+import math
 import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
 
 import zmq
 
@@ -20,13 +32,25 @@ from .base import Source
 from .errors import SourceError
 from .frame import Frame
 from .image import OutputFormat, normalise_size
-from .wire import DEFAULT_MAX_FRAME_BYTES, MAX_HEADER_BYTES, SUPPORTED_DTYPES, BadMessage, decode_message, to_uint8
+from .options import boolean, live_only, merge_query, names, typed
+from .wire import (
+    DEFAULT_MAX_FRAME_BYTES,
+    MAX_HEADER_BYTES,
+    SUPPORTED_DTYPES,
+    BadMessage,
+    decode_message,
+    is_jpeg,
+    short,
+    to_uint8,
+)
 
 log = logging.getLogger(__name__)
 
 _TCP = re.compile(r"tcp://(?P<host>\[[^\]]+\]|[^:/\s]+):(?P<port>\d{1,5})")
 _LOG_FIRST = 10  # bad messages logged one by one; after that one line per _LOG_EVERY
 _LOG_EVERY = 100
+_PATTERNS = {"sub": zmq.SUB, "pull": zmq.PULL, "rep": zmq.REP}
+_REPLY = b"OK"  # what imagezmq's ImageHub answers each request with
 
 
 def tcp_port(url: str) -> int:
@@ -38,16 +62,20 @@ def tcp_port(url: str) -> int:
 
 
 class ZmqSource(Source):
-    """Receives frames from ZeroMQ publishers (``pattern="sub"``) or pushers (``"pull"``).
+    """Receives frames from ZeroMQ publishers (``pattern="sub"``), pushers (``"pull"``) or
+    requesters (``"rep"``: imagezmq's default REQ/REP ``ImageSender``; every request is answered
+    ``b"OK"`` as imagezmq's ``ImageHub`` does, bad ones included, so the sender never hangs).
 
     The frame's ``seq`` counts received frames from 0; when headers carry ``seq``, a jump in it
     (frames the sender sent that never arrived) advances ``seq`` by the same amount and is
-    counted in ``counters["missed_frames"]``. ``t_capture`` is the header ``timestamp`` when
-    present, else the receive time.
+    counted in ``counters["missed_frames"]``. A jump larger than ``max_seq_jump`` is not
+    trusted: the message is counted as bad and the sender's numbering starts again from it.
+    ``t_capture`` is the header ``timestamp`` when present, else the receive time; a timestamp
+    more than ``max_clock_skew`` seconds away from the receive time makes the message bad.
 
     Args:
         url: ``tcp://HOST:PORT`` to connect to (or to bind, e.g. ``tcp://*:5555``).
-        pattern: ``"sub"`` or ``"pull"``.
+        pattern: ``"sub"``, ``"pull"`` or ``"rep"``.
         bind: bind instead of connect (senders then connect to us).
         name: stream id; default ``zmq-PORT``.
         topic: SUB only: subscribe to this topic and expect it as a leading frame;
@@ -59,6 +87,15 @@ class ZmqSource(Source):
         size: resize frames to this size (int or (width, height)); None keeps theirs.
         queue_size: frames buffered for a slow consumer before the oldest are dropped
             (counted in ``counters["overflow"]``).
+        rgb: raw 3-channel arrays are RGB. Default False: they are BGR, OpenCV's order, which
+            imagezmq's ``send_image`` sends. (JPEG payloads carry their own colour space.)
+        rcvhwm: messages ZeroMQ may queue per connected peer (``ZMQ_RCVHWM``).
+        backlog: undecoded messages the reader holds; beyond that the oldest are dropped.
+        backlog_bytes: bytes of undecoded messages the reader holds (the newest is always
+            kept); beyond that the oldest are dropped.
+        max_seq_jump: largest trusted jump in the header ``seq``.
+        max_clock_skew: largest distance in seconds between a header ``timestamp`` and the
+            receive time.
     """
 
     def __init__(
@@ -74,11 +111,23 @@ class ZmqSource(Source):
         gray: bool = True,
         size: int | tuple[int, int] | None = None,
         queue_size: int = 16,
+        rgb: bool = False,
+        rcvhwm: int = 2,
+        backlog: int = 32,
+        backlog_bytes: int = 32 * 2**20,
+        max_seq_jump: int = 100_000,
+        max_clock_skew: float = 86_400.0,
     ) -> None:
         port = tcp_port(url)
         super().__init__(name=name or f"zmq-{port}", queue_size=queue_size, live=True)
-        if pattern not in ("sub", "pull"):
-            raise SourceError(f"ZeroMQ pattern must be 'sub' or 'pull', got {pattern!r}")
+        if pattern not in _PATTERNS:
+            raise SourceError(f"ZeroMQ pattern must be 'sub', 'pull' or 'rep', got {pattern!r}")
+        limits = {"rcvhwm": rcvhwm, "backlog": backlog, "backlog_bytes": backlog_bytes, "max_seq_jump": max_seq_jump}
+        for key, value in limits.items():
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise SourceError(f"{key} must be an integer >= 1, got {short(value)}")
+        if not (isinstance(max_clock_skew, (int, float)) and max_clock_skew > 0 and math.isfinite(max_clock_skew)):
+            raise SourceError(f"max_clock_skew must be a positive number of seconds, got {short(max_clock_skew)}")
         if topic and pattern != "sub":
             raise SourceError("a ZeroMQ topic only applies to pattern 'sub'; drop the topic for 'pull'")
         unknown = [d for d in allowed_dtypes if d not in SUPPORTED_DTYPES]
@@ -93,18 +142,41 @@ class ZmqSource(Source):
         self._max_frame_bytes = max_frame_bytes
         self._allowed = tuple(allowed_dtypes)
         self._output = OutputFormat(gray=gray, size=normalise_size(size))
-        self.counters.update(bad_messages=0, missed_frames=0)
+        self.rgb = bool(rgb)
+        self._rcvhwm, self._backlog, self._backlog_bytes = rcvhwm, backlog, backlog_bytes
+        self._waiting_bytes = 0
+        self._max_seq_jump, self._max_skew = max_seq_jump, float(max_clock_skew)
+        self.counters.update(bad_messages=0, missed_frames=0, socket_dropped=0)
+        self._count_lock = threading.Lock()  # "overflow" is counted by the reader and the loop
         self._context: zmq.Context | None = None
         self._socket: zmq.Socket | None = None
         self._seq = 0
         self._sender_seq: int | None = None
 
+    @classmethod
+    def from_spec(cls, spec: str, *, name: str | None = None, speed: float = 1.0, pacing: bool = True,
+                  loop: bool = False, gray: bool = True, size: int | tuple[int, int] | None = None,
+                  **options: Any) -> ZmqSource:
+        """``zmq+sub://HOST:PORT``, ``zmq+pull://HOST:PORT`` or ``zmq+rep://HOST:PORT`` (binds
+        unless ``?bind=0``); options in the query or as keywords."""
+        parts = urlsplit(spec)
+        live_only(spec, speed, pacing, loop)
+        table = {"bind": boolean, "topic": str, "max_frame_bytes": int, "allowed_dtypes": names, "queue_size": int,
+                 "rgb": boolean, "rcvhwm": int, "backlog": int, "backlog_bytes": int, "max_seq_jump": int,
+                 "max_clock_skew": float}
+        options = typed(spec, merge_query(spec, parts.query, options), table)
+        pattern = parts.scheme.partition("+")[2]
+        if pattern == "rep":  # imagezmq's REQ senders connect to a hub that binds
+            options.setdefault("bind", True)
+        return cls(f"tcp://{parts.netloc}", pattern=pattern, name=name, gray=gray, size=size, **options)
+
     def _open(self) -> None:
         self._context = zmq.Context()
-        sock = self._context.socket(zmq.SUB if self.pattern == "sub" else zmq.PULL)
+        sock = self._context.socket(_PATTERNS[self.pattern])
         self._socket = sock
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, max(self._max_frame_bytes, MAX_HEADER_BYTES))
+        sock.setsockopt(zmq.RCVHWM, self._rcvhwm)
         if self.pattern == "sub":
             sock.setsockopt(zmq.SUBSCRIBE, self.topic)
         try:
@@ -115,39 +187,97 @@ class ZmqSource(Source):
             raise SourceError(f"cannot {action} ZeroMQ {self.pattern} socket to {self.url}: {exc}; check the address and port") from None
 
     def _produce(self, stop: threading.Event) -> Iterator[Frame]:
+        waiting: collections.deque[tuple[list[zmq.Frame], float, int]] = collections.deque()
+        self._waiting_bytes = 0
         while not stop.is_set():
-            if not self._socket.poll(100):
+            if not waiting and not self._socket.poll(100):
                 continue
-            parts = self._socket.recv_multipart()
-            frame = self._accept(parts, time.time())
+            if self.pattern == "rep":  # one request at a time; the sender waits for the answer
+                parts = self._socket.recv_multipart(copy=False)
+                self._socket.send(_REPLY)
+                waiting.append((parts, time.time(), 0))
+            else:
+                self._take_waiting(waiting)
+                if not waiting:  # poll saw an event but no whole message was there
+                    continue
+            parts, received, size = waiting.popleft()
+            self._waiting_bytes -= size
+            frame = self._accept([p.buffer for p in parts], received)
+            del parts
             if frame is not None:
                 yield frame
+
+    def _take_waiting(self, waiting: collections.deque[tuple[list[zmq.Frame], float, int]]) -> None:
+        """Move the messages ZeroMQ holds into ``waiting`` (no copy, no decoding), keeping the
+        newest within ``backlog`` and ``backlog_bytes``: a lagging reader drops the oldest here."""
+        for _ in range(self._rcvhwm + self._backlog + 64):  # bounded: a fast feed cannot starve decoding
+            try:
+                parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            size = sum(len(p) for p in parts)
+            waiting.append((parts, time.time(), size))
+            self._waiting_bytes += size
+            while len(waiting) > 1 and (len(waiting) > self._backlog or self._waiting_bytes > self._backlog_bytes):
+                self._waiting_bytes -= waiting.popleft()[2]
+                with self._count_lock:
+                    self.counters["overflow"] += 1
+                    self.counters["socket_dropped"] += 1
+
+    def _count_overflow(self) -> None:
+        with self._count_lock:
+            self.counters["overflow"] += 1
 
     def _accept(self, parts: list[bytes], received: float) -> Frame | None:
         try:
             if self.topic:
-                if not parts[0].startswith(self.topic):
-                    raise BadMessage(f"expected a leading topic frame {self.topic!r}")
+                if not parts or bytes(parts[0][: len(self.topic)]) != self.topic:
+                    raise BadMessage(f"expected a leading topic frame {short(self.topic)}")
                 parts = parts[1:]
             header, array = decode_message(parts, max_frame_bytes=self._max_frame_bytes, allowed_dtypes=self._allowed)
-        except BadMessage as exc:
+            t_capture = self._capture_time(header, received)
+            missed = self._missed(header.get("seq"))
+            bgr = array.ndim == 3 and array.shape[2] == 3 and not self.rgb and not is_jpeg(header)
+            image = self._output.apply(to_uint8(array), bgr=bgr)
+        except Exception as exc:  # noqa: BLE001 - nothing one message does may end the stream
             self._count_bad(exc)
             return None
-        image = self._output.apply(to_uint8(array))
-        sender_seq = header.get("seq")
-        if sender_seq is not None and self._sender_seq is not None and sender_seq > self._sender_seq + 1:
-            missed = sender_seq - self._sender_seq - 1
+        if missed:
             self.counters["missed_frames"] += missed
             self._seq += missed
-        self._sender_seq = sender_seq
-        frame = self._frame(self._seq, image, header.get("timestamp", received))
+        frame = self._frame(self._seq, image, t_capture)
         self._seq += 1
         return frame
 
-    def _count_bad(self, exc: BadMessage) -> None:
+    def _capture_time(self, header: dict, received: float) -> float:
+        stamp = header.get("timestamp")
+        if stamp is None:
+            return received
+        if abs(stamp - received) > self._max_skew:
+            raise BadMessage(
+                f"timestamp {short(stamp, 30)} is {stamp - received:+.3g} s from the receive time (limit "
+                f"{self._max_skew:g} s); send time.time() at capture, or no timestamp"
+            )
+        return float(stamp)
+
+    def _missed(self, sender_seq: int | None) -> int:
+        """Frames the sender numbered but that never arrived; a jump over ``max_seq_jump`` is
+        refused (BadMessage) and the sender's numbering restarts from it."""
+        last, self._sender_seq = self._sender_seq, sender_seq
+        if sender_seq is None or last is None or sender_seq <= last + 1:
+            return 0
+        if sender_seq - last - 1 > self._max_seq_jump:
+            raise BadMessage(
+                f"seq jumped from {last} to {short(sender_seq, 30)}, over max_seq_jump={self._max_seq_jump}; "
+                "numbering restarts from it"
+            )
+        return sender_seq - last - 1
+
+    def _count_bad(self, exc: Exception) -> None:
         count = self.counters["bad_messages"] = self.counters["bad_messages"] + 1
         if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
-            log.warning("%s: bad message skipped (%s); %d so far", self.name, exc, count)
+            text = str(exc) if isinstance(exc, BadMessage) else f"{type(exc).__name__}: {exc}"
+            log.warning("%s: bad message skipped (%s); %d so far", self.name, text[:200], count)
 
     def _close(self) -> None:
         if self._socket is not None:

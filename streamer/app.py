@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from sampler.model import SampledClassifier
+from sinks import Sink
 from sinks.console import ConsoleSink
 from sinks.jsonl import JsonlSink
 from sinks.mqtt import MqttSettings, MqttSink
@@ -56,34 +59,63 @@ def overload_policy(cfg: RunConfig) -> str:
     return "drop_oldest" if cfg.pacing else "block"
 
 
-def build_sinks(cfg: RunConfig) -> list:
-    sinks: list = []
-    if cfg.console:
-        sinks.append(ConsoleSink())
-    if cfg.jsonl:
-        sinks.append(JsonlSink(cfg.jsonl))
-    if cfg.mqtt:
-        settings = MqttSettings.from_url(
-            cfg.mqtt, topic_prefix=cfg.topic_prefix, client_id=cfg.client_id, qos=cfg.qos,
-            buffer_size=cfg.mqtt_buffer, tls_ca=cfg.tls_ca, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
-            tls_insecure=cfg.tls_insecure,
-        )
-        sinks.append(MqttSink(settings))
-    return sinks
+def mqtt_sink(cfg: RunConfig) -> MqttSink:
+    settings = MqttSettings.from_url(
+        cfg.mqtt, topic_prefix=cfg.topic_prefix, client_id=cfg.client_id, qos=cfg.qos,
+        buffer_size=cfg.mqtt_buffer, tls_ca=cfg.tls_ca, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
+        tls_insecure=cfg.tls_insecure,
+    )
+    return MqttSink(settings)
+
+
+# The sink registry: the RunConfig key that turns a sink on -> how to build it from the config.
+# A new sink is its module in sinks/, its key in RunConfig (and flag in cli.py), and one line here.
+SINKS: dict[str, Callable[[RunConfig], Sink]] = {
+    "console": lambda cfg: ConsoleSink(),
+    "jsonl": lambda cfg: JsonlSink(cfg.jsonl),
+    "mqtt": mqtt_sink,
+}
+
+
+def build_sinks(cfg: RunConfig) -> list[Sink]:
+    """The sinks the config turns on, in registry order."""
+    return [build(cfg) for key, build in SINKS.items() if getattr(cfg, key)]
+
+
+def observe_addresses(cfg: RunConfig) -> tuple:
+    """The parsed --web and --metrics addresses (None when off); ConfigError for a bad one."""
+    if not (cfg.web or cfg.metrics):
+        return None, None
+    from .observe import parse_address
+    from .observe.observer import METRICS_PORT, WEB_PORT
+
+    return (cfg.web and parse_address(cfg.web, flag="--web", default_port=WEB_PORT),
+            cfg.metrics and parse_address(cfg.metrics, flag="--metrics", default_port=METRICS_PORT))
 
 
 def build_pipeline(cfg: RunConfig) -> Pipeline:
+    sinks = build_sinks(cfg)  # first: a bad broker URL fails before the model loads
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    web, metrics = observe_addresses(cfg)  # a bad address fails before the model loads
     model = load_model(cfg)
-    engine = InferenceEngine(model, device=cfg.device, engine=cfg.engine)
+    engine = InferenceEngine(model, device=cfg.device, backend=cfg.engine, max_windows=cfg.max_batch_windows)
     policy = overload_policy(cfg)
     sources = build_sources(cfg, size=model.config.input_size)
+    observers = []
+    if cfg.web or cfg.metrics:
+        from .observe import Observer
+
+        observer = Observer(streams=[s.name for s in sources], sinks=sinks, web=web, metrics=metrics)
+        observer.attach_engine(engine)
+        observers.append(observer)
     settings = PipelineSettings(
         stride=cfg.stride or model.config.num_frames, frame_queue=cfg.frame_queue, window_queue=cfg.window_queue,
         max_batch_windows=cfg.max_batch_windows, stats_interval=cfg.stats_interval, duration=cfg.duration,
+        gap=cfg.gap,
     )
-    return Pipeline(sources=[(s, policy) for s in sources], engine=engine, sinks=build_sinks(cfg), settings=settings)
+    return Pipeline(sources=[(s, policy) for s in sources], engine=engine, sinks=sinks, settings=settings,
+                    observers=observers)
 
 
 async def run_pipeline(pipeline: Pipeline) -> RunSummary:
@@ -92,13 +124,31 @@ async def run_pipeline(pipeline: Pipeline) -> RunSummary:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, pipeline.stop)
     try:
-        return await pipeline.run()
+        async with contextlib.AsyncExitStack() as stack:
+            for observer in pipeline.observers:  # their servers run for the whole run
+                if hasattr(observer, "__aenter__"):
+                    await stack.enter_async_context(observer)
+            return await pipeline.run()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
 
+def delivery_errors(sinks: list) -> list[BaseException]:
+    """One error per sink that accepted predictions it never delivered (e.g. MQTT overflow, or a
+    broker never reached): the run must not end as a success then."""
+    errors = []
+    for sink in sinks:
+        check = getattr(sink, "delivery_error", None)
+        if callable(check) and (error := check()) is not None:
+            errors.append(error)
+    return errors
+
+
 def run(cfg: RunConfig) -> RunSummary:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pipeline = build_pipeline(cfg)
-    return asyncio.run(run_pipeline(pipeline))
+    sinks = list(getattr(pipeline.sinks, "sinks", pipeline.sinks))  # a FanOut, or a list
+    summary = asyncio.run(run_pipeline(pipeline))
+    summary.errors.extend(delivery_errors(sinks))
+    return summary

@@ -13,7 +13,11 @@ docs/performance.md):
 4. latency: the same replay paced at 30 fps: capture -> published and window close -> published;
 5. overlap: stride T/2, backbone calls per input frame and the time the embedding cache saves;
 6. memory: peak RSS over a long no-pacing stream and its growth after warm-up (full mode only);
-7. streams: 4 synthetic streams at 30 fps in one process: per-stream p99 latency and drops.
+7. streams: 4 synthetic streams at 30 fps in one process: per-stream p99 latency and drops;
+8. capacity: the most concurrent 30 fps streams one process holds with no frame dropped and
+   p99 window close -> published <= 50 ms, found by a sweep (DAS at k/T = 0.5 and the full
+   sequence), and the engines' warm-up time. The streams replay frames rendered once before the
+   run, so making them costs no more CPU than real decoding would (less: nothing is decoded).
 
 Models: ``--model PATH`` times that model (and a full-sequence twin with the same T and input
 size); without it, untrained models with T = 32 at 224 px (timing does not depend on weights).
@@ -44,6 +48,7 @@ import torch
 
 from sampler.model import ModelConfig, SampledClassifier, build_model
 from sinks.mqtt import MqttSettings, MqttSink
+from sources.base import SourceCounts
 from sources.frame import Frame
 from sources.synthetic import CLASSES, SyntheticSource, make_clip
 from sources.video import VideoSource
@@ -62,28 +67,34 @@ class BenchSettings:
         quick: shorter runs (the whole suite well under 5 minutes on 2 CPU cores).
         model: a model file to time (None: untrained models of ``num_frames`` at ``input_size``).
         device: "auto", "cpu" or "cuda".
-        engine: "torch" or "onnx" for the backbone.
+        engine: the backbone's backend: "auto", "torch", "torch-cudagraph" or "onnx".
         num_frames, input_size, feature_size: the default models' window length, frame size
             and sampler feature resolution (56 = 224 / 4: the sampler's copy of each frame is an
             exact 4x area reduction, about 8x cheaper than a fractional one to 64 px).
         video: a video file to replay for items 3-4 (None: a synthetic 640x480 H.264 clip).
         mqtt: broker URL for items 3-4 (None: start a local mosquitto if installed, else no MQTT).
         only: run only these items (names from ITEMS).
+        streams: item 8 at this one number of streams instead of the sweep.
+        capacity_p99_ms: item 8's latency bound.
+        capacity_seconds: item 8's run time per point (None: 8 s with ``quick``, else 20 s).
     """
 
     quick: bool = False
     model: str | None = None
     device: str = "auto"
-    engine: str = "torch"
+    engine: str = "auto"
     num_frames: int = 32
     input_size: int = 224
     feature_size: int = 56
     video: str | None = None
     mqtt: str | None = None
     only: tuple[str, ...] = ()
+    streams: int | None = None
+    capacity_p99_ms: float = 50.0
+    capacity_seconds: float | None = None
 
 
-ITEMS = ("compute", "sampler", "throughput", "latency", "overlap", "memory", "streams")
+ITEMS = ("compute", "sampler", "throughput", "latency", "overlap", "memory", "streams", "capacity")
 
 
 # --- models ----------------------------------------------------------------------------------
@@ -198,6 +209,23 @@ def _median_ms(fn: Callable[[], Any], repeats: int) -> float:
     return round(1000 * statistics.median(times), 3)
 
 
+def _clear_stage_times(engine: InferenceEngine) -> None:
+    """Forget the engine's recorded stage times (an item starts its own count)."""
+    for samples in engine.stage_ms.values():
+        samples.clear()
+
+
+def _process_each(engine: InferenceEngine, windows: list[Window], *, reuse: bool) -> list:
+    """Windows one call each (no batching across windows); ``reuse=False`` forgets every
+    embedding before each window, to measure what the cache saves."""
+    out = []
+    for w in windows:
+        if not reuse:
+            engine.on_worker(engine.cache.emb.clear)
+        out.extend(engine.process([w]))
+    return out
+
+
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -212,7 +240,7 @@ def bench_compute(engines: dict[str, InferenceEngine], s: BenchSettings) -> dict
     maker = _FrameMaker(size)
     times: dict[str, list[float]] = {name: [] for name in engines}
     for eng in engines.values():
-        eng.clear_stage_times()
+        _clear_stage_times(eng)
     for r in range(repeats + 1):  # variants interleaved, so a slow spell of the machine hits them all
         for name, eng in engines.items():
             windows = _windows(maker.frames(T), T, T)
@@ -276,7 +304,7 @@ def bench_throughput(engines: dict[str, InferenceEngine], video: Path, mqtt: str
 
 def bench_latency(engine: InferenceEngine, video: Path, mqtt: str | None, seconds: float) -> dict[str, Any]:
     """Item 4: real-time replay at the file's rate (30 fps) for ``seconds``."""
-    engine.clear_stage_times()
+    _clear_stage_times(engine)
     run = asyncio.run(_replay(engine, video, pacing=True, mqtt=mqtt, stride=engine.num_frames, duration=seconds))
     # Where window close -> published goes: the engine's stages (the rest is queueing and publishing).
     stages = {name: percentiles(samples) for name, samples in engine.stage_ms.items()}
@@ -292,12 +320,10 @@ def bench_overlap(engine: InferenceEngine, s: BenchSettings) -> dict[str, Any]:
     for reuse in (True, False):
         frames = maker.frames(n)
         windows = _windows(frames, T, T // 2)
-        engine.reuse_embeddings = reuse
         t0 = time.perf_counter()
-        calls = sum(r.backbone_calls for r in engine.process_each(windows))
+        embedded = sum(r.frames_embedded for r in _process_each(engine, windows, reuse=reuse))
         out["cache" if reuse else "recompute"] = {"seconds": round(time.perf_counter() - t0, 3),
-                                                  "backbone_calls_per_frame": round(calls / n, 3)}
-    engine.reuse_embeddings = True
+                                                  "backbone_calls_per_frame": round(embedded / n, 3)}
     out["time_saved"] = round(1 - out["cache"]["seconds"] / out["recompute"]["seconds"], 3)
     return out
 
@@ -348,6 +374,105 @@ def bench_streams(engine: InferenceEngine, streams: int, seconds: float) -> dict
             "dropped_total": sum(v["dropped"] for v in per_stream.values())}
 
 
+class _ReplaySource:
+    """A live stream of frames rendered before the run, released at ``fps`` from ``start`` on.
+
+    Like a probe, it does not wait for a slow reader: a frame whose slot has passed before the
+    pipeline asked for it is lost and counted (``overflow``, which the pipeline reports as dropped).
+    """
+
+    def __init__(self, name: str, images: list[np.ndarray], *, fps: float, start: float) -> None:
+        self.name, self.images, self.fps, self.start = name, images, fps, start
+        self.counters = {"overflow": 0}
+        self._seq = 0
+
+    async def __aenter__(self) -> _ReplaySource:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def __aiter__(self) -> _ReplaySource:
+        return self
+
+    def counts(self) -> SourceCounts:
+        return SourceCounts(overflow=self.counters["overflow"])
+
+    async def __anext__(self) -> Frame:
+        due = self.start + self._seq / self.fps
+        now = time.monotonic()
+        if now < due:
+            await asyncio.sleep(due - now)
+        elif (late := int((now - due) * self.fps)) > 0:
+            self.counters["overflow"] += late
+            self._seq += late
+        seq = self._seq
+        self._seq += 1
+        return Frame(self.name, seq, time.time(), self.images[seq % len(self.images)])
+
+
+def capacity_point(engine: InferenceEngine, streams: int, seconds: float, images: list[np.ndarray],
+                   fps: float = 30.0) -> dict[str, Any]:
+    """``streams`` replayed streams at ``fps`` for ``seconds`` in one pipeline; their starts are
+    spread over one window's time, as independent probes' would be."""
+    _clear_stage_times(engine)
+
+    async def main() -> dict[str, Any]:
+        t0 = time.monotonic() + 0.2
+        period = engine.num_frames / fps
+        sources = [_ReplaySource(f"probe{i}", images, fps=fps, start=t0 + period * i / streams) for i in range(streams)]
+        pipe = Pipeline(sources=[(src, "drop_oldest") for src in sources], engine=engine, sinks=[],
+                        settings=PipelineSettings(stride=engine.num_frames, stats_interval=3600, duration=seconds))
+        summary = await pipe.run()
+        close = [ms for st in pipe.streams for ms in st.stats.close_latency_ms]
+        finals = summary.final.values()
+        return {"streams": streams, "frames": sum(st.frames_in for st in finals),
+                "dropped": sum(st.frames_dropped for st in finals), "windows": sum(st.windows for st in finals),
+                "latency_close_ms": percentiles(close),
+                # the engine's steps per call; after warm-up no embed call should stand far above its median
+                "stages_ms": {name: {**percentiles(v), "max": round(max(v, default=0.0), 2)}
+                              for name, v in engine.stage_ms.items()}}
+    return asyncio.run(main())
+
+
+def bench_capacity(engines: dict[str, InferenceEngine], s: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
+    """Item 8: per variant, the most streams with 0 drops and p99 close -> published within the bound.
+
+    The sweep doubles the streams while a point holds, then bisects between the last that held
+    and the first that did not. ``s.streams`` runs that one point instead.
+    """
+    seconds = s.capacity_seconds or (8.0 if s.quick else 20.0)
+    any_engine = next(iter(engines.values()))
+    images = _FrameMaker(any_engine.input_size, seed=5).images  # rendered once, replayed by every stream
+    runs = {}
+    for name, eng in engines.items():
+        points: dict[int, dict[str, Any]] = {}
+
+        def holds(n: int) -> bool:
+            if n not in points:
+                p = points[n] = capacity_point(eng, n, seconds, images)
+                p["holds"] = p["dropped"] == 0 and p["latency_close_ms"]["p99"] <= s.capacity_p99_ms
+                log(f"   {name}: {n} streams: dropped {p['dropped']}, p99 close {p['latency_close_ms']['p99']} ms")
+            return points[n]["holds"]
+
+        if s.streams:
+            best = s.streams if holds(s.streams) else 0
+        else:
+            good, bad = 0, None
+            n = 1
+            while n <= 1024 and holds(n):
+                good, n = n, 2 * n
+            bad = n if n <= 1024 else None
+            while bad is not None and bad - good > max(1, good // 8):  # to within 1/8
+                mid = (good + bad) // 2
+                good, bad = (mid, bad) if holds(mid) else (good, mid)
+            best = good
+        runs[name] = {"capacity_streams": best, "warm_up_s": round(eng.warm_up_s, 2),
+                      "points": [points[n] for n in sorted(points)]}
+    return {"fps_each": 30, "seconds_per_point": seconds, "p99_bound_ms": s.capacity_p99_ms,
+            "frames": "pre-rendered synthetic frames at the model's input size, replayed (no decode)", "runs": runs}
+
+
 def machine() -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
@@ -358,11 +483,14 @@ def run_bench(s: BenchSettings, *, log: Callable[[str], None] = lambda m: None) 
     """Run the selected items; return one JSON-ready dict with the headline keys first."""
     wanted = set(s.only or ITEMS)
     models = _models(s)
-    engines = {name: InferenceEngine(m, device=s.device, engine=s.engine) for name, m in models.items()}
+    if not wanted & {"compute", "sampler"}:  # the other items use the headline variant and the full sequence
+        models = {name: models[name] for name in (_headline(models), "full")}
+    engines = {name: InferenceEngine(m, device=s.device, backend=s.engine) for name, m in models.items()}
     head = _headline(engines)
     result: dict[str, Any] = {}
     details: dict[str, Any] = {"settings": {**s.__dict__, "only": list(s.only)}, "machine": machine(),
-                               "device": str(engines[head].device), "engine": s.engine}
+                               "device": str(engines[head].device), "engine": engines[head].backend,
+                               "warm_up_s": {name: round(e.warm_up_s, 2) for name, e in engines.items()}}
     if wanted & {"compute", "sampler"}:
         log("1-2: compute per window and sampler overhead")
         details["compute"] = c = bench_compute(engines, s)
@@ -394,6 +522,11 @@ def run_bench(s: BenchSettings, *, log: Callable[[str], None] = lambda m: None) 
         seconds = 10.0 if s.quick else 30.0
         log(f"7: 4 streams at 30 fps for {seconds:g} s")
         details["streams"] = bench_streams(engines[head], 4, seconds)
+    if "capacity" in wanted:
+        log("8: capacity, concurrent 30 fps streams" + (f" ({s.streams})" if s.streams else " (sweep)"))
+        details["capacity"] = cap = bench_capacity({head: engines[head], "full": engines["full"]}, s, log)
+        result["capacity_streams"] = cap["runs"][head]["capacity_streams"]
+        result["capacity_streams_full"] = cap["runs"]["full"]["capacity_streams"]
     return {**result, **details}
 
 

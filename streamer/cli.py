@@ -7,15 +7,63 @@ tracebacks.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from sampler.errors import SamplerError
-from sinks.errors import SinkError
-from sources.errors import SourceError
+# Nothing heavy (torch, OpenCV, PyAV) is imported at module level: a Ctrl-C during the seconds
+# those imports take then lands inside main(), which exits 130 without a traceback.
 
-# The user-caused errors (see docs/design.md); ConfigError, ModelFileError and DataError are SamplerErrors.
-USER_ERRORS: tuple[type[BaseException], ...] = (SamplerError, SourceError, SinkError)
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The user-caused errors (see docs/design.md); ModelFileError and DataError are SamplerErrors."""
+    from sampler.errors import ConfigError, SamplerError
+    from sinks.errors import SinkError
+    from sources.errors import SourceError
+
+    return (ConfigError, SamplerError, SourceError, SinkError)
+
+
+_ERROR_TYPES = (("sampler.errors", "ConfigError"), ("sampler.errors", "SamplerError"), ("sources.errors", "SourceError"),
+                ("sinks.errors", "SinkError"))
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of :func:`user_errors`, without importing anything: an error type
+    whose module was never imported cannot have been raised."""
+    for module, name in _ERROR_TYPES:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(exc, getattr(loaded, name)):
+            return True
+    return False
+
+
+def __getattr__(name: str) -> Any:  # USER_ERRORS, imported lazily
+    if name == "USER_ERRORS":
+        return user_errors()
+    raise AttributeError(name)
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds > 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,11 +74,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_run_commands(sub)
     _add_training_commands(sub)
+    _add_cluster_command(sub)
     return parser
 
 
 # --- streaming commands (run, subscribe, bench) ---
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    import typing
+
+    from sampler.settings import DEVICE_FORMS
+    from sinks.mqtt import MqttSettings
+    from sources.spec import spec_usage
+    from streamer.config import RunConfig
+
+    d = RunConfig.defaults()  # help text shows the defaults from where they are defined
+
+    def choices(key: str) -> list:
+        return list(typing.get_args(typing.get_type_hints(RunConfig)[key]))
+
     run = sub.add_parser(
         "run", help="stream frames through the sampler and classifier (default command)",
         description="Attach to a stream, pick k frames per window with the sampler, classify them, publish "
@@ -39,60 +100,72 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     )
     run.add_argument("--config", help="YAML file with run settings (flags override it); see configs/")
     run.add_argument("--source", action="append", dest="sources", metavar="SPEC",
-                     help="video:PATH | probe:DEVICE|URL | zmq+sub://HOST:PORT | zmq+pull://HOST:PORT | synthetic: "
-                     "(repeat for several streams; default synthetic:)")
+                     help=f"{spec_usage()} (repeat for several streams; default {' '.join(d['sources'])})")
     run.add_argument("--model", help="model file from `das-stream train` (default: bundled demo model)")
     run.add_argument("--window", type=int, help="window length T (must match the model; default: the model's)")
     run.add_argument("--stride", type=int, help="frames between window starts (default: the window length)")
-    run.add_argument("--speed", type=float, help="replay speed factor for video: sources (default 1.0)")
+    run.add_argument("--speed", type=float, help=f"replay speed factor for video: and dicom: sources (default {d['speed']})")
     run.add_argument("--no-pacing", dest="pacing", action="store_const", const=False,
                      help="replay files as fast as possible instead of at their frame rate")
-    run.add_argument("--loop", action="store_const", const=True, help="replay video: sources forever")
-    run.add_argument("--overload", choices=["auto", "drop_oldest", "block"],
+    run.add_argument("--loop", action="store_const", const=True, help="replay video: and dicom: sources forever")
+    run.add_argument("--overload", choices=choices("overload"),
                      help="when the classifier lags: drop the oldest frames (counted) or block the source "
                      "(default auto: block for --no-pacing replays, drop_oldest otherwise)")
-    run.add_argument("--frame-queue", type=int, help="frames buffered per stream (default 256)")
-    run.add_argument("--max-batch-windows", type=int, help="most windows per classifier call (default 8)")
-    run.add_argument("--device", help="auto | cpu | cuda[:N] (default auto)")
-    run.add_argument("--engine", choices=["torch", "onnx"], help="classifier backbone engine (default torch)")
+    run.add_argument("--frame-queue", type=int, help=f"frames buffered per stream (default {d['frame_queue']})")
+    run.add_argument("--max-batch-windows", type=int, help=f"most windows per classifier call (default {d['max_batch_windows']})")
+    run.add_argument("--device", help=f"{DEVICE_FORMS} (default {d['device']})")
+    run.add_argument("--engine", choices=choices("engine"),
+                     help=f"backbone engine (default {d['engine']}): auto = CUDA graphs on a GPU, ONNX Runtime on the "
+                     "CPU when installed, else torch; torch (eager), torch-cudagraph, onnx")
     run.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     run.add_argument("--mqtt", metavar="URL", help="publish to mqtt://[user:pass@]HOST:PORT or mqtts://...")
-    run.add_argument("--topic-prefix", help="MQTT topic prefix (default das): PREFIX/STREAM/prediction|stats")
-    run.add_argument("--qos", type=int, choices=[0, 1, 2], help="MQTT QoS (default 1)")
+    run.add_argument("--topic-prefix", help=f"MQTT topic prefix (default {d['topic_prefix']}): PREFIX/STREAM/prediction|stats")
+    run.add_argument("--qos", type=int, choices=choices("qos"), help=f"MQTT QoS (default {d['qos']})")
     run.add_argument("--client-id", help="MQTT client id (default: fixed per host, for a persistent session)")
-    run.add_argument("--mqtt-buffer", type=int, help="messages kept while the broker is away (default 10000)")
+    run.add_argument("--mqtt-buffer", type=int, help=f"messages kept while the broker is away (default {d['mqtt_buffer']})")
     run.add_argument("--tls-ca", help="CA file for mqtts://")
     run.add_argument("--tls-cert", help="client certificate for mqtts://")
     run.add_argument("--tls-key", help="client key for mqtts://")
     run.add_argument("--tls-insecure", action="store_const", const=True, help="do not check the broker's hostname")
     run.add_argument("--jsonl", metavar="PATH", help="also append every message to this JSON-lines file")
     run.add_argument("--quiet", dest="console", action="store_const", const=False, help="no console output")
-    run.add_argument("--stats-interval", type=float, help="seconds between stats messages (default 5)")
-    run.add_argument("--duration", type=float, help="stop after this many seconds")
-    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--stats-interval", type=float, help=f"seconds between stats messages (default {d['stats_interval']:g})")
+    run.add_argument("--duration", type=_seconds, help="stop after this many seconds")
+    run.add_argument("--gap", type=float, help="seconds without a frame that close a stream's open window early "
+                                                f"and mark the next one gap_before (default {d['gap']:g}; 0: never)")
+    run.add_argument("--log-level", choices=choices("log_level"), help=f"default {d['log_level']}")
+    run.add_argument("--web", nargs="?", const="127.0.0.1:8080", metavar="HOST:PORT",
+                     help="serve a live view of the run in the browser (default off; alone: 127.0.0.1:8080)")
+    run.add_argument("--metrics", nargs="?", const="127.0.0.1:9108", metavar="HOST:PORT",
+                     help="serve Prometheus /metrics and /healthz (default off; alone: 127.0.0.1:9108)")
     run.set_defaults(handler=_cmd_run)
 
     subscribe = sub.add_parser("subscribe", help="print predictions and stats arriving over MQTT")
     subscribe.add_argument("--mqtt", metavar="URL", required=True, help="mqtt://[user:pass@]HOST:PORT or mqtts://...")
-    subscribe.add_argument("--topic-prefix", default="das", help="topic prefix (default das)")
+    subscribe.add_argument("--topic-prefix", default=MqttSettings.topic_prefix, help="topic prefix (default %(default)s)")
     subscribe.add_argument("--raw", action="store_true", help="print the JSON payloads as they are, one per line")
-    subscribe.add_argument("--duration", type=float, help="stop after this many seconds")
-    subscribe.add_argument("--count", type=int, help="stop after this many messages")
+    subscribe.add_argument("--duration", type=_seconds, help="stop after this many seconds")
+    subscribe.add_argument("--count", type=_positive_int, help="stop after this many messages")
     subscribe.add_argument("--tls-ca", help="CA file for mqtts://")
+    subscribe.add_argument("--client-id", help="MQTT client id: keeps a persistent session under this id across "
+                           "restarts of subscribe (default: an id of this process, its session dropped at exit)")
     subscribe.set_defaults(handler=_cmd_subscribe)
 
     bench = sub.add_parser(
         "bench", help="measure compute saved, sampler overhead, throughput and latency on this machine",
         description="Runs the benchmark suite (see docs/performance.md) and prints one JSON object. Keys: "
-        "compute_ratio, sampler_overhead, throughput_ratio, throughput_fps, latency_p99_ms, then details.",
+        "compute_ratio, sampler_overhead, throughput_ratio, throughput_fps, latency_p99_ms, capacity_streams, "
+        "capacity_streams_full, then details.",
     )
     bench.add_argument("--quick", action="store_true", help="short runs: under 5 minutes on 2 CPU cores")
     bench.add_argument("--model", help="model file to time (default: untrained T=32, 224 px DAS/full models)")
     bench.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    bench.add_argument("--engine", default="torch", choices=["torch", "onnx"], help="backbone engine")
+    bench.add_argument("--engine", default="auto", choices=choices("engine"),
+                       help="backbone engine (default auto, as `run`)")
     bench.add_argument("--video", help="video to replay for throughput/latency (default: a synthetic 640x480 clip)")
     bench.add_argument("--mqtt", metavar="URL", help="broker for throughput/latency (default: a local mosquitto if installed)")
-    bench.add_argument("--only", help="comma-separated items: compute,sampler,throughput,latency,overlap,memory,streams")
+    bench.add_argument("--only", help="comma-separated items: compute,sampler,throughput,latency,overlap,memory,streams,capacity")
+    bench.add_argument("--streams", type=int, help="capacity item: run this one number of 30 fps streams, no sweep")
     bench.add_argument("--threads", type=int, help="torch intra-op threads")
     bench.add_argument("--feature-size", type=int, default=56,
                        help="sampler feature resolution of the default models (default 56 = 224/4)")
@@ -108,7 +181,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = RunConfig.load(args.config, overrides)
     summary = app.run(cfg)
     if summary.errors:
-        print(f"das-stream: error: {summary.errors[0]}", file=sys.stderr)
+        for error in summary.errors:  # a source error, undelivered predictions: one line each
+            print(f"das-stream: error: {error}", file=sys.stderr)
         return 1
     return 0
 
@@ -129,7 +203,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     settings = BenchSettings(quick=args.quick, model=args.model, device=args.device, engine=args.engine,
-                             video=args.video, mqtt=args.mqtt, only=only, feature_size=args.feature_size)
+                             video=args.video, mqtt=args.mqtt, only=only, feature_size=args.feature_size,
+                             streams=args.streams)
     result = run_bench(settings, log=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
     text = to_json(result)
     print(text)
@@ -141,17 +216,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_subscribe(args: argparse.Namespace) -> int:
     import asyncio
+    import signal
 
-    from sinks.mqtt import MqttSettings
+    from sinks.mqtt import MqttSettings, unique_client_id
     from sinks.subscribe import subscribe
 
-    settings = MqttSettings.from_url(args.mqtt, topic_prefix=args.topic_prefix, tls_ca=args.tls_ca)
-    try:
-        summary = asyncio.run(subscribe(settings, duration=args.duration, max_messages=args.count, raw=args.raw))
-    except KeyboardInterrupt:
-        return 0
+    settings = MqttSettings.from_url(args.mqtt, topic_prefix=args.topic_prefix, tls_ca=args.tls_ca,
+                                     client_id=args.client_id or unique_client_id("sub"))
+
+    async def until_signal():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await subscribe(settings, duration=args.duration, max_messages=args.count, raw=args.raw,
+                               stop=stop, forget_session=args.client_id is None)
+
+    summary = asyncio.run(until_signal())
     print(f"das-stream subscribe: {summary.predictions} predictions, {summary.stats} stats, "
-          f"{summary.duplicates} duplicates, {summary.malformed} malformed", file=sys.stderr)
+          f"{summary.duplicates} duplicates, {summary.malformed} malformed, "
+          f"{summary.missing} windows missing", file=sys.stderr)
     return 0
 # --- end streaming commands ---
 
@@ -163,17 +247,20 @@ _TRAIN_FLAGS = {"method": "model.method", "keep": "model.keep", "seed": "train.s
 
 
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+    from sampler.settings import DEVICE_FORMS
+    from sampler.training.config import METHODS, ModelSettings, TrainSettings
+
     settings = argparse.ArgumentParser(add_help=False)
     settings.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                           help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
-    settings.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: the config's (auto)")
+    settings.add_argument("--device", help=f"{DEVICE_FORMS} (default: the config's, else {TrainSettings.device})")
 
     train = sub.add_parser("train", parents=[settings], help="train one method on one dataset",
                            description="Train one sampler + classifier; writes model.pt, result.json and figures.")
     train.add_argument("--config", required=True, help="experiment YAML, e.g. configs/train_adrenal28.yaml")
-    train.add_argument("--method", help="full | random | uniform | dps | adps | das")
-    train.add_argument("--keep", type=float, help="keep ratio k/T (default 0.5)")
-    train.add_argument("--seed", type=int, help="random seed (default 0)")
+    train.add_argument("--method", help=" | ".join(METHODS))
+    train.add_argument("--keep", type=float, help=f"keep ratio k/T (default {ModelSettings.keep})")
+    train.add_argument("--seed", type=int, help=f"random seed (default {TrainSettings.seed})")
     train.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
     train.add_argument("--out", help="run folder (default: train.out/<name>/<method>-keep<k>-seed<s>)")
     train.set_defaults(handler=_cmd_train)
@@ -237,11 +324,55 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 # --- end training commands ---
 
 
+# --- cluster command (streamer/cluster, docs/scale-out.md) ---
+def _add_cluster_command(sub: argparse._SubParsersAction) -> None:
+    cluster = sub.add_parser(
+        "cluster", help="run many streams on Ray: one actor per stream, a Ray Serve pool of embedder replicas",
+        description="Start (or join with --address / RAY_ADDRESS) a Ray cluster, deploy the embedder replicas, run "
+        "one actor per source, publish as `das-stream run` does. `das-stream cluster status` prints per-stream and "
+        "per-replica figures of the running cluster.",
+    )
+    cluster.add_argument("action", nargs="?", choices=["start", "status"], default="start",
+                         help="start (default) or status")
+    cluster.add_argument("--config", help="YAML with the sources, replicas and MQTT broker, e.g. configs/ward.yaml")
+    cluster.add_argument("--address", help="Ray cluster to join: ray://HEAD:10001 or HOST:6379 (default: "
+                         "RAY_ADDRESS, else a local Ray instance; status: the running local one)")
+    cluster.add_argument("--source", action="append", dest="sources", metavar="SPEC", help="add a stream (repeatable)")
+    cluster.add_argument("--replicas", type=int, help="embedder replicas (default 1)")
+    cluster.add_argument("--mqtt", metavar="URL", help="publish to mqtt://[user:pass@]HOST:PORT or mqtts://...")
+    cluster.add_argument("--duration", type=float, help="stop after this many seconds")
+    cluster.add_argument("--connect-timeout", type=float, help="seconds the Ray address has to answer (default 10)")
+    cluster.set_defaults(handler=_cmd_cluster)
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    import os
+
+    from streamer.cluster.config import ClusterConfig
+    from streamer.cluster.driver import run, status
+
+    address = args.address or os.environ.get("RAY_ADDRESS") or None
+    if args.action == "status":
+        return status(address, timeout=args.connect_timeout or 10.0)
+    overrides = {"sources": args.sources, "replicas": args.replicas, "mqtt": args.mqtt, "duration": args.duration,
+                 "address": address, "connect_timeout": args.connect_timeout}
+    return run(ClusterConfig.load(args.config, overrides))
+# --- end cluster command ---
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the run's own handlers are in place (start-up)
+        print("das-stream: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["run"]
-    parser = build_parser()
+    parser = build_parser()  # imports torch, OpenCV, ... for the help text: seconds
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
@@ -249,11 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(handler(args) or 0)
-    except USER_ERRORS as exc:
+    except Exception as exc:
+        if not is_user_error(exc):
+            raise  # a programming error: keep the traceback
         print(f"das-stream: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

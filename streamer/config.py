@@ -2,20 +2,25 @@
 
 Every key of :class:`RunConfig` can appear in a YAML file (``--config``); a flag given on the
 command line overrides the file. Unknown keys and bad values raise
-:class:`~sampler.errors.ConfigError` naming the key, the file and what is allowed.
+:class:`~sampler.errors.ConfigError` naming the key, the file and what is allowed. Values are
+checked by the rules every config shares (:mod:`sampler.settings`). The defaults of the
+pipeline's and the MQTT sink's knobs are theirs (:class:`PipelineSettings`,
+:class:`MqttSettings`); ``das-stream run --help`` prints them from here.
 """
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from sampler.errors import ConfigError
+from sampler.settings import DEVICE_FORMS, coerce_fields, defaults, is_device_name
+from sampler.settings import read_yaml
+from sinks.mqtt import MqttSettings
+
+from .pipeline import PipelineSettings
 
 
 @dataclass(frozen=True)
@@ -23,8 +28,9 @@ class RunConfig:
     """Settings of one streaming run (see ``das-stream run --help`` for each flag).
 
     Attributes:
-        sources: source specs (``video:PATH``, ``probe:DEV|URL``, ``zmq+sub://H:P``,
-            ``zmq+pull://H:P``, ``synthetic:``); one stream each.
+        sources: source specs, one stream each; the forms are those of
+            :data:`sources.spec.SOURCES` (listed by ``das-stream run --help``). A single string
+            is one spec (specs may contain commas).
         model: model file from ``das-stream train`` (None: the bundled demo model).
         window: window length T; must equal the model's (None: take the model's).
         stride: distance between window starts (None: the window length, no overlap).
@@ -32,14 +38,19 @@ class RunConfig:
         overload: queue policy for frames when the classifier lags: ``drop_oldest``, ``block``,
             or ``auto`` (block for un-paced replays, drop_oldest for everything live).
         frame_queue, window_queue, max_batch_windows: queue sizes and inference batching.
-        device, engine, threads: where and how the classifier runs.
+        device, engine, threads: where and how the classifier runs (device: auto, cpu, cuda,
+            cuda:N).
         mqtt, topic_prefix, qos, client_id, mqtt_buffer, tls_ca, tls_cert, tls_key,
             tls_insecure: the MQTT sink (None: no MQTT).
         jsonl: also write every message to this JSON-lines file.
         console: print predictions and stats to stdout.
         stats_interval: seconds between stats messages.
         duration: stop after this many seconds (None: run until the sources end or Ctrl-C).
+        gap: seconds without a frame after which a stream's open window is classified, padded,
+            and the next window marked ``gap_before`` (0: never).
         log_level: debug, info, warning or error.
+        web: ``HOST:PORT`` of the live web view (None: off); see docs/observe.md.
+        metrics: ``HOST:PORT`` of Prometheus ``/metrics`` and ``/healthz`` (None: off).
     """
 
     sources: tuple[str, ...] = ("synthetic:",)
@@ -50,35 +61,35 @@ class RunConfig:
     pacing: bool = True
     loop: bool = False
     overload: Literal["auto", "drop_oldest", "block"] = "auto"
-    frame_queue: int = 256
-    window_queue: int = 16
-    max_batch_windows: int = 8
+    frame_queue: int = PipelineSettings.frame_queue
+    window_queue: int = PipelineSettings.window_queue
+    max_batch_windows: int = PipelineSettings.max_batch_windows
     device: str = "auto"
-    engine: Literal["torch", "onnx"] = "torch"
+    engine: Literal["auto", "torch", "torch-cudagraph", "onnx"] = "auto"
     threads: int | None = None
     mqtt: str | None = None
-    topic_prefix: str = "das"
-    qos: Literal[0, 1, 2] = 1
-    client_id: str | None = None
-    mqtt_buffer: int = 10000
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_insecure: bool = False
+    topic_prefix: str = MqttSettings.topic_prefix
+    qos: Literal[0, 1, 2] = MqttSettings.qos  # type: ignore[assignment]
+    client_id: str | None = MqttSettings.client_id
+    mqtt_buffer: int = MqttSettings.buffer_size
+    tls_ca: str | None = MqttSettings.tls_ca
+    tls_cert: str | None = MqttSettings.tls_cert
+    tls_key: str | None = MqttSettings.tls_key
+    tls_insecure: bool = MqttSettings.tls_insecure
     jsonl: str | None = None
     console: bool = True
-    stats_interval: float = 5.0
-    duration: float | None = None
+    stats_interval: float = PipelineSettings.stats_interval
+    duration: float | None = PipelineSettings.duration
+    gap: float = PipelineSettings.gap
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    web: str | None = None
+    metrics: str | None = None
     _origin: str = field(default="the command line", repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(RunConfig)
-        for f in dataclasses.fields(self):
-            if f.name.startswith("_"):
-                continue
-            value = _coerce(f.name, getattr(self, f.name), hints[f.name], self._origin)
-            object.__setattr__(self, f.name, value)
+        if isinstance(self.sources, str):  # one spec; not split at commas like other lists
+            object.__setattr__(self, "sources", (self.sources,))
+        coerce_fields(self, context=f" (in {self._origin})")
         positive = ("frame_queue", "window_queue", "max_batch_windows", "mqtt_buffer", "window", "stride", "threads")
         for name in positive:
             value = getattr(self, name)
@@ -86,14 +97,23 @@ class RunConfig:
                 raise ConfigError(f"{name} must be >= 1, got {value} (in {self._origin})")
         for name in ("speed", "stats_interval", "duration"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value} (in {self._origin})")
+            if value is not None and not 0 < value < float("inf"):  # also refuses NaN
+                raise ConfigError(f"{name} must be a finite number > 0, got {value} (in {self._origin})")
+        if not math.isfinite(self.gap) or self.gap < 0:
+            raise ConfigError(f"gap must be a number of seconds >= 0 (0 turns it off), got {self.gap} (in {self._origin})")
         if not self.sources:
             raise ConfigError(f"no source given (in {self._origin}); add --source SPEC, e.g. --source synthetic:")
+        if not is_device_name(self.device):
+            raise ConfigError(f"device must be one of {DEVICE_FORMS}, got {self.device!r} (in {self._origin})")
 
     @classmethod
     def keys(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """``{key: default}``, e.g. for the help text of the flags."""
+        return {k: v for k, v in defaults(cls).items() if not k.startswith("_")}
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -113,59 +133,3 @@ class RunConfig:
                 values[key] = value
         return cls(**values, _origin=origin)
 
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file holding one mapping, or ConfigError naming the file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist; check the path (examples are in configs/)")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a mapping of keys to values, got {type(data).__name__}")
-    return data
-
-
-def _coerce(name: str, value: Any, hint: Any, origin: str) -> Any:
-    """Check ``value`` against the field's type (int/float/str/bool/Literal/optional/tuple)."""
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{name} must be {expected}, got {value!r} (in {origin})")
-
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (hint,) = [a for a in args if a is not type(None)]
-        args = typing.get_args(hint)
-    origin_type = typing.get_origin(hint)
-    if origin_type is Literal:
-        if value not in args:
-            raise bad("one of " + ", ".join(repr(a) for a in args))
-        return value
-    if origin_type is tuple:
-        if isinstance(value, str):
-            value = (value,)
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise bad("a list of strings")
-        return tuple(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    raise TypeError(f"unsupported config type {hint} for {name}")  # a programming error

@@ -1,23 +1,33 @@
-"""The streaming pipeline: sources -> windows -> sampler + classifier -> sinks.
+"""The streaming pipeline: sources -> windows -> sampler + classifier -> publishing -> sinks.
 
 ```
- source[i] --Frame--> FrameQueue (per stream, bounded, policy drop_oldest | block)
-           --> windower[i] --Window--> window queue (shared, bounded, block)
-           --> inference (one worker thread, batches across windows and streams)
-           --> Prediction / Stats --> every sink
+ source[i] --Frame--> FrameQueue[i] (bounded, policy drop_oldest | block)
+           --> window[i] --Window--> window queue (shared, bounded, block)
+           --> infer (one worker thread, batches across windows and streams)
+           --WindowResult--> publish queue (bounded, block)
+           --> publish --Prediction / Stats--> the sinks (one FanOut) and the observers
 ```
 
-Queue policies (per connection, as in :meth:`Pipeline._compose`):
+Every stage is one task and every connection one queue with an explicit policy, all created in
+:meth:`Pipeline._compose`:
 
 - frames into a stream's FrameQueue: ``drop_oldest`` for live feeds (a slow classifier must not
   make a live feed fall behind; every dropped frame is counted) or ``block`` (back-pressure: a file
   replayed with no pacing is simply read as fast as the classifier keeps up);
 - windows into the shared window queue: ``block``, so overload always surfaces as counted frame
-  drops at the first queue and memory stays bounded.
+  drops at the first queue and memory stays bounded;
+- results into the publish queue: ``block``. Publishing has its own stage so that a slow sink (a
+  full disk, a blocked console) does not stall classification until the queue is full; the time
+  the classifier then waits is counted (``publish_wait_ms`` in the stats' extra), so drops caused
+  by a sink are not blamed on the classifier.
+
+A stream that pauses (no frame for ``gap`` seconds while a window is open, or a capture-time jump
+larger than ``gap``) has its open window closed at once, padded, and the first window after the
+pause says so (``gap_before``, ``gap_ms`` in the prediction).
 
 Shutdown (:meth:`Pipeline.stop`, wired to SIGINT/SIGTERM by the CLI, or the sources ending): the
 sources stop, every frame already accepted is windowed, the last partial window of each stream is
-classified, final stats are published, then the sinks are closed.
+classified and published, final stats are published, then the sinks are closed.
 """
 from __future__ import annotations
 
@@ -26,11 +36,13 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from sinks import FanOut, Sink
 from sinks.messages import Prediction, Stats
+from sources.base import Source
 from sources.frame import Frame
 
 from .inference import InferenceEngine, WindowResult
@@ -42,20 +54,13 @@ log = logging.getLogger(__name__)
 Policy = Literal["drop_oldest", "block"]
 
 
-class Source(Protocol):
-    name: str
-    counters: dict[str, int]
+class Observer(Protocol):
+    """Watches the pipeline without slowing it (the web view, the metrics): every method is called
+    on the event loop, must return at once, and must never raise."""
 
-    async def __aenter__(self) -> Any: ...
-    async def __aexit__(self, *exc: object) -> Any: ...
-    def __aiter__(self) -> Any: ...
-
-
-class Sink(Protocol):
-    async def __aenter__(self) -> Any: ...
-    async def __aexit__(self, *exc: object) -> Any: ...
-    async def publish_prediction(self, prediction: Prediction) -> None: ...
-    async def publish_stats(self, stats: Stats) -> None: ...
+    def on_frame(self, stream: str, frame: Frame) -> None: ...
+    def on_window(self, result: WindowResult, prediction: Prediction) -> None: ...
+    def on_stats(self, stats: Stats) -> None: ...
 
 
 class FrameQueue:
@@ -94,10 +99,21 @@ class FrameQueue:
             self._closed = True
             self._changed.notify_all()
 
-    async def get(self) -> Frame | None:
-        """Next frame, or None once the queue is closed and empty."""
+    async def get(self, timeout: float | None = None) -> Frame | None:
+        """Next frame, or None once the queue is closed and empty.
+
+        Raises:
+            TimeoutError: no frame came within ``timeout`` seconds (nothing is taken then).
+        """
         async with self._changed:
-            await self._changed.wait_for(lambda: self._items or self._closed)
+            ready = self._changed.wait_for(lambda: self._items or self._closed)
+            if timeout is None:
+                await ready
+            else:
+                try:
+                    await asyncio.wait_for(ready, timeout)
+                except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11 on
+                    raise TimeoutError from None
             if not self._items:
                 return None
             frame = self._items.popleft()
@@ -117,16 +133,21 @@ class PipelineSettings:
         frame_queue: frames buffered per stream before the overload policy applies.
         window_queue: windows buffered before inference (shared by all streams).
         max_batch_windows: most windows classified in one call.
+        publish_queue: classified windows buffered before the sinks (shared by all streams).
         stats_interval: seconds between stats messages (a final one is always sent).
         duration: stop after this many seconds (None: until the sources end or a signal).
+        gap: seconds without a frame (or a capture-time jump that long) after which a stream's
+            open window is closed, padded, and the next one marked ``gap_before`` (0: never).
     """
 
     stride: int
     frame_queue: int = 256
     window_queue: int = 16
     max_batch_windows: int = 8
+    publish_queue: int = 64
     stats_interval: float = 5.0
     duration: float | None = None
+    gap: float = 2.0
 
 
 @dataclass
@@ -138,11 +159,14 @@ class _Stream:
     stats: StreamStats
     error: BaseException | None = None
     reading: bool = False
+    gaps: int = 0  # pauses that closed a window early
+    longest_gap_ms: float = 0.0
 
 
 @dataclass
 class RunSummary:
-    """What a finished run did: the final stats per stream and the first source error, if any."""
+    """What a finished run did: the final stats per stream and the source errors, in the order
+    they happened (empty when every source ended cleanly)."""
 
     final: dict[str, Stats] = field(default_factory=dict)
     errors: list[BaseException] = field(default_factory=list)
@@ -157,17 +181,20 @@ class Pipeline:
     Args:
         sources: (source, policy) pairs; stream names must be unique.
         engine: the inference engine.
-        sinks: where predictions and stats go.
+        sinks: where predictions and stats go (published to in the order given).
         settings: pipeline knobs.
+        observers: watchers of frames, windows and stats (see :class:`Observer`).
     """
 
     def __init__(self, *, sources: Sequence[tuple[Source, Policy]], engine: InferenceEngine,
-                 sinks: Sequence[Sink], settings: PipelineSettings) -> None:
+                 sinks: Sequence[Sink], settings: PipelineSettings,
+                 observers: Sequence[Observer] = ()) -> None:
         names = [s.name for s, _ in sources]
         if len(set(names)) != len(names):
             raise ValueError(f"stream names must be unique, got {names}")
         self.engine = engine
-        self.sinks = list(sinks)
+        self.sinks = FanOut(*sinks)
+        self.observers = list(observers)
         self.settings = settings
         self.streams = [
             _Stream(
@@ -178,6 +205,7 @@ class Pipeline:
             for src, policy in sources
         ]
         self._stop = asyncio.Event()
+        self._publish_wait_s = 0.0  # time the infer stage waited for room in the publish queue
 
     def stop(self) -> None:
         """Ask for a clean shutdown (safe to call from a signal handler)."""
@@ -185,25 +213,30 @@ class Pipeline:
 
     async def run(self) -> RunSummary:
         async with contextlib.AsyncExitStack() as stack:
-            for sink in self.sinks:
-                await stack.enter_async_context(sink)
+            await stack.enter_async_context(self.sinks)
             for st in self.streams:
                 await stack.enter_async_context(st.source)
             return await self._compose()
 
     async def _compose(self) -> RunSummary:
-        windows: asyncio.Queue = asyncio.Queue(self.settings.window_queue)
-        ingest = [asyncio.create_task(self._ingest(st), name=f"ingest:{st.source.name}") for st in self.streams]
-        windowing = [asyncio.create_task(self._window(st, windows)) for st in self.streams]
-        infer = asyncio.create_task(self._infer(windows))
-        ticker = asyncio.create_task(self._tick())
-        stopper = asyncio.create_task(self._stop_when_asked(ingest))
+        """The graph: each stage a task, each connection a bounded queue (policy in the comment)."""
+        windows: asyncio.Queue = asyncio.Queue(self.settings.window_queue)  # block
+        results: asyncio.Queue = asyncio.Queue(self.settings.publish_queue)  # block
+        ingest = [self._task(f"ingest:{st.source.name}", self._ingest(st)) for st in self.streams]  # -> st.queue
+        stages = [
+            *ingest,
+            *(self._task(f"window:{st.source.name}", self._window(st, windows)) for st in self.streams),
+            self._task("infer", self._infer(windows, results)),
+            self._task("publish", self._publish(results)),
+        ]
+        helpers = [self._task("stats", self._tick()), self._task("stop", self._stop_when_asked(ingest)),
+                   self._task("observe", self._observe_tick())]
         try:
-            await asyncio.gather(*ingest, *windowing, infer)
+            await asyncio.gather(*stages)
         finally:
-            for task in (ticker, stopper, *ingest, *windowing, infer):
+            for task in (*helpers, *stages):
                 task.cancel()
-            await asyncio.gather(ticker, stopper, *ingest, *windowing, infer, return_exceptions=True)
+            await asyncio.gather(*helpers, *stages, return_exceptions=True)
         summary = RunSummary()
         for st in self.streams:
             final = self._snapshot(st, final=True)
@@ -213,10 +246,14 @@ class Pipeline:
                 summary.errors.append(st.error)
         return summary
 
+    @staticmethod
+    def _task(name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task:
+        return asyncio.create_task(coro, name=name)
+
     async def _stop_when_asked(self, ingest: list[asyncio.Task]) -> None:
         try:
             await asyncio.wait_for(self._stop.wait(), self.settings.duration)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
             self._stop.set()
         for st, task in zip(self.streams, ingest):
             if st.reading:  # waiting on the source: interrupt it; a frame being queued is kept
@@ -235,6 +272,8 @@ class Pipeline:
                 finally:
                     st.reading = False
                 st.stats.frame_in()
+                for obs in self.observers:
+                    obs.on_frame(st.source.name, frame)
                 if dropped := await st.queue.put(frame):
                     st.stats.dropped(dropped)
         except asyncio.CancelledError:
@@ -247,34 +286,71 @@ class Pipeline:
             await st.queue.close()
 
     async def _window(self, st: _Stream, windows: asyncio.Queue) -> None:
-        """Frame queue -> windows; the last, partial window when the stream ends."""
-        while (frame := await st.queue.get()) is not None:
-            if st.windower.next_in_window:  # its sampler copy now, off the window-close path
-                self.engine.prepare(st.windower.stream, frame)
-            if (w := st.windower.push(frame)) is not None:
-                await windows.put(w)
-        if (w := st.windower.flush()) is not None:
-            await windows.put(w)
+        """Frame queue -> windows; an open window is closed early when the stream pauses, and the
+        last, partial window when the stream ends."""
+        gap = self.settings.gap or None
+        last_t: float | None = None
+        while True:
+            try:
+                frame = await st.queue.get(timeout=gap if st.windower.open else None)
+            except TimeoutError:  # no frame for `gap` s: classify what the open window holds now
+                await self._put_window(windows, st.windower.flush())
+                continue
+            if frame is None:
+                break
+            if last_t is not None and gap is not None and frame.t_capture - last_t > gap:
+                await self._put_window(windows, st.windower.flush())  # before and after never share a window
+                self._paused(st, (frame.t_capture - last_t) * 1000.0)
+            last_t = frame.t_capture
+            if st.windower.next_in_window:  # its sampler copy now, on the engine's thread, off the window-close path
+                self.engine.accept(st.windower.stream, frame)
+            await self._put_window(windows, st.windower.push(frame))
+        await self._put_window(windows, st.windower.flush())
         await windows.put(_END)
 
-    async def _infer(self, windows: asyncio.Queue) -> None:
-        """Batches of windows -> engine (in a thread) -> predictions."""
+    def _paused(self, st: _Stream, ms: float) -> None:
+        st.windower.mark_gap(ms)
+        st.gaps += 1
+        st.longest_gap_ms = max(st.longest_gap_ms, ms)
+        log.info("stream %s paused for %.2f s; its open window was closed early", st.source.name, ms / 1000.0)
+
+    @staticmethod
+    async def _put_window(windows: asyncio.Queue, window: Window | None) -> None:
+        if window is not None:
+            await windows.put(window)
+
+    async def _infer(self, windows: asyncio.Queue, results: asyncio.Queue) -> None:
+        """Batches of windows -> engine (in a thread) -> the publish queue."""
         open_streams = len(self.streams)
         stats = {st.source.name: st.stats for st in self.streams}
-        while open_streams:
-            batch = [await windows.get()]
-            while len(batch) < self.settings.max_batch_windows and not windows.empty():
-                batch.append(windows.get_nowait())
-            open_streams -= sum(1 for w in batch if w is _END)
-            todo = [w for w in batch if w is not _END]
-            if not todo:
-                continue
-            results = await asyncio.to_thread(self.engine.process, todo)
-            for res in results:
-                w = res.window
-                stats[w.stream].window_done(w, res.selected, res.backbone_calls)
-                if w.frames:
-                    await self._publish_prediction(res, stats[w.stream])
+        try:
+            while open_streams:
+                batch = [await windows.get()]
+                while len(batch) < self.settings.max_batch_windows and not windows.empty():
+                    batch.append(windows.get_nowait())
+                open_streams -= sum(1 for w in batch if w is _END)
+                todo = [w for w in batch if w is not _END]
+                if not todo:
+                    continue
+                for res in await asyncio.to_thread(self.engine.process, todo):
+                    w = res.window
+                    stats[w.stream].window_done(w, res.selected, res.frames_embedded)
+                    if w.frames:
+                        t0 = time.monotonic()
+                        await results.put(res)
+                        self._publish_wait_s += time.monotonic() - t0
+        finally:
+            await results.put(_END)
+
+    async def _publish(self, results: asyncio.Queue) -> None:
+        """The publish queue -> predictions to the sinks and observers."""
+        stats = {st.source.name: st.stats for st in self.streams}
+        while (res := await results.get()) is not _END:
+            pred = self._prediction(res)
+            await self.sinks.publish_prediction(pred)
+            stats[pred.stream].published(t_capture_last=pred.t_last, t_close=res.window.t_close)
+            for obs in self.observers:
+                obs.on_window(res, pred)
 
     def _prediction(self, res: WindowResult) -> Prediction:
         w = res.window
@@ -285,30 +361,34 @@ class Pipeline:
             t_first=w.frames[0].t_capture, t_last=w.frames[-1].t_capture, selected=res.selected,
             probs={n: round(p, 6) for n, p in zip(names, res.probs)}, label=names[best],
             model=self.engine.model_name, latency_ms=round((time.time() - w.frames[-1].t_capture) * 1000.0, 2),
-            padded=w.padded,
+            padded=w.padded, gap_before=w.gap_before_ms > 0, gap_ms=round(w.gap_before_ms, 2),
         )
 
-    async def _publish_prediction(self, res: WindowResult, stats: StreamStats) -> None:
-        pred = self._prediction(res)
-        for sink in self.sinks:
-            await sink.publish_prediction(pred)
-        stats.published(t_capture_last=pred.t_last, t_close=res.window.t_close)
-
     async def _publish_stats(self, stats: Stats) -> None:
-        for sink in self.sinks:
-            await sink.publish_stats(stats)
+        await self.sinks.publish_stats(stats)
+        for obs in self.observers:
+            obs.on_stats(stats)
 
     def _snapshot(self, st: _Stream, *, final: bool) -> Stats:
-        counters = dict(st.source.counters)
-        bad = int(counters.pop("bad_messages", 0))
-        upstream_dropped = int(counters.pop("overflow", 0))
-        extra: dict[str, Any] = {"policy": st.policy, **counters}
-        for sink in self.sinks:  # e.g. the MQTT sink's buffer overflow and reconnects
-            if isinstance(getattr(sink, "counters", None), dict):
-                extra[type(sink).__name__] = dict(sink.counters)
+        counts = st.source.counts()
+        extra: dict[str, Any] = {
+            "policy": st.policy, **counts.other, **self.sinks.counters(),
+            "gaps_closed": st.gaps, "longest_gap_ms": round(st.longest_gap_ms, 2),
+            "publish_wait_ms": round(self._publish_wait_s * 1000.0, 2),
+        }
         if final and st.error is not None:
             extra["error"] = str(st.error)
-        return st.stats.snapshot(bad_messages=bad, upstream_dropped=upstream_dropped, final=final, extra=extra)
+        return st.stats.snapshot(bad_messages=counts.bad_messages, upstream_dropped=counts.overflow,
+                                 final=final, extra=extra)
+
+    async def _observe_tick(self) -> None:
+        """Stats for the observers every second (the sinks get them every stats_interval)."""
+        while self.observers:
+            await asyncio.sleep(1.0)
+            for st in self.streams:
+                stats = self._snapshot(st, final=False)
+                for obs in self.observers:
+                    obs.on_stats(stats)
 
     async def _tick(self) -> None:
         while True:

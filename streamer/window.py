@@ -13,6 +13,11 @@ two windows belong to no window and the next window retires them too (as skipped
 At the end of a stream ``flush`` returns a partial window when some frames were in no window
 yet; when every remaining frame was already in the last window it returns a window with no
 frames that only retires them (nothing to classify).
+
+A stream that pauses (a probe that loses contact, a sender that stops) is flushed the same way in
+mid-stream: the pipeline closes the open window, padded, when no frame has come for a while or
+when the next frame's capture time jumps. The windower then starts afresh with the next frame,
+and :meth:`Windower.mark_gap` puts the gap on the first window after it (``gap_before_ms``).
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ class Window:
             window that only retires frames at the end of a stream).
         retire: sequence numbers whose fate is final once this window is classified.
         t_close: wall-clock time the window closed (its last frame arrived, or the flush).
+        gap_before_ms: capture-time gap before this window's frames when the stream paused in
+            between (0.0 when it did not); see :meth:`Windower.mark_gap`.
     """
 
     stream: str
@@ -43,6 +50,7 @@ class Window:
     frames: tuple[Frame, ...]
     retire: tuple[int, ...]
     t_close: float
+    gap_before_ms: float = 0.0
 
     @property
     def padded(self) -> int:
@@ -75,11 +83,21 @@ class Windower:
         self._index = 0
         self._covered_end = 0  # one past the last position of the last emitted window
         self._gap: list[int] = []  # seqs in no window (stride > T), retired by the next window
+        self._gap_before_ms = 0.0  # a pause to put on the next window with frames
 
     @property
     def next_in_window(self) -> bool:
         """Whether the next pushed frame will be part of a window (False in a stride > T gap)."""
         return self._pos >= self._start
+
+    @property
+    def open(self) -> bool:
+        """Whether some frames are in no emitted window yet (a flush would classify them)."""
+        return self._pos > self._covered_end and bool(self._buf)
+
+    def mark_gap(self, ms: float) -> None:
+        """Record a pause in the stream; the next window with frames carries it as ``gap_before_ms``."""
+        self._gap_before_ms = max(self._gap_before_ms, ms)
 
     def push(self, frame: Frame) -> Window | None:
         """Add the next frame; return the window it completes, if any."""
@@ -99,7 +117,8 @@ class Windower:
         return self._make(frames, retire)
 
     def flush(self) -> Window | None:
-        """End of stream: retire every frame still undecided (None if there is none)."""
+        """Retire every frame still undecided (None if there is none): at the end of a stream, or
+        when it pauses. Frames pushed afterwards start a new window schedule."""
         if not self._buf and not self._gap:
             return None
         frames = tuple(self._buf)
@@ -108,6 +127,7 @@ class Windower:
         if self._pos <= self._covered_end:  # all already seen by the last window
             frames = ()
         self._covered_end = self._pos
+        self._start = max(self._start, self._pos)  # mid-stream: the next frame opens a window
         return self._make(frames, retire)
 
     def _make(self, frames: tuple[Frame, ...], retire: list[int]) -> Window:
@@ -118,8 +138,10 @@ class Windower:
             frames=frames,
             retire=tuple(self._gap + retire),
             t_close=time.time(),
+            gap_before_ms=self._gap_before_ms if frames else 0.0,
         )
         self._gap.clear()
         if frames:
             self._index += 1
+            self._gap_before_ms = 0.0
         return window

@@ -21,9 +21,10 @@ import yaml
 
 from ..errors import DataError, ModelFileError
 from ..model import ModelConfig, SampledClassifier, build_model
-from .config import ExperimentConfig, load_config
+from .config import ExperimentConfig, k_for, load_config
 from .datasets import DatasetSplits, load_dataset
-from .loop import EpochLog, Evaluation, class_weights, evaluate, fit, resolve_device, seed_everything
+from ..settings import resolve_device
+from .loop import EpochLog, Evaluation, class_weights, evaluate, fit, seed_everything
 from .report import RunResult, SummaryRow, markdown_table, plot_auc, plot_selection, summarize, write_summary_csv
 
 MODEL_FILE = "model.pt"
@@ -58,7 +59,7 @@ def model_config(config: ExperimentConfig, data: DatasetSplits) -> ModelConfig:
     """The model an experiment config asks for, sized to the data (T, classes)."""
     m = config.model
     t = data.num_frames
-    k = t if m.method == "full" else max(1, min(t, round(m.keep * t)))
+    k = k_for(m.method, m.keep, t)
     return ModelConfig(
         method=m.method,
         num_frames=t,

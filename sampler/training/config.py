@@ -15,19 +15,16 @@ Relative paths are relative to the working directory. Unknown keys and bad value
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..classifier import BACKBONES
 from ..errors import ConfigError
+from ..model import METHODS, ModelConfig
+from ..settings import DEVICE_FORMS, coerce, is_device_name, parse_scalar, read_yaml
 
-METHODS = ("full", "random", "uniform", "dps", "adps", "das")
 DATA_KINDS = ("medmnist3d", "videos", "synthetic")
 
 
@@ -211,17 +208,7 @@ def load_config(path: str | Path, *, overrides: Sequence[str] = ()) -> Experimen
     Raises:
         ConfigError: missing/unparsable file, unknown key or bad value (naming the key and file).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found; pass an existing YAML file, e.g. configs/train_adrenal28.yaml")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
-        raise ConfigError(f"config file {path} is not valid YAML ({first}); fix the syntax") from None
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"config file {path} must hold a mapping with sections data, model, train, grid")
-    return config_from_dict(raw, source=str(path), overrides=overrides)
+    return config_from_dict(read_yaml(path), source=str(path), overrides=overrides)
 
 
 def config_from_dict(
@@ -277,15 +264,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.lr=3e-4")
-    return key.strip(), _parse_scalar(text)
-
-
-def _parse_scalar(text: str) -> Any:
-    """A flag's text read as YAML (numbers, booleans, lists, null); plain text if it is not YAML."""
-    try:
-        return yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        return text.strip()
+    return key.strip(), parse_scalar(text)
 
 
 def _build_section(name: str, cls: type, values: Any, where: _Origin) -> Any:
@@ -299,53 +278,34 @@ def _build_section(name: str, cls: type, values: Any, where: _Origin) -> Any:
             raise ConfigError(
                 f"unknown key {where(f'{name}.{key}')}; known keys in {name}: {', '.join(sorted(known))}"
             )
-        kwargs[key] = _coerce(value, hints[key], where(f"{name}.{key}"))
+        kwargs[key] = coerce(value, hints[key], where(f"{name}.{key}"))
     return cls(**kwargs)
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check ``value`` against a field's type hint; ints become floats and lists tuples.
+def k_for(method: str, keep: float, num_frames: int) -> int:
+    """Frames a method keeps of ``num_frames``: all for ``full``, else ``round(keep * T)`` (at least 1)."""
+    return num_frames if method == "full" else max(1, min(num_frames, round(keep * num_frames)))
 
-    ``key`` names the key and where it came from, for the error message.
+
+# ModelConfig's fields -> the keys of the model section that set them
+_MODEL_KEYS = {"classifier_kwargs": "model.classifier", "sampler_kwargs": "model.sampler"}
+
+
+def _check_model(m: ModelSettings, method: str, num_frames: int, method_key: str, where: _Origin) -> None:
+    """Let :class:`ModelConfig` (the one validator of model settings) judge the model section.
+
+    The data's T and classes are only known once the data is read, so stand-ins take their
+    place; what depends on them is checked again when the real model is built.
     """
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
-    if origin is tuple:
-        if isinstance(value, str):  # "a,b" from a flag
-            value = [_parse_scalar(v) for v in value.split(",") if v.strip()]
-        elif not isinstance(value, (list, tuple)):  # a single value, e.g. --seeds 0
-            value = [value]
-        return tuple(_coerce(v, args[0], key) for v in value)
-    if origin is not None and issubclass(origin, Mapping):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return str(value)
-    raise TypeError(f"unsupported config type {hint!r} for {key}")  # programming error
+    try:
+        ModelConfig(
+            method=method, num_frames=num_frames, k=k_for(method, m.keep, num_frames), class_names=("a", "b"),
+            feature_size=m.feature_size, input_size=m.input_size, backbone=m.backbone,
+            backbone_weights=m.backbone_weights, sampler_kwargs=dict(m.sampler), classifier_kwargs=dict(m.classifier),
+        )
+    except ConfigError as exc:
+        key = method_key if exc.key == "method" else _MODEL_KEYS.get(exc.key or "", f"model.{exc.key}")
+        raise ConfigError(f"{where(key)} {exc.problem}", key=key, problem=exc.problem) from None
 
 
 def _validate(c: ExperimentConfig, where: _Origin) -> None:
@@ -374,19 +334,16 @@ def _validate(c: ExperimentConfig, where: _Origin) -> None:
     need(not (d.group_column and d.group_regex), "data.group_regex", "and data.group_column exclude each other; set one")
     need(len(d.synthetic_counts) == 3 and min(d.synthetic_counts) >= 2, "data.synthetic_counts", "must be three counts >= 2")
     need(d.classes is None or len(set(d.classes)) == len(d.classes) >= 2, "data.classes", "must list at least two distinct classes")
-    for key, method in [("model.method", m.method), *(("grid.methods", x) for x in g.methods)]:
-        need(method in METHODS, key, f"must be one of {', '.join(METHODS)}, got {method!r}")
     for key, keep in [("model.keep", m.keep), *(("grid.keeps", x) for x in g.keeps)]:
         need(0 < keep <= 1, key, f"must be a keep ratio in (0, 1], got {keep}")
     need(len(g.methods) > 0 and len(g.seeds) > 0 and len(g.keeps) > 0, "grid", "needs at least one method, seed and keep")
-    need(m.feature_size >= 8, "model.feature_size", f"must be >= 8 pixels, got {m.feature_size}")
-    need(m.input_size >= 16, "model.input_size", f"must be >= 16 pixels, got {m.input_size}")
-    need(m.backbone in BACKBONES, "model.backbone", f"must be one of {', '.join(BACKBONES)}, got {m.backbone!r}")
+    for key, method in [("model.method", m.method), *(("grid.methods", x) for x in g.methods)]:
+        _check_model(m, method, d.num_frames, key, where)
     need(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
     need(t.patience >= 1, "train.patience", f"must be >= 1, got {t.patience}")
     need(t.batch_size >= 1 and t.eval_batch_size >= 1, "train.batch_size", "must be >= 1")
     need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
-    need(t.device in ("auto", "cpu", "cuda"), "train.device", f"must be auto, cpu or cuda, got {t.device!r}")
+    need(is_device_name(t.device), "train.device", f"must be one of {DEVICE_FORMS}, got {t.device!r}")
     need(t.threads >= 0, "train.threads", f"must be >= 0, got {t.threads}")
     need(t.bn_stats in ("epoch", "ema"), "train.bn_stats", f"must be epoch or ema, got {t.bn_stats!r}")
     need(0 <= t.bn_momentum <= 1, "train.bn_momentum", f"must be in [0, 1], got {t.bn_momentum}")

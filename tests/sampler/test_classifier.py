@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from sampler import ModelFileError, SamplerError
-from sampler.classifier import FrameClassifier, imagenet_cache_path
+from sampler.classifier import FrameClassifier, frame_classifier, imagenet_cache_path
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_projection_when_embed_dim_is_not_576():
 
 def test_auto_weights_fall_back_to_random_init_with_a_warning(empty_torch_home, caplog):
     with caplog.at_level(logging.WARNING, logger="sampler.classifier"):
-        clf = FrameClassifier(2, input_size=32, weights="auto")
+        clf = frame_classifier(2, input_size=32, weights="auto")
     assert clf.weights_source == "none"
     assert "no ImageNet weights" in caplog.text and "weights=PATH" in caplog.text
     assert not imagenet_cache_path().exists()  # nothing was downloaded
@@ -72,7 +72,7 @@ def test_auto_weights_are_used_when_the_cache_has_them(empty_torch_home):
     cached = imagenet_cache_path()
     cached.parent.mkdir(parents=True)
     torch.save(reference.state_dict(), cached)
-    clf = FrameClassifier(2, input_size=32, weights="auto")
+    clf = frame_classifier(2, input_size=32, weights="auto")
     assert clf.weights_source == "imagenet"
     assert torch.equal(clf.backbone[0][0].weight, reference.features[0][0].weight)
 
@@ -83,7 +83,7 @@ def test_weights_from_a_state_dict_file(tmp_path, features_only):
     reference = torchvision.models.mobilenet_v3_small(weights=None)
     path = tmp_path / "backbone.pth"
     torch.save((reference.features if features_only else reference).state_dict(), path)
-    clf = FrameClassifier(2, input_size=32, weights=path)
+    clf = frame_classifier(2, input_size=32, weights=path)
     assert clf.weights_source == str(path)
     for ours, theirs in zip(clf.backbone.state_dict().values(), reference.features.state_dict().values()):
         assert torch.equal(ours, theirs)
@@ -92,15 +92,15 @@ def test_weights_from_a_state_dict_file(tmp_path, features_only):
 def test_bad_weights_files_name_the_file(tmp_path):
     missing = tmp_path / "nope.pth"
     with pytest.raises(ModelFileError, match="nope.pth does not exist"):
-        FrameClassifier(2, weights=missing)
+        frame_classifier(2, weights=missing)
     foreign = tmp_path / "foreign.pth"
     torch.save({"conv.weight": torch.zeros(3)}, foreign)
     with pytest.raises(ModelFileError, match="foreign.pth are not a mobilenet_v3_small state_dict"):
-        FrameClassifier(2, weights=foreign)
+        frame_classifier(2, weights=foreign)
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a torch file at all")
     with pytest.raises(ModelFileError, match="garbage.pth cannot be read"):
-        FrameClassifier(2, weights=garbage)
+        frame_classifier(2, weights=garbage)
 
 
 def test_bad_frames_raise_value_errors():
@@ -123,9 +123,9 @@ def test_tiny_cnn_backbone_embeds_and_has_no_imagenet_weights(tmp_path):
     assert clf.embed(torch.rand(3, 1, 16, 16)).shape == (3, 128)
     path = tmp_path / "tiny.pth"
     torch.save(clf.backbone.state_dict(), path)
-    again = FrameClassifier(2, input_size=16, backbone="tiny_cnn", weights=path)
+    again = frame_classifier(2, input_size=16, backbone="tiny_cnn", weights=path)
     assert torch.equal(again.backbone[0].weight, clf.backbone[0].weight)
     with pytest.raises(SamplerError, match="no ImageNet weights for the tiny_cnn backbone"):
-        FrameClassifier(2, backbone="tiny_cnn", weights="imagenet")
+        frame_classifier(2, backbone="tiny_cnn", weights="imagenet")
     with pytest.raises(SamplerError, match="unknown backbone 'vgg'"):
         FrameClassifier(2, backbone="vgg")

@@ -1,6 +1,8 @@
 """Helpers for the streamer tests: small real model files and real video files."""
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 import av
@@ -62,3 +64,27 @@ def write_video(path: Path, *, frames: int, fps: int = 30, size: int = 64, seed:
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+class ListSink:
+    """A sink that keeps what it is given (and, with ``hold``, waits for it before each prediction:
+    a stalled sink)."""
+
+    def __init__(self, hold: asyncio.Event | None = None):
+        self.predictions, self.stats, self.hold = [], [], hold
+        self.received: list[float] = []  # wall time each prediction reached the sink
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return None
+
+    async def publish_prediction(self, p):
+        if self.hold is not None:
+            await self.hold.wait()
+        self.received.append(time.time())
+        self.predictions.append(p)
+
+    async def publish_stats(self, s):
+        self.stats.append(s)

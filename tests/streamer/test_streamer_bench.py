@@ -27,3 +27,20 @@ def test_bench_reports_headline_keys_and_consistent_details(tmp_path, mqtt_broke
     # stride T/2: each frame is in two windows; the cache embeds each picked frame once
     assert ov["cache"]["backbone_calls_per_frame"] < ov["recompute"]["backbone_calls_per_frame"]
     assert ov["recompute"]["backbone_calls_per_frame"] <= 1.0 + 1e-9
+
+
+def test_capacity_point_counts_every_stream_and_reports_warm_up():
+    """`--streams N` runs one capacity point per variant: N replayed 30 fps streams, all frames
+    and windows accounted for (no timing assertion: whether it holds depends on the machine)."""
+    s = BenchSettings(quick=True, num_frames=8, input_size=32, feature_size=16, only=("capacity",), streams=3,
+                      capacity_seconds=3.0, engine="torch")
+    result = json.loads(to_json(run_bench(s)))
+    cap = result["capacity"]
+    assert set(cap["runs"]) == {"das@0.5", "full"}
+    for name, key in (("das@0.5", "capacity_streams"), ("full", "capacity_streams_full")):
+        run = cap["runs"][name]
+        (point,) = run["points"]
+        assert point["streams"] == 3 and point["frames"] > 3 * 30 * 2  # 3 s at 30 fps each, starts spread over 8 / 30 s
+        assert point["windows"] >= point["frames"] // 8 - 3  # every stream's windows closed (T = 8)
+        assert result[key] == (3 if point["holds"] else 0)
+        assert run["warm_up_s"] > 0 and result["warm_up_s"][name] == run["warm_up_s"]

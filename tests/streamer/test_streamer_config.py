@@ -28,6 +28,7 @@ def test_flags_override_file(tmp_path):
     ("sources: []\n", "no source given"),
     ("- a\n- b\n", "must hold a mapping"),
     ("stride: [\n", "is not valid YAML"),
+    ("device: gpu\n", "device must be one of auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_config_one_line_error_names_key_and_file(tmp_path, text, needle):
     f = tmp_path / "bad.yaml"
@@ -38,6 +39,17 @@ def test_bad_config_one_line_error_names_key_and_file(tmp_path, text, needle):
     assert needle in msg and "\n" not in msg
     if "mapping" not in needle and "YAML" not in needle:
         assert str(f) in msg
+
+
+def test_run_and_training_configs_read_values_by_the_same_rules(tmp_path):
+    from sampler.training.config import config_from_dict
+
+    f = tmp_path / "c.yaml"
+    f.write_text("stats_interval: 5e-1\ndevice: cuda:1\n")  # YAML 1.1 reads 5e-1 as text
+    cfg = RunConfig.load(f)
+    assert cfg.stats_interval == 0.5 and cfg.device == "cuda:1"
+    exp = config_from_dict({"data": {"kind": "synthetic"}, "train": {"lr": "5e-1", "device": "cuda:1"}})
+    assert exp.train.lr == 0.5 and exp.train.device == "cuda:1"
 
 
 def test_missing_config_file(tmp_path):

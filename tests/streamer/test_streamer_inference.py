@@ -37,7 +37,7 @@ def windows(fs, T, S):
 
 def test_matches_the_model_on_the_same_window(das_model):
     """The streaming path (cached small copies, embed picked frames only) gives the model's answer."""
-    eng = InferenceEngine(das_model, device="cpu")
+    eng = InferenceEngine(das_model, device="cpu", backend="torch")
     fs = frames(8, size=eng.input_size)
     (res,) = eng.process(windows(fs, 8, 8))
     x = torch.from_numpy(np.stack([f.image for f in fs]))[None, :, None]  # (1, T, 1, S, S) uint8
@@ -51,7 +51,7 @@ def test_matches_the_model_on_the_same_window(das_model):
 
 
 def test_each_frame_embedded_at_most_once_with_overlap(das_model):
-    eng = InferenceEngine(das_model, device="cpu")
+    eng = InferenceEngine(das_model, device="cpu", backend="torch")
     ws = windows(frames(64), 8, 2)  # stride 2: every frame sits in 4 windows
     calls = 0
     picked = set()
@@ -66,7 +66,7 @@ def test_each_frame_embedded_at_most_once_with_overlap(das_model):
 def test_stage_timings_cover_each_classify_call(das_model):
     """The per-stage wall times the latency benchmark reports: one entry per stage per call, and
     together no longer than the call itself."""
-    eng = InferenceEngine(das_model, device="cpu")
+    eng = InferenceEngine(das_model, device="cpu", backend="torch")
     ws = windows(frames(32, size=eng.input_size), 8, 8)
     spent = 0.0
     for i in range(0, len(ws), 2):
@@ -79,7 +79,7 @@ def test_stage_timings_cover_each_classify_call(das_model):
 
 
 def test_padded_and_empty_frames_are_not_embedded(das_model):
-    eng = InferenceEngine(das_model, device="cpu")
+    eng = InferenceEngine(das_model, device="cpu", backend="torch")
     fs = frames(3, empty={1})  # a short stream: one partial window of 3 frames, one of them blank
     (res,) = eng.process(windows(fs, 8, 8))
     assert res.window.padded == 5
@@ -106,8 +106,8 @@ def test_prepared_backbone_computes_the_same_embeddings(das_model):
 
 
 def test_onnx_engine_agrees_with_torch(das_model):
-    torch_eng = InferenceEngine(das_model, device="cpu", engine="torch")
-    onnx_eng = InferenceEngine(das_model, device="cpu", engine="onnx")
+    torch_eng = InferenceEngine(das_model, device="cpu", backend="torch")
+    onnx_eng = InferenceEngine(das_model, device="cpu", backend="onnx")
     ws = windows(synthetic_frames(40, size=48), 8, 4)
     a, b = torch_eng.process(ws), onnx_eng.process(ws)
     probs = np.array([r.probs for r in a if r.probs])
@@ -122,7 +122,7 @@ def test_onnx_engine_agrees_with_torch(das_model):
 def test_unknown_engine_and_missing_gpu_are_clear_errors(das_model):
     from sampler.errors import SamplerError
     with pytest.raises(SamplerError, match="unknown engine"):
-        InferenceEngine(das_model, device="cpu", engine="tensorrt")
+        InferenceEngine(das_model, device="cpu", backend="tensorrt")
     if not torch.cuda.is_available():
         with pytest.raises(SamplerError, match="no CUDA GPU"):
             InferenceEngine(das_model, device="cuda")

@@ -9,24 +9,7 @@ from sampler.model import SampledClassifier
 from sources.synthetic import SyntheticSource
 from streamer.inference import InferenceEngine
 from streamer.pipeline import Pipeline, PipelineSettings
-from streamer_help import make_model_file
-
-
-class ListSink:
-    def __init__(self):
-        self.predictions, self.stats = [], []
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc):
-        return None
-
-    async def publish_prediction(self, p):
-        self.predictions.append(p)
-
-    async def publish_stats(self, s):
-        self.stats.append(s)
+from streamer_help import ListSink, make_model_file
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,157 @@
+"""The rules every settings object shares: reading a YAML mapping, checking values against type
+hints, and choosing a torch device.
+
+Used by ``sampler.training.config`` (experiments) and ``streamer.config`` (``das-stream run``), so
+``1e-4`` is a number, ``cuda:1`` a device and a ``Literal`` a closed choice in both. No asyncio,
+no network: ``sampler/`` stays importable on its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+
+from .errors import ConfigError, SamplerError
+
+DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def read_yaml(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
+    """The mapping a YAML file holds ({} for an empty file), or ConfigError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {p} not found (the file does not exist); pass an existing YAML file, examples are in configs/")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
+        raise ConfigError(f"{what} {p} is not valid YAML ({first}); fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{what} {p} must hold a mapping of keys to values, got {type(data).__name__}")
+    return dict(data)
+
+
+def parse_scalar(text: str) -> Any:
+    """A flag's text read as YAML (numbers, booleans, lists, null); plain text if it is not YAML."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text.strip()
+
+
+def coerce(value: Any, hint: Any, key: str, *, context: str = "") -> Any:
+    """Check ``value`` against a field's type hint and return it in that type.
+
+    Rules (the same for every config): ``X | None`` accepts None; ``Literal[...]`` one of its
+    values; ``tuple[X, ...]`` a list or tuple, a single value, or a comma-separated string
+    (``0,1,2`` from a flag); ``Mapping`` a mapping; ``bool`` only
+    true/false; ``int`` only integers; ``float`` numbers and numeric text (YAML 1.1 reads
+    ``1e-4`` as text); ``str`` text or a number.
+
+    Args:
+        value: the value as read from YAML or a flag.
+        hint: the field's type hint.
+        key: the key's name as the message should show it.
+        context: appended to the message, e.g. `` (in configs/x.yaml)``.
+
+    Raises:
+        ConfigError: ``"<key> must be <what>, got <value><context>"``, one line.
+    """
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{key} must be {expected}, got {value!r}{context}")
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) != 1:
+            raise TypeError(f"unsupported config type {hint!r} for {key}")  # a programming error
+        return coerce(value, inner[0], key, context=context)
+    if origin is Literal:
+        if value not in args or (isinstance(value, bool) and not any(a is value for a in args)):
+            raise bad("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin is tuple:
+        if isinstance(value, str):  # "a,b" from a flag
+            value = [parse_scalar(v) for v in value.split(",") if v.strip()]
+        elif not isinstance(value, (list, tuple)):  # a single value, e.g. --seeds 0
+            value = [value]
+        return tuple(coerce(v, args[0], key, context=context) for v in value)
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
+        if not isinstance(value, Mapping):
+            raise bad("a mapping")
+        return dict(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if hint is str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise bad("a string")
+        return str(value)
+    raise TypeError(f"unsupported config type {hint!r} for {key}")  # a programming error
+
+
+def coerce_fields(obj: Any, key: typing.Callable[[str], str] = str, *, context: str = "") -> None:
+    """Coerce every public field of the frozen dataclass ``obj`` in place (call from __post_init__)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if not f.name.startswith("_"):
+            object.__setattr__(obj, f.name, coerce(getattr(obj, f.name), hints[f.name], key(f.name), context=context))
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """``{field: default}`` of a dataclass (fields without a plain default are left out)."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+def is_device_name(device: str) -> bool:
+    """Whether ``device`` is a form :func:`resolve_device` accepts (checked without touching CUDA)."""
+    return isinstance(device, str) and _DEVICE.fullmatch(device) is not None
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu``; ``cuda`` or ``cuda:N``.
+
+    Raises:
+        SamplerError: an unknown form, or CUDA asked for where torch sees no GPU (or not that
+            many GPUs); the message names the fix.
+    """
+    if not is_device_name(device):
+        raise SamplerError(f"unknown device {device!r}; use {DEVICE_FORMS}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise SamplerError(f"device {device!r} requested but torch sees no CUDA GPU; use --device cpu or auto")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise SamplerError(
+                f"device {device!r} requested but torch sees {torch.cuda.device_count()} CUDA GPU(s); "
+                f"use cuda:0..cuda:{torch.cuda.device_count() - 1} or auto"
+            )
+    return torch.device(device)

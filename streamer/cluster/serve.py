@@ -1,0 +1,188 @@
+"""The embedder pool: a Ray Serve deployment of stateless replicas, and the client side of it.
+
+A replica wraps one *embedder*, the callable every engine of ``streamer.inference`` provides:
+``embedder(frames uint8 (N, S, S)) -> float32 (N, E)`` (a torch tensor or a numpy array). It
+receives the picked frames of any stream (one request per stream window, only the k picks, uint8
+at the model's input size), batches requests across streams with ``@serve.batch`` (the batch is
+sized in frames, ``max_batch_frames``, with a bounded wait ``batch_wait_ms``) and returns the
+embeddings with the id of the replica that computed them. Pooling and the head stay with the
+stream, so replicas hold no per-stream state and any of them can serve any request.
+
+:class:`RemoteEmbedder` is the stream side: the same callable signature, so the stream actor's
+``InferenceEngine`` uses it in place of a local backbone. A request that fails because its
+replica died (or times out) is sent again (Serve routes it to a live replica) and counted.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+
+from sampler.model import SampledClassifier
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "das-stream"
+DEPLOYMENT_NAME = "embedder"
+NAMESPACE = "das-stream"
+STATE_ACTOR = "das-stream-state"
+
+
+def load_model_bytes(data: bytes) -> SampledClassifier:
+    """A model from the bytes of a model file (shipped by the driver, so nodes need no copy)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.pt")
+        with open(path, "wb") as f:
+            f.write(data)
+        return SampledClassifier.load(path)
+
+
+def make_embedder(model: SampledClassifier, engine: str, device: str) -> Callable[[np.ndarray], Any]:
+    """The local embedder a replica wraps (today's ``streamer.inference`` engines)."""
+    from streamer.inference import OnnxEmbedder, TorchEmbedder, resolve_device
+
+    dev = resolve_device(device)
+    model = model.eval().to(dev)
+    return OnnxEmbedder(model, dev) if engine == "onnx" else TorchEmbedder(model, dev)
+
+
+def _frames_in(requests: list[np.ndarray]) -> int:
+    return sum(len(r) for r in requests)
+
+
+@serve.deployment(name=DEPLOYMENT_NAME)
+class EmbedderReplica:
+    """One replica: a warmed embedder behind a cross-stream batch queue.
+
+    Args:
+        model_bytes: the model file's bytes.
+        engine, device, threads: which embedder, where, with how many threads.
+        max_batch_frames, batch_wait_s: the batch queue's size (frames) and wait.
+        report_interval: seconds between reports to the cluster's state actor (0: every batch).
+    """
+
+    def __init__(self, model_bytes: bytes, *, engine: str, device: str, threads: int, max_batch_frames: int,
+                 batch_wait_s: float, report_interval: float) -> None:
+        torch.set_num_threads(threads)
+        model = load_model_bytes(model_bytes)
+        self.embedder = make_embedder(model, engine, device)
+        self.size = model.config.input_size
+        self.embed.set_max_batch_size(max_batch_frames)
+        self.embed.set_batch_wait_timeout_s(batch_wait_s)
+        for n in sorted({1, model.config.k, max_batch_frames}):  # warm the sizes it will see most
+            self.embedder(np.zeros((n, self.size, self.size), np.uint8))
+        context = serve.get_replica_context()
+        self.replica = context.replica_id.unique_id
+        self.actor_name = ray.get_runtime_context().get_actor_name()
+        self.report_interval = report_interval
+        self._last_report = 0.0
+        self.figures = {"requests": 0, "frames": 0, "batches": 0, "busy_s": 0.0, "in_flight": 0,
+                        "pid": os.getpid(), "actor": self.actor_name, "node": ray.get_runtime_context().get_node_id(),
+                        "device": device, "engine": engine, "t_start": time.time()}
+        self._state = None
+        self._report(force=True)
+
+    async def __call__(self, frames: np.ndarray) -> dict[str, Any]:
+        """Embed one window's picked frames: uint8 (n, S, S) -> {"embedding": float32 (n, E), "replica": id}."""
+        self.figures["in_flight"] += 1
+        self._report(force=self.report_interval == 0)
+        try:
+            return await self.embed(frames)
+        finally:
+            self.figures["in_flight"] -= 1
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=_frames_in)
+    async def embed(self, requests: list[np.ndarray]) -> list[dict[str, Any]]:
+        sizes = [len(r) for r in requests]
+        t0 = time.perf_counter()
+        emb = await asyncio.to_thread(self._run, np.concatenate(requests))
+        busy = time.perf_counter() - t0
+        self.figures["requests"] += len(requests)
+        self.figures["frames"] += len(emb)
+        self.figures["batches"] += 1
+        self.figures["busy_s"] += busy
+        self._report()
+        out, start = [], 0
+        for n in sizes:
+            out.append({"embedding": emb[start:start + n], "replica": self.replica, "batch_frames": len(emb),
+                        "compute_ms": 1000.0 * busy})
+            start += n
+        return out
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        emb = self.embedder(batch)
+        return emb.numpy() if isinstance(emb, torch.Tensor) else np.asarray(emb, np.float32)
+
+    def _report(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_report < self.report_interval:
+            return
+        self._last_report = now
+        try:
+            if self._state is None:
+                self._state = ray.get_actor(STATE_ACTOR, namespace=NAMESPACE)
+            self._state.replica_report.remote(self.replica, dict(self.figures))
+        except ValueError:  # no state actor (a deployment used on its own): nothing to report to
+            pass
+
+
+_RETRYABLE = (RayActorError, ActorDiedError, ActorUnavailableError, GetTimeoutError, TimeoutError)
+
+
+class RemoteEmbedder:
+    """``embedder(frames uint8 (N, S, S)) -> float32 torch (N, E)`` through the Serve pool.
+
+    Blocking: call it from a worker thread (the pipeline runs the engine in one).
+
+    Args:
+        handle: the deployment's handle.
+        timeout: seconds one request may take before it is sent again.
+        retries: times a failed or timed-out request is sent again.
+
+    Attributes:
+        retries_done: requests sent again so far (a replica died or was too slow).
+        calls: (replica id, round trip ms) of each request since the caller last cleared it.
+        wire: requests sent and the array bytes they carried each way (frames to the pool,
+            embeddings back; Ray's framing and pickle headers not included).
+    """
+
+    name = "serve"
+
+    def __init__(self, handle: Any, *, timeout: float, retries: int) -> None:
+        self.handle = handle
+        self.timeout = timeout
+        self.retries = retries
+        self.retries_done = 0
+        self.calls: list[tuple[str, float]] = []
+        self.wire = {"requests": 0, "bytes_to_pool": 0, "bytes_from_pool": 0}
+
+    def __call__(self, batch: np.ndarray) -> torch.Tensor:
+        frames = np.ascontiguousarray(batch, dtype=np.uint8)
+        for attempt in range(self.retries + 1):
+            t0 = time.perf_counter()
+            try:
+                out = self.handle.remote(frames).result(timeout_s=self.timeout)
+            except _RETRYABLE as exc:
+                if attempt == self.retries:
+                    raise
+                self.retries_done += 1
+                log.warning("embedding request failed (%s: %s); sending it again (%d/%d)",
+                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", attempt + 1, self.retries)
+                time.sleep(min(0.1 * 2 ** attempt, 2.0))
+                continue
+            self.calls.append((out["replica"], 1000.0 * (time.perf_counter() - t0)))
+            self.wire["requests"] += 1
+            self.wire["bytes_to_pool"] += frames.nbytes
+            self.wire["bytes_from_pool"] += out["embedding"].nbytes
+            return torch.from_numpy(np.array(out["embedding"]))  # a writable copy of the reply
+        raise AssertionError("unreachable")
