@@ -29,7 +29,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = {}
     for name, size in CASES:
-        clf = FrameClassifier(3, input_size=size, backbone=name, weights="none").eval()
+        clf = FrameClassifier(3, input_size=size, backbone=name).eval()
         x = torch.rand(args.batch, 1, size, size)
         times = []
         with torch.inference_mode():

@@ -39,7 +39,8 @@ from .config import DataConfig, ExperimentConfig
 from .corruptions import StreamCorruption, corrupt_videos
 from .datasets import ClipSet, DatasetSplits, load_medmnist3d
 from .folds import fold_splits, groups_from_regex
-from .loop import evaluate, resolve_device
+from ..settings import resolve_device
+from .loop import evaluate
 from .paired import paired_markdown, paired_table, write_paired_csv, write_summary_with_diffs
 from .report import RunResult, SummaryRow, markdown_table, plot_auc, summarize
 from .video_eval import cut_windows, evaluate_videos, load_whole_videos, windows_of_videos

