@@ -199,7 +199,7 @@ class ADPSSampler(Sampler):
             if self.training:
                 logits = logits + gumbel_like(logits)
             row, index = select_row(penalize_invalid(logits / self.temperature, ~usable), taken)
-            taken = taken.scatter(1, index.unsqueeze(1), True)
+            taken = taken.scatter(1, index.unsqueeze(1), torch.ones_like(taken[:, :1]))  # a tensor src: exportable to ONNX
             rows.append(row)
             picks.append(index)
             picked_sum = picked_sum + torch.einsum("bt,btd->bd", row, features)

@@ -78,7 +78,7 @@ def select_without_replacement(scaled_logits: torch.Tensor) -> tuple[torch.Tenso
     rows, picks = [], []
     for j in range(k):
         row, index = select_row(scaled_logits[:, j], taken)
-        taken = taken.scatter(1, index.unsqueeze(1), True)
+        taken = taken.scatter(1, index.unsqueeze(1), torch.ones_like(taken[:, :1]))  # a tensor src: exportable to ONNX
         rows.append(row)
         picks.append(index)
     return torch.stack(rows, dim=1), torch.stack(picks, dim=1)

@@ -2,7 +2,14 @@
 
 A model file is ``torch.save`` of a plain dict, readable with ``torch.load(weights_only=True)``::
 
-    {"format": "das-stream-model", "version": 1, "config": ModelConfig.to_dict(), "state_dict": ...}
+    {"format": "das-stream-model", "version": 1, "config": ModelConfig.to_dict(), "state_dict": ...,
+     "meta": {...}}
+
+``meta`` (optional; files written before it existed load with ``{}``) holds plain values:
+``preprocessing`` (what training did to every clip: ``fps``, ``size``, ``gray``, ``crop``,
+``num_frames``, ``long_videos``, ``kind``; ``fps`` is None for volumes), ``training`` (the data
+fingerprint, clip counts, the backbone weights requested and used), ``metrics``, ``versions`` and
+``created``. ``das-stream info`` prints it; ``run`` applies ``preprocessing``.
 """
 from __future__ import annotations
 
@@ -155,6 +162,12 @@ class SampledClassifier(nn.Module):
         self.config = config
         self.sampler = sampler
         self.classifier = classifier
+        self.meta: dict[str, Any] = {}  # plain values saved with the model (see the module docstring)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """What training did to each clip (``fps``, ``size``, ...); {} for files that do not say."""
+        return dict(self.meta.get("preprocessing") or {})
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -195,6 +208,8 @@ class SampledClassifier(nn.Module):
             "config": self.config.to_dict(),
             "state_dict": {key: value.detach().cpu() for key, value in self.state_dict().items()},
         }
+        if self.meta:
+            payload["meta"] = self.meta
         torch.save(payload, Path(path))
 
     @classmethod
@@ -206,6 +221,7 @@ class SampledClassifier(nn.Module):
             config = ModelConfig.from_dict(payload["config"])
             model = build_model(config, load_backbone_weights=False)
             model.load_state_dict(payload["state_dict"])
+            model.meta = dict(payload.get("meta") or {})
         except (ConfigError, KeyError, TypeError, RuntimeError) as exc:
             raise ModelFileError(f"model file {path} does not match this version of das-stream ({exc}); retrain or re-export it") from exc
         return model.to(map_location)

@@ -32,7 +32,8 @@ def format_stats(s: Stats) -> str:
     return (
         f"{s.stream} stats{final}: in {s.frames_in} forwarded {s.frames_forwarded}"
         f" skipped {s.frames_skipped} dropped {s.frames_dropped} bad {s.bad_messages}"
-        f" windows {s.windows} | {s.fps_in:.1f} fps | latency p50/p95/p99"
+        + (f" resampled out {s.frames_resampled_out}" if s.frames_resampled_out else "")
+        + f" windows {s.windows} | {s.fps_in:.1f} fps | latency p50/p95/p99"
         f" {p50:.1f}/{p95:.1f}/{p99:.1f} ms | compute saved {s.compute_saved:.0%}{_delivery(s)}"
     )
 

@@ -87,8 +87,10 @@ class Prediction:
 class Stats:
     """Running counters of one stream, published every few seconds and once at the end.
 
-    Every frame in is counted exactly once as forwarded, skipped or dropped once its fate is
-    known; ``frames_pending`` holds frames still waiting in a window (0 in the final stats).
+    Every frame in is counted exactly once as forwarded, skipped, dropped or resampled out once
+    its fate is known; ``frames_pending`` holds frames still waiting in a window (0 in the final
+    stats): ``frames_in = frames_forwarded + frames_skipped + frames_dropped +
+    frames_resampled_out + frames_pending``.
 
     Attributes:
         stream: stream id.
@@ -104,6 +106,9 @@ class Stats:
         compute_saved: fraction of classifier (backbone) work avoided against running it on
             every frame of every window: 1 - backbone_calls / (windows * T).
         final: true for the last stats message of a stream.
+        frames_resampled_out: frames left out because the stream runs faster than the model's
+            frame rate (the stream is resampled to it before windowing; 0 for models that
+            record no frame rate).
         extra: source-specific counters (reconnects, gaps, mqtt buffer overflow, ...).
     """
 
@@ -120,6 +125,7 @@ class Stats:
     compute_saved: float
     final: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    frames_resampled_out: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -280,9 +280,11 @@ class PacedSource(Source):
     def __init__(self, *, name: str, queue_size: int = 8, pacing: bool = True, speed: float = 1.0) -> None:
         super().__init__(name=name, queue_size=queue_size)
         self._pacer = Pacer(speed=speed) if pacing else None
+        self.media_time: float | None = None  # the item time ``t`` of the frame released last
 
     async def _frames(self, items: AsyncIterator[tuple[int, float, np.ndarray]]) -> AsyncIterator[Frame]:
         async for seq, t, image in items:
             if self._pacer is not None:
                 await self._pacer.wait(t)
+            self.media_time = t
             yield self._frame(seq, image)

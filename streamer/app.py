@@ -101,7 +101,8 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
     model = load_model(cfg)
     engine = InferenceEngine(model, device=cfg.device, backend=cfg.engine, max_windows=cfg.max_batch_windows)
     policy = overload_policy(cfg)
-    sources = build_sources(cfg, size=model.config.input_size)
+    pre = model.preprocessing  # what training did to its clips ({} for older model files)
+    sources = build_sources(cfg, size=int(pre.get("size") or model.config.input_size))
     observers = []
     if cfg.web or cfg.metrics:
         from .observe import Observer
@@ -110,6 +111,7 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
         observer.attach_engine(engine)
         observers.append(observer)
     settings = PipelineSettings(
+        fps=pre.get("fps"),
         stride=cfg.stride or model.config.num_frames, frame_queue=cfg.frame_queue, window_queue=cfg.window_queue,
         max_batch_windows=cfg.max_batch_windows, stats_interval=cfg.stats_interval, duration=cfg.duration,
         gap=cfg.gap,

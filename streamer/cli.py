@@ -263,7 +263,20 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, help=f"random seed (default {TrainSettings.seed})")
     train.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
     train.add_argument("--out", help="run folder (default: train.out/<name>/<method>-keep<k>-seed<s>)")
+    train.add_argument("--overwrite", action="store_true", help="replace the run already in a non-empty --out")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch checkpoint")
     train.set_defaults(handler=_cmd_train)
+
+    info = sub.add_parser("info", help="print a model file's card (method, T, k, fps, classes, data, metrics)")
+    info.add_argument("model", help="model file")
+    info.set_defaults(handler=_cmd_info)
+
+    export = sub.add_parser("export", help="export a model (sampler, backbone, head) to ONNX",
+                            description="Write the whole window model as one ONNX graph, its preprocessing in the "
+                            "metadata, and check it against the torch model on a window.")
+    export.add_argument("model", help="model file")
+    export.add_argument("--onnx", required=True, metavar="PATH", help="ONNX file to write")
+    export.set_defaults(handler=_cmd_export)
 
     evaluate = sub.add_parser("evaluate", parents=[settings], help="score a trained model on one split",
                               description="Score a model on val or test; writes eval-<split>.json, predictions and "
@@ -298,7 +311,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from sampler.training.commands import train
     from sampler.training.config import load_config
 
-    train(load_config(args.config, overrides=_training_overrides(args)), run_dir=args.out)
+    train(load_config(args.config, overrides=_training_overrides(args)), run_dir=args.out,
+          overwrite=args.overwrite, resume=args.resume)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from sampler.training.card import model_card
+
+    print(model_card(args.model), end="")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from sampler.export import check_export, export_onnx, frame_size
+    from sampler.model import SampledClassifier
+
+    model = SampledClassifier.load(args.model)
+    path = export_onnx(model, args.onnx)
+    size, t = frame_size(model), model.config.num_frames
+    frames = torch.rand(1, t, 1, size, size, generator=torch.Generator().manual_seed(0))
+    diff = check_export(model, path, frames, torch.ones(1, t, dtype=torch.bool))
+    print(f"wrote {path}: frames (1,{t},1,{size},{size}) -> probs, indices; max |p_onnx - p_torch| = {diff:.2e} on a check window")
     return 0
 
 
@@ -310,6 +346,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_model(args.model, config=config, split=args.split, out=args.out)
     print(f"{report.split}: auc {report.auc:.4f} balanced_acc {report.acc:.2f}% loss {report.loss:.4f} "
           f"clips {report.clips} unique {report.unique_frames:.2f}/{report.k}")
+    print("wrote " + ", ".join(report.files))
     return 0
 
 

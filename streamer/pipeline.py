@@ -46,6 +46,7 @@ from sources.base import Source
 from sources.frame import Frame
 
 from .inference import InferenceEngine, WindowResult
+from .resample import FrameResampler, make_resampler
 from .stats import StreamStats
 from .window import Window, Windower
 
@@ -148,6 +149,7 @@ class PipelineSettings:
     stats_interval: float = 5.0
     duration: float | None = None
     gap: float = 2.0
+    fps: float | None = None  # the model's frame rate: streams are resampled to it (None: every frame)
 
 
 @dataclass
@@ -161,6 +163,7 @@ class _Stream:
     reading: bool = False
     gaps: int = 0  # pauses that closed a window early
     longest_gap_ms: float = 0.0
+    resampler: FrameResampler | None = None
 
 
 @dataclass
@@ -201,6 +204,7 @@ class Pipeline:
                 source=src, policy=policy, queue=FrameQueue(settings.frame_queue, policy),
                 windower=Windower(stream=src.name, num_frames=engine.num_frames, stride=settings.stride),
                 stats=StreamStats(stream=src.name, num_frames=engine.num_frames),
+                resampler=make_resampler(settings.fps, src),
             )
             for src, policy in sources
         ]
@@ -274,6 +278,9 @@ class Pipeline:
                 st.stats.frame_in()
                 for obs in self.observers:
                     obs.on_frame(st.source.name, frame)
+                if st.resampler is not None and not st.resampler.keep(frame):
+                    st.stats.resampled_out()
+                    continue
                 if dropped := await st.queue.put(frame):
                     st.stats.dropped(dropped)
         except asyncio.CancelledError:

@@ -1,4 +1,7 @@
-"""Per-stream counters: every frame in is counted once as forwarded, skipped or dropped.
+"""Per-stream counters: every frame in is counted once as forwarded, skipped, dropped or resampled out.
+
+A frame is *resampled out* when the stream runs faster than the model's frame rate and the
+resampler (streamer/resample.py) leaves it out before windowing.
 
 A frame is *dropped* when the overload policy throws it away before it reaches the windower. The
 others wait (``pending``) until the last window that contains them has been classified (the
@@ -44,6 +47,7 @@ class StreamStats:
         self.frames_forwarded = 0
         self.frames_skipped = 0
         self.frames_dropped = 0
+        self.frames_resampled_out = 0
         self.windows = 0
         self.backbone_calls = 0
         self._picked: set[int] = set()
@@ -61,6 +65,9 @@ class StreamStats:
 
     def dropped(self, n: int = 1) -> None:
         self.frames_dropped += n
+
+    def resampled_out(self, n: int = 1) -> None:
+        self.frames_resampled_out += n
 
     def window_done(self, window: Window, picked: Iterable[int], backbone_calls: int) -> None:
         """Record a classified window (or a retire-only one: no frames, nothing picked)."""
@@ -82,7 +89,8 @@ class StreamStats:
 
     @property
     def pending(self) -> int:
-        return self.frames_in - self.frames_forwarded - self.frames_skipped - self.frames_dropped
+        return (self.frames_in - self.frames_forwarded - self.frames_skipped - self.frames_dropped
+                - self.frames_resampled_out)
 
     def snapshot(self, *, bad_messages: int = 0, upstream_dropped: int = 0, final: bool = False,
                  extra: dict | None = None) -> Stats:
@@ -114,6 +122,7 @@ class StreamStats:
             latency_ms=percentiles(self.latency_ms),
             compute_saved=round(saved, 4),
             final=final,
+            frames_resampled_out=self.frames_resampled_out,
             extra={"latency_close_ms": percentiles(self.close_latency_ms), "backbone_calls": self.backbone_calls,
                    **(extra or {})},
         )

@@ -9,6 +9,7 @@ folder, skips runs whose ``result.json`` exists when resuming, and writes ``<nam
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -21,6 +22,9 @@ import yaml
 
 from ..errors import DataError, ModelFileError
 from ..model import ModelConfig, SampledClassifier, build_model
+from .card import duration, padding_notes, training_meta
+from .checkpoint import CHECKPOINT_FILE, check_resume_config, prepare_run_dir
+from .confusion import per_class, write_confusion
 from .config import ExperimentConfig, k_for, load_config
 from .datasets import DatasetSplits, load_dataset
 from ..settings import resolve_device
@@ -75,37 +79,54 @@ def model_config(config: ExperimentConfig, data: DatasetSplits) -> ModelConfig:
     )
 
 
-def train(config: ExperimentConfig, *, run_dir: str | os.PathLike | None = None) -> RunResult:
-    """``das-stream train``: one method, one seed, on the config's dataset."""
+def train(
+    config: ExperimentConfig, *, run_dir: str | os.PathLike | None = None, overwrite: bool = False, resume: bool = False
+) -> RunResult:
+    """``das-stream train``: one method, one seed, on the config's dataset.
+
+    A non-empty ``run_dir`` is refused unless ``overwrite`` (the old outputs are removed) or
+    ``resume`` (continue from its epoch checkpoint).
+    """
     _set_threads(config)
-    data = load_dataset(config.data)
     if run_dir is None:
         run_dir = Path(config.train.out) / config.name / run_name(config.model.method, config.model.keep, config.train.seed)
-    return train_run(config, data, Path(run_dir))
+    prepare_run_dir(Path(run_dir), overwrite=overwrite, resume=resume)
+    if resume:
+        check_resume_config(Path(run_dir), config.to_dict())
+    data = load_dataset(config.data)
+    return train_run(config, data, Path(run_dir), resume=resume)
 
 
-def train_run(config: ExperimentConfig, data: DatasetSplits, run_dir: Path) -> RunResult:
+def train_run(config: ExperimentConfig, data: DatasetSplits, run_dir: Path, *, resume: bool = False) -> RunResult:
     """Train one model on preloaded data and write everything into ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "train.log").unlink(missing_ok=True)
+    if not resume:
+        (run_dir / "train.log").unlink(missing_ok=True)
     log = RunLog(run_dir / "train.log")
     device = resolve_device(config.train.device)
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     seed_everything(config.train.seed)
     model = build_model(model_config(config, data))
-    mc = model.config
+    # Record the weights the backbone actually holds ("none" when "auto" fell back to random init).
+    model.config = mc = dataclasses.replace(model.config, backbone_weights=model.classifier.weights_source)
+    model.meta = training_meta(config, data, model, requested_weights=config.model.backbone_weights)
     log(
         f"train {config.name} method={mc.method} k={mc.k}/T={mc.num_frames} seed={config.train.seed} device={device} "
         f"clips train/val/test={len(data.train)}/{len(data.val)}/{len(data.test)} backbone={mc.backbone} "
         f"weights={model.classifier.weights_source} input={mc.input_size}px"
     )
-    fitted = fit(model, data, config.train, device=device, log=log)
-    model.save(run_dir / MODEL_FILE)
+    for note in (*data.notes, *padding_notes(data)):
+        log(note)
+    fitted = fit(model, data, config.train, device=device, log=log, checkpoint=run_dir / CHECKPOINT_FILE, resume=resume)
     _write_history(fitted.history, run_dir / "history.csv")
     weight = class_weights(data.train.labels, len(data.class_names), config.train.class_weights)
     test = evaluate(model, data.test, device=device, batch_size=config.train.eval_batch_size, weight=weight)
     _plot_picks(test, data, "test", run_dir, title=f"{config.name} {mc.method} k={mc.k}/{mc.num_frames} seed {config.train.seed}")
     best = fitted.best
+    model.meta["metrics"] = {"best_epoch": fitted.best_epoch, "val_auc": best.val.auc, "val_acc": best.val.acc,
+                             "test_auc": test.scores.auc, "test_acc": test.scores.acc, "test_clips": len(data.test)}
+    model.save(run_dir / MODEL_FILE)
+    (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     result = RunResult(
         dataset=config.name,
         method=mc.method,
@@ -124,8 +145,8 @@ def train_run(config: ExperimentConfig, data: DatasetSplits, run_dir: Path) -> R
     )
     result.save(run_dir / RESULT_FILE)
     log(
-        f"done in {fitted.seconds / 60:.1f} min: best epoch {fitted.best_epoch}, val auc {best.val.auc:.3f}; "
-        f"test auc {test.scores.auc:.3f} balanced acc {test.scores.acc:.1f}% -> {run_dir}"
+        f"done in {duration(fitted.seconds)}: best epoch {fitted.best_epoch}, val auc {best.val.auc:.3f}; "
+        f"test auc {test.scores.auc:.3f} balanced acc {test.scores.acc:.1f}% on n={len(data.test)} clips -> {run_dir}"
     )
     return result
 
@@ -143,6 +164,7 @@ class EvaluateReport:
     unique_frames: float
     k: int
     num_frames: int
+    files: tuple[str, ...] = ()  # what evaluate wrote
 
 
 def evaluate_model(
@@ -175,6 +197,7 @@ def evaluate_model(
             f"model {model_path} expects T={mc.num_frames} and classes {list(mc.class_names)}, but the data of "
             f"{config.source} has T={data.num_frames} and classes {list(data.class_names)}; pass the config it was trained with"
         )
+    check_input_size(model, config, data, model_path)
     weight = class_weights(data.train.labels, len(data.class_names), config.train.class_weights)
     ev = evaluate(model, clips, device=device, batch_size=config.train.eval_batch_size, weight=weight)
     out = Path(out) if out is not None else model_path.parent
@@ -190,10 +213,38 @@ def evaluate_model(
         k=mc.k,
         num_frames=mc.num_frames,
     )
+    names = [f"eval-{split}.json", f"predictions-{split}.csv", f"selection-{split}.png", f"confusion-{split}.json", f"confusion-{split}.png"]
+    report = dataclasses.replace(report, files=tuple(str(out / n) for n in names))
     (out / f"eval-{split}.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     _write_predictions(ev, clips.names, data.class_names, out / f"predictions-{split}.csv")
     _plot_picks(ev, data, split, out, title=f"{config.name} {mc.method} k={mc.k}/{mc.num_frames} ({split})")
+    confusion = per_class(ev.labels, ev.probs.argmax(axis=1), data.class_names)
+    write_confusion(confusion, out / f"confusion-{split}.json", out / f"confusion-{split}.png",
+                    title=f"{config.name} {mc.method} k={mc.k}/{mc.num_frames} ({split})")
+    # HOOK video-level scores: for data.kind == "videos", call issue 11's aggregation here
+    # (sampler.training.video_eval.evaluate_videos: windows of T, stride S, mean probability per
+    # video), add its scores to the report and its file to `names` above.
     return report
+
+
+def check_input_size(model: SampledClassifier, config: ExperimentConfig, data: DatasetSplits, model_path: Path) -> None:
+    """Refuse a config whose input sizes (or recorded preprocessing) differ from the model's, as for T."""
+    mc, m, pre = model.config, config.model, model.preprocessing
+    mismatch = [
+        f"{key}={ours} (model {theirs})"
+        for key, ours, theirs in (
+            ("model.input_size", m.input_size, mc.input_size),
+            ("model.feature_size", m.feature_size, mc.feature_size),
+            ("data.size", int(data.train.x.shape[-1]), pre.get("size")),
+            ("data.fps", config.data.fps if config.data.kind == "videos" else None, pre.get("fps")),
+        )
+        if theirs is not None and ours != theirs
+    ]
+    if mismatch:
+        raise DataError(
+            f"model {model_path} was trained on other inputs than {config.source} gives: {', '.join(mismatch)}; "
+            "pass the config it was trained with"
+        )
 
 
 def run_config_path(model_path: str | os.PathLike) -> Path:
@@ -238,15 +289,15 @@ def compare(
             progress(f"[{i}/{len(plan)}] {run_dir.name}: result exists, skipped (--resume)")
             results.append(RunResult.load(run_dir / RESULT_FILE))
             continue
-        progress(f"[{i}/{len(plan)}] {run_dir.name} (after {(time.perf_counter() - start) / 60:.1f} min)")
+        progress(f"[{i}/{len(plan)}] {run_dir.name} (after {duration(time.perf_counter() - start)})")
         data = data if data is not None else load_dataset(config.data)
         run_config = config.replace(model={"method": method, "keep": keep}, train={"seed": seed})
-        results.append(train_run(run_config, data, run_dir))
-    progress(f"compare: {len(plan)} runs done in {(time.perf_counter() - start) / 60:.1f} min of wall-clock time")
+        results.append(train_run(run_config, data, run_dir, resume=resume and (run_dir / CHECKPOINT_FILE).is_file()))
+    progress(f"compare: {len(plan)} runs done in {duration(time.perf_counter() - start)} of wall-clock time")
     rows = summarize(results)
     write_summary_csv(rows, out / f"{config.name}.csv")
     (out / f"{config.name}.md").write_text(markdown_table(rows))
-    plot_auc(rows, out / f"{config.name}-auc.png", title=f"{config.name}: test AUC (mean ± std over seeds)")
+    plot_auc(rows, out / f"{config.name}-auc.png", title=f"{config.name}: test AUC (mean; ± std when n > 1 seeds)")
     return rows
 
 
@@ -293,4 +344,5 @@ def _plot_picks(ev: Evaluation, data: DatasetSplits, split: str, out: Path, *, t
         clips=clips.x,
         path=out / f"selection-{split}.png",
         title=title,
+        names=clips.names,
     )

@@ -33,6 +33,7 @@ from sources.video import read_video
 
 from ..errors import DataError
 from .config import DataConfig
+from .labels import csv_labels_hint, left_out_note
 
 SPLITS = ("train", "val", "test")
 CACHE_VERSION = 1
@@ -76,6 +77,7 @@ class DatasetSplits:
     val: ClipSet
     test: ClipSet
     class_names: tuple[str, ...]
+    notes: tuple[str, ...] = ()  # what loading left out or changed, for the training log
 
     def split(self, name: str) -> ClipSet:
         if name not in SPLITS:
@@ -206,7 +208,8 @@ def load_video_dataset(config: DataConfig) -> DatasetSplits:
     labels = np.array([class_names.index(e.label) for e in entries], dtype=np.int64)
     everything = ClipSet(x, valid, labels, tuple(e.name for e in entries))
     parts = stratified_split(labels, fractions=config.split, seed=config.split_seed)
-    return DatasetSplits(*(everything.subset(p) for p in parts), class_names=class_names)
+    notes = tuple(n for n in (left_out_note(config),) if n)
+    return DatasetSplits(*(everything.subset(p) for p in parts), class_names=class_names, notes=notes)
 
 
 def read_video_index(config: DataConfig) -> tuple[list[VideoEntry], tuple[str, ...]]:
@@ -253,6 +256,7 @@ def read_video_index(config: DataConfig) -> tuple[list[VideoEntry], tuple[str, .
         raise DataError(
             f"video index {index}: class {', '.join(short)} has fewer than 3 videos, too few for a train/val/test "
             "split by video; add videos or leave the class out with data.classes"
+            + csv_labels_hint(config, [c for c, n in counts.items() if n == 0])
         )
     return entries, class_names
 

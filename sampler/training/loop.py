@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..model import SampledClassifier
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainSettings
 from .datasets import ClipSet, DatasetSplits
 from .metrics import Scores, classification_scores, unique_per_window
@@ -155,6 +157,8 @@ def fit(
     *,
     device: torch.device,
     log: Callable[[str], None],
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Train ``model`` on ``data.train``; stop when ``data.val``'s loss has not improved for
     ``settings.patience`` epochs; load the best-validation weights back into ``model``.
@@ -162,6 +166,9 @@ def fit(
     Only the validation split steers anything (early stopping, the kept weights); the test split
     is never looked at here. Seed the global generators (:func:`seed_everything`) before building
     the model so that initialisation, data order and Gumbel noise all repeat.
+
+    With ``checkpoint`` the state after every epoch is written there; with ``resume`` too,
+    training continues from the epoch it holds (the same result as an uninterrupted run on CPU).
     """
     model.to(device)
     if settings.bn_stats == "ema":
@@ -174,14 +181,24 @@ def fit(
     k = model.sampler.k
     history: list[EpochLog] = []
     best_loss, best_epoch, best_state = math.inf, 0, None
-    start = time.perf_counter()
-    for epoch in range(1, settings.epochs + 1):
+    start, first, before = time.perf_counter(), 1, 0.0
+    if resume and checkpoint is not None:
+        ck = load_checkpoint(checkpoint)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        history, best_loss, best_epoch, best_state = list(ck["history"]), ck["best_loss"], ck["best_epoch"], ck["best_state"]
+        set_rng_state(ck["rng"], order)
+        first, before = ck["epoch"] + 1, ck["seconds"]
+        log(f"resumed from {checkpoint} after epoch {ck['epoch']}")
+        if ck["epoch"] - best_epoch >= settings.patience:  # it was stopping early when interrupted
+            first = settings.epochs + 1
+    for epoch in range(first, settings.epochs + 1):
         t0 = time.perf_counter()
         model.train()
         if settings.bn_stats == "epoch":
             restart_bn_statistics(model)
         total, count = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr, disable=not settings.progress)
+        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr, disable=not settings.progress or not sys.stderr.isatty())
         for batch in bar:
             x, valid, y = batch_to_device(batch, device)
             logits, _ = model(x, valid)
@@ -200,8 +217,12 @@ def fit(
             best_loss, best_epoch = val.loss, epoch
             best_state = {name: v.detach().to("cpu", copy=True) for name, v in model.state_dict().items()}
         log(entry.line(epochs=settings.epochs, k=k, best=improved))
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                            history=history, best_loss=best_loss, best_epoch=best_epoch, best_state=best_state,
+                            rng=rng_state(order), seconds=before + time.perf_counter() - start)
         if epoch - best_epoch >= settings.patience:
             log(f"early stop: no lower val_loss for {settings.patience} epochs; keeping epoch {best_epoch}")
             break
     model.load_state_dict(best_state)
-    return FitResult(history=tuple(history), best_epoch=best_epoch, seconds=time.perf_counter() - start)
+    return FitResult(history=tuple(history), best_epoch=best_epoch, seconds=before + time.perf_counter() - start)

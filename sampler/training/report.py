@@ -128,15 +128,16 @@ def markdown_table(rows: Sequence[SummaryRow]) -> str:
             lines.append(f"| {dataset} | {keep:.0%} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Cells: test ROC AUC / balanced accuracy (%), mean ± sample std over seeds. Full keeps every frame.",
+        "Cells: test ROC AUC / balanced accuracy (%), mean ± sample std over the n seeds (no ± with one seed)."
+        + (" Full keeps every frame." if "full" in methods else " Full (every frame) was not run."),
         "",
         "| Dataset | Method | keep | AUC | Balanced acc. (%) | seeds | training time (total) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.dataset} | {METHOD_LABELS[r.method]} | {r.keep:.0%} | {r.auc_mean:.3f} ± {r.auc_std:.3f} | "
-            f"{r.acc_mean:.1f} ± {r.acc_std:.1f} | {r.runs} | {_duration(r.train_seconds)} |"
+            f"| {r.dataset} | {METHOD_LABELS[r.method]} | {r.keep:.0%} | {_pm(r.auc_mean, r.auc_std, r.runs, 3)} | "
+            f"{_pm(r.acc_mean, r.acc_std, r.runs, 1)} | {r.runs} | {_duration(r.train_seconds)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -146,23 +147,31 @@ def _find(rows: Sequence[SummaryRow], dataset: str, method: str, keep: float) ->
 
 
 def _cell(r: SummaryRow) -> str:
-    return f"{r.auc_mean:.3f} ± {r.auc_std:.3f} / {r.acc_mean:.1f} ± {r.acc_std:.1f}"
+    return f"{_pm(r.auc_mean, r.auc_std, r.runs, 3)} / {_pm(r.acc_mean, r.acc_std, r.runs, 1)} (n={r.runs})"
+
+
+def _pm(mean: float, std: float, runs: int, digits: int) -> str:
+    """``mean ± std``, or the mean alone for one run (a std of one value says nothing)."""
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if runs > 1 else f"{mean:.{digits}f}"
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
     minutes = seconds / 60
     return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
 
 
 def plot_auc(rows: Sequence[SummaryRow], path: Path, *, title: str) -> None:
-    """Bar chart of test AUC per method (error bars: std over seeds), one bar group per keep ratio."""
+    """Bar chart of test AUC per method (error bars: std over seeds, none for one seed; each bar
+    labelled with its mean and n), one bar group per keep ratio; the y axis starts at 0."""
     methods = [m for m in METHODS if any(r.method == m for r in rows)]
     keeps = sorted({r.keep for r in rows if r.method != "full"}) or [1.0]
     fig = Figure(figsize=(1.3 * len(methods) + 2, 3.6), layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / len(keeps)
     for j, keep in enumerate(keeps):
-        xs, means, stds, colors = [], [], [], []
+        xs, means, stds, colors, ns = [], [], [], [], []
         for i, m in enumerate(methods):
             if m == "full":  # one bar: Full keeps every frame whatever the keep ratio
                 r = next((r for r in rows if r.method == m), None) if j == 0 else None
@@ -173,14 +182,16 @@ def plot_auc(rows: Sequence[SummaryRow], path: Path, *, title: str) -> None:
             if r is not None:
                 xs.append(i + offset)
                 means.append(r.auc_mean)
-                stds.append(r.auc_std)
+                stds.append(r.auc_std if r.runs > 1 else math.nan)  # no error bar from one seed
                 colors.append("0.55" if m == "full" else f"C{j}")
+                ns.append(r.runs)
         ax.bar(xs, means, width=width * 0.95, yerr=stds, capsize=3, color=colors)
+        for x, mean, std, n in zip(xs, means, stds, ns):
+            ax.text(x, min(mean + (0.0 if math.isnan(std) else std), 1.0) + 0.01, f"{mean:.2f}\nn={n}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(methods)), [METHOD_LABELS[m] for m in methods])
     ax.set_ylabel("test ROC AUC")
     ax.axhline(0.5, color="gray", lw=0.8, ls="--")
-    low = min(r.auc_mean - r.auc_std for r in rows)
-    ax.set_ylim(max(0.0, min(0.45, low - 0.05)), 1.0)
+    ax.set_ylim(0.0, 1.12)  # from 0: bar heights compare honestly; room for the labels above 1
     ax.set_title(title)
     if len(keeps) > 1:
         handles = [Patch(color=f"C{j}", label=f"keep {keep:.0%}") for j, keep in enumerate(keeps)]
@@ -198,8 +209,13 @@ def plot_selection(
     path: Path,
     title: str,
     samples_per_class: int = 1,
+    names: Sequence[str] | None = None,
 ) -> None:
     """Which positions the sampler picks across a split, and the picks for a few clips.
+
+    Padding is marked: a heat-map row gives the share of clips padded at each position, and
+    padded frames in the example strips are crossed out in red (a pick there is a pick of
+    nothing). Each example strip is titled with its clip's name.
 
     Args:
         indices: (N, k) picked positions per clip.
@@ -210,6 +226,7 @@ def plot_selection(
         path: PNG to write.
         title: figure title.
         samples_per_class: clips shown per class (the first of each class).
+        names: a name per clip (e.g. the video path), shown above its strip.
     """
     n, t = valid.shape
     picked = np.zeros((n, t), dtype=bool)
@@ -217,13 +234,23 @@ def plot_selection(
     rows = [("all", np.ones(n, dtype=bool))] + [(name, labels == c) for c, name in enumerate(class_names)]
     rows = [(name, mask) for name, mask in rows if mask.any()]
     heat = np.stack([picked[mask].mean(axis=0) for _, mask in rows])
+    padding = (~valid).mean(axis=0)
+    labels_y = [f"{name} (n={mask.sum()})" for name, mask in rows]
+    if padding.any():
+        heat = np.vstack([heat, padding[None]])
+        labels_y.append("padding (share of clips)")
     shown = [i for c in range(len(class_names)) for i in np.flatnonzero(labels == c)[:samples_per_class]]
 
-    fig = Figure(figsize=(max(6.0, 0.32 * t + 1.5), 1.2 + 0.35 * len(rows) + 0.75 * len(shown)), layout="constrained")
-    grid = fig.add_gridspec(1 + len(shown), 1, height_ratios=[0.35 * len(rows) + 0.6] + [0.75] * len(shown))
+    frame_in = min(0.6, 20.0 / t)  # inches per thumbnail: large enough to see, at most 20 in wide
+    width = max(6.0, frame_in * t + 1.5)
+    strip_h = frame_in + 0.35
+    fig = Figure(figsize=(width, 1.2 + 0.35 * len(heat) + strip_h * len(shown)), layout="constrained")
+    grid = fig.add_gridspec(1 + len(shown), 1, height_ratios=[0.35 * len(heat) + 0.6] + [strip_h] * len(shown))
     ax = fig.add_subplot(grid[0])
     im = ax.imshow(heat, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_yticks(range(len(rows)), [f"{name} ({mask.sum()})" for name, mask in rows])
+    ax.set_yticks(range(len(heat)), labels_y)
+    if padding.any():
+        ax.axhline(len(heat) - 1.5, color="red", lw=1.0)
     ax.set_xlabel("frame / slice position")
     ax.set_title(f"{title}: fraction of windows picking each position")
     fig.colorbar(im, ax=ax, fraction=0.02)
@@ -236,7 +263,12 @@ def plot_selection(
         h, w = frames.shape[1:]
         for p in np.flatnonzero(picked[i]):
             ax.add_patch(Rectangle((p * w - 0.5, -0.5), w, h, fill=False, edgecolor="orange", linewidth=0.8))
+        for p in np.flatnonzero(~valid[i]):  # padding: crossed out
+            ax.plot([p * w - 0.5, (p + 1) * w - 0.5], [-0.5, h - 0.5], color="red", lw=0.6)
+            ax.plot([p * w - 0.5, (p + 1) * w - 0.5], [h - 0.5, -0.5], color="red", lw=0.6)
         ax.set_axis_off()
-        ax.set_title(f"{class_names[labels[i]]}: picked (bright, boxed) {sorted(set(indices[i].tolist()))}", fontsize=7, loc="left")
+        name = f"{names[i]} " if names is not None else ""
+        pad = f", {int((~valid[i]).sum())} of {t} frames padding (red X)" if not valid[i].all() else ""
+        ax.set_title(f"{name}[{class_names[labels[i]]}]: picked (bright, boxed) {sorted(set(indices[i].tolist()))}{pad}",
+                     fontsize=8, loc="left")
     fig.savefig(path, dpi=110)
-

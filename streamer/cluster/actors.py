@@ -63,8 +63,7 @@ class ClusterEngine(InferenceEngine):
     """The single-process engine with the backbone replaced by the Serve pool."""
 
     def __init__(self, model, embedder: RemoteEmbedder, *, max_embed_batch: int) -> None:
-        super().__init__(model, device="cpu", engine="torch", max_embed_batch=max_embed_batch)
-        self.embedder = embedder  # the local backbone built above is dropped
+        super().__init__(model, device="cpu", embedder=embedder, max_embed_batch=max_embed_batch)
 
     def process(self, windows):
         emb: RemoteEmbedder = self.embedder
@@ -263,7 +262,8 @@ class StreamActor:
             log.warning("stream %s restarted (restart %d, %.1f s since its last checkpoint)",
                         self.name, resume["restarts"], resume["gap_s"])
         run, cfg = self.settings.run, self.model.config
-        embedder = RemoteEmbedder(self.handle, timeout=self.settings.request_timeout, retries=self.settings.request_retries)
+        embedder = RemoteEmbedder(self.handle, timeout=self.settings.request_timeout, retries=self.settings.request_retries,
+                                  max_frames=self.settings.max_batch_frames)
         engine = ClusterEngine(self.model, embedder, max_embed_batch=self.settings.max_batch_frames)
         source = parse_source(self.spec, name=self.name, speed=run.speed, pacing=run.pacing, loop=run.loop,
                               gray=True, size=cfg.input_size)

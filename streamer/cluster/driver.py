@@ -118,8 +118,9 @@ class Cluster:
         else:
             cpus = max(os.cpu_count() or 1, math.ceil(self.needed_cpus()))
             gpus = None if cfg.replica_gpus == 0 else math.ceil(cfg.replicas * cfg.replica_gpus)
+            # A local instance talks over loopback only: nothing of it is reachable from outside.
             ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, namespace=NAMESPACE,
-                     logging_level=logging.WARNING)
+                     logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
         self.owns_ray = True
 
     def check_resources(self) -> None:

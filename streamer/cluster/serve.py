@@ -29,6 +29,7 @@ from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from sampler.model import SampledClassifier
+from streamer.inference.embedders import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,15 @@ def load_model_bytes(data: bytes) -> SampledClassifier:
         return SampledClassifier.load(path)
 
 
-def make_embedder(model: SampledClassifier, engine: str, device: str) -> Callable[[np.ndarray], Any]:
-    """The local embedder a replica wraps (today's ``streamer.inference`` engines)."""
-    from streamer.inference import OnnxEmbedder, TorchEmbedder, resolve_device
+def make_embedder(model: SampledClassifier, engine: str, device: str, *, max_batch: int = 64) -> Embedder:
+    """The local embedder a replica wraps: one of ``streamer.inference.EMBEDDERS``, warmed."""
+    from streamer.inference import EMBEDDERS, resolve_backend, resolve_device
 
     dev = resolve_device(device)
     model = model.eval().to(dev)
-    return OnnxEmbedder(model, dev) if engine == "onnx" else TorchEmbedder(model, dev)
+    embedder = EMBEDDERS[resolve_backend(engine, dev)](model, dev, max_batch=max_batch)
+    embedder.warm_up()
+    return embedder
 
 
 def _frames_in(requests: list[np.ndarray]) -> int:
@@ -75,12 +78,10 @@ class EmbedderReplica:
                  batch_wait_s: float, report_interval: float) -> None:
         torch.set_num_threads(threads)
         model = load_model_bytes(model_bytes)
-        self.embedder = make_embedder(model, engine, device)
+        self.embedder = make_embedder(model, engine, device, max_batch=max_batch_frames)  # every bucket warmed
         self.size = model.config.input_size
         self.embed.set_max_batch_size(max_batch_frames)
         self.embed.set_batch_wait_timeout_s(batch_wait_s)
-        for n in sorted({1, model.config.k, max_batch_frames}):  # warm the sizes it will see most
-            self.embedder(np.zeros((n, self.size, self.size), np.uint8))
         context = serve.get_replica_context()
         self.replica = context.replica_id.unique_id
         self.actor_name = ray.get_runtime_context().get_actor_name()
@@ -120,7 +121,7 @@ class EmbedderReplica:
         return out
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        emb = self.embedder(batch)
+        emb = self.embedder.embed(batch)
         return emb.numpy() if isinstance(emb, torch.Tensor) else np.asarray(emb, np.float32)
 
     def _report(self, force: bool = False) -> None:
@@ -148,6 +149,7 @@ class RemoteEmbedder:
         handle: the deployment's handle.
         timeout: seconds one request may take before it is sent again.
         retries: times a failed or timed-out request is sent again.
+        max_frames: most frames in one request (the deployment's ``max_batch_frames``).
 
     Attributes:
         retries_done: requests sent again so far (a replica died or was too slow).
@@ -157,9 +159,16 @@ class RemoteEmbedder:
     """
 
     name = "serve"
+    buckets: tuple[int, ...] = ()  # the replicas bucket their own batches
+    shapes_seen: set[tuple[int, ...]] = set()
 
-    def __init__(self, handle: Any, *, timeout: float, retries: int) -> None:
+    def warm_up(self) -> float:
+        """Nothing to warm here: each replica warmed its buckets when it started."""
+        return 0.0
+
+    def __init__(self, handle: Any, *, timeout: float, retries: int, max_frames: int = 64) -> None:
         self.handle = handle
+        self.max_frames = max_frames  # the replicas' batch limit: larger requests are split
         self.timeout = timeout
         self.retries = retries
         self.retries_done = 0
@@ -167,6 +176,8 @@ class RemoteEmbedder:
         self.wire = {"requests": 0, "bytes_to_pool": 0, "bytes_from_pool": 0}
 
     def __call__(self, batch: np.ndarray) -> torch.Tensor:
+        if len(batch) > self.max_frames:  # one request may not exceed a replica's batch
+            return torch.cat([self(batch[i:i + self.max_frames]) for i in range(0, len(batch), self.max_frames)])
         frames = np.ascontiguousarray(batch, dtype=np.uint8)
         for attempt in range(self.retries + 1):
             t0 = time.perf_counter()
@@ -186,3 +197,5 @@ class RemoteEmbedder:
             self.wire["bytes_from_pool"] += out["embedding"].nbytes
             return torch.from_numpy(np.array(out["embedding"]))  # a writable copy of the reply
         raise AssertionError("unreachable")
+
+    embed = __call__  # the streamer.inference.Embedder protocol

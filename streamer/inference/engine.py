@@ -74,10 +74,13 @@ class InferenceEngine:
         max_embed_batch: the largest backbone batch (the top bucket).
         max_windows: windows per call warmed at start (the pipeline's ``max_batch_windows``).
         engine: the old name of ``backend``.
+        embedder: a ready :class:`Embedder` to use instead of building one (e.g. the Ray Serve
+            pool of ``streamer.cluster``); ``backend`` and ``max_embed_batch`` are then unused.
     """
 
     def __init__(self, model: SampledClassifier, *, device: str = "auto", backend: str = "auto",
-                 max_embed_batch: int = 64, max_windows: int = 8, engine: str | None = None) -> None:
+                 max_embed_batch: int = 64, max_windows: int = 8, engine: str | None = None,
+                 embedder: Embedder | None = None) -> None:
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         cfg = model.config
@@ -86,8 +89,11 @@ class InferenceEngine:
         self.class_names = tuple(cfg.class_names)
         self.embed_dim = model.classifier.embed_dim
         self.model_name = f"{cfg.name} ({cfg.method})"
-        self.backend = resolve_backend(engine or backend, self.device)
-        self.embedder: Embedder = EMBEDDERS[self.backend](self.model, self.device, max_batch=max_embed_batch)
+        if embedder is not None:  # a backbone served elsewhere (streamer.cluster)
+            self.backend, self.embedder = embedder.name, embedder
+        else:
+            self.backend = resolve_backend(engine or backend, self.device)
+            self.embedder = EMBEDDERS[self.backend](self.model, self.device, max_batch=max_embed_batch)
         self.cache = FrameCache(cfg.feature_size)
         # Wall time of each call's steps in ms (recent calls only): "sampler" (feature-size copies
         # still missing, features, attention, selection), "embed" (backbone on the new picks), "head".

@@ -35,7 +35,8 @@ def ray_instance():
 
     from streamer.cluster.serve import NAMESPACE
 
-    ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, logging_level="WARNING", log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, logging_level="WARNING", log_to_driver=False,
+             _node_ip_address="127.0.0.1")
     yield
     serve.shutdown()
     ray.shutdown()

@@ -80,5 +80,8 @@ def test_summary_groups_by_method_and_keep_in_paper_order(tmp_path):
                         "auc_std": f"{np.std([0.6, 0.7], ddof=1):.4f}", "acc_mean": "75.0000", "acc_std": "7.0711"}
 
     md = markdown_table(rows)
-    assert "| toy | 50% | 0.800 ± 0.000 / 75.0 ± 0.0 | 0.650 ± 0.071 / 75.0 ± 7.1 |" in md
-    assert "| toy | 25% | 0.800 ± 0.000 / 75.0 ± 0.0 | 0.550 ± 0.000 / 60.0 ± 0.0 |" in md
+    # One seed: the mean alone (no "± 0.000"); n shown in every cell (issue 15).
+    assert "| toy | 50% | 0.800 / 75.0 (n=1) | 0.650 ± 0.071 / 75.0 ± 7.1 (n=2) |" in md
+    assert "| toy | 25% | 0.800 / 75.0 (n=1) | 0.550 / 60.0 (n=1) |" in md
+    assert "Full keeps every frame" in md
+    assert "Full (every frame) was not run" in markdown_table([r for r in rows if r.method != "full"])

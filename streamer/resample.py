@@ -1,0 +1,110 @@
+"""Resample a stream to the model's frame rate before windowing (what training did to its videos).
+
+A model trained on clips resampled to 8 fps expects a window of T frames to span T / 8 seconds.
+Fed a 30 fps stream frame by frame, the same window would span a quarter of that. The
+:class:`FrameResampler` keeps, of each stream, the frames nearest to the times ``j / fps``
+(j = 0, 1, ...) counted from the stream's first frame: the rule ``sources.video.resample`` applies
+when training decodes a video, decided here frame by frame without look-ahead. A frame's time
+cell reaches from halfway to the previous frame to halfway to the next one, the next one being
+assumed one frame interval later; a frame is kept when a grid time falls in its cell. The frames
+left out are counted as ``frames_resampled_out`` (their own outcome in the stats).
+
+Times: a replayed source (a file, the synthetic generator) uses the media time of the frame it
+released last (``media_time``: the file's own timestamp, as training's decoder reads it), so
+``--no-pacing`` and ``--speed`` replays and variable-frame-rate files resample the content, not
+the wall clock; every other source uses ``t_capture``.
+
+A stream slower than the model's rate is not upsampled (frames are never repeated): every frame
+is kept and one warning says so.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sources.frame import Frame
+
+log = logging.getLogger(__name__)
+
+_RATE_PROBE_FRAMES = 16  # frames seen before the input rate is estimated (for the warning)
+
+
+class FrameResampler:
+    """Decides, frame by frame, whether a frame of one stream is kept at ``fps``.
+
+    Args:
+        fps: the model's frame rate (frames per second the windows should hold).
+        source: the stream's source; its ``name``, its nominal ``rate`` (for the warning) and,
+            for a replayed source, the ``media_time`` of each frame it just released are read.
+    """
+
+    def __init__(self, fps: float, source: Any = None) -> None:
+        if not fps > 0:
+            raise ValueError(f"fps must be > 0, got {fps!r}")
+        self.fps = float(fps)
+        self.source = source
+        self.stream = getattr(source, "name", "")
+        self.media = False  # True: times are the source's media_time (a replay)
+        self.kept = 0
+        self.left_out = 0
+        self._t0: float | None = None
+        self._prev = 0.0
+        self._next = 0  # index j of the next grid time j / fps
+        self._seen = 0
+        self._warned = False
+
+    def time_of(self, frame: Frame) -> float:
+        return float(self.source.media_time) if self.media else frame.t_capture
+
+    def keep(self, frame: Frame) -> bool:
+        """True when ``frame`` is the one nearest to a grid time (so it goes on to the windows)."""
+        if self._t0 is None:
+            self._start()
+        t = self.time_of(frame)
+        self._seen += 1
+        if self._t0 is None:
+            self._t0, self._prev, self._next = t, 0.0, 1
+            self.kept += 1
+            return True
+        rel, prev = t - self._t0, self._prev
+        self._prev = rel
+        self._check_rate(rel)
+        upper = rel + max(rel - prev, 0.0) / 2  # end of this frame's time cell
+        kept = False
+        while self._next / self.fps < upper - 1e-9:  # a tie goes to the later frame, as in training
+            self._next += 1
+            kept = True
+        if kept:
+            self.kept += 1
+        else:
+            self.left_out += 1
+        return kept
+
+    def _start(self) -> None:
+        rate = getattr(self.source, "rate", None)
+        self.media = getattr(self.source, "media_time", None) is not None
+        if rate:
+            self._warned = True  # the nominal rate says it now; no need to estimate it
+            if rate < self.fps * 0.95:
+                self._warn(float(rate))
+
+    def _check_rate(self, rel: float) -> None:
+        if self._warned or self._seen < _RATE_PROBE_FRAMES or rel <= 0:
+            return
+        self._warned = True
+        rate = (self._seen - 1) / rel
+        if rate < self.fps * 0.95:
+            self._warn(rate)
+
+    def _warn(self, rate: float) -> None:
+        log.warning(
+            "stream %s runs at %.3g fps, below the model's %.3g fps: frames are not repeated, so a window spans more "
+            "time than in training; use a faster source or a model trained at a lower data.fps",
+            self.stream, rate, self.fps,
+        )
+
+
+def make_resampler(fps: float | None, source: Any) -> FrameResampler | None:
+    """The resampler for one source, or None when the model records no frame rate (old model files)."""
+    return FrameResampler(fps, source) if fps else None
+

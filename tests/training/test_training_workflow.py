@@ -1,0 +1,220 @@
+"""The training workflow end to end through the CLI: what was trained is what runs (issue 15).
+
+One tiny video dataset (two classes, 30 fps clips resampled to 8 fps, T = 16 = 2 s) is trained
+once per module; the tests then run, evaluate, describe and export that model.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from training_media import write_config, write_npz, write_video
+
+from sampler.classifier import imagenet_cache_path
+from sampler.model import SampledClassifier
+from streamer.cli import main
+
+FPS, T, SOURCE_FPS = 8, 16, 30
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("videos")
+    rows = []
+    for cls, base in (("normal", 40), ("covid", 200)):
+        for i in range(4):
+            # One 2 s clip per class (16 frames at 8 fps) and three 1 s clips (padded to T).
+            n = 2 * SOURCE_FPS if i == 0 else SOURCE_FPS
+            write_video(root / f"{cls}{i}.mp4", [base + (j % 5) for j in range(n)], fps=SOURCE_FPS)
+            rows.append((f"{cls}{i}.mp4", cls))
+    rows.append(("normal0.mp4", "nromal"))  # a typo: left out, with a suggestion
+    with (root / "index.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        writer.writerows(rows)
+    config = write_config(
+        root / "videos.yaml",
+        {"kind": "videos", "path": str(root / "index.csv"), "label_column": "label", "classes": ["normal", "covid"],
+         "fps": FPS, "size": 32, "num_frames": T, "cache_dir": str(root / "cache")},
+        model={"backbone": "tiny_cnn", "feature_size": 16, "input_size": 32},
+    )
+    run = root / "run"
+    assert main(["train", "--config", str(config), "--out", str(run), "--device", "cpu"]) == 0
+    stream = write_video(root / "stream.mp4", [(7 * j) % 250 for j in range(4 * SOURCE_FPS)], fps=SOURCE_FPS)
+    slow = write_video(root / "slow.mp4", [100] * 12, fps=4)
+    return {"root": root, "config": config, "run": run, "model": run / "model.pt", "stream": stream, "slow": slow}
+
+
+def test_train_reports_left_out_rows_and_padding(videos):
+    log = (videos["run"] / "train.log").read_text()
+    assert "1 of 9 rows" in log and "'nromal' 1 row (did you mean 'normal'?)" in log
+    assert "padding: 6 of 8 clips are shorter than T=16" in log and "normal 3/4, covid 3/4" in log
+    assert "warning: T=16 exceeds the length of most clips (6 of 8" in log
+    assert "done in " in log and " s: best epoch" in log  # under a minute: seconds
+
+
+def test_model_file_records_preprocessing_and_weights(videos):
+    model = SampledClassifier.load(videos["model"])
+    pre = model.preprocessing
+    assert (pre["fps"], pre["size"], pre["num_frames"], pre["kind"], pre["gray"]) == (8.0, 32, T, "videos", True)
+    assert model.meta["training"]["clips"]["train"] == {"normal": 2, "covid": 2}
+    assert model.meta["training"]["backbone_weights_used"] == model.config.backbone_weights == "none"
+    # Old model files (no meta) still load, with nothing recorded.
+    demo = SampledClassifier.load(Path(__file__).resolve().parents[2] / "streamer" / "assets" / "demo.pt")
+    assert demo.meta == {} and demo.preprocessing == {}
+
+
+def test_run_resamples_a_30fps_video_to_the_models_8fps(videos, tmp_path):
+    out = tmp_path / "out.jsonl"
+    argv = ["run", "--source", f"video:{videos['stream']}", "--model", str(videos["model"]), "--no-pacing",
+            "--jsonl", str(out), "--quiet", "--device", "cpu"]
+    assert main(argv) == 0
+    messages = [json.loads(line) for line in out.read_text().splitlines()]
+    preds = [m for m in messages if m["type"] == "prediction"]
+    final = [m for m in messages if m["type"] == "stats" and m["final"]][-1]
+    # Frame i of the 30 fps stream is kept when it is the nearest to a time j / 8 s (ties: the later).
+    kept = sorted({int(np.floor(j * SOURCE_FPS / FPS + 0.5)) for j in range(32)})
+    assert [(p["first_seq"], p["last_seq"]) for p in preds] == [(kept[0], kept[15]), (kept[16], kept[31])]
+    for p in preds:  # each window holds 16 frames covering 15/8 s of content, as a training clip
+        assert (p["last_seq"] - p["first_seq"]) / SOURCE_FPS == pytest.approx((T - 1) / FPS, abs=0.5 / SOURCE_FPS)
+        assert set(p["selected"]) <= set(kept) and p["padded"] == 0
+    assert final["frames_in"] == 4 * SOURCE_FPS and final["frames_resampled_out"] == 4 * SOURCE_FPS - 32
+    assert final["frames_in"] == (final["frames_forwarded"] + final["frames_skipped"] + final["frames_dropped"]
+                                  + final["frames_resampled_out"] + final["frames_pending"])
+    assert final["frames_pending"] == 0 and final["frames_forwarded"] == len({s for p in preds for s in p["selected"]})
+
+
+def test_run_warns_when_the_source_is_slower_than_the_model(videos, tmp_path, caplog):
+    out = tmp_path / "slow.jsonl"
+    with caplog.at_level(logging.WARNING):
+        assert main(["run", "--source", f"video:{videos['slow']}", "--model", str(videos["model"]), "--no-pacing",
+                     "--jsonl", str(out), "--quiet", "--device", "cpu"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if "below the model's" in r.getMessage()]
+    assert len(warnings) == 1 and "runs at 4 fps, below the model's 8 fps" in warnings[0]
+    final = [json.loads(x) for x in out.read_text().splitlines()][-1]
+    assert final["frames_in"] == 12 and final["frames_resampled_out"] == 0
+
+
+def test_evaluate_writes_confusion_and_refuses_another_input_size(videos, tmp_path, capsys):
+    model = str(videos["model"])
+    assert main(["evaluate", "--model", model, "--out", str(tmp_path), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'eval-test.json'}" in printed and str(tmp_path / "confusion-test.png") in printed
+    confusion = json.loads((tmp_path / "confusion-test.json").read_text())
+    preds = list(csv.DictReader((tmp_path / "predictions-test.csv").open()))
+    matrix = np.array(confusion["matrix"])
+    assert matrix.sum() == len(preds) == 2 and confusion["classes"] == ["normal", "covid"]
+    for i, name in enumerate(confusion["classes"]):
+        tp = sum(r["label"] == name and r["predicted"] == name for r in preds)
+        assert matrix[i, i] == tp and confusion["per_class"][name]["sensitivity"] == tp / sum(r["label"] == name for r in preds)
+    assert (tmp_path / "confusion-test.png").stat().st_size > 1000
+
+    assert main(["evaluate", "--model", model, "--out", str(tmp_path), "--set", "model.input_size=48"]) == 2
+    err = capsys.readouterr().err
+    assert "model.input_size=48 (model 32)" in err and "pass the config it was trained with" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_info_prints_the_model_card(videos, capsys):
+    assert main(["info", str(videos["model"])]) == 0
+    card = capsys.readouterr().out
+    for text in ("method: das, keeps k=8 of T=16", "classes: normal, covid", "8 fps, 32 px", "backbone: tiny_cnn",
+                 "initial weights used: none", "fingerprint ", "train: 4 clips (normal 2, covid 2)",
+                 "padded clips: normal 3/4, covid 3/4", "metrics: best_epoch 1", "versions: das_stream", "created: 20"):
+        assert text in card, text
+    assert main(["info", str(Path(__file__).resolve().parents[2] / "streamer" / "assets" / "demo.pt")]) == 0
+    assert "preprocessing: not recorded" in capsys.readouterr().out
+
+
+def test_export_onnx_agrees_with_torch_on_a_real_window(videos, tmp_path, capsys):
+    import onnxruntime as ort
+
+    from sources.video import read_video
+
+    path = tmp_path / "model.onnx"
+    assert main(["export", str(videos["model"]), "--onnx", str(path)]) == 0
+    assert "max |p_onnx - p_torch|" in capsys.readouterr().out
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["das_stream.preprocessing"])["fps"] == 8.0
+    # A real window: the first 2 s of a clip, decoded as training does.
+    frames, _ = read_video(videos["root"] / "covid0.mp4", size=32, fps=FPS, max_frames=T)
+    x = torch.from_numpy(frames).float().div(255)[None, :, None]
+    valid = torch.ones(1, T, dtype=torch.bool)
+    model = SampledClassifier.load(videos["model"]).eval()
+    with torch.no_grad():
+        logits, picks = model(x, valid)
+    probs = logits.softmax(1).numpy()
+    onnx_probs, onnx_indices = ort.InferenceSession(str(path)).run(None, {"frames": x.numpy(), "valid": valid.numpy()})
+    assert onnx_probs.argmax(1) == probs.argmax(1) and np.abs(onnx_probs - probs).max() < 1e-4
+    assert (onnx_indices == picks.indices.numpy()).all()
+
+
+def test_too_few_videos_lists_the_csv_labels(videos, tmp_path, capsys):
+    config = videos["config"]
+    rc = main(["train", "--config", str(config), "--out", str(tmp_path / "r"), "--set", "data.classes=[normal,covd]"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "class covd (0) has fewer than 3 videos" in err
+    assert "column holds: covid (4), normal (4), nromal (1)" in err and "for 'covd' (did you mean 'covid'?)" in err
+
+
+@pytest.fixture()
+def npz_config(tmp_path) -> Path:
+    npz = write_npz(tmp_path / "tiny.npz", depth=8, size=16)
+    return write_config(tmp_path / "tiny.yaml", {"kind": "medmnist3d", "path": str(npz), "classes": ["normal", "cube"]},
+                        train={"patience": 5})
+
+
+def test_train_refuses_a_non_empty_out_and_records_the_weights_used(npz_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--config", str(npz_config), "--out", str(run), "--set", "model.backbone_weights=auto",
+            "--set", "train.progress=true"]
+    assert main(argv) == 0
+    assert "it/s" not in capsys.readouterr().err  # progress bars are off when stderr is not a terminal
+    model = SampledClassifier.load(run / "model.pt")
+    used = "imagenet" if imagenet_cache_path().is_file() else "none"  # auto falls back to random init
+    assert model.config.backbone_weights == used == model.meta["training"]["backbone_weights_used"]
+    assert model.meta["training"]["backbone_weights_requested"] == "auto"
+    (run / "eval-test.json").write_text("{}")  # what an earlier evaluate left
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"run folder {run} is not empty" in err and "--overwrite" in err
+    assert main([*argv, "--overwrite"]) == 0
+    assert not (run / "eval-test.json").exists() and (run / "model.pt").is_file()
+
+
+def test_resume_continues_from_the_last_epoch_checkpoint(npz_config, tmp_path, monkeypatch, capsys):
+    from sampler.training import commands
+
+    base = ["train", "--config", str(npz_config), "--epochs", "3", "--set", "model.backbone=tiny_cnn"]
+    assert main([*base, "--out", str(tmp_path / "whole")]) == 0
+
+    write = commands.RunLog.__call__
+
+    def interrupted(self, line):  # Ctrl-C while epoch 3 finishes
+        if line.startswith("epoch 3/3"):
+            raise KeyboardInterrupt
+        write(self, line)
+
+    monkeypatch.setattr(commands.RunLog, "__call__", interrupted)
+    assert main([*base, "--out", str(tmp_path / "cut")]) == 130
+    assert (tmp_path / "cut" / "checkpoint.pt").is_file() and not (tmp_path / "cut" / "model.pt").exists()
+    monkeypatch.setattr(commands.RunLog, "__call__", write)
+    assert main([*base, "--out", str(tmp_path / "cut")]) == 2  # not empty: needs --resume or --overwrite
+    assert main([*base, "--out", str(tmp_path / "cut"), "--resume", "--set", "train.lr=0.1"]) == 2  # another config
+    assert "config differs from the one" in capsys.readouterr().err.splitlines()[-1]
+    assert main([*base, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    log = (tmp_path / "cut" / "train.log").read_text()
+    assert "resumed from" in log and "after epoch 2" in log and log.count("epoch 3/3") == 1
+    whole, cut = (json.loads((tmp_path / d / "result.json").read_text()) for d in ("whole", "cut"))
+    for key in ("val", "test", "val_loss", "best_epoch", "epochs_run"):
+        assert whole[key] == cut[key], key
+    states = [SampledClassifier.load(tmp_path / d / "model.pt").state_dict() for d in ("whole", "cut")]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert not (tmp_path / "cut" / "checkpoint.pt").exists()
