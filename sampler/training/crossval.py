@@ -79,6 +79,22 @@ class RandomWindowSet(torch.utils.data.Dataset):
     def num_frames(self) -> int:
         return self._t
 
+    @property
+    def x(self) -> np.ndarray:
+        """(N, T, H, W): each video's first window (what the model card's size and data
+        fingerprint read; training draws other windows)."""
+        return self._first()[0]
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self._first()[1]
+
+    def _first(self) -> tuple[np.ndarray, np.ndarray]:
+        if not hasattr(self, "_first_windows"):
+            cuts = [cut_windows(v[: self._t], self._t, self._t) for v in self.videos]
+            self._first_windows = (np.stack([c[0][0] for c in cuts]), np.stack([c[1][0] for c in cuts]))
+        return self._first_windows
+
     def __len__(self) -> int:
         return len(self.labels)
 
