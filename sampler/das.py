@@ -42,6 +42,7 @@ from .gumbel import (
     select_without_replacement,
     top_k_priority,
 )
+from .learned_features import LearnedDescriptor
 
 
 def mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
@@ -101,6 +102,9 @@ class DASSampler(Sampler):
         heads: H, number of scale heads.
         hidden: width of the hidden layer of every MLP.
         tau0: base temperature; tau stays within [0.5 tau0, 1.5 tau0].
+        features: what DAS sees of each frame: ``hand`` (the hand-made features, the paper's),
+            ``learned`` (a tiny CNN trained end to end, :mod:`sampler.learned_features`) or
+            ``both`` (concatenated).
         paper_exact: pick each row independently as the paper writes it (picks may repeat and
             do repeat in eval mode); the default picks without replacement.
     """
@@ -115,14 +119,23 @@ class DASSampler(Sampler):
         hidden: int = 64,
         tau0: float = 1.0,
         paper_exact: bool = False,
+        features: str = "hand",
     ) -> None:
         super().__init__(num_frames, k)
         if heads < 1:
             raise SamplerError(f"DAS needs at least one head, got heads={heads}; use heads=1 or more")
         if tau0 <= 0:
             raise SamplerError(f"DAS tau0 must be positive, got tau0={tau0}; use e.g. tau0=1.0")
+        if features not in ("hand", "learned", "both"):
+            raise SamplerError(f"DAS features must be hand, learned or both, got {features!r}")
+        self.features = features
         self.describe = FrameDescriptor(feature_size=feature_size)
-        d = FrameDescriptor.dim
+        self.learned = LearnedDescriptor() if features != "hand" else None
+        if self.learned is not None:
+            # The learned features need the frames, not only the hand-made per-frame features a
+            # streaming runtime computes on arrival: hide select_features so the runtime calls select(x).
+            self.select_features = None
+        d = (FrameDescriptor.dim if features != "learned" else 0) + (self.learned.dim if self.learned is not None else 0)
         self.base = mlp(d, hidden, 1)
         self.heads = nn.ModuleList(mlp(2 * d, hidden, k) for _ in range(heads))
         self.temperature = mlp(2 * d, hidden, 1)
@@ -133,12 +146,22 @@ class DASSampler(Sampler):
         """Equations 1-4 for a window ``x`` (B, T, C, H, W) (any H, W)."""
         check_window(x, self.num_frames, valid)
         usable = frame_validity(x, valid)
-        return self.attention_from_features(frame_features(x, self.describe.feature_size), usable)
+        raw = frame_features(x, self.describe.feature_size) if self.features != "learned" else None
+        learned = self.learned(x, usable) if self.learned is not None else None
+        return self.attention_from_features(raw, usable, learned=learned)
 
-    def attention_from_features(self, raw: torch.Tensor, usable: torch.Tensor) -> DASAttention:
+    def attention_from_features(
+        self, raw: torch.Tensor | None, usable: torch.Tensor, *, learned: torch.Tensor | None = None
+    ) -> DASAttention:
         """Equations 1-4 from the window's frame features (B, T, d) (:func:`frame_features` at
-        the sampler's feature size) and its (B, T) mask of usable frames (real and not empty)."""
-        features = FrameDescriptor.from_raw(raw, usable)
+        the sampler's feature size) and its (B, T) mask of usable frames (real and not empty).
+        ``learned``: the learned descriptor (B, T, e), needed when ``features`` is learned or both."""
+        parts = [] if self.features == "learned" else [FrameDescriptor.from_raw(raw, usable)]
+        if self.learned is not None:
+            if learned is None:
+                raise SamplerError("this DAS sampler uses learned features, which need the frames; call select(x) or attention(x)")
+            parts.append(learned)
+        features = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
         pooled = masked_pool(features, usable)
         base = self.base(features).squeeze(2)  # (B, T)
         scales = torch.stack([F.softplus(head(pooled)) for head in self.heads], dim=1)  # (B, H, k)

@@ -242,7 +242,8 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
 
 # --- training commands (train, evaluate, compare) ---
 _TRAIN_FLAGS = {"method": "model.method", "keep": "model.keep", "seed": "train.seed", "epochs": "train.epochs",
-                "device": "train.device", "methods": "grid.methods", "seeds": "grid.seeds", "keeps": "grid.keeps"}
+                "device": "train.device", "methods": "grid.methods", "seeds": "grid.seeds", "keeps": "grid.keeps",
+                "folds": "data.folds"}
 
 
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
@@ -296,6 +297,7 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--epochs", type=int, help="maximum epochs per run")
     compare.add_argument("--out", help="output folder (default: train.out/<name>)")
     compare.add_argument("--resume", action="store_true", help="skip runs whose result.json already exists")
+    compare.add_argument("--folds", type=int, help="K-fold cross-validation with paired differences (data.folds)")
     compare.set_defaults(handler=_cmd_compare)
 
 

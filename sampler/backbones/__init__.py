@@ -1,0 +1,1 @@
+"""Extra classifier backbones (see ``sampler.classifier.BACKBONES``)."""

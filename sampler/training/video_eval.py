@@ -1,0 +1,192 @@
+"""Video-level scores: a video is cut into windows as the streaming runtime cuts them, every
+window is classified, and the video's class probabilities are the mean of its windows'.
+
+The cut follows ``streamer.window.Windower``: windows start at frames 0, S, 2S, ... and hold T
+frames; at the end of the video one partial window holds the frames no full window reached (its
+missing frames are empty and masked out, as the runtime pads them); a video shorter than T is a
+single partial window. This is what a user of ``das-stream run`` gets per video, and how
+published lung ultrasound results are reported (Born et al., video-level accuracy).
+
+:func:`evaluate_videos` is the reusable entry point (also for ``das-stream evaluate``);
+:func:`load_whole_videos` decodes (and caches) the whole videos of a ``data: {kind: videos}`` config.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sources.errors import SourceError
+from sources.video import read_video
+
+from ..errors import DataError
+from ..model import SampledClassifier
+from .config import DataConfig
+from .datasets import ClipSet, VideoEntry, _write_atomic, read_video_index
+from .loop import evaluate
+from .metrics import Scores, classification_scores
+
+
+def window_bounds(num_frames: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of every window the runtime classifies in a video of ``num_frames``."""
+    if window < 1 or stride < 1:
+        raise ValueError(f"window length and stride must be >= 1, got T={window}, S={stride}")
+    out, start, covered = [], 0, 0
+    while start + window <= num_frames:
+        out.append((start, start + window))
+        covered = start + window
+        start += stride
+    if start < num_frames and num_frames > covered:
+        out.append((start, num_frames))
+    return out
+
+
+def cut_windows(frames: np.ndarray, window: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, H, W) frames -> (W, T, H, W) windows and (W, T) validity (False for padding)."""
+    bounds = window_bounds(len(frames), window, stride)
+    x = np.zeros((len(bounds), window, *frames.shape[1:]), dtype=frames.dtype)
+    valid = np.zeros((len(bounds), window), dtype=bool)
+    for i, (a, b) in enumerate(bounds):
+        x[i, : b - a] = frames[a:b]
+        valid[i, : b - a] = True
+    return x, valid
+
+
+def windows_of_videos(
+    videos: Sequence[np.ndarray], labels: np.ndarray, names: Sequence[str], window: int, stride: int
+) -> tuple[ClipSet, np.ndarray]:
+    """Every runtime window of every video as one :class:`ClipSet`, and each window's video index."""
+    xs, vs, owner = [], [], []
+    for i, frames in enumerate(videos):
+        x, v = cut_windows(frames, window, stride)
+        xs.append(x)
+        vs.append(v)
+        owner += [i] * len(x)
+    owner_arr = np.array(owner, dtype=np.int64)
+    clip_names = tuple(f"{names[i]}#{j}" for i, j in zip(owner_arr, _ranks(owner_arr)))
+    return ClipSet(np.concatenate(xs), np.concatenate(vs), np.asarray(labels)[owner_arr], clip_names), owner_arr
+
+
+def _ranks(owner: np.ndarray) -> list[int]:
+    seen: dict[int, int] = {}
+    out = []
+    for o in owner.tolist():
+        out.append(seen.get(o, 0))
+        seen[o] = out[-1] + 1
+    return out
+
+
+def aggregate_video_probs(window_probs: np.ndarray, owner: np.ndarray, num_videos: int | None = None) -> np.ndarray:
+    """(W, C) window probabilities -> (V, C): the mean over each video's windows."""
+    owner = np.asarray(owner)
+    v = int(owner.max()) + 1 if num_videos is None else num_videos
+    sums = np.zeros((v, window_probs.shape[1]))
+    np.add.at(sums, owner, window_probs)
+    counts = np.bincount(owner, minlength=v)
+    if (counts == 0).any():
+        raise ValueError(f"videos {np.flatnonzero(counts == 0).tolist()} have no window")
+    return sums / counts[:, None]
+
+
+@dataclass(frozen=True)
+class VideoEvaluation:
+    """Video-level and window-level results of one model on a set of videos."""
+
+    scores: Scores
+    window_scores: Scores
+    probs: np.ndarray
+    labels: np.ndarray
+    windows_per_video: np.ndarray
+
+
+def evaluate_videos(
+    model: SampledClassifier,
+    videos: Sequence[np.ndarray],
+    labels: np.ndarray,
+    *,
+    window: int,
+    stride: int,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    names: Sequence[str] | None = None,
+) -> VideoEvaluation:
+    """Classify every runtime window of every video; a video's prediction is the mean of its
+    windows' probabilities.
+
+    Args:
+        model: a trained model (its T need not equal ``window``; usually it does).
+        videos: (N_i, H, W) uint8 frames per video, at the model's frame rate.
+        labels: (V,) class per video.
+        window, stride: T and S of the runtime.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    names = names if names is not None else [str(i) for i in range(len(videos))]
+    clips, owner = windows_of_videos(videos, labels, names, window, stride)
+    ev = evaluate(model, clips, device=torch.device(device), batch_size=batch_size)
+    probs = aggregate_video_probs(ev.probs, owner, len(videos))
+    return VideoEvaluation(
+        scores=classification_scores(labels, probs),
+        window_scores=ev.scores,
+        probs=probs,
+        labels=labels,
+        windows_per_video=np.bincount(owner, minlength=len(videos)),
+    )
+
+
+# --- whole videos --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class VideoSet:
+    """Whole videos (variable length, (N_i, H, W) uint8) with labels and names."""
+
+    videos: list[np.ndarray]
+    labels: np.ndarray
+    names: tuple[str, ...]
+    class_names: tuple[str, ...]
+
+    def take(self, index: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...]]:
+        return [self.videos[i] for i in index], self.labels[index], tuple(self.names[i] for i in index)
+
+
+def load_whole_videos(config: DataConfig) -> VideoSet:
+    """Decode every video of the index whole (cached under ``cache_dir``)."""
+    entries, class_names = read_video_index(config)
+    key = {
+        "version": 1,
+        "whole": True,
+        "fps": config.fps,
+        "size": config.size,
+        "max_frames": config.max_frames,
+        "files": [[str(e.path.resolve()), e.path.stat().st_size, e.path.stat().st_mtime_ns, e.crop, e.trim] for e in entries],
+    }
+    cache = Path(config.cache_dir).expanduser() / f"whole-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.npz"
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as npz:
+            frames, lengths = npz["frames"], npz["lengths"]
+        videos = np.split(frames, np.cumsum(lengths)[:-1])
+    else:
+        videos = [_decode_whole(e, config) for e in entries]
+        _write_atomic(cache, frames=np.concatenate(videos), lengths=np.array([len(v) for v in videos]))
+    labels = np.array([class_names.index(e.label) for e in entries], dtype=np.int64)
+    names = tuple(e.name for e in entries)
+    return VideoSet(list(videos), labels, names, class_names)
+
+
+def _decode_whole(entry: VideoEntry, config: DataConfig) -> np.ndarray:
+    crop = None if entry.crop is None else (entry.crop[1], entry.crop[0], entry.crop[2], entry.crop[2])
+    try:
+        frames, source_fps = read_video(entry.path, gray=True, size=config.size, fps=config.fps, crop=crop, max_frames=config.max_frames or None)
+    except SourceError as exc:
+        raise DataError(f"video {entry.path} (CSV row {entry.row}) cannot be used: {exc}") from None
+    if entry.trim is not None:
+        scale = config.fps / source_fps
+        frames = frames[round(entry.trim[0] * scale) : round(entry.trim[1] * scale)]
+    if len(frames) == 0:
+        raise DataError(f"video {entry.path} (CSV row {entry.row}) has no frames; remove the row or fix its trim range")
+    return np.ascontiguousarray(frames)
