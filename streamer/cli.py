@@ -346,6 +346,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     report = evaluate_model(args.model, config=config, split=args.split, out=args.out)
     print(f"{report.split}: auc {report.auc:.4f} balanced_acc {report.acc:.2f}% loss {report.loss:.4f} "
           f"clips {report.clips} unique {report.unique_frames:.2f}/{report.k}")
+    if report.videos is not None:
+        print(f"{report.split} whole videos: auc {report.video_auc:.4f} balanced_acc {report.video_balanced_acc:.2f}% "
+              f"videos {report.videos} (windows as `das-stream run` cuts them, mean probability per video)")
     print("wrote " + ", ".join(report.files))
     return 0
 

@@ -14,9 +14,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -165,6 +168,9 @@ class EvaluateReport:
     k: int
     num_frames: int
     files: tuple[str, ...] = ()  # what evaluate wrote
+    video_auc: float | None = None  # video datasets: whole videos, mean of their windows (docs/protocol.md)
+    video_balanced_acc: float | None = None
+    videos: int | None = None
 
 
 def evaluate_model(
@@ -214,6 +220,9 @@ def evaluate_model(
         num_frames=mc.num_frames,
     )
     names = [f"eval-{split}.json", f"predictions-{split}.csv", f"selection-{split}.png", f"confusion-{split}.json", f"confusion-{split}.png"]
+    if config.data.kind == "videos":  # video-level, as `das-stream run` sees a video (docs/protocol.md)
+        report = dataclasses.replace(report, **_video_level(model, config, clips.names, device, out / f"videos-{split}.json"))
+        names.append(f"videos-{split}.json")
     report = dataclasses.replace(report, files=tuple(str(out / n) for n in names))
     (out / f"eval-{split}.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     _write_predictions(ev, clips.names, data.class_names, out / f"predictions-{split}.csv")
@@ -221,10 +230,29 @@ def evaluate_model(
     confusion = per_class(ev.labels, ev.probs.argmax(axis=1), data.class_names)
     write_confusion(confusion, out / f"confusion-{split}.json", out / f"confusion-{split}.png",
                     title=f"{config.name} {mc.method} k={mc.k}/{mc.num_frames} ({split})")
-    # HOOK video-level scores: for data.kind == "videos", call issue 11's aggregation here
-    # (sampler.training.video_eval.evaluate_videos: windows of T, stride S, mean probability per
-    # video), add its scores to the report and its file to `names` above.
     return report
+
+
+def _video_level(model: SampledClassifier, config: ExperimentConfig, split_names: Sequence[str], device: Any,
+                 path: Path) -> dict[str, Any]:
+    """Score the split's whole videos: windows of T, stride S as the runtime cuts them, a video's
+    prediction the mean of its windows' probabilities; write them to ``path``."""
+    from .video_eval import evaluate_videos, load_whole_videos
+
+    whole = load_whole_videos(config.data)
+    wanted = set(split_names)
+    videos, labels, names = whole.take(np.array([i for i, n in enumerate(whole.names) if n in wanted], dtype=np.int64))
+    stride = config.data.window_stride or config.data.num_frames
+    ev = evaluate_videos(model, videos, labels, window=config.data.num_frames, stride=stride, device=device,
+                         batch_size=config.train.eval_batch_size, names=names)
+    figures = {"video_auc": ev.scores.auc, "video_balanced_acc": ev.scores.acc, "videos": len(videos)}
+    path.write_text(json.dumps({**figures, "window": config.data.num_frames, "stride": stride,
+                                "window_auc": ev.window_scores.auc, "window_balanced_acc": ev.window_scores.acc,
+                                "videos_by_name": {n: {"label": int(y), "probs": [round(float(p), 6) for p in probs],
+                                                       "windows": int(w)}
+                                                   for n, y, probs, w in zip(names, ev.labels, ev.probs, ev.windows_per_video)}},
+                               indent=2, allow_nan=True) + "\n")
+    return figures
 
 
 def check_input_size(model: SampledClassifier, config: ExperimentConfig, data: DatasetSplits, model_path: Path) -> None:

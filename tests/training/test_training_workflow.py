@@ -114,6 +114,13 @@ def test_evaluate_writes_confusion_and_refuses_another_input_size(videos, tmp_pa
         tp = sum(r["label"] == name and r["predicted"] == name for r in preds)
         assert matrix[i, i] == tp and confusion["per_class"][name]["sensitivity"] == tp / sum(r["label"] == name for r in preds)
     assert (tmp_path / "confusion-test.png").stat().st_size > 1000
+    # Video-level scores: the split's whole videos (the same ones), every window of each, averaged.
+    assert "test whole videos: auc" in printed and str(tmp_path / "videos-test.json") in printed
+    videos_json = json.loads((tmp_path / "videos-test.json").read_text())
+    assert sorted(videos_json["videos_by_name"]) == sorted(r["clip"] for r in preds)
+    assert videos_json["videos"] == len(preds) == len(videos_json["videos_by_name"])
+    for video in videos_json["videos_by_name"].values():
+        assert video["windows"] >= 1 and abs(sum(video["probs"]) - 1.0) < 1e-4
 
     assert main(["evaluate", "--model", model, "--out", str(tmp_path), "--set", "model.input_size=48"]) == 2
     err = capsys.readouterr().err
