@@ -7,7 +7,7 @@ import io
 import json
 
 import pytest
-from sinkhelp import prediction, stats
+from sinks_help import prediction, stats
 
 from sinks import FanOut
 from sinks.console import ConsoleSink

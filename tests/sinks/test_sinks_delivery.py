@@ -15,7 +15,7 @@ import socket
 import sys
 
 import pytest
-from sinkhelp import Collector, prediction, stats
+from sinks_help import Collector, prediction, stats
 
 from sinks.console import format_stats
 from sinks.errors import SinkError

@@ -7,7 +7,7 @@ import io
 import json
 import logging
 
-from sinkhelp import PREDICTION_FIELDS, STATS_FIELDS, Collector, prediction, stats
+from sinks_help import PREDICTION_FIELDS, STATS_FIELDS, Collector, prediction, stats
 
 from sinks.mqtt import MqttSettings, MqttSink
 from sinks.subscribe import subscribe

@@ -10,7 +10,7 @@ import dataclasses
 import io
 import json
 
-from sinkhelp import prediction
+from sinks_help import prediction
 
 from sinks.mqtt import MqttSettings, MqttSink
 from sinks.subscribe import subscribe

@@ -8,7 +8,7 @@ import json
 
 import aiomqtt
 import pytest
-from sinkhelp import prediction, stats
+from sinks_help import prediction, stats
 
 from sinks.console import format_prediction, format_stats
 from sinks.messages import Prediction, Stats

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 from brokers import MosquittoOptions
-from sinkhelp import prediction
+from sinks_help import prediction
 
 from sinks.errors import SinkError
 from sinks.mqtt import MqttSettings, MqttSink

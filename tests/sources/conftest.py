@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from source_media import KINDS, write_video
+from sources_help import KINDS, write_video
 
 HERE = Path(__file__).parent
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dicom_media import frames_rgb, gray_of, write_cine, write_mpeg4_cine
+from dicom_help import frames_rgb, gray_of, write_cine, write_mpeg4_cine
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,

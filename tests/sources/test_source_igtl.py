@@ -11,7 +11,7 @@ import pytest
 from igtl_peer import H, W, bad, rgb_of
 from pyigtl import ImageMessage
 from pyigtl.messages import MessageBase
-from source_media import free_port
+from sources_help import free_port
 
 from sources.errors import SourceError
 from sources.igtl import IgtlSource, image_of

@@ -6,7 +6,7 @@ import asyncio
 import socket
 
 import pytest
-from source_media import free_port, index_of
+from sources_help import free_port, index_of
 from udp_writer import phase_level
 
 from sources.errors import SourceError

@@ -7,7 +7,7 @@ import asyncio
 import socket
 
 import pytest
-from source_media import free_port
+from sources_help import free_port
 from udp_writer import phase_level
 
 from sources.probe import ProbeSource

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from source_media import index_of
+from sources_help import index_of
 
 from sources.errors import SourceError
 from sources.probe import ProbeSource

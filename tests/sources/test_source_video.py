@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from source_media import HEIGHT, WIDTH, index_of, level
+from sources_help import HEIGHT, WIDTH, index_of, level
 
 from sources.base import Pacer
 from sources.errors import SourceError

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from source_media import free_port
+from sources_help import free_port
 from zmq_peer import gaps, mixed
 
 from sources.errors import SourceError

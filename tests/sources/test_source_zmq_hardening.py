@@ -12,7 +12,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from source_media import free_port
+from sources_help import free_port
 from test_source_zmq import take
 from zmq_peer import H, W, colour_image, colours, fuzz, mixed
 

@@ -15,9 +15,9 @@ from streamer.config import RunConfig
 
 SOURCES_TESTS = Path(__file__).parents[1] / "sources"
 sys.path.insert(0, str(SOURCES_TESTS))
-from dicom_media import frames_rgb, write_cine  # noqa: E402
+from dicom_help import frames_rgb, write_cine  # noqa: E402
 from pydicom.uid import RLELossless  # noqa: E402
-from source_media import free_port  # noqa: E402
+from sources_help import free_port  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 

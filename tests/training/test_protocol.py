@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from training_media import write_config, write_npz, write_video
+from training_help import write_config, write_npz, write_video
 
 from sampler.errors import ConfigError, DataError
 from sampler.training.corruptions import KINDS, StreamCorruption, blur, corrupt_videos, frozen, gain, lost_contact, noise

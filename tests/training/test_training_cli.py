@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_media import write_config, write_npz
+from training_help import write_config, write_npz
 
 from sampler.model import SampledClassifier
 from streamer.cli import main

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from training_media import SPLIT_SIZES, write_npz, write_video
+from training_help import SPLIT_SIZES, write_npz, write_video
 
 from sampler.errors import DataError
 from sampler.training.config import DataConfig

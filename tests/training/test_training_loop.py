@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from training_media import write_npz
+from training_help import write_npz
 
 from sampler.model import ModelConfig, build_model
 from sampler.training.config import TrainSettings

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from training_media import write_config, write_npz, write_video
+from training_help import write_config, write_npz, write_video
 
 from sampler.classifier import imagenet_cache_path
 from sampler.model import SampledClassifier
