@@ -124,6 +124,23 @@ def coerce_fields(obj: Any, key: typing.Callable[[str], str] = str, *, context: 
             object.__setattr__(obj, f.name, coerce(getattr(obj, f.name), hints[f.name], key(f.name), context=context))
 
 
+def load_flat(cls: type, path: str | Path | None, overrides: Mapping[str, Any] | None) -> Any:
+    """A flat config (``RunConfig``, ``ClusterConfig``): an optional YAML file whose keys must be
+    the class' public fields, then the non-None ``overrides`` (the flags), built as
+    ``cls(**values, _origin=where they came from)``."""
+    values: dict[str, Any] = {}
+    origin = "the command line"
+    if path is not None:
+        values = read_yaml(path)
+        origin = str(path)
+        keys = [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
+        unknown = sorted(set(values) - set(keys))
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r} in {path}; valid keys: {', '.join(keys)}")
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return cls(**values, _origin=origin)
+
+
 def defaults(cls: type) -> dict[str, Any]:
     """``{field: default}`` of a dataclass (fields without a plain default are left out)."""
     return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from sampler.errors import ConfigError
 from sampler.settings import DEVICE_FORMS, coerce_fields, defaults, is_device_name
-from sampler.settings import read_yaml
+from sampler.settings import load_flat
 from sinks.mqtt import MqttSettings
 
 from .pipeline import PipelineSettings
@@ -118,18 +118,5 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
         """Build from an optional YAML file, then apply the non-None ``overrides`` (the flags)."""
-        values: dict[str, Any] = {}
-        origin = "the command line"
-        if path is not None:
-            values = read_yaml(path)
-            origin = str(path)
-            unknown = sorted(set(values) - set(cls.keys()))
-            if unknown:
-                raise ConfigError(
-                    f"unknown key {unknown[0]!r} in {path}; valid keys: {', '.join(cls.keys())}"
-                )
-        for key, value in (overrides or {}).items():
-            if value is not None:
-                values[key] = value
-        return cls(**values, _origin=origin)
+        return load_flat(cls, path, overrides)
 

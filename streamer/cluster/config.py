@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sampler.errors import ConfigError
-from sampler.settings import coerce_fields, read_yaml
+from sampler.settings import coerce_fields, load_flat
 from streamer.config import RunConfig
 
 
@@ -118,16 +118,7 @@ class ClusterConfig:
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ClusterConfig:
         """Build from an optional YAML file, then apply the non-None ``overrides`` (the flags)."""
-        values: dict[str, Any] = {}
-        origin = "the command line"
-        if path is not None:
-            values = read_yaml(path)
-            origin = str(path)
-            unknown = sorted(set(values) - set(cls.keys()))
-            if unknown:
-                raise ConfigError(f"unknown key {unknown[0]!r} in {path}; valid keys: {', '.join(cls.keys())}")
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        return cls(**values, _origin=origin)
+        return load_flat(cls, path, overrides)
 
     def run_config(self) -> RunConfig:
         """The ``das-stream run`` settings one stream actor runs with (sources, sinks, queues)."""
