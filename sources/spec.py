@@ -19,12 +19,6 @@ from .base import Source
 from .dicom import DicomSource
 from .errors import SourceError
 from .igtl import IgtlSource
-from .options import boolean as _boolean  # noqa: F401  (old names, for from_spec code written before options.py)
-from .options import live_only as _live_only  # noqa: F401
-from .options import merge_query as _merge  # noqa: F401
-from .options import names as _dtypes  # noqa: F401
-from .options import optional_int as _optional_int  # noqa: F401
-from .options import typed as _typed  # noqa: F401
 from .probe import ProbeSource
 from .synthetic import SyntheticSource
 from .video import VideoSource

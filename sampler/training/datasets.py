@@ -284,16 +284,15 @@ def _read_crop_file(crop_file: str | None) -> dict[str, tuple[tuple[int, int, in
     return out
 
 
-def decode_entry(entry: VideoEntry, config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one video: crop, trim, resample to ``config.fps``, resize, then fit to T frames."""
+def decode_frames(entry: VideoEntry, config: DataConfig, *, max_frames: int | None = None) -> np.ndarray:
+    """Decode one video: crop, resample to ``config.fps``, resize, trim (every frame, or the first
+    ``max_frames``)."""
     crop = None
     if entry.crop is not None:
         top, left, size = entry.crop
         crop = (left, top, size, size)
     try:
-        # With "cut" only the first T frames are kept, so decoding can stop there.
-        limit = config.num_frames if config.long_videos == "cut" and entry.trim is None else None
-        frames, source_fps = read_video(entry.path, gray=True, size=config.size, fps=config.fps, crop=crop, max_frames=limit)
+        frames, source_fps = read_video(entry.path, gray=True, size=config.size, fps=config.fps, crop=crop, max_frames=max_frames)
     except SourceError as exc:
         raise DataError(f"video {entry.path} (CSV row {entry.row}) cannot be used: {exc}") from None
     if entry.trim is not None:
@@ -302,7 +301,14 @@ def decode_entry(entry: VideoEntry, config: DataConfig) -> tuple[np.ndarray, np.
         frames = frames[round(entry.trim[0] * scale) : round(entry.trim[1] * scale)]
     if len(frames) == 0:
         raise DataError(f"video {entry.path} (CSV row {entry.row}) has no frames; remove the row or fix its trim range")
-    return fit_length(frames, config.num_frames, policy=config.long_videos)
+    return frames
+
+
+def decode_entry(entry: VideoEntry, config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one video: crop, trim, resample to ``config.fps``, resize, then fit to T frames."""
+    # With "cut" only the first T frames are kept, so decoding can stop there.
+    limit = config.num_frames if config.long_videos == "cut" and entry.trim is None else None
+    return fit_length(decode_frames(entry, config, max_frames=limit), config.num_frames, policy=config.long_videos)
 
 
 def fit_length(frames: np.ndarray, num_frames: int, *, policy: str) -> tuple[np.ndarray, np.ndarray]:

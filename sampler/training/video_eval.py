@@ -21,13 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sources.errors import SourceError
-from sources.video import read_video
-
-from ..errors import DataError
 from ..model import SampledClassifier
 from .config import DataConfig
-from .datasets import ClipSet, VideoEntry, _write_atomic, read_video_index
+from .datasets import ClipSet, VideoEntry, _write_atomic, decode_frames, read_video_index
 from .loop import evaluate
 from .metrics import Scores, classification_scores
 
@@ -179,14 +175,4 @@ def load_whole_videos(config: DataConfig) -> VideoSet:
 
 
 def _decode_whole(entry: VideoEntry, config: DataConfig) -> np.ndarray:
-    crop = None if entry.crop is None else (entry.crop[1], entry.crop[0], entry.crop[2], entry.crop[2])
-    try:
-        frames, source_fps = read_video(entry.path, gray=True, size=config.size, fps=config.fps, crop=crop, max_frames=config.max_frames or None)
-    except SourceError as exc:
-        raise DataError(f"video {entry.path} (CSV row {entry.row}) cannot be used: {exc}") from None
-    if entry.trim is not None:
-        scale = config.fps / source_fps
-        frames = frames[round(entry.trim[0] * scale) : round(entry.trim[1] * scale)]
-    if len(frames) == 0:
-        raise DataError(f"video {entry.path} (CSV row {entry.row}) has no frames; remove the row or fix its trim range")
-    return np.ascontiguousarray(frames)
+    return np.ascontiguousarray(decode_frames(entry, config, max_frames=config.max_frames or None))
