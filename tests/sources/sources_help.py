@@ -64,3 +64,14 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+async def collect(source, limit: int | None = None) -> list:
+    """Every frame a source yields (or its first ``limit``), inside ``async with source``."""
+    frames = []
+    async with source:
+        async for frame in source:
+            frames.append(frame)
+            if limit is not None and len(frames) == limit:
+                break
+    return frames

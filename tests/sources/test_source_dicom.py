@@ -19,16 +19,7 @@ from pydicom.uid import (
 from sources.dicom import DicomSource
 from sources.errors import SourceError
 from sources.spec import parse_source
-
-
-async def collect(source: DicomSource, limit: int | None = None) -> list:
-    frames = []
-    async with source:
-        async for frame in source:
-            frames.append(frame)
-            if limit is not None and len(frames) == limit:
-                break
-    return frames
+from sources_help import collect
 
 
 # (photometric, syntax, largest gray error, largest RGB error): lossless storage gives the exact

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sources_help import HEIGHT, WIDTH, index_of, level
+from sources_help import HEIGHT, WIDTH, collect, index_of, level
 
 from sources.base import Pacer
 from sources.errors import SourceError
 from sources.video import VideoSource, read_video
-
-
-async def collect(source: VideoSource, limit: int | None = None) -> list:
-    frames = []
-    async with source:
-        async for frame in source:
-            frames.append(frame)
-            if limit is not None and len(frames) == limit:
-                break
-    return frames
 
 
 @pytest.mark.parametrize("kind", ["mp4", "avi", "mov", "mpeg", "gif"])
