@@ -93,25 +93,33 @@ class BucketedEmbedder:
                 self._run(x)
                 times.append(time.perf_counter() - t)
             self.measured[b] = min(times)
+        self.fit_costs()
+        return time.perf_counter() - t0
+
+    def fit_costs(self) -> None:
+        """The cost line through the measured bucket times (see the module docstring)."""
         sizes = np.array(self.buckets, float)
         if len(sizes) > 1:
             per_frame, per_call = np.polyfit(sizes, [self.measured[b] for b in self.buckets], 1)
         else:
             per_frame, per_call = self.measured[self.buckets[0]], 0.0
-        per_call = max(per_call, 0.0)
+        per_call = max(per_call, 1e-3 * max(per_frame, 0.0), 1e-9)  # > 0: fewer calls win a tie
         per_frame = max(per_frame, 1e-3 * per_call / sizes[-1], 1e-9)  # flat (a GPU): padding is almost free
         self.cost = {b: float(per_call + per_frame * b) for b in self.buckets}
         self._plans.clear()
-        return time.perf_counter() - t0
 
     def _plan(self, n: int) -> tuple[int, ...]:
         """Buckets covering n frames at the least measured cost (n <= the largest bucket)."""
         if n not in self._plans:
-            best: list[tuple[float, tuple[int, ...]]] = [(0.0, ())]
+            # (cost, calls, buckets): among plans of equal fitted cost the one with the fewest calls
+            # wins (with a fitted per-call cost of 0, sixteen 1-frame calls would tie with one
+            # 16-frame call; measured on ONNX Runtime, 16 frames at 224 px: 58 ms split into
+            # 2,2,2,2,1x8 against 37 ms in one call)
+            best: list[tuple[float, int, tuple[int, ...]]] = [(0.0, 0, ())]
             for m in range(1, n + 1):
-                best.append(min((self.cost[b] + best[max(0, m - b)][0], (b, *best[max(0, m - b)][1]))
-                                for b in self.buckets))
-            self._plans[n] = tuple(sorted(best[n][1], reverse=True))
+                best.append(min((self.cost[b] + best[max(0, m - b)][0], best[max(0, m - b)][1] + 1,
+                                 (b, *best[max(0, m - b)][2])) for b in self.buckets))
+            self._plans[n] = tuple(sorted(best[n][2], reverse=True))
         return self._plans[n]
 
     def plan(self, n: int) -> tuple[int, ...]:
