@@ -108,7 +108,7 @@ class FrameQueue:
         """
         async with self._changed:
             ready = self._changed.wait_for(lambda: self._items or self._closed)
-            if timeout is None:
+            if timeout is None or self._items:  # a frame waiting: no timer (the per-frame path)
                 await ready
             else:
                 try:
