@@ -49,13 +49,22 @@ class DataConfig:
         split: videos/synthetic: train/val/test fractions (by video, stratified).
         split_seed: the seed of that split, fixed across training seeds.
         cache_dir: decoded videos are cached here (outside the repo), keyed by the settings.
-        synthetic_counts: clips per split for ``synthetic``.
+        synthetic_counts: clips per split for ``synthetic`` (videos per split when
+            ``synthetic_video_frames`` is set).
+        synthetic_video_frames: synthetic: 0 makes every sample its own clip of T frames. N > 0
+            generates each split as the ``synthetic:`` source of ``das-stream run`` generates a
+            stream (one seeded generator, class segments of N frames cycling through the
+            classes; 64 is the source's ``clip_frames``) and cuts every segment into the windows
+            the runtime cuts (T, stride ``window_stride``; the last one padded and masked when
+            N is not a multiple of the stride), so training sees what ``run`` sees, including
+            windows where the class pattern never shows.
         folds: K > 1 makes ``compare`` run stratified K-fold cross-validation (0: the fixed split).
         fold_test: medmnist3d folds: ``merge`` (pool the official splits) or ``official`` (keep
             the official test split; folds over train + val).
         group_column, group_regex: videos: keep each group (patient) in one split, by a CSV
             column or a regex over the path (first capture group).
-        window_stride: videos, folds: stride S of the runtime windows (0: T, no overlap).
+        window_stride: videos, folds, synthetic video windows: stride S of the runtime windows
+            (0: T, no overlap, the runtime's default).
         train_windows: videos, folds: ``first`` window, a ``random`` window per visit, or ``all``.
         max_frames: videos, folds: decode at most this many frames per video (0: whole video).
         corruption: ``none``, ``test`` (also score on corrupted test data) or ``both`` (train
@@ -79,6 +88,7 @@ class DataConfig:
     split_seed: int = 0
     cache_dir: str = "~/.cache/das-stream"
     synthetic_counts: tuple[int, ...] = (512, 128, 128)
+    synthetic_video_frames: int = 0
     # cross-validation (``compare --folds K``, see sampler/training/crossval.py)
     folds: int = 0
     fold_test: str = "merge"
@@ -334,6 +344,8 @@ def _validate(c: ExperimentConfig, where: _Origin) -> None:
     need(d.corruption != "both" or d.kind == "videos", "data.corruption", "both (corrupted training) needs data.kind videos; use test")
     need(not (d.group_column and d.group_regex), "data.group_regex", "and data.group_column exclude each other; set one")
     need(len(d.synthetic_counts) == 3 and min(d.synthetic_counts) >= 2, "data.synthetic_counts", "must be three counts >= 2")
+    need(d.synthetic_video_frames >= 0, "data.synthetic_video_frames",
+         f"must be 0 (one clip per sample) or the frames per synthetic video, e.g. 64; got {d.synthetic_video_frames}")
     need(d.classes is None or len(set(d.classes)) == len(d.classes) >= 2, "data.classes", "must list at least two distinct classes")
     for key, keep in [("model.keep", m.keep), *(("grid.keeps", x) for x in g.keeps)]:
         need(0 < keep <= 1, key, f"must be a keep ratio in (0, 1], got {keep}")

@@ -10,7 +10,8 @@ Three sources, chosen by ``DataConfig.kind``:
 - ``videos``: a CSV (video path, class) and a folder. Every video is decoded once with PyAV,
   resampled to one frame rate and size, optionally cropped/trimmed, fitted to T frames and cached
   as npz under ``cache_dir``; the split is by video, stratified, with a fixed seed.
-- ``synthetic``: clips from ``sources.synthetic.make_clip`` (for the demo model and tests).
+- ``synthetic``: clips from ``sources.synthetic.make_clip`` (for the demo model and tests), or
+  with ``synthetic_video_frames`` the windows the runtime cuts from a ``synthetic:`` stream.
 """
 from __future__ import annotations
 
@@ -383,7 +384,21 @@ def stratified_split(labels: np.ndarray, *, fractions: Sequence[float], seed: in
 
 
 def make_synthetic_dataset(config: DataConfig) -> DatasetSplits:
-    """Balanced synthetic clips (``sources.synthetic``), a different seeded stream per split."""
+    """Balanced synthetic clips (``sources.synthetic``), a different seeded stream per split.
+
+    With ``config.synthetic_video_frames`` = N > 0 every split is a stream as the ``synthetic:``
+    source makes one (see :func:`synthetic_videos`), cut into runtime windows of T frames at
+    stride ``window_stride`` (default T) by :func:`~sampler.training.video_eval.windows_of_videos`;
+    a window's name is ``split/video#window``."""
+    if config.synthetic_video_frames:
+        from .video_eval import windows_of_videos  # it imports this module
+
+        stride = config.window_stride or config.num_frames
+        splits = {}
+        for split, (videos, labels) in zip(SPLITS, synthetic_videos(config)):
+            names = [f"{split}/{j}" for j in range(len(videos))]
+            splits[split] = windows_of_videos(videos, labels, names, config.num_frames, stride)[0]
+        return DatasetSplits(**splits, class_names=tuple(SYNTHETIC_CLASSES))
     splits = {}
     for i, (split, count) in enumerate(zip(SPLITS, config.synthetic_counts)):
         rng = np.random.default_rng([config.split_seed, i])
@@ -392,3 +407,18 @@ def make_synthetic_dataset(config: DataConfig) -> DatasetSplits:
         valid = np.ones(x.shape[:2], dtype=bool)
         splits[split] = ClipSet(x, valid, labels, tuple(f"{split}/{j}" for j in range(count)))
     return DatasetSplits(**splits, class_names=tuple(SYNTHETIC_CLASSES))
+
+
+def synthetic_videos(config: DataConfig) -> list[tuple[list[np.ndarray], np.ndarray]]:
+    """Per split, ``synthetic_counts`` videos of ``synthetic_video_frames`` frames and their labels.
+
+    A split's videos are the class segments of one stream, drawn as ``SyntheticSource`` draws
+    its clips: one generator (seeded ``[split_seed, split]``), ``make_clip`` per segment, the
+    classes cycling a_lines, b_lines, consolidation, ..."""
+    out = []
+    for i, count in enumerate(config.synthetic_counts):
+        rng = np.random.default_rng([config.split_seed, i])
+        labels = np.arange(count, dtype=np.int64) % len(SYNTHETIC_CLASSES)
+        videos = [make_clip(int(c), config.synthetic_video_frames, size=config.size, rng=rng) for c in labels]
+        out.append((videos, labels))
+    return out
