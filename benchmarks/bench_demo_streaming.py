@@ -128,6 +128,10 @@ def main() -> None:
             "window_auc": round(ev.window_scores.auc, 4),
             "window_acc_with_evidence": round(100 * balanced_accuracy_score(window_labels[has_evidence], pred[has_evidence]), 2),
             "window_acc_without_evidence": round(100 * balanced_accuracy_score(window_labels[~has_evidence], pred[~has_evidence]), 2),
+            # what the model says where it cannot know: its share of each class, its mean top probability
+            "without_evidence_pred_share": np.round(np.bincount(pred[~has_evidence], minlength=len(CLASSES)) / max(1, (~has_evidence).sum()), 3).tolist(),
+            "without_evidence_mean_top_prob": round(float(wev.probs[~has_evidence].max(1).mean()), 3),
+            "with_evidence_mean_top_prob": round(float(wev.probs[has_evidence].max(1).mean()), 3),
             "eval_s": round(time.perf_counter() - t, 1),
         }
     print(json.dumps({
