@@ -13,11 +13,13 @@ embedded with), so ``das-stream run`` and ``evaluate`` use it unchanged, embeddi
 as they arrive. The picked embeddings equal what the model computes from the pixels when the
 frames are given at the sizes the table was built from (``tests/sampler/test_frozen.py``).
 
-Corrupted variants (``data.corruption``) are embedded from the corrupted frames: the test copy
-with seed ``(corruption_seed, video index)`` exactly as :mod:`.crossval` corrupts test videos
-without a frozen backbone; with ``both``, one corrupted copy per video for training (seed + 1)
-and one for validation (seed + 2). Unlike the pixel path, training windows are drawn from that
-one corrupted realisation rather than corrupted afresh at every draw.
+Corrupted variants (``data.corruption``) are embedded from the corrupted frames, with seed
+``(corruption_seed, video index)`` exactly as :mod:`.crossval` corrupts test videos without a
+frozen backbone. Each video has this one corrupted realisation wherever it appears: with
+``both``, training and validation use it too (a fold never trains or validates on its own test
+videos, so nothing leaks; embedding a second and third copy would double the embedding time).
+Unlike the pixel path, training windows are therefore drawn from one corrupted realisation
+rather than corrupted afresh at every draw.
 """
 from __future__ import annotations
 
@@ -198,19 +200,18 @@ class FrozenVideos:
         self.backbone = {k: v.detach().cpu().clone() for k, v in classifier.backbone.state_dict().items()}
         self.weights_source = classifier.weights_source
         self.clean = embed(vs.videos)
-        self.test_bad = self.train_bad = self.val_bad = None
+        self.test_bad = self.train_bad = None
         if corruption is not None:
             self.test_bad = embed(corrupt_videos(vs.videos, corruption, seed=d.corruption_seed, ids=every))
             if d.corruption == "both":
-                self.train_bad = embed(corrupt_videos(vs.videos, corruption, seed=d.corruption_seed + 1, ids=every))
-                self.val_bad = embed(corrupt_videos(vs.videos, corruption, seed=d.corruption_seed + 2, ids=every))
+                self.train_bad = self.test_bad  # one realisation per video, wherever it appears
 
     def splits(self, run_config: ExperimentConfig, tr: np.ndarray, va: np.ndarray, te: np.ndarray, class_names) -> DatasetSplits:
         """Training windows (random draws or every runtime window), validation and test windows."""
         d, t = run_config.data, run_config.data.num_frames
         stride = d.window_stride or t
         train = (self.train_bad or self.clean).take(tr)
-        val = (self.val_bad or self.clean).take(va)
+        val = (self.train_bad or self.clean).take(va)
         if d.train_windows == "random":
             train_set = RandomEmbeddedWindows(train, t, seed=run_config.train.seed)
         elif d.train_windows == "all":
