@@ -184,6 +184,32 @@ class SampledClassifier(nn.Module):
         mask = frame_validity(x, valid).gather(1, picks.indices)
         return self.classifier(picks.frames, mask), picks
 
+    def forward_embedded(
+        self, x: torch.Tensor, emb: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, SamplerOutput]:
+        """Classify windows whose frames were embedded beforehand by this model's (frozen) backbone.
+
+        The result equals :meth:`forward` on the full-resolution window: the sampler picks from
+        ``x`` and the picked frames' embeddings are taken from ``emb`` instead of being computed.
+        Training with a frozen backbone uses it so that every frame is embedded once, not once
+        per epoch (``train.freeze_backbone``).
+
+        Args:
+            x: (B, T, C, h, w) the window at (at least) the sampler's feature resolution.
+            emb: (B, T, D) backbone embeddings of the same frames (spatial mean of the backbone's
+                feature maps, before the classifier's projection).
+            valid: (B, T) bool, False for padding.
+        """
+        if emb.dim() != 3 or emb.shape[:2] != x.shape[:2]:
+            raise SamplerError(f"embeddings must have shape (B, T, D) with (B, T)={tuple(x.shape[:2])}, got {tuple(emb.shape)}")
+        out = self.sampler.select(x if x.is_floating_point() else x.float() / 255.0, valid)
+        if torch.is_grad_enabled() and out.matrix.requires_grad:
+            picked = torch.einsum("bkt,btd->bkd", out.matrix.to(emb.dtype), emb)  # straight-through, as forward's P X
+        else:
+            picked = emb[torch.arange(emb.shape[0], device=emb.device)[:, None], out.indices]
+        mask = frame_validity(x, valid).gather(1, out.indices)
+        return self.classifier.classify(self.classifier.project(picked), mask), out
+
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """(B, num_classes) class probabilities (call ``eval()`` first for deterministic picks)."""

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..errors import DataError, ModelFileError
+from ..errors import ConfigError, DataError, ModelFileError
 from ..model import ModelConfig, SampledClassifier, build_model
 from .card import duration, padding_notes, training_meta
 from .checkpoint import CHECKPOINT_FILE, check_resume_config, prepare_run_dir
@@ -91,6 +91,9 @@ def train(
     ``resume`` (continue from its epoch checkpoint).
     """
     _set_threads(config)
+    if config.train.freeze_backbone:
+        raise ConfigError("train.freeze_backbone works with `das-stream compare --folds K` on videos only; "
+                          "drop it for `das-stream train` (or run the cross-validation)", key="train.freeze_backbone")
     if run_dir is None:
         run_dir = Path(config.train.out) / config.name / run_name(config.model.method, config.model.keep, config.train.seed)
     prepare_run_dir(Path(run_dir), overwrite=overwrite, resume=resume)
@@ -100,8 +103,13 @@ def train(
     return train_run(config, data, Path(run_dir), resume=resume)
 
 
-def train_run(config: ExperimentConfig, data: DatasetSplits, run_dir: Path, *, resume: bool = False) -> RunResult:
-    """Train one model on preloaded data and write everything into ``run_dir``."""
+def train_run(config: ExperimentConfig, data: DatasetSplits, run_dir: Path, *, resume: bool = False,
+              backbone: tuple[dict[str, torch.Tensor], str] | None = None) -> RunResult:
+    """Train one model on preloaded data and write everything into ``run_dir``.
+
+    ``backbone``: a state dict for the backbone and what it holds (``"imagenet"``, ``"none"``,
+    a path), loaded instead of ``model.backbone_weights`` (the frozen backbone the data was
+    embedded with, :mod:`.frozen`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (run_dir / "train.log").unlink(missing_ok=True)
@@ -109,7 +117,10 @@ def train_run(config: ExperimentConfig, data: DatasetSplits, run_dir: Path, *, r
     device = resolve_device(config.train.device)
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     seed_everything(config.train.seed)
-    model = build_model(model_config(config, data))
+    model = build_model(model_config(config, data), load_backbone_weights=backbone is None)
+    if backbone is not None:
+        model.classifier.backbone.load_state_dict(backbone[0])
+        model.classifier.weights_source = backbone[1]
     # Record the weights the backbone actually holds ("none" when "auto" fell back to random init).
     model.config = mc = dataclasses.replace(model.config, backbone_weights=model.classifier.weights_source)
     model.meta = training_meta(config, data, model, requested_weights=config.model.backbone_weights)

@@ -150,6 +150,9 @@ class TrainSettings:
         bn_momentum: the EMA momentum for ``bn_stats: ema``; 0 keeps each layer's own (0.01 in
             MobileNetV3).
         eval_batch_size: batch size for validation and test.
+        freeze_backbone: keep the backbone's (pretrained) weights fixed and embed every frame
+            once; only the sampler, pooling and head learn (``compare --folds`` on videos;
+            see sampler/training/frozen.py).
         out: folder for run outputs.
         progress: show a progress bar per epoch.
     """
@@ -165,6 +168,7 @@ class TrainSettings:
     bn_stats: str = "epoch"
     bn_momentum: float = 0.1
     eval_batch_size: int = 64
+    freeze_backbone: bool = False
     out: str = "runs"
     progress: bool = True
 
@@ -352,6 +356,8 @@ def _validate(c: ExperimentConfig, where: _Origin) -> None:
     need(len(g.methods) > 0 and len(g.seeds) > 0 and len(g.keeps) > 0, "grid", "needs at least one method, seed and keep")
     for key, method in [("model.method", m.method), *(("grid.methods", x) for x in g.methods)]:
         _check_model(m, method, d.num_frames, key, where)
+    need(not t.freeze_backbone or (d.kind == "videos" and d.folds >= 2), "train.freeze_backbone",
+         "works with compare --folds on videos only (data.kind videos, data.folds >= 2); set it to false")
     need(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
     need(t.patience >= 1, "train.patience", f"must be >= 1, got {t.patience}")
     need(t.batch_size >= 1 and t.eval_batch_size >= 1, "train.batch_size", "must be >= 1")

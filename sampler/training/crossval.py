@@ -39,6 +39,7 @@ from .config import DataConfig, ExperimentConfig
 from .corruptions import StreamCorruption, corrupt_videos
 from .datasets import ClipSet, DatasetSplits, load_medmnist3d
 from .folds import fold_splits, groups_from_regex
+from .frozen import FrozenVideos, evaluate_embedded_videos
 from ..settings import resolve_device
 from .loop import evaluate
 from .paired import paired_markdown, paired_table, write_paired_csv, write_summary_with_diffs
@@ -142,7 +143,9 @@ def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) 
         splits = fold_splits(labels, folds=d.folds, seed=d.split_seed, groups=groups, val_fraction=d.split[1] / (d.split[0] + d.split[1]))
         progress(f"{d.folds} folds over {len(labels)} videos in {len(set(groups.tolist()))} groups; video-level test, "
                  f"T={d.num_frames} stride={_stride(config)} train_windows={d.train_windows} corruption={d.corruption}")
+        frozen = FrozenVideos(config, vs, corruption, progress, resolve_device(config.train.device)) if config.train.freeze_backbone else None
     else:
+        frozen = None
         base = load_medmnist3d(d.path, class_names=d.classes) if d.kind == "medmnist3d" else None
         if base is None:
             raise DataError(f"--folds needs data.kind videos or medmnist3d, got {d.kind}; drop --folds for synthetic data")
@@ -168,7 +171,11 @@ def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) 
                     continue
             progress(f"[{i}/{total}] fold{f}/{run_dir.name} (after {(time.perf_counter() - start) / 60:.1f} min)")
             run_config = config.replace(model={"method": method, "keep": keep}, train={"seed": seed})
-            if d.kind == "videos":
+            if d.kind == "videos" and frozen is not None:
+                r, corr = _frozen_run(run_config, frozen, (tr, va, te), class_names, run_dir, f)
+                if corr is not None:
+                    corrupted.append(corr)
+            elif d.kind == "videos":
                 train_v = vs.take(tr)
                 val_v, test_v = vs.take(va), vs.take(te)
                 train_corr = corruption if d.corruption == "both" else None
@@ -210,6 +217,29 @@ def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) 
     if corrupted:
         _write_summaries(config, corrupted, out, suffix="-corrupted", progress=progress)
     return rows
+
+
+def _frozen_run(run_config: ExperimentConfig, frozen: FrozenVideos, split, class_names, run_dir: Path, fold: int):
+    """One run with a frozen backbone: train on the embedded windows, score the test videos
+    (clean and, when configured, corrupted) at video level."""
+    tr, va, te = split
+    r = train_run(run_config, frozen.splits(run_config, tr, va, te, class_names), run_dir, backbone=(frozen.backbone, frozen.weights_source))
+    model = SampledClassifier.load(run_dir / MODEL_FILE, map_location=resolve_device(run_config.train.device))
+    stride, corr = _stride(run_config), None
+    for variant in (frozen.clean, frozen.test_bad):
+        if variant is None:
+            continue
+        test = variant.take(te)
+        ev = evaluate_embedded_videos(model, test, window=run_config.data.num_frames, stride=stride,
+                                      device=resolve_device(run_config.train.device), batch_size=run_config.train.eval_batch_size)
+        scored = dataclasses.replace(r, fold=fold, test=ev.scores, window_test=ev.window_scores)
+        if variant is frozen.clean:
+            r = scored
+            _write_video_predictions(run_dir / "video-predictions-test.csv", (None, None, test.names), ev, class_names)
+        else:
+            corr = scored
+            corr.save(run_dir / CORRUPTED_RESULT)
+    return r, corr
 
 
 def _video_eval(model, videos_labels_names, config: ExperimentConfig):

@@ -114,8 +114,17 @@ def batch_to_device(
     batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """uint8 (B, T, 1, H, W) frames become float in [0, 1] on ``device``."""
-    x, valid, y = batch
+    x, valid, y = batch[0], batch[-2], batch[-1]
     return x.to(device, non_blocking=True).float().div_(255.0), valid.to(device), y.to(device)
+
+
+def forward_batch(model: SampledClassifier, batch: tuple[torch.Tensor, ...], device: torch.device):
+    """``model``'s (logits, picks) for a batch of ``(x, valid, y)``, or of ``(x, emb, valid, y)``
+    from a set of pre-embedded windows (:mod:`.frozen`); also returns ``y`` on ``device``."""
+    x, valid, y = batch_to_device(batch, device)
+    if len(batch) == 4:
+        return (*model.forward_embedded(x, batch[1].to(device, non_blocking=True).float(), valid), y)
+    return (*model(x, valid), y)
 
 
 @torch.inference_mode()
@@ -133,8 +142,7 @@ def evaluate(
     weight = None if weight is None else weight.to(device)
     total, probs, indices = 0.0, [], []
     for batch in loader:
-        x, valid, y = batch_to_device(batch, device)
-        logits, out = model(x, valid)
+        logits, out, y = forward_batch(model, batch, device)
         total += F.cross_entropy(logits.float(), y, weight=weight, reduction="sum").item()
         probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         indices.append(out.indices.cpu().numpy())
@@ -200,8 +208,7 @@ def fit(
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr, disable=not settings.progress or not sys.stderr.isatty())
         for batch in bar:
-            x, valid, y = batch_to_device(batch, device)
-            logits, _ = model(x, valid)
+            logits, _, y = forward_batch(model, batch, device)
             loss = F.cross_entropy(logits, y, weight=weight_dev)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from training_help import write_config, write_npz, write_video
+from training_help import write_config, write_npz, write_video, write_video_index
 
 from sampler.errors import ConfigError, DataError
 from sampler.training.corruptions import KINDS, StreamCorruption, blur, corrupt_videos, frozen, gain, lost_contact, noise
@@ -183,26 +183,8 @@ def test_corruption_options_are_checked():
 # --- compare --folds through the CLI -----------------------------------------------------------
 
 
-def _video_index(tmp_path):
-    folder = tmp_path / "videos"
-    folder.mkdir()
-    rows = []
-    for i in range(12):
-        label = ["dark", "bright"][i % 2]
-        base = 40 if label == "dark" else 180
-        name = f"{label}_pat{i // 2}_clip{i}.mp4"  # two videos per patient, one of each class
-        write_video(folder / name, [base + (j % 3) * 5 for j in range(10 + i)], fps=10, size=(16, 16))
-        rows.append((f"videos/{name}", label))
-    index = tmp_path / "index.csv"
-    with index.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label"])
-        w.writerows(rows)
-    return index
-
-
 def test_compare_two_folds_video_level_with_groups_and_corruption(tmp_path, capsys):
-    index = _video_index(tmp_path)
+    index = write_video_index(tmp_path)
     config = write_config(tmp_path / "v.yaml", {
         "kind": "videos", "path": str(index), "label_column": "label", "classes": ["dark", "bright"], "fps": 10, "size": 16,
         "num_frames": 4, "group_regex": r"(pat\d+)", "train_windows": "random", "window_stride": 2,

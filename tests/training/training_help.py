@@ -4,9 +4,11 @@
   labels (N, 1)) where class 1 volumes carry a bright cube on a few slices.
 - ``write_video``: a gray clip encoded with PyAV (mpeg4 in mp4), frame i flat at a given level.
 - ``write_config``: an experiment YAML.
+- ``write_video_index``: a CSV index of 12 small videos of two classes and six patients.
 """
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +65,23 @@ def write_config(path: Path, data: dict[str, Any], **sections: dict[str, Any]) -
         config[name] = {**config.get(name, {}), **values}
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def write_video_index(tmp_path: Path) -> Path:
+    """12 gray videos (10-21 frames, 16 px, 10 fps) of two classes, two per patient
+    (``<label>_pat<p>_clip<i>.mp4``, one of each class), and their CSV index ``index.csv``."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    rows = []
+    for i in range(12):
+        label = ["dark", "bright"][i % 2]
+        base = 40 if label == "dark" else 180
+        name = f"{label}_pat{i // 2}_clip{i}.mp4"  # two videos per patient, one of each class
+        write_video(folder / name, [base + (j % 3) * 5 for j in range(10 + i)], fps=10, size=(16, 16))
+        rows.append((f"videos/{name}", label))
+    index = tmp_path / "index.csv"
+    with index.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows(rows)
+    return index
