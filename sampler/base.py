@@ -31,6 +31,16 @@ class SamplerOutput:
     indices: torch.Tensor
     frames: torch.Tensor | None = None
 
+    def pick(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) per-frame values (frames, embeddings) -> (B, k, ...) of the picked frames.
+
+        With a gradient to carry it is P @ values (the hard rows pick, the soft relaxation carries
+        the gradient); otherwise the same rows by index, without the dense product.
+        """
+        if torch.is_grad_enabled() and self.matrix.requires_grad:
+            return torch.einsum("bkt,bt...->bk...", self.matrix.to(values.dtype), values)
+        return values[torch.arange(values.shape[0], device=values.device)[:, None], self.indices]
+
 
 def check_window(x: torch.Tensor, num_frames: int, valid: torch.Tensor | None = None) -> None:
     """Raise SamplerError with a clear message when ``x``/``valid`` do not fit a sampler of T frames."""
@@ -81,10 +91,5 @@ class Sampler(nn.Module):
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
         out = self.select(x, valid)
-        xf = x if x.is_floating_point() else x.float().div_(255.0)
-        if torch.is_grad_enabled() and out.matrix.requires_grad:
-            # P X: the hard rows pick the frames, the soft relaxation carries the gradient.
-            frames = torch.einsum("bkt,btchw->bkchw", out.matrix.to(xf.dtype), xf)
-        else:  # no gradient needed: the same frames by index, without the dense product
-            frames = xf[torch.arange(xf.shape[0], device=xf.device)[:, None], out.indices]
+        frames = out.pick(x if x.is_floating_point() else x.float().div_(255.0))
         return SamplerOutput(matrix=out.matrix, indices=out.indices, frames=frames)

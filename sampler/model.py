@@ -203,12 +203,8 @@ class SampledClassifier(nn.Module):
         if emb.dim() != 3 or emb.shape[:2] != x.shape[:2]:
             raise SamplerError(f"embeddings must have shape (B, T, D) with (B, T)={tuple(x.shape[:2])}, got {tuple(emb.shape)}")
         out = self.sampler.select(x if x.is_floating_point() else x.float() / 255.0, valid)
-        if torch.is_grad_enabled() and out.matrix.requires_grad:
-            picked = torch.einsum("bkt,btd->bkd", out.matrix.to(emb.dtype), emb)  # straight-through, as forward's P X
-        else:
-            picked = emb[torch.arange(emb.shape[0], device=emb.device)[:, None], out.indices]
         mask = frame_validity(x, valid).gather(1, out.indices)
-        return self.classifier.classify(self.classifier.project(picked), mask), out
+        return self.classifier.classify(self.classifier.project(out.pick(emb)), mask), out
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:

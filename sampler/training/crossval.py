@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import DataError
 from ..model import SampledClassifier
@@ -44,7 +43,7 @@ from ..settings import resolve_device
 from .loop import evaluate
 from .paired import paired_markdown, paired_table, write_paired_csv, write_summary_with_diffs
 from .report import RunResult, SummaryRow, markdown_table, plot_auc, summarize
-from .video_eval import cut_windows, evaluate_videos, load_whole_videos, windows_of_videos
+from .video_eval import RandomWindowSet, cut_windows, evaluate_videos, load_whole_videos, windows_of_videos
 
 CORRUPTED_RESULT = "result-corrupted.json"
 
@@ -63,51 +62,6 @@ def _groups(config: DataConfig, names: Sequence[str]) -> np.ndarray:
         by_name = {(r[config.path_column] or "").strip(): (r[config.group_column] or "").strip() for r in rows}
         return np.array([by_name.get(n) or f"<{n}>" for n in names], dtype=object)
     return np.array([f"<{n}>" for n in names], dtype=object)
-
-
-class RandomWindowSet(torch.utils.data.Dataset):
-    """Training clips: each visit of a video draws one T-frame window from anywhere in it
-    (seeded), optionally corrupted. Same interface as :class:`ClipSet` for the training loop."""
-
-    def __init__(self, videos: list[np.ndarray], labels: np.ndarray, names: tuple[str, ...], num_frames: int, *,
-                 seed: int, corruption: StreamCorruption | None = None) -> None:
-        self.videos, self.labels, self.names = videos, np.asarray(labels), names
-        self._t = num_frames
-        self.rng = np.random.default_rng([seed, 11])
-        self.corruption = corruption
-
-    @property
-    def num_frames(self) -> int:
-        return self._t
-
-    @property
-    def x(self) -> np.ndarray:
-        """(N, T, H, W): each video's first window (what the model card's size and data
-        fingerprint read; training draws other windows)."""
-        return self._first()[0]
-
-    @property
-    def valid(self) -> np.ndarray:
-        return self._first()[1]
-
-    def _first(self) -> tuple[np.ndarray, np.ndarray]:
-        if not hasattr(self, "_first_windows"):
-            cuts = [cut_windows(v[: self._t], self._t, self._t) for v in self.videos]
-            self._first_windows = (np.stack([c[0][0] for c in cuts]), np.stack([c[1][0] for c in cuts]))
-        return self._first_windows
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        frames = self.videos[i]
-        start = int(self.rng.integers(0, max(0, len(frames) - self._t) + 1))
-        x, valid = cut_windows(frames[start : start + self._t], self._t, self._t)
-        x, valid = x[0], valid[0]
-        if self.corruption is not None:
-            n = int(valid.sum())
-            x[:n] = self.corruption(x[:n], self.rng)
-        return torch.from_numpy(np.ascontiguousarray(x)[:, None]), torch.from_numpy(valid), int(self.labels[i])
 
 
 def _train_clips(config: ExperimentConfig, videos, labels, names, corruption: StreamCorruption | None):
@@ -191,7 +145,7 @@ def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) 
                 model = SampledClassifier.load(run_dir / MODEL_FILE, map_location=resolve_device(config.train.device))
                 ev = _video_eval(model, test_v, run_config)
                 r = dataclasses.replace(r, fold=f, test=ev.scores, window_test=ev.window_scores)
-                _write_video_predictions(run_dir / "video-predictions-test.csv", test_v, ev, class_names)
+                _write_video_predictions(run_dir / "video-predictions-test.csv", test_v[2], ev, class_names)
                 if corruption is not None:
                     bad = corrupt_videos(test_v[0], corruption, seed=d.corruption_seed, ids=te.tolist())
                     evc = _video_eval(model, (bad, *test_v[1:]), run_config)
@@ -235,7 +189,7 @@ def _frozen_run(run_config: ExperimentConfig, frozen: FrozenVideos, split, class
         scored = dataclasses.replace(r, fold=fold, test=ev.scores, window_test=ev.window_scores)
         if variant is frozen.clean:
             r = scored
-            _write_video_predictions(run_dir / "video-predictions-test.csv", (None, None, test.names), ev, class_names)
+            _write_video_predictions(run_dir / "video-predictions-test.csv", test.names, ev, class_names)
         else:
             corr = scored
             corr.save(run_dir / CORRUPTED_RESULT)
@@ -248,11 +202,11 @@ def _video_eval(model, videos_labels_names, config: ExperimentConfig):
                            device=resolve_device(config.train.device), batch_size=config.train.eval_batch_size, names=names)
 
 
-def _write_video_predictions(path: Path, test_v, ev, class_names) -> None:
+def _write_video_predictions(path: Path, names: Sequence[str], ev, class_names) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["video", "label", "predicted", "windows", *(f"p_{c}" for c in class_names)])
-        for name, label, probs, n in zip(test_v[2], ev.labels, ev.probs, ev.windows_per_video):
+        for name, label, probs, n in zip(names, ev.labels, ev.probs, ev.windows_per_video):
             w.writerow([name, class_names[label], class_names[int(probs.argmax())], int(n), *(f"{p:.4f}" for p in probs)])
 
 

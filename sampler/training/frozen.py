@@ -39,7 +39,7 @@ from .corruptions import StreamCorruption, corrupt_videos
 from .datasets import DatasetSplits, _write_atomic
 from .loop import evaluate
 from .metrics import classification_scores
-from .video_eval import VideoEvaluation, VideoSet, aggregate_video_probs, cut_windows, windows_of_videos
+from .video_eval import RandomWindowSet, VideoEvaluation, VideoSet, aggregate_video_probs, cut_windows, windows_of_videos
 
 
 @torch.inference_mode()
@@ -93,9 +93,8 @@ def embed_videos(
     digest.update(f"{classifier.backbone_name}|{classifier.input_size}|v1".encode())
     cache = None if cache_dir is None else Path(cache_dir).expanduser() / f"emb-{digest.hexdigest()[:16]}.npz"
     lengths = np.array([len(v) for v in videos])
-    if cache is not None and cache.is_file():
-        with np.load(cache, allow_pickle=False) as npz:
-            table = npz["emb"]
+    table = _read_table(cache, int(lengths.sum()), log) if cache is not None and cache.is_file() else None
+    if table is not None:
         log(f"frame embeddings read from {cache}")
     else:
         frames = np.concatenate(videos) if videos else np.zeros((0, 1, 1), np.uint8)
@@ -106,6 +105,20 @@ def embed_videos(
     emb = np.split(table, np.cumsum(lengths)[:-1]) if len(videos) else []
     small = [shrink(v, feature_size) for v in videos]
     return EmbeddedVideos(small, list(emb), np.asarray(labels), tuple(names))
+
+
+def _read_table(cache: Path, rows: int, log: Callable[[str], None]) -> np.ndarray | None:
+    """The cached table, or None (logged) when the file is unreadable or does not fit the videos."""
+    try:
+        with np.load(cache, allow_pickle=False) as npz:
+            table = npz["emb"]
+    except Exception as exc:  # a damaged or foreign file: embed again and overwrite it
+        log(f"embedding cache {cache} is unreadable ({type(exc).__name__}: {exc}); embedding again")
+        return None
+    if table.ndim != 2 or len(table) != rows:
+        log(f"embedding cache {cache} holds {table.shape} rows for {rows} frames; embedding again")
+        return None
+    return table
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,32 +150,6 @@ def embedded_windows(ev: EmbeddedVideos, window: int, stride: int) -> tuple[Embe
     clips, owner = windows_of_videos(ev.small, ev.labels, ev.names, window, stride)
     emb = np.concatenate([cut_windows(e, window, stride)[0] for e in ev.emb])
     return EmbeddedClipSet(clips.x, emb, clips.valid, clips.labels, clips.names), owner
-
-
-class RandomEmbeddedWindows(torch.utils.data.Dataset):
-    """Training windows: each visit of a video draws one T-frame window from anywhere in it
-    (seeded, the same draws as :class:`.crossval.RandomWindowSet`), with its embeddings."""
-
-    def __init__(self, ev: EmbeddedVideos, num_frames: int, *, seed: int) -> None:
-        self.ev, self.labels, self.names, self._t = ev, np.asarray(ev.labels), ev.names, num_frames
-        self.rng = np.random.default_rng([seed, 11])
-        first = [cut_windows(v[:num_frames], num_frames, num_frames) for v in ev.small]
-        self.x = np.stack([c[0][0] for c in first])  # each video's first window (for the model card)
-        self.valid = np.stack([c[1][0] for c in first])
-
-    @property
-    def num_frames(self) -> int:
-        return self._t
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        small, emb, t = self.ev.small[i], self.ev.emb[i], self._t
-        start = int(self.rng.integers(0, max(0, len(small) - t) + 1))
-        x, valid = cut_windows(small[start : start + t], t, t)
-        e = cut_windows(emb[start : start + t], t, t)[0]
-        return torch.from_numpy(x[0][:, None]), torch.from_numpy(e[0]), torch.from_numpy(valid[0]), int(self.labels[i])
 
 
 def evaluate_embedded_videos(
@@ -213,7 +200,7 @@ class FrozenVideos:
         train = (self.train_bad or self.clean).take(tr)
         val = (self.train_bad or self.clean).take(va)
         if d.train_windows == "random":
-            train_set = RandomEmbeddedWindows(train, t, seed=run_config.train.seed)
+            train_set = RandomWindowSet(train.small, train.labels, train.names, t, seed=run_config.train.seed, embeddings=train.emb)
         elif d.train_windows == "all":
             train_set = embedded_windows(train, t, stride)[0]
         else:

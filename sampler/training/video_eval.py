@@ -23,6 +23,7 @@ import torch
 
 from ..model import SampledClassifier
 from .config import DataConfig
+from .corruptions import StreamCorruption
 from .datasets import ClipSet, VideoEntry, _write_atomic, decode_frames, read_video_index
 from .loop import evaluate
 from .metrics import Scores, classification_scores
@@ -132,6 +133,61 @@ def evaluate_videos(
         labels=labels,
         windows_per_video=np.bincount(owner, minlength=len(videos)),
     )
+
+
+class RandomWindowSet(torch.utils.data.Dataset):
+    """Training clips: each visit of a video draws one T-frame window from anywhere in it
+    (seeded), optionally corrupted. Same interface as :class:`ClipSet` for the training loop.
+
+    With ``embeddings`` (one (N_i, D) array per video, :mod:`.frozen`) an item is
+    ``(x, emb, valid, label)``: the window's frames and their embedding rows."""
+
+    def __init__(self, videos: list[np.ndarray], labels: np.ndarray, names: tuple[str, ...], num_frames: int, *,
+                 seed: int, corruption: StreamCorruption | None = None, embeddings: list[np.ndarray] | None = None) -> None:
+        if corruption is not None and embeddings is not None:
+            raise ValueError("pre-embedded windows cannot be corrupted afresh; embed a corrupted copy instead")
+        self.videos, self.labels, self.names = videos, np.asarray(labels), names
+        self._t = num_frames
+        self.rng = np.random.default_rng([seed, 11])
+        self.corruption = corruption
+        self.embeddings = embeddings
+
+    @property
+    def num_frames(self) -> int:
+        return self._t
+
+    @property
+    def x(self) -> np.ndarray:
+        """(N, T, H, W): each video's first window (what the model card's size and data
+        fingerprint read; training draws other windows)."""
+        return self._first()[0]
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self._first()[1]
+
+    def _first(self) -> tuple[np.ndarray, np.ndarray]:
+        if not hasattr(self, "_first_windows"):
+            cuts = [cut_windows(v[: self._t], self._t, self._t) for v in self.videos]
+            self._first_windows = (np.stack([c[0][0] for c in cuts]), np.stack([c[1][0] for c in cuts]))
+        return self._first_windows
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        frames, t = self.videos[i], self._t
+        start = int(self.rng.integers(0, max(0, len(frames) - t) + 1))
+        x, valid = cut_windows(frames[start : start + t], t, t)
+        x, valid = x[0], valid[0]
+        if self.corruption is not None:
+            n = int(valid.sum())
+            x[:n] = self.corruption(x[:n], self.rng)
+        x_t, valid_t, label = torch.from_numpy(np.ascontiguousarray(x)[:, None]), torch.from_numpy(valid), int(self.labels[i])
+        if self.embeddings is None:
+            return x_t, valid_t, label
+        emb = cut_windows(self.embeddings[i][start : start + t], t, t)[0][0]
+        return x_t, torch.from_numpy(emb), valid_t, label
 
 
 # --- whole videos --------------------------------------------------------------------------

@@ -15,13 +15,12 @@ from training_help import write_config, write_video_index
 from sampler.model import ModelConfig, SampledClassifier, build_model
 from sampler.training.frozen import (
     EmbeddedVideos,
-    RandomEmbeddedWindows,
     embed_frames,
     embed_videos,
     embedded_windows,
     shrink,
 )
-from sampler.training.video_eval import evaluate_videos, windows_of_videos
+from sampler.training.video_eval import RandomWindowSet, evaluate_videos, windows_of_videos
 from streamer.cli import main
 
 
@@ -104,15 +103,24 @@ def test_random_embedded_windows_carry_the_rows_of_their_frames():
     model = _model("das")
     videos = [_frames(30, seed=1), _frames(6, seed=2)]
     ev = embed_videos(videos, np.array([0, 1]), ["a", "b"], classifier=model.classifier, feature_size=16)
-    ds = RandomEmbeddedWindows(ev, 8, seed=3)
+    ds = RandomWindowSet(ev.small, ev.labels, ev.names, 8, seed=3, embeddings=ev.emb)
     for _ in range(5):
         x, emb, valid, label = ds[0]
         start = next(s for s in range(23) if np.array_equal(videos[0][s : s + 8], x[:, 0].numpy()))
         assert np.array_equal(emb.numpy(), ev.emb[0][start : start + 8]) and bool(valid.all()) and label == 0
     x, emb, valid, label = ds[1]  # shorter than T: padded, masked
     assert valid.tolist() == [True] * 6 + [False] * 2 and not emb[6:].any() and label == 1
-    one, two = RandomEmbeddedWindows(ev, 8, seed=3), RandomEmbeddedWindows(ev, 8, seed=3)
+    one, two = (RandomWindowSet(ev.small, ev.labels, ev.names, 8, seed=3, embeddings=ev.emb) for _ in range(2))
     assert all(torch.equal(one[0][1], two[0][1]) for _ in range(4))  # the same seed draws the same windows
+
+
+def test_pre_embedded_windows_cannot_be_corrupted_afresh():
+    from sampler.training.corruptions import StreamCorruption
+
+    videos = [_frames(10)]
+    with pytest.raises(ValueError, match="embed a corrupted copy"):
+        RandomWindowSet(videos, np.array([0]), ("a",), 8, seed=0, corruption=StreamCorruption.from_options({}),
+                        embeddings=[np.zeros((10, 4), np.float32)])
 
 
 def test_the_embedding_table_is_cached_by_content(tmp_path):
@@ -127,6 +135,12 @@ def test_the_embedding_table_is_cached_by_content(tmp_path):
     other[0][0, 0, 0] ^= 1
     embed_videos(other, np.array([0]), ["a"], classifier=model.classifier, feature_size=16, cache_dir=tmp_path, log=lines.append)
     assert "embedding 6 frames" in lines[2] and len(list(tmp_path.glob("emb-*.npz"))) == 2
+    # a damaged cache file is reported and replaced, not trusted
+    for broken in tmp_path.glob("emb-*.npz"):
+        broken.write_bytes(b"PK\x03\x04 not a zip")
+    lines.clear()
+    again = embed_videos(videos, np.array([0]), ["a"], classifier=model.classifier, feature_size=16, cache_dir=tmp_path, log=lines.append)
+    assert "unreadable" in lines[0] and "embedding 6 frames" in lines[1] and np.array_equal(again.emb[0], first.emb[0])
 
 
 def test_compare_folds_with_a_frozen_backbone_matches_the_pixel_path(tmp_path):
