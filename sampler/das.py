@@ -22,6 +22,13 @@ noise all rows share one argmax and eval mode returns the same frame k times. By
 therefore selects without replacement: row j's logits mask the frames that rows < j picked
 (the DPS top-k relaxation), so the k picks are distinct, and in eval mode (no noise) they are
 exactly the top-k frames of a_base. ``paper_exact=True`` keeps the literal formulation.
+
+``selection="segments"`` (not in the paper) trades some freedom for coverage: the window is cut
+into k equal segments (frame t belongs to segment floor(t k / T)) and row j picks one frame of
+segment j (Gumbel-softmax over that segment's frames in training, the argmax of a_base within the
+segment at inference). The picks then cover the window as Uniform's do, while which frame of
+each segment is picked stays input-adaptive (e.g. the one frame of a segment that is not black
+or frozen). Top-k of a per-frame score, the default, may instead pick k neighbouring frames.
 """
 from __future__ import annotations
 
@@ -107,6 +114,8 @@ class DASSampler(Sampler):
             ``both`` (concatenated).
         paper_exact: pick each row independently as the paper writes it (picks may repeat and
             do repeat in eval mode); the default picks without replacement.
+        selection: ``top_k`` (the k best frames anywhere in the window, the default) or
+            ``segments`` (the best frame of each of k equal segments; see the module docstring).
     """
 
     def __init__(
@@ -120,6 +129,7 @@ class DASSampler(Sampler):
         tau0: float = 1.0,
         paper_exact: bool = False,
         features: str = "hand",
+        selection: str = "top_k",
     ) -> None:
         super().__init__(num_frames, k)
         if heads < 1:
@@ -128,7 +138,15 @@ class DASSampler(Sampler):
             raise SamplerError(f"DAS tau0 must be positive, got tau0={tau0}; use e.g. tau0=1.0")
         if features not in ("hand", "learned", "both"):
             raise SamplerError(f"DAS features must be hand, learned or both, got {features!r}")
+        if selection not in ("top_k", "segments"):
+            raise SamplerError(f"DAS selection must be top_k or segments, got {selection!r}")
+        if selection == "segments" and paper_exact:
+            raise SamplerError("DAS selection='segments' picks one frame per segment; it cannot be combined with paper_exact=True")
         self.features = features
+        self.selection = selection
+        # (k, T) True where frame t lies outside segment j (used by selection="segments")
+        segment = torch.arange(num_frames) * k // num_frames
+        self.register_buffer("outside_segment", segment.unsqueeze(0) != torch.arange(k).unsqueeze(1), persistent=False)
         self.describe = FrameDescriptor(feature_size=feature_size)
         self.learned = LearnedDescriptor() if features != "hand" else None
         if self.learned is not None:
@@ -178,6 +196,11 @@ class DASSampler(Sampler):
         return self._select(self.attention_from_features(raw, usable))
 
     def _select(self, att: DASAttention) -> SamplerOutput:
+        if self.selection == "segments":
+            logits = att.scores + gumbel_like(att.scores) if self.training else att.scores
+            scaled = penalize_invalid(logits / att.tau[:, None, None], ~att.valid)
+            matrix, indices = select_independent(scaled.masked_fill(self.outside_segment, float("-inf")))
+            return SamplerOutput(matrix=matrix, indices=indices)  # segment j precedes segment j + 1
         if not (self.training or self.paper_exact or att.scores.requires_grad):
             # Inference: every row of A ranks the frames as a_base does (positive scales, no
             # noise), so the k rows' picks without replacement are the top k of a_base, with

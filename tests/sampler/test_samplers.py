@@ -207,3 +207,80 @@ def test_das_inference_shortcut_picks_what_the_row_by_row_selection_picks(padded
     assert all(len(set(row)) == k for row in fast.indices.tolist())
     if padded <= t - k:
         assert (fast.indices < t - padded).all()  # enough real frames: no padding picked
+
+
+def _segments(t: int, k: int) -> list[list[int]]:
+    """The frames of each of k equal segments of T, by hand: frame i belongs to floor(i k / T)."""
+    return [[i for i in range(t) if (i * k) // t == j] for j in range(k)]
+
+
+def test_segments_by_hand():
+    assert _segments(13, 4) == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]
+    assert _segments(32, 4)[1] == list(range(8, 16))
+
+
+@pytest.mark.parametrize("t,k", [(16, 4), (13, 4), (32, 8), (9, 9)])
+def test_das_segments_eval_picks_the_best_frame_of_each_segment(t, k):
+    x = window(3, t, seed=11)
+    torch.manual_seed(0)
+    das = DASSampler(num_frames=t, k=k, selection="segments").eval()
+    out = das(x)
+    base = das.attention(x).base
+    expected = [[max(seg, key=lambda i: base[b, i].item()) for seg in _segments(t, k)] for b in range(3)]
+    assert out.indices.tolist() == expected
+    rows = torch.arange(3)[:, None]
+    assert torch.allclose(out.frames, x[rows, out.indices])
+    # the same weights with the default rule pick the top k of a_base anywhere in the window
+    top = DASSampler(num_frames=t, k=k).eval()
+    top.load_state_dict(das.state_dict())
+    assert torch.equal(top(x).indices, base.topk(k, dim=1).indices.sort(dim=1).values)
+
+
+def test_das_segments_train_mode_keeps_one_pick_per_segment_and_varies_within():
+    t, k = 16, 4
+    x = window(2, t, seed=12)
+    torch.manual_seed(0)
+    das = DASSampler(num_frames=t, k=k, selection="segments").train()
+    seen = set()
+    for _ in range(30):
+        out = das(x)
+        for row in out.indices.tolist():
+            assert [(i * k) // t for i in row] == list(range(k))
+            seen.add(tuple(row))
+    assert len(seen) > 3  # Gumbel noise explores within the segments
+
+
+def test_das_segments_avoid_invalid_frames_within_a_segment_and_train_end_to_end():
+    t, k = 12, 3
+    x = window(2, t, seed=13)
+    valid = torch.ones(2, t, dtype=torch.bool)
+    valid[:, [0, 1, 2, 4, 5, 6, 7]] = False  # segment 0 keeps frame 3, segment 1 nothing valid, segment 2 all
+    x[0, [0, 1, 2]] = 0  # lost contact: black frames
+    torch.manual_seed(0)
+    das = DASSampler(num_frames=t, k=k, selection="segments")
+    for training in (True, False):
+        das.train(training)
+        for _ in range(5):
+            idx = das(x, valid).indices
+            assert idx[:, 0].tolist() == [3, 3]  # the one valid frame of segment 0
+            assert all(4 <= i <= 7 for i in idx[:, 1].tolist())  # no valid frame: still segment 1's
+            assert valid.gather(1, idx[:, 2:]).all()
+    das.train()
+    target = torch.randn(2, k, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    ((das(x, valid).frames - target) ** 2).mean().backward()
+    assert das.base[0].weight.grad.abs().sum() > 0
+    assert all(torch.isfinite(p.grad).all() for p in das.parameters() if p.grad is not None)
+
+
+def test_das_segments_from_features_and_misuse():
+    from sampler.features import frame_features, frame_validity
+
+    x = window(2, 16, seed=14)
+    torch.manual_seed(0)
+    das = DASSampler(num_frames=16, k=4, selection="segments", feature_size=24).eval()
+    raw = frame_features(x, 24)
+    assert torch.equal(das.select_features(raw, frame_validity(x)).indices, das(x).indices)
+    with pytest.raises(SamplerError, match="selection must be top_k or segments"):
+        DASSampler(num_frames=16, k=4, selection="stratified")
+    with pytest.raises(SamplerError, match="paper_exact"):
+        DASSampler(num_frames=16, k=4, selection="segments", paper_exact=True)

@@ -1,0 +1,106 @@
+"""Where do the samplers pick? An audit of trained cross-validation runs on corrupted test videos.
+
+For every run folder given (``compare --folds`` output: ``OUT/foldF/METHOD-keepK-seedS``), the
+test videos of that fold (its ``video-predictions-test.csv``) are corrupted exactly as the
+cross-validation corrupted them (``data.corruption_seed``, one generator per video index), cut
+into the runtime windows (T, stride), and the run's sampler picks from each window at the
+sampler's feature resolution (eval mode, as the test scores were computed). Every picked frame is
+put in one class, by comparing the corrupted video with the clean one:
+
+- ``black``: lost contact (the frame changed and is near-black, max grey level <= 4);
+- ``repeat``: a frozen frame (changed, and equal to the previous corrupted frame);
+- ``other``: any other change (gain, noise, blur);
+- ``clean``: unchanged.
+
+It prints, per method and keep (summed over the folders given), the share of picks in each class
+next to the share of all window frames in each class (what a blind picker gets on average), and
+how far apart the picks are (mean gap between consecutive picks, in frames).
+
+    python benchmarks/pick_audit.py --config configs/train_pocus_cv_lite.yaml \
+        /work/runs/pocus-cv-lite/fold*/{uniform,das}-keep0.25-seed0 /work/runs/pocus-cv-lite-seg/fold*/das-keep0.25-seed0
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sampler.model import SampledClassifier  # noqa: E402
+from sampler.training.config import load_config  # noqa: E402
+from sampler.training.corruptions import StreamCorruption  # noqa: E402
+from sampler.training.frozen import shrink  # noqa: E402
+from sampler.training.video_eval import cut_windows, load_whole_videos  # noqa: E402
+
+CLASSES = ("black", "repeat", "other", "clean")
+
+
+def frame_classes(clean: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """(N,) index into CLASSES for each frame of a corrupted video ``bad`` (N, H, W)."""
+    changed = (clean != bad).reshape(len(bad), -1).any(axis=1)
+    black = changed & (bad.reshape(len(bad), -1).max(axis=1) <= 4)
+    repeat = np.zeros(len(bad), dtype=bool)
+    repeat[1:] = changed[1:] & (bad[1:] == bad[:-1]).reshape(len(bad) - 1, -1).all(axis=1)
+    out = np.full(len(bad), 3)
+    out[changed] = 2
+    out[repeat] = 1
+    out[black] = 0
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="the compare config the runs were made with")
+    ap.add_argument("--label", action="append", default=[], help="DIR_PREFIX=NAME: report runs under DIR_PREFIX as NAME")
+    ap.add_argument("runs", nargs="+", type=Path)
+    args = ap.parse_args()
+    config = load_config(args.config)
+    d = config.data
+    spec = StreamCorruption.from_options(d.corruption_options)
+    vs = load_whole_videos(d)
+    index = {n: i for i, n in enumerate(vs.names)}
+    labels = [tuple(s.split("=", 1)) for s in args.label]
+    t, stride = d.num_frames, d.window_stride or d.num_frames
+    counts: dict[tuple, np.ndarray] = defaultdict(lambda: np.zeros(len(CLASSES)))
+    base: dict[tuple, np.ndarray] = defaultdict(lambda: np.zeros(len(CLASSES)))
+    gaps: dict[tuple, list[float]] = defaultdict(list)
+    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for run in args.runs:
+        model = SampledClassifier.load(run / "model.pt", map_location="cpu").eval()
+        size = model.config.feature_size
+        name = next((n for p, n in labels if str(run).startswith(p)), model.config.method)
+        key = (name, round(model.config.k / model.config.num_frames, 3))
+        with (run / "video-predictions-test.csv").open() as f:
+            names = [row["video"] for row in csv.DictReader(f)]
+        for n in names:
+            i = index[n]
+            if i not in cache:
+                bad = spec(vs.videos[i], np.random.default_rng([d.corruption_seed, i]))
+                cache[i] = (shrink(bad, size), frame_classes(vs.videos[i], bad))
+            small, cls = cache[i]
+            x, valid = cut_windows(small, t, stride)
+            c, _ = cut_windows(cls, t, stride)
+            with torch.no_grad():
+                picks = model.sampler.select(torch.from_numpy(x)[:, :, None].float() / 255.0, torch.from_numpy(valid)).indices.numpy()
+            for w in range(len(x)):
+                real = picks[w][valid[w][picks[w]]]
+                counts[key] += np.bincount(c[w][real], minlength=len(CLASSES))
+                base[key] += np.bincount(c[w][valid[w]], minlength=len(CLASSES))
+                if len(real) > 1:
+                    gaps[key].append(float(np.diff(real).mean()))
+    print(f"{'sampler':<14} {'keep':>6}  " + "  ".join(f"{c:>14}" for c in CLASSES) + "  mean gap")
+    for key in sorted(counts):
+        share, rate = counts[key] / counts[key].sum(), base[key] / base[key].sum()
+        cells = "  ".join(f"{100 * s:5.1f}% ({100 * r:4.1f})" for s, r in zip(share, rate))
+        print(f"{key[0]:<14} {key[1]:>6}  {cells}  {np.mean(gaps[key]):6.2f}")
+    print("each cell: share of the picks (share of all window frames); picks counted over every test window of every run given")
+
+
+if __name__ == "__main__":
+    main()
