@@ -14,7 +14,8 @@ put in one class, by comparing the corrupted video with the clean one:
 
 It prints, per method and keep (summed over the folders given), the share of picks in each class
 next to the share of all window frames in each class (what a blind picker gets on average), and
-how far apart the picks are (mean gap between consecutive picks, in frames).
+how far apart the picks are (mean gap between consecutive picks, in frames) and how many picks
+repeat the content of another pick of the same window (``dup``: a frozen run picked twice).
 
     python benchmarks/pick_audit.py --config configs/train_pocus_cv_lite.yaml \
         /work/runs/pocus-cv-lite/fold*/{uniform,das}-keep0.25-seed0 /work/runs/pocus-cv-lite-seg/fold*/das-keep0.25-seed0
@@ -70,6 +71,7 @@ def main() -> None:
     counts: dict[tuple, np.ndarray] = defaultdict(lambda: np.zeros(len(CLASSES)))
     base: dict[tuple, np.ndarray] = defaultdict(lambda: np.zeros(len(CLASSES)))
     gaps: dict[tuple, list[float]] = defaultdict(list)
+    dups: dict[tuple, int] = defaultdict(int)
     cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for run in args.runs:
         model = SampledClassifier.load(run / "model.pt", map_location="cpu").eval()
@@ -94,11 +96,13 @@ def main() -> None:
                 base[key] += np.bincount(c[w][valid[w]], minlength=len(CLASSES))
                 if len(real) > 1:
                     gaps[key].append(float(np.diff(real).mean()))
-    print(f"{'sampler':<14} {'keep':>6}  " + "  ".join(f"{c:>14}" for c in CLASSES) + "  mean gap")
+                    picked = x[w][real].reshape(len(real), -1)
+                    dups[key] += len(real) - len(np.unique(picked, axis=0))
+    print(f"{'sampler':<14} {'keep':>6}  " + "  ".join(f"{c:>14}" for c in CLASSES) + "  mean gap    dup")
     for key in sorted(counts):
         share, rate = counts[key] / counts[key].sum(), base[key] / base[key].sum()
         cells = "  ".join(f"{100 * s:5.1f}% ({100 * r:4.1f})" for s, r in zip(share, rate))
-        print(f"{key[0]:<14} {key[1]:>6}  {cells}  {np.mean(gaps[key]):6.2f}")
+        print(f"{key[0]:<14} {key[1]:>6}  {cells}  {np.mean(gaps[key]):8.2f}  {100 * dups[key] / counts[key].sum():4.1f}%")
     print("each cell: share of the picks (share of all window frames); picks counted over every test window of every run given")
 
 

@@ -103,6 +103,22 @@ def train(
     return train_run(config, data, Path(run_dir), resume=resume)
 
 
+INIT_FIELDS = ("method", "num_frames", "k", "class_names", "feature_size", "input_size", "backbone", "sampler_kwargs", "classifier_kwargs")
+
+
+def start_from(model: SampledClassifier, path: Path) -> None:
+    """Load the weights of the model file ``path`` into ``model`` (``train.init_from``), after
+    checking that both are the same model; the backbone's source becomes the file."""
+    src = SampledClassifier.load(path, map_location="cpu")
+    for name in INIT_FIELDS:
+        mine, theirs = getattr(model.config, name), getattr(src.config, name)
+        if mine != theirs:
+            raise ConfigError(f"train.init_from: {path} has {name}={theirs!r} but this config builds {name}={mine!r}; "
+                              f"set the model section to match the file or start from another model")
+    model.load_state_dict(src.state_dict())
+    model.classifier.weights_source = str(path)
+
+
 def train_run(config: ExperimentConfig, data: DatasetSplits, run_dir: Path, *, resume: bool = False,
               backbone: tuple[dict[str, torch.Tensor], str] | None = None) -> RunResult:
     """Train one model on preloaded data and write everything into ``run_dir``.
@@ -117,10 +133,12 @@ def train_run(config: ExperimentConfig, data: DatasetSplits, run_dir: Path, *, r
     device = resolve_device(config.train.device)
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     seed_everything(config.train.seed)
-    model = build_model(model_config(config, data), load_backbone_weights=backbone is None)
+    model = build_model(model_config(config, data), load_backbone_weights=backbone is None and not config.train.init_from)
     if backbone is not None:
         model.classifier.backbone.load_state_dict(backbone[0])
         model.classifier.weights_source = backbone[1]
+    if config.train.init_from:
+        start_from(model, Path(config.train.init_from))
     # Record the weights the backbone actually holds ("none" when "auto" fell back to random init).
     model.config = mc = dataclasses.replace(model.config, backbone_weights=model.classifier.weights_source)
     model.meta = training_meta(config, data, model, requested_weights=config.model.backbone_weights)

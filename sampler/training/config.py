@@ -153,6 +153,9 @@ class TrainSettings:
         freeze_backbone: keep the backbone's (pretrained) weights fixed and embed every frame
             once; only the sampler, pooling and head learn (``compare --folds`` on videos;
             see sampler/training/frozen.py).
+        init_from: a model file (``model.pt``) whose weights the run starts from instead of
+            ``model.backbone_weights``: fine-tuning a trained model on new data. Its method, T,
+            k, sizes, backbone, options and class names must equal this config's. Empty: none.
         out: folder for run outputs.
         progress: show a progress bar per epoch.
     """
@@ -169,6 +172,7 @@ class TrainSettings:
     bn_momentum: float = 0.1
     eval_batch_size: int = 64
     freeze_backbone: bool = False
+    init_from: str = ""
     out: str = "runs"
     progress: bool = True
 
@@ -358,6 +362,8 @@ def _validate(c: ExperimentConfig, where: _Origin) -> None:
         _check_model(m, method, d.num_frames, key, where)
     need(not t.freeze_backbone or (d.kind == "videos" and d.folds >= 2), "train.freeze_backbone",
          "works with compare --folds on videos only (data.kind videos, data.folds >= 2); set it to false")
+    need(not (t.init_from and t.freeze_backbone), "train.init_from",
+         "cannot be combined with train.freeze_backbone (the frozen path embeds with model.backbone_weights); drop one")
     need(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
     need(t.patience >= 1, "train.patience", f"must be >= 1, got {t.patience}")
     need(t.batch_size >= 1 and t.eval_batch_size >= 1, "train.batch_size", "must be >= 1")

@@ -234,3 +234,23 @@ def test_resume_continues_from_the_last_epoch_checkpoint(npz_config, tmp_path, m
     states = [SampledClassifier.load(tmp_path / d / "model.pt").state_dict() for d in ("whole", "cut")]
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert not (tmp_path / "cut" / "checkpoint.pt").exists()
+
+
+def test_init_from_starts_from_a_trained_model_and_refuses_another_shape(npz_config, tmp_path, capsys):
+    base = ["train", "--config", str(npz_config), "--epochs", "1", "--set", "model.backbone=tiny_cnn"]
+    assert main([*base, "--out", str(tmp_path / "first")]) == 0
+    first = tmp_path / "first" / "model.pt"
+    still = ["--set", "train.lr=1e-12"]  # Adam moves each weight by about lr: the start stays visible
+    assert main([*base, *still, "--out", str(tmp_path / "tuned"), "--set", f"train.init_from={first}"]) == 0
+    assert main([*base, *still, "--out", str(tmp_path / "fresh")]) == 0
+    a, tuned, fresh = (SampledClassifier.load(p) for p in (first, tmp_path / "tuned" / "model.pt", tmp_path / "fresh" / "model.pt"))
+    params = [name for name, _ in a.named_parameters()]
+    assert all(torch.allclose(a.state_dict()[n], tuned.state_dict()[n], atol=1e-8) for n in params)
+    assert not all(torch.allclose(a.state_dict()[n], fresh.state_dict()[n], atol=1e-4) for n in params)
+    assert tuned.config.backbone_weights == str(first)
+    capsys.readouterr()
+    rc = main([*base, "--out", str(tmp_path / "other"), "--set", f"train.init_from={first}", "--set", "model.keep=0.25"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "train.init_from" in err[-1] and "has k=" in err[-1] and "start from another model" in err[-1]
+    assert main([*base, "--out", str(tmp_path / "gone"), "--set", f"train.init_from={tmp_path / 'nope.pt'}"]) == 2
+    assert "nope.pt does not exist" in capsys.readouterr().err
