@@ -30,18 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sampler.model import SampledClassifier  # noqa: E402
 from sampler.training.config import load_config  # noqa: E402
-from sampler.training.corruptions import StreamCorruption  # noqa: E402
+from sampler.training.corruptions import LOST_CONTACT_MAX, StreamCorruption  # noqa: E402
 from sampler.training.frozen import EmbeddedVideos, FrozenVideos, evaluate_embedded_videos  # noqa: E402
 from sampler.training.paired import bootstrap_mean_ci  # noqa: E402
 from sampler.training.video_eval import load_whole_videos  # noqa: E402
 
-BLACK_LEVEL = 4  # grey levels: lost contact in sampler/training/corruptions.py draws 0-4
-
-
 def unusable(small: np.ndarray) -> np.ndarray:
     """(N,) bool for a video's small frames (N, f, f) uint8: near-black, or equal to the frame before."""
     flat = small.reshape(len(small), -1)
-    black = flat.max(axis=1) <= BLACK_LEVEL
+    black = flat.max(axis=1) <= LOST_CONTACT_MAX
     repeat = np.zeros(len(small), dtype=bool)
     repeat[1:] = (flat[1:] == flat[:-1]).all(axis=1)
     return black | repeat

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sampler.model import SampledClassifier  # noqa: E402
 from sampler.training.config import load_config  # noqa: E402
-from sampler.training.corruptions import StreamCorruption  # noqa: E402
+from sampler.training.corruptions import LOST_CONTACT_MAX, StreamCorruption, corrupt_videos  # noqa: E402
 from sampler.training.frozen import shrink  # noqa: E402
 from sampler.training.video_eval import cut_windows, load_whole_videos  # noqa: E402
 
@@ -45,7 +45,7 @@ CLASSES = ("black", "repeat", "other", "clean")
 def frame_classes(clean: np.ndarray, bad: np.ndarray) -> np.ndarray:
     """(N,) index into CLASSES for each frame of a corrupted video ``bad`` (N, H, W)."""
     changed = (clean != bad).reshape(len(bad), -1).any(axis=1)
-    black = changed & (bad.reshape(len(bad), -1).max(axis=1) <= 4)
+    black = changed & (bad.reshape(len(bad), -1).max(axis=1) <= LOST_CONTACT_MAX)
     repeat = np.zeros(len(bad), dtype=bool)
     repeat[1:] = changed[1:] & (bad[1:] == bad[:-1]).reshape(len(bad) - 1, -1).all(axis=1)
     out = np.full(len(bad), 3)
@@ -83,7 +83,7 @@ def main() -> None:
         for n in names:
             i = index[n]
             if i not in cache:
-                bad = spec(vs.videos[i], np.random.default_rng([d.corruption_seed, i]))
+                bad = corrupt_videos([vs.videos[i]], spec, seed=d.corruption_seed, ids=[i])[0]
                 cache[i] = (shrink(bad, size), frame_classes(vs.videos[i], bad))
             small, cls = cache[i]
             x, valid = cut_windows(small, t, stride)

@@ -25,11 +25,12 @@ from scipy.ndimage import uniform_filter1d
 from ..errors import ConfigError
 
 KINDS = ("lost_contact", "frozen", "gain", "noise", "blur")
+LOST_CONTACT_MAX = 4  # the brightest grey level of a lost-contact frame
 
 
 def lost_contact(frames: np.ndarray, a: int, b: int, rng: np.random.Generator) -> None:
-    """Frames ``[a, b)`` become near-black (0-4 grey levels)."""
-    frames[a:b] = rng.integers(0, 5, size=frames[a:b].shape, dtype=np.uint8)
+    """Frames ``[a, b)`` become near-black (0 to LOST_CONTACT_MAX grey levels)."""
+    frames[a:b] = rng.integers(0, LOST_CONTACT_MAX + 1, size=frames[a:b].shape, dtype=np.uint8)
 
 
 def frozen(frames: np.ndarray, a: int, b: int, rng: np.random.Generator) -> None:
