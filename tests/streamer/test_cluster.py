@@ -205,19 +205,27 @@ async def test_replica_killed_mid_run_retries_and_loses_nothing(ray_instance, mo
         cluster = await asyncio.to_thread(start, cfg)
         try:
             await sub.until(lambda: len(sub.predictions) >= 10, 120)
-            killed = set()
-            # Kill replicas while they hold requests until a retry shows (one kill normally does).
-            for _ in range(3):
+            killed: set[int] = set()  # pids: a replacement replica reports under a new id and pid
+            deadline = time.monotonic() + 120
+            # Kill replicas while they hold requests until a retry shows (one kill normally does). The state
+            # actor keeps a dead replica's last report, so pick among pids not yet killed; when none has
+            # reported yet (replacements still loading), wait for one instead of giving up.
+            while True:
+                assert time.monotonic() < deadline and len(killed) < 6, f"no retry after killing {len(killed)} replicas"
                 snap = await asyncio.to_thread(cluster.snapshot)
-                busy = [f for rid, f in snap["replicas"].items() if f["in_flight"] > 0 and rid not in killed]
-                victim = busy[0] if busy else next(f for rid, f in snap["replicas"].items() if rid not in killed)
-                os.kill(victim["pid"], signal.SIGKILL)
-                killed.add(victim["actor"].rsplit("#", 1)[-1])
-                await asyncio.sleep(3.0)
-                snap = await asyncio.to_thread(cluster.snapshot)
-                retries = sum(e.get("ckpt", {}).get("retries", 0) for e in snap["streams"].values())
-                if retries:
+                if sum(e.get("ckpt", {}).get("retries", 0) for e in snap["streams"].values()):
                     break
+                alive = [f for f in snap["replicas"].values() if f["pid"] not in killed]
+                if not alive:
+                    await asyncio.sleep(1.0)
+                    continue
+                victim = max(alive, key=lambda f: f["in_flight"])  # a busy one when there is one
+                killed.add(victim["pid"])
+                try:
+                    os.kill(victim["pid"], signal.SIGKILL)
+                except ProcessLookupError:  # a replica that died before this test: its last report stays
+                    continue
+                await asyncio.sleep(3.0)
             assert await asyncio.to_thread(cluster.wait, 240)
             await sub.until(lambda: all(any(s["stream"] == n and s["final"] for s in sub.stats) for n in cluster.names), 30)
         finally:
