@@ -72,13 +72,28 @@ def check_k(num_frames: int, k: int) -> None:
 
 
 class Sampler(nn.Module):
-    """Base class: subclasses implement ``select``; ``forward`` adds the gathered frames."""
+    """Base class: subclasses implement ``select``; ``forward`` adds the gathered frames.
+
+    ``noise_scale`` multiplies the Gumbel noise that the learned samplers (DPS, ADPS, DAS) add in
+    training mode: 1.0 (the default) is the standard Gumbel-max exploration, 0.0 makes the
+    training picks the inference picks (the gradient still flows through the relaxation). The
+    trainer lowers it over epochs with ``train.explore_epochs``; it is not saved with the model.
+    """
 
     def __init__(self, num_frames: int, k: int) -> None:
         super().__init__()
         type(self).check_k(num_frames, k)
         self.num_frames = int(num_frames)
         self.k = int(k)
+        self.noise_scale = 1.0
+
+    def explore(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` plus ``noise_scale`` x Gumbel noise in training mode; unchanged otherwise."""
+        from .gumbel import gumbel_like  # gumbel.py imports this module
+
+        if not self.training or self.noise_scale == 0.0:
+            return logits
+        return logits + self.noise_scale * gumbel_like(logits)
 
     @staticmethod
     def check_k(num_frames: int, k: int) -> None:

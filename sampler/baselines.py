@@ -20,7 +20,7 @@ from .base import Sampler, SamplerOutput, check_k, check_window
 from .das import FrameDescriptor, mlp
 from .errors import SamplerError
 from .features import frame_features, frame_validity
-from .gumbel import gumbel_like, in_temporal_order, penalize_invalid, select_row, select_without_replacement, top_k_priority
+from .gumbel import in_temporal_order, penalize_invalid, select_row, select_without_replacement, top_k_priority
 
 
 class FullSampler(Sampler):
@@ -130,8 +130,7 @@ class DPSSampler(Sampler):
         check_window(x, self.num_frames, valid)
         usable = frame_validity(x, valid)
         logits = self.logits.expand(x.shape[0], -1)
-        if self.training:
-            logits = logits + gumbel_like(logits)  # one draw per frame, shared by the k rows
+        logits = self.explore(logits)  # one draw per frame, shared by the k rows
         scaled = penalize_invalid(logits / self.temperature, ~usable)
         matrix, indices = select_without_replacement(scaled.unsqueeze(1).expand(-1, self.k, -1))
         return in_temporal_order(matrix, indices)
@@ -196,8 +195,7 @@ class ADPSSampler(Sampler):
         for step, head in enumerate(self.heads):
             state = self.lstm(step_input, state)
             logits = head(state[0])
-            if self.training:
-                logits = logits + gumbel_like(logits)
+            logits = self.explore(logits)
             row, index = select_row(penalize_invalid(logits / self.temperature, ~usable), taken)
             taken = taken.scatter(1, index.unsqueeze(1), torch.ones_like(taken[:, :1]))  # a tensor src: exportable to ONNX
             rows.append(row)

@@ -42,7 +42,6 @@ from .base import Sampler, SamplerOutput, check_window
 from .errors import SamplerError
 from .features import NUM_FEATURES, frame_features, frame_validity, masked_pool, standardize_over_time
 from .gumbel import (
-    gumbel_like,
     in_temporal_order,
     penalize_invalid,
     select_independent,
@@ -197,7 +196,7 @@ class DASSampler(Sampler):
 
     def _select(self, att: DASAttention) -> SamplerOutput:
         if self.selection == "segments":
-            logits = att.scores + gumbel_like(att.scores) if self.training else att.scores
+            logits = self.explore(att.scores)
             scaled = penalize_invalid(logits / att.tau[:, None, None], ~att.valid)
             matrix, indices = select_independent(scaled.masked_fill(self.outside_segment, float("-inf")))
             return SamplerOutput(matrix=matrix, indices=indices)  # segment j precedes segment j + 1
@@ -207,7 +206,7 @@ class DASSampler(Sampler):
             # the invalid frames ranked after every valid one. One top-k instead of k passes.
             spread = att.base.amax(dim=1, keepdim=True) - att.base.amin(dim=1, keepdim=True) + 1.0
             return top_k_priority(att.base + spread * att.valid, self.k)
-        logits = att.scores + gumbel_like(att.scores) if self.training else att.scores
+        logits = self.explore(att.scores)
         scaled = penalize_invalid(logits / att.tau[:, None, None], ~att.valid)
         choose = select_independent if self.paper_exact else select_without_replacement
         matrix, indices = choose(scaled)

@@ -156,6 +156,10 @@ class TrainSettings:
         init_from: a model file (``model.pt``) whose weights the run starts from instead of
             ``model.backbone_weights``: fine-tuning a trained model on new data. Its method, T,
             k, sizes, backbone, options and class names must equal this config's. Empty: none.
+        explore_epochs: anneal the learned samplers' Gumbel exploration: the noise is scaled by
+            ``max(0, 1 - (epoch - 1) / explore_epochs)``, full in epoch 1 and none from epoch
+            ``explore_epochs + 1`` on, so training ends on the picks inference makes. 0 (the
+            default): full noise in every epoch, as the paper trains.
         out: folder for run outputs.
         progress: show a progress bar per epoch.
     """
@@ -173,6 +177,7 @@ class TrainSettings:
     eval_batch_size: int = 64
     freeze_backbone: bool = False
     init_from: str = ""
+    explore_epochs: int = 0
     out: str = "runs"
     progress: bool = True
 
@@ -365,6 +370,8 @@ def _validate(c: ExperimentConfig, where: _Origin) -> None:
     need(not (t.init_from and t.freeze_backbone), "train.init_from",
          "cannot be combined with train.freeze_backbone (the frozen path embeds with model.backbone_weights); drop one")
     need(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
+    need(t.explore_epochs >= 0, "train.explore_epochs",
+         f"must be >= 0 (0: no annealing; N: no exploration noise after epoch N), got {t.explore_epochs}")
     need(t.patience >= 1, "train.patience", f"must be >= 1, got {t.patience}")
     need(t.batch_size >= 1 and t.eval_batch_size >= 1, "train.batch_size", "must be >= 1")
     need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")

@@ -158,6 +158,13 @@ def evaluate(
     )
 
 
+def exploration(epoch: int, explore_epochs: int) -> float:
+    """The Gumbel noise scale of ``epoch`` (1-based) under ``train.explore_epochs``."""
+    if explore_epochs <= 0:
+        return 1.0
+    return max(0.0, 1.0 - (epoch - 1) / explore_epochs)
+
+
 def fit(
     model: SampledClassifier,
     data: DatasetSplits,
@@ -203,6 +210,7 @@ def fit(
     for epoch in range(first, settings.epochs + 1):
         t0 = time.perf_counter()
         model.train()
+        model.sampler.noise_scale = exploration(epoch, settings.explore_epochs)
         if settings.bn_stats == "epoch":
             restart_bn_statistics(model)
         total, count = 0.0, 0
@@ -223,7 +231,8 @@ def fit(
         if improved:
             best_loss, best_epoch = val.loss, epoch
             best_state = {name: v.detach().to("cpu", copy=True) for name, v in model.state_dict().items()}
-        log(entry.line(epochs=settings.epochs, k=k, best=improved))
+        noise = f" noise {model.sampler.noise_scale:.2f}" if settings.explore_epochs else ""
+        log(entry.line(epochs=settings.epochs, k=k, best=improved) + noise)
         if checkpoint is not None:
             save_checkpoint(checkpoint, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
                             history=history, best_loss=best_loss, best_epoch=best_epoch, best_state=best_state,
@@ -231,5 +240,6 @@ def fit(
         if epoch - best_epoch >= settings.patience:
             log(f"early stop: no lower val_loss for {settings.patience} epochs; keeping epoch {best_epoch}")
             break
+    model.sampler.noise_scale = 1.0  # an attribute, not saved: leave the model as it was built
     model.load_state_dict(best_state)
     return FitResult(history=tuple(history), best_epoch=best_epoch, seconds=before + time.perf_counter() - start)

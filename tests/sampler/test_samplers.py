@@ -284,3 +284,31 @@ def test_das_segments_from_features_and_misuse():
         DASSampler(num_frames=16, k=4, selection="stratified")
     with pytest.raises(SamplerError, match="paper_exact"):
         DASSampler(num_frames=16, k=4, selection="segments", paper_exact=True)
+
+
+@pytest.mark.parametrize("make", [
+    lambda t, k: DASSampler(num_frames=t, k=k),
+    lambda t, k: DASSampler(num_frames=t, k=k, selection="segments"),
+    lambda t, k: DPSSampler(num_frames=t, k=k),
+    lambda t, k: ADPSSampler(num_frames=t, k=k, feature_size=24),
+])
+def test_noise_scale_zero_makes_training_picks_the_inference_picks(make):
+    t, k = 16, 4
+    x = window(3, t, seed=21)
+    torch.manual_seed(0)
+    sampler = make(t, k)
+    assert sampler.noise_scale == 1.0
+    inference = sampler.eval()(x).indices
+    sampler.train()
+    noisy = {tuple(sampler(x).indices.flatten().tolist()) for _ in range(20)}
+    assert len(noisy) > 1  # full noise explores
+    sampler.noise_scale = 0.0
+    for _ in range(3):
+        out = sampler(x)
+        assert torch.equal(out.indices, inference)
+        assert out.matrix.requires_grad  # the relaxation still carries a gradient
+    sampler.noise_scale = 0.25  # a little noise: picks stay closer to the inference picks than under full noise
+    near = sum(int((sampler(x).indices == inference).sum()) for _ in range(40))
+    sampler.noise_scale = 1.0
+    far = sum(int((sampler(x).indices == inference).sum()) for _ in range(40))
+    assert near > far

@@ -30,6 +30,7 @@ def test_yaml_and_overrides(tmp_path):
         ("model: {method: das}", [], "config {path} has no 'data' section"),
         ("data: [1, 2", [], "config file {path} is not valid YAML"),
         ("data: {kind: medmnist3d, path: x.npz}", ["train.epochs"], "override 'train.epochs' must look like section.key=value"),
+        ("data: {kind: medmnist3d, path: x.npz}", ["train.explore_epochs=-1"], "train.explore_epochs (set on the command line) must be >= 0"),
     ],
 )
 def test_bad_configs_name_the_key_and_the_file(tmp_path, text, overrides, message):

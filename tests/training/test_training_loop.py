@@ -51,3 +51,29 @@ def test_eval_mode_statistics_follow_the_epoch_for_mobilenet_from_random_init(da
         fit(net, data, settings, device=CPU, log=lambda line: None)
         spread[mode] = float(evaluate(net, data.val, device=CPU).probs[:, 1].std())
     assert spread["ema"] < 1e-4 < 1e-3 < spread["epoch"]
+
+
+def test_explore_epochs_anneal_the_gumbel_noise_to_zero_and_leave_the_model_as_built(data):
+    from sampler.training.loop import exploration
+
+    assert [exploration(e, 0) for e in (1, 5, 50)] == [1.0, 1.0, 1.0]
+    assert [exploration(e, 2) for e in (1, 2, 3, 9)] == [1.0, 0.5, 0.0, 0.0]
+    assert [round(exploration(e, 4), 2) for e in range(1, 6)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+    lines: list[str] = []
+    net = model("das", "tiny_cnn")
+    seen: list[float] = []
+    original = net.sampler.select
+
+    def spy(x, valid=None):  # what each training batch ran with
+        if net.sampler.training:
+            seen.append(net.sampler.noise_scale)
+        return original(x, valid)
+
+    net.sampler.select = spy
+    fit(net, data, dataclasses.replace(SETTINGS, epochs=3, patience=3, explore_epochs=2), device=CPU, log=lines.append)
+    assert [line.rsplit(" noise ", 1)[1] for line in lines if " noise " in line] == ["1.00", "0.50", "0.00"]
+    assert set(seen) == {1.0, 0.5, 0.0} and seen == sorted(seen, reverse=True)
+    assert net.sampler.noise_scale == 1.0
+    plain: list[str] = []
+    fit(model("das", "tiny_cnn"), data, dataclasses.replace(SETTINGS, epochs=1), device=CPU, log=plain.append)
+    assert " noise " not in plain[0]  # the default run's log is unchanged
