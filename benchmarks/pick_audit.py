@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=1.0, help="noise scale of those draws (1: standard Gumbel)")
     ap.add_argument("runs", nargs="+", type=Path)
     args = ap.parse_args()
+    if args.train_draws < 0:
+        ap.error(f"--train-draws must be 0 or more, got {args.train_draws}")
     config = load_config(args.config)
     d = config.data
     spec = StreamCorruption.from_options(d.corruption_options)

@@ -77,7 +77,8 @@ class Sampler(nn.Module):
     ``noise_scale`` multiplies the Gumbel noise that the learned samplers (DPS, ADPS, DAS) add in
     training mode: 1.0 (the default) is the standard Gumbel-max exploration, 0.0 makes the
     training picks the inference picks (the gradient still flows through the relaxation). The
-    trainer lowers it over epochs with ``train.explore_epochs``; it is not saved with the model.
+    trainer scales it down over epochs with ``train.explore_epochs`` and puts it back after
+    training; it is not saved with the model.
     """
 
     def __init__(self, num_frames: int, k: int) -> None:

@@ -207,10 +207,11 @@ def fit(
         log(f"resumed from {checkpoint} after epoch {ck['epoch']}")
         if ck["epoch"] - best_epoch >= settings.patience:  # it was stopping early when interrupted
             first = settings.epochs + 1
+    built_noise = model.sampler.noise_scale  # the schedule scales the sampler's own noise level
     for epoch in range(first, settings.epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        model.sampler.noise_scale = exploration(epoch, settings.explore_epochs)
+        model.sampler.noise_scale = built_noise * exploration(epoch, settings.explore_epochs)
         if settings.bn_stats == "epoch":
             restart_bn_statistics(model)
         total, count = 0.0, 0
@@ -240,6 +241,6 @@ def fit(
         if epoch - best_epoch >= settings.patience:
             log(f"early stop: no lower val_loss for {settings.patience} epochs; keeping epoch {best_epoch}")
             break
-    model.sampler.noise_scale = 1.0  # an attribute, not saved: leave the model as it was built
+    model.sampler.noise_scale = built_noise  # an attribute, not saved: leave the model as it was built
     model.load_state_dict(best_state)
     return FitResult(history=tuple(history), best_epoch=best_epoch, seconds=before + time.perf_counter() - start)

@@ -77,3 +77,12 @@ def test_explore_epochs_anneal_the_gumbel_noise_to_zero_and_leave_the_model_as_b
     plain: list[str] = []
     fit(model("das", "tiny_cnn"), data, dataclasses.replace(SETTINGS, epochs=1), device=CPU, log=plain.append)
     assert " noise " not in plain[0]  # the default run's log is unchanged
+
+
+def test_explore_epochs_scale_the_samplers_own_noise_level_and_restore_it(data):
+    net = model("das", "tiny_cnn")
+    net.sampler.noise_scale = 0.5  # set by the user before training
+    lines: list[str] = []
+    fit(net, data, dataclasses.replace(SETTINGS, epochs=3, patience=3, explore_epochs=2), device=CPU, log=lines.append)
+    assert [line.rsplit(" noise ", 1)[1] for line in lines] == ["0.50", "0.25", "0.00"]
+    assert net.sampler.noise_scale == 0.5
