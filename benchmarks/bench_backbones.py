@@ -5,6 +5,7 @@ batch of frames through ``FrameClassifier.embed``, median over repeats, in ms pe
 
 Prints one JSON object: {backbone@size: {"ms_per_frame": ..., "params_M": ...}, ...}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,14 @@ import torch
 
 from sampler.classifier import FrameClassifier
 
-CASES = [("tiny_cnn", 32), ("tiny_cnn", 112), ("mobilenet_v3_small", 112), ("mobilenet_v3_small", 224),
-         ("efficientnet_lite0", 112), ("efficientnet_lite0", 224)]
+CASES = [
+    ("tiny_cnn", 32),
+    ("tiny_cnn", 112),
+    ("mobilenet_v3_small", 112),
+    ("mobilenet_v3_small", 224),
+    ("efficientnet_lite0", 112),
+    ("efficientnet_lite0", 224),
+]
 
 
 def main() -> None:
@@ -39,7 +46,10 @@ def main() -> None:
                 clf.embed(x)
                 times.append(time.perf_counter() - t0)
         params = sum(q.numel() for q in clf.backbone.parameters()) / 1e6
-        out[f"{name}@{size}"] = {"ms_per_frame": round(1000 * statistics.median(times) / args.batch, 2), "params_M": round(params, 2)}
+        out[f"{name}@{size}"] = {
+            "ms_per_frame": round(1000 * statistics.median(times) / args.batch, 2),
+            "params_M": round(params, 2),
+        }
     print(json.dumps({"threads": args.threads, "batch": args.batch, "results": out}, indent=1))
 
 

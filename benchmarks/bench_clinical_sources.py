@@ -11,6 +11,7 @@
 
     .venv/bin/python benchmarks/bench_clinical_sources.py [--frames 100]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,7 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.pixels import iter_pixels
-from pydicom.pixels import convert_color_space
+from pydicom.pixels import convert_color_space, iter_pixels
 from pydicom.uid import (
     MPEG4HP41,
     ExplicitVRLittleEndian,
@@ -151,8 +151,12 @@ def main() -> None:
         for _ in range(20):
             CRC64(body)
         crc[label] = round(1000 * (time.perf_counter() - t0) / 20, 2)
-    print(json.dumps({"frames": args.frames, "size": [W, H], "dicom": dicom, "rle_rgb_decoder_fps": rle,
-                      "igtl_crc_ms": crc}, indent=1))
+    print(
+        json.dumps(
+            {"frames": args.frames, "size": [W, H], "dicom": dicom, "rle_rgb_decoder_fps": rle, "igtl_crc_ms": crc},
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ counters read; --seconds later they are read again and the streams stopped.
 - ``wire``: bytes per stream per second of frames at the model's input size, with DAS (the frames
   the sampler forwarded, measured) and with the full sequence (every frame).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,11 +52,16 @@ def tree_cpu() -> float:
 def summarise(finals: list[dict], frames: int, wall: float, cpu: float) -> dict:
     lat = [f["latency_ms"] for f in finals]
     out = {
-        "frames": frames, "wall_s": round(wall, 2), "fps_total": round(frames / wall, 1),
+        "frames": frames,
+        "wall_s": round(wall, 2),
+        "fps_total": round(frames / wall, 1),
         "dropped": sum(f["frames_dropped"] for f in finals),
-        "latency_p50_ms": round(max(x["p50"] for x in lat), 1), "latency_p99_ms": round(max(x["p99"] for x in lat), 1),
+        "latency_p50_ms": round(max(x["p50"] for x in lat), 1),
+        "latency_p99_ms": round(max(x["p99"] for x in lat), 1),
         "cpu_ms_per_frame": round(1000.0 * cpu / max(1, frames), 2),
-        "forwarded_fraction": round(sum(f["frames_forwarded"] for f in finals) / max(1, sum(f["frames_in"] for f in finals)), 3),
+        "forwarded_fraction": round(
+            sum(f["frames_forwarded"] for f in finals) / max(1, sum(f["frames_in"] for f in finals)), 3
+        ),
     }
     wire = [f["extra"].get("wire") for f in finals if f["extra"].get("wire")]
     if wire:
@@ -89,8 +95,15 @@ def bench_cluster(n: int, pacing: bool, warmup: float, seconds: float, model: st
     from streamer.cluster.config import ClusterConfig
     from streamer.cluster.driver import Cluster
 
-    cfg = ClusterConfig(sources=specs(n), model=model, pacing=pacing, replicas=replicas, replica_cpus=1.0,
-                        stream_cpus=0.25, log_level="warning")
+    cfg = ClusterConfig(
+        sources=specs(n),
+        model=model,
+        pacing=pacing,
+        replicas=replicas,
+        replica_cpus=1.0,
+        stream_cpus=0.25,
+        log_level="warning",
+    )
     cluster = Cluster(cfg, reuse_pool=True)
     cluster.start()
     actors = list(cluster.actors.values())
@@ -125,11 +138,23 @@ def main() -> None:
 
     torch.set_num_threads(1)
     log = lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)  # noqa: E731
-    result: dict = {"streams": args.streams, "warmup_s": args.warmup, "seconds": args.seconds, "cpus": os.cpu_count(),
-                    "load_avg_start": [round(x, 1) for x in os.getloadavg()]}
-    result["run"] = {} if args.skip_run else {k: asyncio.run(_run_once(args.streams, k == "paced", args.warmup, args.seconds, args.model,
-                                                   args.run_threads))
-                     for k in ("paced", "unpaced")}
+    result: dict = {
+        "streams": args.streams,
+        "warmup_s": args.warmup,
+        "seconds": args.seconds,
+        "cpus": os.cpu_count(),
+        "load_avg_start": [round(x, 1) for x in os.getloadavg()],
+    }
+    result["run"] = (
+        {}
+        if args.skip_run
+        else {
+            k: asyncio.run(
+                _run_once(args.streams, k == "paced", args.warmup, args.seconds, args.model, args.run_threads)
+            )
+            for k in ("paced", "unpaced")
+        }
+    )
     log(f"run: {json.dumps(result['run'])}")
     import ray
     from ray import serve
@@ -139,11 +164,18 @@ def main() -> None:
     if not args.replicas:
         print(json.dumps(result, indent=1))
         return
-    ray.init(num_cpus=max(2, os.cpu_count() or 1) + 2, include_dashboard=False, namespace=NAMESPACE,
-             logging_level="WARNING", log_to_driver=False)
+    ray.init(
+        num_cpus=max(2, os.cpu_count() or 1) + 2,
+        include_dashboard=False,
+        namespace=NAMESPACE,
+        logging_level="WARNING",
+        log_to_driver=False,
+    )
     for r in (int(x) for x in args.replicas.split(",") if x):
-        result[f"cluster_{r}"] = {k: bench_cluster(args.streams, k == "paced", args.warmup, args.seconds, args.model, r)
-                                  for k in ("paced", "unpaced")}
+        result[f"cluster_{r}"] = {
+            k: bench_cluster(args.streams, k == "paced", args.warmup, args.seconds, args.model, r)
+            for k in ("paced", "unpaced")
+        }
         log(f"cluster_{r}: {json.dumps(result[f'cluster_{r}'])}")
         serve.delete(APP_NAME)
         try:
@@ -155,9 +187,13 @@ def main() -> None:
     from streamer.app import demo_model_path
 
     cfg = SampledClassifier.load(args.model or demo_model_path()).config
-    frame = cfg.input_size ** 2
-    result["wire"] = {"frame_bytes": frame, "k_over_T": cfg.k / cfg.num_frames, "full_sequence_per_stream_s": 30 * frame,
-                      "das_per_stream_s": round(30 * frame * result[f"cluster_{r}"]["paced"]["forwarded_fraction"])}
+    frame = cfg.input_size**2
+    result["wire"] = {
+        "frame_bytes": frame,
+        "k_over_T": cfg.k / cfg.num_frames,
+        "full_sequence_per_stream_s": 30 * frame,
+        "das_per_stream_s": round(30 * frame * result[f"cluster_{r}"]["paced"]["forwarded_fraction"]),
+    }
     result["load_avg_end"] = [round(x, 1) for x in os.getloadavg()]
     print(json.dumps(result, indent=1))
 

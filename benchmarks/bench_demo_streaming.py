@@ -3,7 +3,7 @@
 Held-out synthetic streams (the `synthetic:` source itself, unpaced, at the model's input size,
 seeds --seed .. --seed+streams-1; training never draws from these generators: it seeds its
 generators with [split_seed, split]) are cut into windows as the runtime cuts them (window T, stride S,
-`sampler.training.video_eval.cut_windows`, checked here against `streamer.window.Windower` on the
+`training.video_eval.cut_windows`, checked here against `streamer.window.Windower` on the
 first stream). A "video" is one class segment of the stream (`clip_frames` frames, one class);
 its prediction is the mean of its windows' probabilities (`evaluate_videos`). Reports window-level
 and video-level balanced accuracy per model, and the window-level accuracy on windows that hold
@@ -13,6 +13,7 @@ without any evidence cannot be told apart, 1/3 is the best a model can do on the
     nice -n 15 .venv/bin/python benchmarks/bench_demo_streaming.py [--model PATH ...] [--streams 8]
         [--segments 12] [--seed 1000] [--stride T] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,11 +26,12 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from sampler.model import SampledClassifier
-from sampler.training.loop import evaluate
-from sampler.training.video_eval import cut_windows, evaluate_videos, windows_of_videos
 from sources.synthetic import CLASSES, SyntheticSource, render_clip
 from streamer.app import demo_model_path
 from streamer.window import Windower
+from training.clips import cut_windows, windows_of_videos
+from training.loop import evaluate
+from training.video_eval import evaluate_videos
 
 
 async def _collect(source: SyntheticSource) -> list:
@@ -79,7 +81,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", help="model file (repeatable; default: the bundled demo.pt)")
     p.add_argument("--streams", type=int, default=8, help="held-out streams (seeds)")
-    p.add_argument("--segments", type=int, default=12, help="class segments per stream (they cycle through the classes)")
+    p.add_argument(
+        "--segments", type=int, default=12, help="class segments per stream (they cycle through the classes)"
+    )
     p.add_argument("--seed", type=int, default=1000, help="seed of the first stream")
     p.add_argument("--clip-frames", type=int, default=64, help="frames per class segment (the source's default 64)")
     p.add_argument("--stride", type=int, default=0, help="window stride (0: T, the runtime's default)")
@@ -106,8 +110,12 @@ def main() -> None:
         evidence += ev
     labels_arr = np.array(labels)
     # Which windows hold at least one evidence frame (the same cut as the frames).
-    has_evidence = np.concatenate([cut_windows(e[:, None, None], window, stride)[0].reshape(-1, window).any(1) for e in evidence])
-    window_labels = np.concatenate([[lab] * len(cut_windows(e[:, None, None], window, stride)[0]) for lab, e in zip(labels, evidence)])
+    has_evidence = np.concatenate(
+        [cut_windows(e[:, None, None], window, stride)[0].reshape(-1, window).any(1) for e in evidence]
+    )
+    window_labels = np.concatenate(
+        [[lab] * len(cut_windows(e[:, None, None], window, stride)[0]) for lab, e in zip(labels, evidence)]
+    )
     gen_s = time.perf_counter() - t0
 
     results = {}
@@ -126,20 +134,39 @@ def main() -> None:
             "video_auc": round(ev.scores.auc, 4),
             "window_balanced_acc": round(ev.window_scores.acc, 2),
             "window_auc": round(ev.window_scores.auc, 4),
-            "window_acc_with_evidence": round(100 * balanced_accuracy_score(window_labels[has_evidence], pred[has_evidence]), 2),
-            "window_acc_without_evidence": round(100 * balanced_accuracy_score(window_labels[~has_evidence], pred[~has_evidence]), 2),
+            "window_acc_with_evidence": round(
+                100 * balanced_accuracy_score(window_labels[has_evidence], pred[has_evidence]), 2
+            ),
+            "window_acc_without_evidence": round(
+                100 * balanced_accuracy_score(window_labels[~has_evidence], pred[~has_evidence]), 2
+            ),
             # what the model says where it cannot know: its share of each class, its mean top probability
-            "without_evidence_pred_share": np.round(np.bincount(pred[~has_evidence], minlength=len(CLASSES)) / max(1, (~has_evidence).sum()), 3).tolist(),
+            "without_evidence_pred_share": np.round(
+                np.bincount(pred[~has_evidence], minlength=len(CLASSES)) / max(1, (~has_evidence).sum()), 3
+            ).tolist(),
             "without_evidence_mean_top_prob": round(float(wev.probs[~has_evidence].max(1).mean()), 3),
             "with_evidence_mean_top_prob": round(float(wev.probs[has_evidence].max(1).mean()), 3),
             "eval_s": round(time.perf_counter() - t, 1),
         }
-    print(json.dumps({
-        "streams": a.streams, "seeds": [a.seed, a.seed + a.streams - 1], "segments_per_stream": a.segments,
-        "clip_frames": a.clip_frames, "videos": len(videos), "windows": int(len(window_labels)),
-        "windows_with_evidence": int(has_evidence.sum()), "window": window, "stride": stride, "size": size,
-        "generate_s": round(gen_s, 1), "models": results,
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "streams": a.streams,
+                "seeds": [a.seed, a.seed + a.streams - 1],
+                "segments_per_stream": a.segments,
+                "clip_frames": a.clip_frames,
+                "videos": len(videos),
+                "windows": int(len(window_labels)),
+                "windows_with_evidence": int(has_evidence.sum()),
+                "window": window,
+                "stride": stride,
+                "size": size,
+                "generate_s": round(gen_s, 1),
+                "models": results,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

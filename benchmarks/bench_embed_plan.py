@@ -4,6 +4,7 @@ its tie-break (docs/performance.md, "Quiet re-run"). Interleaved in one process.
 
     .venv/bin/python benchmarks/bench_embed_plan.py [--backend onnx|torch] [--frames 16] [--calls 15]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,15 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=15)
     a = p.parse_args()
     torch.manual_seed(0)
-    cfg = ModelConfig(method="das", num_frames=2 * a.frames, k=a.frames, class_names=CLASSES, feature_size=56,
-                      input_size=a.input_size, name="plan")
+    cfg = ModelConfig(
+        method="das",
+        num_frames=2 * a.frames,
+        k=a.frames,
+        class_names=CLASSES,
+        feature_size=56,
+        input_size=a.input_size,
+        name="plan",
+    )
     emb = EMBEDDERS[a.backend](build_model(cfg).eval(), torch.device("cpu"), max_batch=a.frames)
     emb.warm_up()
     chosen = emb.plan(a.frames)
@@ -43,12 +51,20 @@ def main() -> None:
             emb.embed(frames)
             if i >= 2:  # the first two rounds pay any first-shape cost
                 times[name].append(1000.0 * (time.perf_counter() - t))
-    print(json.dumps({
-        "backend": a.backend, "frames": a.frames, "input_size": a.input_size, "calls": a.calls,
-        "plans": {k: list(v) for k, v in plans.items()},
-        "median_ms": {k: round(statistics.median(v), 2) for k, v in times.items()},
-        "min_ms": {k: round(min(v), 2) for k, v in times.items()},
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "backend": a.backend,
+                "frames": a.frames,
+                "input_size": a.input_size,
+                "calls": a.calls,
+                "plans": {k: list(v) for k, v in plans.items()},
+                "median_ms": {k: round(statistics.median(v), 2) for k, v in times.items()},
+                "min_ms": {k: round(min(v), 2) for k, v in times.items()},
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

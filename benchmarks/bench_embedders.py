@@ -7,6 +7,7 @@ steady median, on one device. Prints one JSON object.
 The backends default to every one that can run on the device (torch-cudagraph on CUDA only,
 onnx when onnxruntime is installed, and on CUDA only with its CUDA provider).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from sampler.errors import SamplerError
+from core.errors import EngineError
 from sampler.model import ModelConfig, build_model
 from sources.synthetic import CLASSES
 from streamer.inference import EMBEDDERS, resolve_device
@@ -33,15 +34,28 @@ def main() -> None:
     args = p.parse_args()
     device = resolve_device(args.device)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(method="das", num_frames=32, k=16, class_names=CLASSES,
-                                    input_size=args.input_size, feature_size=56, name="bench")).eval().to(device)
+    model = (
+        build_model(
+            ModelConfig(
+                method="das",
+                num_frames=32,
+                k=16,
+                class_names=CLASSES,
+                input_size=args.input_size,
+                feature_size=56,
+                name="bench",
+            )
+        )
+        .eval()
+        .to(device)
+    )
     out: dict = {"device": str(device), "input_size": args.input_size, "torch": torch.__version__, "backends": {}}
     for name in args.backends.split(","):
         try:
             t = time.perf_counter()
             emb = EMBEDDERS[name](model, device, max_batch=args.max_batch)
             built = time.perf_counter() - t
-        except SamplerError as exc:
+        except EngineError as exc:
             out["backends"][name] = {"skipped": str(exc)}
             continue
         rows = {}
@@ -55,8 +69,11 @@ def main() -> None:
                 t = time.perf_counter()
                 emb._run(x)
                 times.append(time.perf_counter() - t)
-            rows[b] = {"first_ms": round(1000 * first, 2), "median_ms": round(1000 * statistics.median(times), 3),
-                       "max_ms": round(1000 * max(times), 3)}
+            rows[b] = {
+                "first_ms": round(1000 * first, 2),
+                "median_ms": round(1000 * statistics.median(times), 3),
+                "max_ms": round(1000 * max(times), 3),
+            }
         out["backends"][name] = {"build_s": round(built, 2), "buckets": rows}
     print(json.dumps(out, indent=2))
 

@@ -8,6 +8,7 @@ the minimum of the engine's "sampler" stage (ms), and the windows timed.
 
     .venv/bin/python benchmarks/bench_features_on_arrival.py [--backend auto] [--windows 25]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,10 @@ def main() -> None:
     p.add_argument("--windows", type=int, default=25)
     args = p.parse_args()
     model = _models(BenchSettings())["das@0.5"]
-    engines = {"on_arrival": InferenceEngine(model, device="cpu", backend=args.backend),
-               "at_close": InferenceEngine(model, device="cpu", backend=args.backend)}
+    engines = {
+        "on_arrival": InferenceEngine(model, device="cpu", backend=args.backend),
+        "at_close": InferenceEngine(model, device="cpu", backend=args.backend),
+    }
     engines["at_close"].features_on_arrival = False
     maker = _FrameMaker(model.config.input_size)
     T = model.config.num_frames
@@ -43,9 +46,14 @@ def main() -> None:
     out = {}
     for name, eng in engines.items():
         ms = list(eng.stage_ms["sampler"])[1:]  # the first window warms up
-        out[name] = {"sampler_p50_ms": round(statistics.median(ms), 2), "sampler_min_ms": round(min(ms), 2),
-                     "windows": len(ms)}
-    print(json.dumps({"backend": engines["at_close"].backend, "torch_threads": torch.get_num_threads(), **out}, indent=2))
+        out[name] = {
+            "sampler_p50_ms": round(statistics.median(ms), 2),
+            "sampler_min_ms": round(min(ms), 2),
+            "windows": len(ms),
+        }
+    print(
+        json.dumps({"backend": engines["at_close"].backend, "torch_threads": torch.get_num_threads(), **out}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ frame is already waiting (the common case) and, for scale, without a timeout. Pr
 
     .venv/bin/python benchmarks/bench_frame_queue.py [--frames 20000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frames", type=int, default=20000)
     a = p.parse_args()
-    print(json.dumps({"frames": a.frames,
-                      "get_with_timeout_us": round(asyncio.run(per_get_us(a.frames, 2.0)), 2),
-                      "get_without_timeout_us": round(asyncio.run(per_get_us(a.frames, None)), 2)}))
+    print(
+        json.dumps(
+            {
+                "frames": a.frames,
+                "get_with_timeout_us": round(asyncio.run(per_get_us(a.frames, 2.0)), 2),
+                "get_without_timeout_us": round(asyncio.run(per_get_us(a.frames, None)), 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ shifts every round alike).
 
     .venv/bin/python benchmarks/bench_observe.py [--frames 960] [--rounds 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,19 @@ def per_call(n: int = 100_000) -> dict[str, float]:
         window = Window(stream="s", index=0, num_frames=16, frames=tuple(frames), retire=(), t_close=time.time())
         selected = tuple(range(0, 16, 2))
 
-    p = Prediction(stream="s", window=0, first_seq=0, last_seq=15, t_first=0.0, t_last=time.time(),
-                   selected=Result.selected, probs={"a": 0.2, "b": 0.3, "c": 0.5}, label="c", model="m", latency_ms=1.0)
+    p = Prediction(
+        stream="s",
+        window=0,
+        first_seq=0,
+        last_seq=15,
+        t_first=0.0,
+        t_last=time.time(),
+        selected=Result.selected,
+        probs={"a": 0.2, "b": 0.3, "c": 0.5},
+        label="c",
+        model="m",
+        latency_ms=1.0,
+    )
     m = n // 10
     t2 = time.perf_counter()
     for _ in range(m):
@@ -56,8 +68,11 @@ def per_call(n: int = 100_000) -> dict[str, float]:
     for _ in range(1000):
         encode_jpeg(img, 256)
     t4 = time.perf_counter()
-    return {"on_frame_us": round(1e6 * (t1 - t0) / n, 2), "on_window_us": round(1e6 * (t3 - t2) / m, 2),
-            "live_jpeg_us": round(1e6 * (t4 - t3) / 1000, 1)}
+    return {
+        "on_frame_us": round(1e6 * (t1 - t0) / n, 2),
+        "on_window_us": round(1e6 * (t3 - t2) / m, 2),
+        "live_jpeg_us": round(1e6 * (t4 - t3) / 1000, 1),
+    }
 
 
 async def poll(observer: Observer, stop: asyncio.Event) -> int:
@@ -90,8 +105,13 @@ async def poll(observer: Observer, stop: asyncio.Event) -> int:
 async def one_run(engine: InferenceEngine, frames: int, observe: bool) -> dict[str, float]:
     source = SyntheticSource(name="synthetic", pacing=False, size=engine.input_size, frames=frames)
     observers = [Observer(streams=["synthetic"], web="127.0.0.1:0", metrics="127.0.0.1:0")] if observe else []
-    pipe = Pipeline(sources=[(source, "block")], engine=engine, sinks=[], observers=observers,
-                    settings=PipelineSettings(stride=engine.num_frames))
+    pipe = Pipeline(
+        sources=[(source, "block")],
+        engine=engine,
+        sinks=[],
+        observers=observers,
+        settings=PipelineSettings(stride=engine.num_frames),
+    )
     requests = 0
     t0 = time.perf_counter()
     if observe:

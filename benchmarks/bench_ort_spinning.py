@@ -9,6 +9,7 @@ seconds spent over the calls (sleeping included, so spinning shows as CPU time).
 
     .venv/bin/python benchmarks/bench_ort_spinning.py [--gap 0.3] [--calls 14] [--batch 16] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,11 @@ def run(embedder: OnnxEmbedder, batch: np.ndarray, *, calls: int, gap: float) ->
         embedder(batch)
         times.append(1000 * (time.perf_counter() - t0))
     cpu = time.process_time() - cpu0
-    return {"median_ms": round(statistics.median(times), 1), "p90_ms": round(float(np.percentile(times, 90)), 1),
-            "cpu_seconds": round(cpu, 2)}
+    return {
+        "median_ms": round(statistics.median(times), 1),
+        "p90_ms": round(float(np.percentile(times, 90)), 1),
+        "cpu_seconds": round(cpu, 2),
+    }
 
 
 def main() -> None:
@@ -49,8 +53,9 @@ def main() -> None:
     size = model.config.input_size
     batch = np.random.default_rng(0).integers(0, 256, (args.batch, size, size), dtype=np.uint8)
     cpu = torch.device("cpu")
-    embedders = {name: OnnxEmbedder(model, cpu, threads=args.threads, spinning=name == "spin")
-                 for name in ("spin", "no_spin")}
+    embedders = {
+        name: OnnxEmbedder(model, cpu, threads=args.threads, spinning=name == "spin") for name in ("spin", "no_spin")
+    }
     out: dict[str, list] = {name: [] for name in embedders}
     for _ in range(args.rounds):
         for name, emb in embedders.items():

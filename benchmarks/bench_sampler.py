@@ -15,6 +15,7 @@ Keys:
 - ``ratios``: the targets: features (cached copy) / backbone on k frames, and DAS select
   (cached copy) / classifier on T frames, both meant to stay under 0.05.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,7 +70,9 @@ def bench_device(device: torch.device, *, num_frames: int, k: int, size: int, fe
     torch.manual_seed(0)
     select: dict[str, dict[str, float]] = {}
     for method in METHODS:
-        sampler = build_sampler(method, num_frames, num_frames if method == "full" else k, feature_size).to(device).eval()
+        sampler = (
+            build_sampler(method, num_frames, num_frames if method == "full" else k, feature_size).to(device).eval()
+        )
         select[method] = {
             f"select_full_res_{size}px": timed(lambda: sampler.select(gray)),
             f"select_cached_{feature_size}px": timed(lambda: sampler.select(cached)),
@@ -86,9 +89,15 @@ def bench_device(device: torch.device, *, num_frames: int, k: int, size: int, fe
     }
     classifier_t = classifier[f"embed_T{num_frames}"] + classifier["pool_and_head"]
     ratios = {
-        "features_cached_over_backbone_k": round(features[f"cached_gray_{feature_size}px"] / classifier[f"embed_k{k}"], 4),
-        "features_full_res_gray_over_backbone_k": round(features[f"full_res_gray_{size}px"] / classifier[f"embed_k{k}"], 4),
-        "das_select_cached_over_classifier_T": round(select["das"][f"select_cached_{feature_size}px"] / classifier_t, 4),
+        "features_cached_over_backbone_k": round(
+            features[f"cached_gray_{feature_size}px"] / classifier[f"embed_k{k}"], 4
+        ),
+        "features_full_res_gray_over_backbone_k": round(
+            features[f"full_res_gray_{size}px"] / classifier[f"embed_k{k}"], 4
+        ),
+        "das_select_cached_over_classifier_T": round(
+            select["das"][f"select_cached_{feature_size}px"] / classifier_t, 4
+        ),
         "das_select_full_res_over_classifier_T": round(select["das"][f"select_full_res_{size}px"] / classifier_t, 4),
     }
     return {
@@ -118,7 +127,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     for device in devices:
-        result = bench_device(device, num_frames=args.num_frames, k=args.k, size=args.size, feature_size=args.feature_size, repeats=args.repeats)
+        result = bench_device(
+            device,
+            num_frames=args.num_frames,
+            k=args.k,
+            size=args.size,
+            feature_size=args.feature_size,
+            repeats=args.repeats,
+        )
         print(json.dumps(result), flush=True)
 
 

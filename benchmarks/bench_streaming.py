@@ -8,10 +8,10 @@ the ONNX engine beside eager torch, so both land in one report from one run.
 Each engine's run compares DAS and the full sequence inside the same process (see
 streamer/bench.py), so the ratios hold on a noisy machine.
 """
+
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,8 +26,11 @@ def markdown(results: dict[str, dict], command: str) -> str:
     lines = [f"Command: `{command}`", ""]
     any_run = next(iter(results.values()))
     m = any_run["machine"]
-    lines += [f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
-              f"GPU: {m['gpu'] or 'none'}; device {any_run['device']}.", ""]
+    lines += [
+        f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
+        f"GPU: {m['gpu'] or 'none'}; device {any_run['device']}.",
+        "",
+    ]
     lines += ["| item | target | " + " | ".join(results) + " |", "|---|---|" + "---|" * len(results)]
 
     def row(label: str, target: str, get) -> None:
@@ -48,24 +51,48 @@ def markdown(results: dict[str, dict], command: str) -> str:
     row("3. throughput DAS 0.5 (input fps)", ">= 300", lambda r: r["throughput_fps"])
     row("3. throughput full (input fps)", "", lambda r: r["throughput"]["runs"]["full"]["fps_in"])
     row("3. throughput ratio DAS / full", ">= 1.6", lambda r: r["throughput_ratio"])
-    row("4. latency capture -> published p50/p95/p99 (ms)", "", lambda r: "/".join(str(r["latency"]["latency_ms"][p]) for p in ("p50", "p95", "p99")))
-    row("4. latency window close -> published p50/p95/p99 (ms)", "p99 <= 50",
-        lambda r: "/".join(str(r["latency"]["latency_close_ms"][p]) for p in ("p50", "p95", "p99")))
-    row("4. of which engine stages p50: sampler / embed / head (ms)", "",
-        lambda r: " / ".join(str(r["latency"]["stages_ms"][k]["p50"]) for k in ("sampler", "embed", "head")))
+    row(
+        "4. latency capture -> published p50/p95/p99 (ms)",
+        "",
+        lambda r: "/".join(str(r["latency"]["latency_ms"][p]) for p in ("p50", "p95", "p99")),
+    )
+    row(
+        "4. latency window close -> published p50/p95/p99 (ms)",
+        "p99 <= 50",
+        lambda r: "/".join(str(r["latency"]["latency_close_ms"][p]) for p in ("p50", "p95", "p99")),
+    )
+    row(
+        "4. of which engine stages p50: sampler / embed / head (ms)",
+        "",
+        lambda r: " / ".join(str(r["latency"]["stages_ms"][k]["p50"]) for k in ("sampler", "embed", "head")),
+    )
     row("4. frames dropped at 30 fps", "0", lambda r: r["latency"]["dropped"])
-    row("5. backbone calls per frame, stride T/2: cache / recompute", "",
-        lambda r: f"{r['overlap']['cache']['backbone_calls_per_frame']} / {r['overlap']['recompute']['backbone_calls_per_frame']}")
+    row(
+        "5. backbone calls per frame, stride T/2: cache / recompute",
+        "",
+        lambda r: (
+            f"{r['overlap']['cache']['backbone_calls_per_frame']} / {r['overlap']['recompute']['backbone_calls_per_frame']}"
+        ),
+    )
     row("5. time saved by the cache", "", lambda r: r["overlap"]["time_saved"])
     row("6. peak RSS (MB) over 100,000 frames", "", lambda r: r["memory"]["peak_rss_mb"])
     row("6. RSS growth after warm-up (MB)", "<= 50", lambda r: r["memory"]["growth_after_warmup_mb"])
-    row("7. 4 streams at 30 fps: worst p99 latency (ms)", "",
-        lambda r: max(v["latency_p99_ms"] for v in r["streams"]["per_stream"].values()))
+    row(
+        "7. 4 streams at 30 fps: worst p99 latency (ms)",
+        "",
+        lambda r: max(v["latency_p99_ms"] for v in r["streams"]["per_stream"].values()),
+    )
     row("7. 4 streams at 30 fps: frames dropped", "0", lambda r: r["streams"]["dropped_total"])
-    row("8. capacity: 30 fps streams with 0 drops and p99 close <= 50 ms, DAS 0.5 / full", "",
-        lambda r: f"{r['capacity_streams']} / {r['capacity_streams_full']}")
-    row("8. engine warm-up (s), DAS 0.5 / full", "",
-        lambda r: " / ".join(str(run["warm_up_s"]) for run in r["capacity"]["runs"].values()))
+    row(
+        "8. capacity: 30 fps streams with 0 drops and p99 close <= 50 ms, DAS 0.5 / full",
+        "",
+        lambda r: f"{r['capacity_streams']} / {r['capacity_streams_full']}",
+    )
+    row(
+        "8. engine warm-up (s), DAS 0.5 / full",
+        "",
+        lambda r: " / ".join(str(run["warm_up_s"]) for run in r["capacity"]["runs"].values()),
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -87,14 +114,22 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     t0 = time.perf_counter()
     import tempfile
+
     with tempfile.TemporaryDirectory() as tmp:
         video = None
         if not only or {"throughput", "latency"} & set(only):
             video = str(make_video(Path(tmp) / "bench.mp4", frames=600 if args.quick else 1800))
         for engine in args.engines.split(","):
             print(f"[bench] engine {engine}", file=sys.stderr, flush=True)
-            s = BenchSettings(quick=args.quick, model=args.model, device=args.device, engine=engine, video=video, only=only,
-                              feature_size=args.feature_size)
+            s = BenchSettings(
+                quick=args.quick,
+                model=args.model,
+                device=args.device,
+                engine=engine,
+                video=video,
+                only=only,
+                feature_size=args.feature_size,
+            )
             results[engine] = run_bench(s, log=lambda m: print(f"[bench]   {m}", file=sys.stderr, flush=True))
     command = "python " + " ".join(["benchmarks/bench_streaming.py", *(argv if argv is not None else sys.argv[1:])])
     out = {"wall_seconds": round(time.perf_counter() - t0, 1), "command": command, "results": results}

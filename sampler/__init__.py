@@ -4,13 +4,16 @@ Import the samplers from here::
 
     from sampler import DASSampler, DPSSampler, ADPSSampler, UniformSampler, RandomSampler, FullSampler
 """
-from .base import Sampler, SamplerOutput
+
+from core.errors import ConfigError, DataError, ModelFileError, SamplerError
+
+from .base import Sampler
 from .baselines import ADPSSampler, DPSSampler, FullSampler, RandomSampler, UniformSampler
 from .classifier import FrameClassifier, frame_classifier
 from .das import DASSampler
-from .errors import ConfigError, DataError, ModelFileError, SamplerError
 from .features import frame_features
 from .model import ModelConfig, SampledClassifier, build_model, build_sampler
+from .output import SamplerOutput
 
 __all__ = [
     "ADPSSampler",

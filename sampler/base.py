@@ -5,41 +5,16 @@ takes a window ``x`` of shape (B, T, C, H, W) and returns a :class:`SamplerOutpu
 ``select(x, valid)`` does the same without gathering the frames, so a streaming runtime can pass
 a small (feature-resolution) copy of the window and gather the full-resolution frames itself.
 """
-from __future__ import annotations
 
-from dataclasses import dataclass
+from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .errors import SamplerError
+from core.errors import SamplerError
 
-
-@dataclass(frozen=True)
-class SamplerOutput:
-    """What a sampler picked.
-
-    Attributes:
-        matrix: (B, k, T) float sampling matrix. Rows are one-hot in the forward pass; in
-            training its gradient is the soft relaxation's (straight-through).
-        indices: (B, k) long, the picked frame positions, sorted ascending. Rows of ``matrix``
-            are in the same order, so ``frames[:, j] == x[b, indices[b, j]]``.
-        frames: (B, k, C, H, W) = matrix @ x, or None when produced by ``select``.
-    """
-
-    matrix: torch.Tensor
-    indices: torch.Tensor
-    frames: torch.Tensor | None = None
-
-    def pick(self, values: torch.Tensor) -> torch.Tensor:
-        """(B, T, ...) per-frame values (frames, embeddings) -> (B, k, ...) of the picked frames.
-
-        With a gradient to carry it is P @ values (the hard rows pick, the soft relaxation carries
-        the gradient); otherwise the same rows by index, without the dense product.
-        """
-        if torch.is_grad_enabled() and self.matrix.requires_grad:
-            return torch.einsum("bkt,bt...->bk...", self.matrix.to(values.dtype), values)
-        return values[torch.arange(values.shape[0], device=values.device)[:, None], self.indices]
+from .gumbel import gumbel_like
+from .output import SamplerOutput
 
 
 def check_window(x: torch.Tensor, num_frames: int, valid: torch.Tensor | None = None) -> None:
@@ -68,7 +43,9 @@ def check_k(num_frames: int, k: int) -> None:
     if num_frames < 1:
         raise SamplerError(f"num_frames must be >= 1, got {num_frames}")
     if not 1 <= k <= num_frames:
-        raise SamplerError(f"k must be between 1 and num_frames={num_frames}, got k={k}; lower k or lengthen the window")
+        raise SamplerError(
+            f"k must be between 1 and num_frames={num_frames}, got k={k}; lower k or lengthen the window"
+        )
 
 
 class Sampler(nn.Module):
@@ -90,8 +67,6 @@ class Sampler(nn.Module):
 
     def explore(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` plus ``noise_scale`` x Gumbel noise in training mode; unchanged otherwise."""
-        from .gumbel import gumbel_like  # gumbel.py imports this module
-
         if not self.training or self.noise_scale == 0.0:
             return logits
         return logits + self.noise_scale * gumbel_like(logits)

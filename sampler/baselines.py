@@ -11,16 +11,19 @@
 All of them prefer valid frames: padded (``valid=False``) or empty frames are picked only when
 fewer than k valid frames exist.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .base import Sampler, SamplerOutput, check_k, check_window
+from core.errors import SamplerError
+
+from .base import Sampler, check_k, check_window
 from .das import FrameDescriptor, mlp
-from .errors import SamplerError
 from .features import frame_features, frame_validity
 from .gumbel import in_temporal_order, penalize_invalid, select_row, select_without_replacement, top_k_priority
+from .output import SamplerOutput
 
 
 class FullSampler(Sampler):
@@ -197,7 +200,9 @@ class ADPSSampler(Sampler):
             logits = head(state[0])
             logits = self.explore(logits)
             row, index = select_row(penalize_invalid(logits / self.temperature, ~usable), taken)
-            taken = taken.scatter(1, index.unsqueeze(1), torch.ones_like(taken[:, :1]))  # a tensor src: exportable to ONNX
+            taken = taken.scatter(
+                1, index.unsqueeze(1), torch.ones_like(taken[:, :1])
+            )  # a tensor src: exportable to ONNX
             rows.append(row)
             picks.append(index)
             picked_sum = picked_sum + torch.einsum("bt,btd->bd", row, features)

@@ -21,6 +21,7 @@ weights (as torchvision's ``mobilenet_v3_small(weights=...)`` does). Backbone we
 - a path: a ``state_dict`` file of torchvision's ``mobilenet_v3_small`` (the whole model or just
   its ``features``), e.g. torchvision's own ``mobilenet_v3_small-047dcff4.pth`` copied by hand.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,9 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
 
+from core.errors import ModelFileError, SamplerError
+
 from .backbones.efficientnet_lite import FEATURE_DIM as LITE_DIM
 from .backbones.efficientnet_lite import LITE_MEAN, LITE_STD, LiteFeatures, load_lite_weights
-from .errors import ModelFileError, SamplerError
 from .features import as_float_window
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,11 @@ def tiny_cnn() -> nn.Sequential:
     layers: list[nn.Module] = []
     channels = (3, 16, 32, 64, 128)
     for c_in, c_out in zip(channels, channels[1:]):
-        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        ]
     return nn.Sequential(*layers)
 
 
@@ -91,11 +97,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             "re-download it or pass another file"
         ) from exc
     if not isinstance(state, dict):
-        raise ModelFileError(f"backbone weights file {path} does not hold a state_dict; save one with torch.save(model.state_dict(), path)")
+        raise ModelFileError(
+            f"backbone weights file {path} does not hold a state_dict; save one with torch.save(model.state_dict(), path)"
+        )
     return state
 
 
-def load_backbone_weights(features: nn.Module, weights: str | os.PathLike, *, backbone: str = "mobilenet_v3_small") -> str:
+def load_backbone_weights(
+    features: nn.Module, weights: str | os.PathLike, *, backbone: str = "mobilenet_v3_small"
+) -> str:
     """Load ``weights`` into a backbone; return what was loaded.
 
     Args:
@@ -113,18 +123,25 @@ def load_backbone_weights(features: nn.Module, weights: str | os.PathLike, *, ba
         return load_lite_weights(features, weights)
     if source in ("auto", "imagenet"):
         if backbone != "mobilenet_v3_small":
-            raise SamplerError(f"there are no ImageNet weights for the {backbone} backbone; use weights='none' or a state_dict PATH")
+            raise SamplerError(
+                f"there are no ImageNet weights for the {backbone} backbone; use weights='none' or a state_dict PATH"
+            )
         cached = imagenet_cache_path()
         if cached.is_file():
             state = _read_state_dict(cached)
         elif source == "auto":
-            log.warning("no ImageNet weights for MobileNetV3-Small in the torch hub cache; the backbone starts from random init. To use them: %s", _how_to_get_weights())
+            log.warning(
+                "no ImageNet weights for MobileNetV3-Small in the torch hub cache; the backbone starts from random init. To use them: %s",
+                _how_to_get_weights(),
+            )
             return "none"
         else:
             try:
                 state = _IMAGENET.get_state_dict(progress=False, check_hash=True)
             except Exception as exc:  # network errors come in many types
-                raise SamplerError(f"cannot download the ImageNet weights of MobileNetV3-Small ({exc}); {_how_to_get_weights()}") from exc
+                raise SamplerError(
+                    f"cannot download the ImageNet weights of MobileNetV3-Small ({exc}); {_how_to_get_weights()}"
+                ) from exc
         source = "imagenet"
     else:
         state = _read_state_dict(Path(source))
@@ -209,7 +226,9 @@ class FrameClassifier(nn.Module):
         self.project = nn.Identity() if embed_dim == backbone_dim else nn.Linear(backbone_dim, embed_dim)
         self.embed_dim = embed_dim
         self.pool = AttentionPool(embed_dim, hidden)
-        self.head = nn.Sequential(nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+        self.head = nn.Sequential(
+            nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
+        )
         mean, std = BACKBONE_NORM.get(backbone, (IMAGENET_MEAN, IMAGENET_STD))
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -225,7 +244,9 @@ class FrameClassifier(nn.Module):
             raise SamplerError("frames contain NaN or infinite values; clean the frames before classifying")
         x = as_float_window(frames).to(self.mean.dtype)
         if x.shape[-2:] != (self.input_size, self.input_size):
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True
+            )
         return (x.expand(-1, 3, -1, -1) - self.mean) / self.std
 
     def embed(self, frames: torch.Tensor) -> torch.Tensor:

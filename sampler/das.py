@@ -30,6 +30,7 @@ segment at inference). The picks then cover the window as Uniform's do, while wh
 each segment is picked stays input-adaptive (e.g. the one frame of a segment that is not black
 or frozen). Top-k of a per-frame score, the default, may instead pick k neighbouring frames.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Sampler, SamplerOutput, check_window
-from .errors import SamplerError
+from core.errors import SamplerError
+
+from .base import Sampler, check_window
 from .features import NUM_FEATURES, frame_features, frame_validity, masked_pool, standardize_over_time
 from .gumbel import (
     in_temporal_order,
@@ -49,6 +51,7 @@ from .gumbel import (
     top_k_priority,
 )
 from .learned_features import LearnedDescriptor
+from .output import SamplerOutput
 
 
 def mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
@@ -140,7 +143,9 @@ class DASSampler(Sampler):
         if selection not in ("top_k", "segments"):
             raise SamplerError(f"DAS selection must be top_k or segments, got {selection!r}")
         if selection == "segments" and paper_exact:
-            raise SamplerError("DAS selection='segments' picks one frame per segment; it cannot be combined with paper_exact=True")
+            raise SamplerError(
+                "DAS selection='segments' picks one frame per segment; it cannot be combined with paper_exact=True"
+            )
         self.features = features
         self.selection = selection
         # (k, T) True where frame t lies outside segment j (used by selection="segments")
@@ -152,7 +157,9 @@ class DASSampler(Sampler):
             # The learned features need the frames, not only the hand-made per-frame features a
             # streaming runtime computes on arrival: hide select_features so the runtime calls select(x).
             self.select_features = None
-        d = (FrameDescriptor.dim if features != "learned" else 0) + (self.learned.dim if self.learned is not None else 0)
+        d = (FrameDescriptor.dim if features != "learned" else 0) + (
+            self.learned.dim if self.learned is not None else 0
+        )
         self.base = mlp(d, hidden, 1)
         self.heads = nn.ModuleList(mlp(2 * d, hidden, k) for _ in range(heads))
         self.temperature = mlp(2 * d, hidden, 1)
@@ -176,7 +183,9 @@ class DASSampler(Sampler):
         parts = [] if self.features == "learned" else [FrameDescriptor.from_raw(raw, usable)]
         if self.learned is not None:
             if learned is None:
-                raise SamplerError("this DAS sampler uses learned features, which need the frames; call select(x) or attention(x)")
+                raise SamplerError(
+                    "this DAS sampler uses learned features, which need the frames; call select(x) or attention(x)"
+                )
             parts.append(learned)
         features = torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
         pooled = masked_pool(features, usable)

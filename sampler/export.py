@@ -8,6 +8,7 @@ runs in eval mode (deterministic picks). The model's config, class names and pre
 stored as JSON in the ONNX file's metadata (``das_stream.config``, ``das_stream.preprocessing``,
 ``das_stream.class_names``), so a consumer resamples and resizes its stream as training did.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,7 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import ModelFileError
+from core.errors import ModelFileError
+
 from .model import SampledClassifier
 
 
@@ -54,8 +56,13 @@ def export_onnx(model: SampledClassifier, path: str | os.PathLike, *, opset: int
     with warnings.catch_warnings(), _sort_without_stable():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
         torch.onnx.export(
-            WindowModel(model), (frames, valid), str(path), dynamo=False, input_names=["frames", "valid"],
-            output_names=["probs", "indices"], opset_version=opset,
+            WindowModel(model),
+            (frames, valid),
+            str(path),
+            dynamo=False,
+            input_names=["frames", "valid"],
+            output_names=["probs", "indices"],
+            opset_version=opset,
         )
     proto = onnx.load(str(path))
     meta = {
@@ -103,5 +110,7 @@ def check_export(model: SampledClassifier, path: str | os.PathLike, frames: torc
     onnx_probs, onnx_indices = session.run(None, {"frames": frames.numpy(), "valid": valid.numpy()})
     diff = float(abs(torch.from_numpy(onnx_probs) - probs).max())
     if (onnx_probs.argmax(1) != probs.numpy().argmax(1)).any() or (onnx_indices != indices.numpy()).any():
-        raise ModelFileError(f"the ONNX export {path} disagrees with the torch model on a window (top class or picks); report it")
+        raise ModelFileError(
+            f"the ONNX export {path} disagrees with the torch model on a window (top class or picks); report it"
+        )
     return diff

@@ -15,12 +15,13 @@ The features of one frame, in the order of :data:`FEATURE_NAMES`:
 - ``motion``: log of the mean absolute difference to the previous frame (the first frame of a
   window uses the difference to the next one).
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .errors import SamplerError
+from core.errors import SamplerError
 
 FEATURE_NAMES: tuple[str, ...] = ("mean", "variance", "sobel_x", "sobel_y", "sobel", "laplacian", "motion")
 NUM_FEATURES = len(FEATURE_NAMES)

@@ -4,12 +4,13 @@ All learned samplers end the same way: k rows of logits over T frames become k o
 (the forward pass) whose gradient is that of a softmax relaxation (the backward pass). The
 helpers here are that shared ending.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .base import SamplerOutput
+from .output import SamplerOutput
 
 INVALID_PENALTY = 1e4
 """Subtracted from the (temperature-scaled) logits of invalid frames: they lose against every
@@ -107,5 +108,7 @@ def top_k_priority(priority: torch.Tensor, k: int) -> SamplerOutput:
     Ties go to the earlier frame (as the row-by-row argmax of ``select_without_replacement``).
     """
     indices = priority.argsort(dim=1, descending=True, stable=True)[:, :k].sort(dim=1).values
-    matrix = torch.zeros(*indices.shape, priority.shape[1], device=priority.device).scatter_(2, indices.unsqueeze(2), 1.0)
+    matrix = torch.zeros(*indices.shape, priority.shape[1], device=priority.device).scatter_(
+        2, indices.unsqueeze(2), 1.0
+    )
     return SamplerOutput(matrix=matrix, indices=indices)

@@ -12,6 +12,7 @@ Its cost per window (T frames) is kept under 5 % of the classifier's (k frames):
 defaults, 3.9 k multiply-accumulates per frame (tiny_cnn at 32 px: 1.0 M per frame); :func:`count_macs` measures both and
 ``tests/sampler/test_learned_features.py`` checks the budget for the configurations we train.
 """
+
 from __future__ import annotations
 
 import torch
@@ -33,7 +34,9 @@ class LearnedFrameFeatures(nn.Module):
         super().__init__()
         self.size = int(size)
         c1, c2 = channels
-        self.net = nn.Sequential(nn.Conv2d(1, c1, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU())
+        self.net = nn.Sequential(
+            nn.Conv2d(1, c1, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU()
+        )
         self.dim = 2 * c2
 
     def low_res(self, x: torch.Tensor) -> torch.Tensor:

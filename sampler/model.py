@@ -11,6 +11,7 @@ A model file is ``torch.save`` of a plain dict, readable with ``torch.load(weigh
 fingerprint, clip counts, the backbone weights requested and used), ``metrics``, ``versions`` and
 ``created``. ``das-stream info`` prints it; ``run`` applies ``preprocessing``.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -23,12 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .base import Sampler, SamplerOutput
+from core.errors import ConfigError, ModelFileError, SamplerError
+
+from .base import Sampler
 from .baselines import ADPSSampler, DPSSampler, FullSampler, RandomSampler, UniformSampler
 from .classifier import BACKBONES, CLASSIFIER_OPTIONS, MIN_INPUT_SIZE, FrameClassifier, frame_classifier
 from .das import DASSampler
-from .errors import ConfigError, ModelFileError, SamplerError
 from .features import MIN_FEATURE_SIZE, frame_validity
+from .output import SamplerOutput
 
 FILE_FORMAT = "das-stream-model"
 FILE_VERSION = 1
@@ -105,13 +108,18 @@ class ModelConfig:
         Each ConfigError carries ``key`` (the field) and ``problem`` (worded to follow the key),
         so a caller can restate it under its own key, e.g. ``model.method in exp.yaml``.
         """
+
         def bad(key: str, problem: str, lead: str = "") -> ConfigError:
             return ConfigError(f"{lead}{key} {problem}", key=key, problem=problem)
 
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         object.__setattr__(self, "backbone_weights", str(self.backbone_weights))
         if self.method not in SAMPLERS:
-            raise bad("method", f"must be one of {', '.join(METHODS)}, got {self.method!r}", f"unknown sampling method {self.method!r}: ")
+            raise bad(
+                "method",
+                f"must be one of {', '.join(METHODS)}, got {self.method!r}",
+                f"unknown sampling method {self.method!r}: ",
+            )
         for name in ("num_frames", "k", "feature_size", "input_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -127,10 +135,18 @@ class ModelConfig:
         if self.input_size < MIN_INPUT_SIZE:
             raise bad("input_size", f"must be at least {MIN_INPUT_SIZE} pixels, got {self.input_size}")
         if self.backbone not in BACKBONES:
-            raise bad("backbone", f"must be one of {', '.join(BACKBONES)}, got {self.backbone!r}", f"unknown backbone {self.backbone!r}: ")
+            raise bad(
+                "backbone",
+                f"must be one of {', '.join(BACKBONES)}, got {self.backbone!r}",
+                f"unknown backbone {self.backbone!r}: ",
+            )
         unknown = sorted(set(self.classifier_kwargs) - set(CLASSIFIER_OPTIONS))
         if unknown:
-            raise bad("classifier_kwargs", f"may only hold {', '.join(CLASSIFIER_OPTIONS)}, got {unknown}", "unknown classifier option(s): ")
+            raise bad(
+                "classifier_kwargs",
+                f"may only hold {', '.join(CLASSIFIER_OPTIONS)}, got {unknown}",
+                "unknown classifier option(s): ",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, dicts, str, int, float), as stored in the model file."""
@@ -201,7 +217,9 @@ class SampledClassifier(nn.Module):
             valid: (B, T) bool, False for padding.
         """
         if emb.dim() != 3 or emb.shape[:2] != x.shape[:2]:
-            raise SamplerError(f"embeddings must have shape (B, T, D) with (B, T)={tuple(x.shape[:2])}, got {tuple(emb.shape)}")
+            raise SamplerError(
+                f"embeddings must have shape (B, T, D) with (B, T)={tuple(x.shape[:2])}, got {tuple(emb.shape)}"
+            )
         out = self.sampler.select(x if x.is_floating_point() else x.float() / 255.0, valid)
         mask = frame_validity(x, valid).gather(1, out.indices)
         return self.classifier.classify(self.classifier.project(out.pick(emb)), mask), out
@@ -245,7 +263,9 @@ class SampledClassifier(nn.Module):
             model.load_state_dict(payload["state_dict"])
             model.meta = dict(payload.get("meta") or {})
         except (ConfigError, KeyError, TypeError, RuntimeError) as exc:
-            raise ModelFileError(f"model file {path} does not match this version of das-stream ({exc}); retrain or re-export it") from exc
+            raise ModelFileError(
+                f"model file {path} does not match this version of das-stream ({exc}); retrain or re-export it"
+            ) from exc
         return model.to(map_location)
 
 
@@ -273,9 +293,13 @@ def _read_model_file(path: Path, map_location: str | torch.device) -> dict[str, 
             "save models with SampledClassifier.save"
         ) from exc
     except Exception as exc:  # truncated zip, empty file, not a torch file at all
-        raise ModelFileError(f"model file {path} is truncated or not a PyTorch file ({type(exc).__name__}: {exc}); re-save or re-copy it") from exc
+        raise ModelFileError(
+            f"model file {path} is truncated or not a PyTorch file ({type(exc).__name__}: {exc}); re-save or re-copy it"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
-        raise ModelFileError(f"model file {path} is a PyTorch file but not a das-stream model; pass a file written by SampledClassifier.save")
+        raise ModelFileError(
+            f"model file {path} is a PyTorch file but not a das-stream model; pass a file written by SampledClassifier.save"
+        )
     if payload.get("version") != FILE_VERSION:
         raise ModelFileError(
             f"model file {path} has format version {payload.get('version')!r}, this das-stream reads version {FILE_VERSION}; "

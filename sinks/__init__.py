@@ -3,6 +3,7 @@
 Every sink is an async context manager with ``async publish_prediction(p)`` and
 ``async publish_stats(s)`` (see docs/design.md); none blocks the event loop.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """Human-readable lines for predictions and stats, and the ordered line writer other sinks share."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import TextIO
 
-from sinks.errors import SinkError
+from core.errors import SinkError
 from sinks.messages import Prediction, Stats
 
 
@@ -45,8 +46,10 @@ def _delivery(s: Stats) -> str:
     figures = {k: mqtt.get(k) for k in ("published", "undelivered", "overflow", "reconnects")}
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in figures.values()):
         return ""
-    return (f" | mqtt published {figures['published']} waiting {figures['undelivered']}"
-            f" lost {figures['overflow']} reconnects {figures['reconnects']}")
+    return (
+        f" | mqtt published {figures['published']} waiting {figures['undelivered']}"
+        f" lost {figures['overflow']} reconnects {figures['reconnects']}"
+    )
 
 
 class LineWriter:

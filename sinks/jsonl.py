@@ -1,4 +1,5 @@
 """Append predictions and stats to a JSON Lines file (``--jsonl PATH``)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,8 +7,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TextIO
 
+from core.errors import SinkError
 from sinks.console import LineWriter
-from sinks.errors import SinkError
 from sinks.messages import Prediction, Stats
 
 

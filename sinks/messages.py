@@ -5,6 +5,7 @@ always present. Times are wall-clock seconds since the epoch; latencies are mill
 Payloads are strict JSON: a non-finite number (NaN, Infinity) is never written; should one
 reach a record it is published as ``null`` (see :func:`dumps`).
 """
+
 from __future__ import annotations
 
 import json

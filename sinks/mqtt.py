@@ -14,6 +14,7 @@ unexpected failure of the sender is logged, counted (``sender_failures``) and th
 restarts; after ``_MAX_SENDER_FAILURES`` failures in a row without a delivery the sink fails
 (SinkError from the next publish and from exit).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,16 +27,17 @@ import secrets
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Awaitable, Callable, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
-from sinks.errors import SinkError
+from core.errors import SinkError
 from sinks.messages import Prediction, Stats
 
 log = logging.getLogger(__name__)
@@ -119,8 +121,10 @@ class MqttSettings:
             (self.keepalive >= 1, f"keepalive {self.keepalive!r} must be at least 1 s"),
             (self.max_inflight >= 1, f"max_inflight {self.max_inflight!r} must be at least 1"),
             (self.timeout > 0 and self.drain_timeout >= 0, "timeout must be > 0 and drain_timeout >= 0"),
-            (0 < self.reconnect_min <= self.reconnect_max,
-             f"reconnect backoff {self.reconnect_min!r}..{self.reconnect_max!r} s must satisfy 0 < min <= max"),
+            (
+                0 < self.reconnect_min <= self.reconnect_max,
+                f"reconnect backoff {self.reconnect_min!r}..{self.reconnect_max!r} s must satisfy 0 < min <= max",
+            ),
             (self.client_id is None or bool(self.client_id), "the MQTT client id must not be empty"),
         ]
         for ok, message in checks:
@@ -294,7 +298,11 @@ async def keep_connected(
                 raise fatal from None
             log.log(
                 logging.WARNING if delay == settings.reconnect_min else logging.DEBUG,
-                "%s: broker %s unavailable (%s); retrying in %.2f s", name, settings.url, exc, delay,
+                "%s: broker %s unavailable (%s); retrying in %.2f s",
+                name,
+                settings.url,
+                exc,
+                delay,
             )
         await asyncio.sleep(delay)
         delay = min(delay * 2, settings.reconnect_max)
@@ -414,7 +422,11 @@ class MqttSink:
             log.warning(
                 "mqtt sink: %d message(s) not delivered to %s (%d still buffered after the %.1f s drain, "
                 "%d dropped on overflow)",
-                left + self._overflow, self.settings.url, left, self.settings.drain_timeout, self._overflow,
+                left + self._overflow,
+                self.settings.url,
+                left,
+                self.settings.drain_timeout,
+                self._overflow,
             )
         if self._fatal is not None and exc_type is None:
             raise self._fatal
@@ -448,7 +460,10 @@ class MqttSink:
             log.warning(
                 "mqtt sink: buffer of %d full (broker %s away or slow); %d message(s) dropped so far "
                 "(%d predictions), %d since the last warning",
-                self.settings.buffer_size, self.settings.url, self._overflow, self._predictions["overflow"],
+                self.settings.buffer_size,
+                self.settings.url,
+                self._overflow,
+                self._predictions["overflow"],
                 self._overflow - self._overflow_logged,
             )
             self._overflow_logged_at, self._overflow_logged = now, self._overflow
@@ -467,8 +482,13 @@ class MqttSink:
             except Exception as exc:  # noqa: BLE001 - any sender failure must surface, never silently
                 self._sender_failures += 1
                 failures = 1 if self._published > published else failures + 1
-                log.error("mqtt sink: sender failed (%s: %s); restart %d of %d",
-                          type(exc).__name__, str(exc)[:200], failures, _MAX_SENDER_FAILURES)
+                log.error(
+                    "mqtt sink: sender failed (%s: %s); restart %d of %d",
+                    type(exc).__name__,
+                    str(exc)[:200],
+                    failures,
+                    _MAX_SENDER_FAILURES,
+                )
                 if failures >= _MAX_SENDER_FAILURES:
                     self._fatal = SinkError(
                         f"MQTT sender for {self.settings.url} failed {failures} times in a row "
@@ -483,8 +503,12 @@ class MqttSink:
         self._connections += 1
         self._connected = True
         if self._connections > 1:
-            log.info("mqtt sink: reconnected to %s, %d message(s) buffered, %d dropped on overflow so far",
-                     self.settings.url, self.counters["buffered"], self._overflow)
+            log.info(
+                "mqtt sink: reconnected to %s, %d message(s) buffered, %d dropped on overflow so far",
+                self.settings.url,
+                self.counters["buffered"],
+                self._overflow,
+            )
         watch = asyncio.create_task(self._watch(client))
         send = asyncio.create_task(self._send_forever(client))
         try:
@@ -547,13 +571,25 @@ class MqttSink:
             self._inflight.remove(message)
             self._sender_failures += 1
             self._predictions["failed"] += message.prediction
-            log.error("mqtt sink: a message to %s could not be sent and is dropped (%s: %s); %d so far",
-                      message.topic[:120], type(exc).__name__, str(exc)[:200], self._sender_failures)
+            log.error(
+                "mqtt sink: a message to %s could not be sent and is dropped (%s: %s); %d so far",
+                message.topic[:120],
+                type(exc).__name__,
+                str(exc)[:200],
+                self._sender_failures,
+            )
             return
         self._inflight.remove(message)
         self._published += 1
         self._predictions["published"] += message.prediction
 
 
-__all__ = ["MqttSettings", "MqttSink", "URL_FORM", "default_client_id", "keep_connected", "topic_segment",
-           "unique_client_id"]
+__all__ = [
+    "MqttSettings",
+    "MqttSink",
+    "URL_FORM",
+    "default_client_id",
+    "keep_connected",
+    "topic_segment",
+    "unique_client_id",
+]

@@ -9,6 +9,7 @@ Lost predictions show: a jump in a stream's window numbers (after the first wind
 flagged as a gap, and counted as missing until the windows arrive late. Stats lines show the
 publisher's delivery counters (``extra.MqttSink``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -158,10 +159,12 @@ class _Printer:
         except ValueError as exc:
             self.tally["malformed"] += 1
             topic, error = _cut(topic), _cut(str(exc), 200)
-            await self._writer.write(self._line(
-                {"type": "malformed", "topic": topic, "error": error},
-                f"malformed message on {topic}: {error}",
-            ))
+            await self._writer.write(
+                self._line(
+                    {"type": "malformed", "topic": topic, "error": error},
+                    f"malformed message on {topic}: {error}",
+                )
+            )
             return
         if isinstance(record, Stats):
             self.tally["stats"] += 1
@@ -169,21 +172,30 @@ class _Printer:
             return
         if self._repeats.is_repeat(record, payload):
             self.tally["duplicates"] += 1
-            await self._writer.write(self._line(
-                {**json.loads(payload), "duplicate": True},
-                f"duplicate (already shown): {format_prediction(record)}",
-            ))
+            await self._writer.write(
+                self._line(
+                    {**json.loads(payload), "duplicate": True},
+                    f"duplicate (already shown): {format_prediction(record)}",
+                )
+            )
             return
         self.tally["predictions"] += 1
         gap = self._gaps.seen(record)
         if gap is not None:
             first, last = gap
-            await self._writer.write(self._line(
-                {"type": "gap", "stream": record.stream, "first_window": first, "last_window": last,
-                 "missing": last - first + 1},
-                f"gap: {record.stream} windows {first}-{last} missing ({last - first + 1}; "
-                "predictions lost or still to come)",
-            ))
+            await self._writer.write(
+                self._line(
+                    {
+                        "type": "gap",
+                        "stream": record.stream,
+                        "first_window": first,
+                        "last_window": last,
+                        "missing": last - first + 1,
+                    },
+                    f"gap: {record.stream} windows {first}-{last} missing ({last - first + 1}; "
+                    "predictions lost or still to come)",
+                )
+            )
         await self._writer.write(self._line(json.loads(payload), format_prediction(record)))
 
     def _line(self, obj: dict[str, Any], text: str) -> str:
@@ -257,7 +269,9 @@ async def _forget_session(settings: MqttSettings) -> None:
         await asyncio.wait_for(connect_once(), 3)
 
 
-async def _receive(settings: MqttSettings, printer: _Printer, *, max_messages: int | None, ready: asyncio.Event | None) -> None:
+async def _receive(
+    settings: MqttSettings, printer: _Printer, *, max_messages: int | None, ready: asyncio.Event | None
+) -> None:
     topics = [(f"{settings.topic_prefix}/+/{kind}", settings.qos) for kind in _RECORDS]
 
     async def session(client: aiomqtt.Client) -> None:

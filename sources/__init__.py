@@ -5,8 +5,10 @@ iterator of ``Frame`` (see docs/sources.md).
         async for frame in source:
             ...
 """
+
+from core.errors import SourceError
+
 from .dicom import DicomSource
-from .errors import SourceError
 from .frame import Frame
 from .igtl import IgtlSource
 from .probe import ProbeSource

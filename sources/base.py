@@ -13,6 +13,7 @@ A source subclass supplies the blocking parts, all run off the event loop:
 and optionally ``_frames(items)``, loop-side work between the thread and the consumer (pacing).
 By default the produced items are the ``Frame`` records themselves.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SourceError
+from core.errors import SourceError
+
 from .frame import Frame
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -240,8 +242,9 @@ class Source:
     def counts(self) -> SourceCounts:
         """A snapshot of :attr:`counters` (safe to call while the reader thread updates them)."""
         other = dict(self.counters)
-        return SourceCounts(bad_messages=int(other.pop("bad_messages", 0)),
-                            overflow=int(other.pop("overflow", 0)), other=other)
+        return SourceCounts(
+            bad_messages=int(other.pop("bad_messages", 0)), overflow=int(other.pop("overflow", 0)), other=other
+        )
 
     def _count_overflow(self) -> None:
         self.counters["overflow"] += 1

@@ -20,6 +20,7 @@ replayed as a stream through pydicom, paced like a video file.
   data, single-frame) are skipped, logged and counted in ``counters["skipped_files"]``; a cine
   loop it cannot decode is an error, as for a single file.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,9 @@ from pydicom.encaps import generate_fragments, parse_basic_offsets
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder, iter_pixels, pixel_array
 
+from core.errors import SourceError
+
 from .base import PacedSource, derive_name
-from .errors import SourceError
 from .image import OutputFormat, normalise_size
 from .options import typed
 from .video import FALLBACK_RATE, FrameConverter
@@ -60,9 +62,21 @@ RATE_TAGS = (
 # FFmpeg (PyAV) does, given its format.
 _VIDEO_FORMATS = {
     **dict.fromkeys((uid.MPEG2MPML, uid.MPEG2MPMLF, uid.MPEG2MPHL, uid.MPEG2MPHLF), "mpegvideo"),
-    **dict.fromkeys((uid.MPEG4HP41, uid.MPEG4HP41F, uid.MPEG4HP41BD, uid.MPEG4HP41BDF, uid.MPEG4HP422D,
-                     uid.MPEG4HP422DF, uid.MPEG4HP423D, uid.MPEG4HP423DF, uid.MPEG4HP42STEREO,
-                     uid.MPEG4HP42STEREOF), "h264"),
+    **dict.fromkeys(
+        (
+            uid.MPEG4HP41,
+            uid.MPEG4HP41F,
+            uid.MPEG4HP41BD,
+            uid.MPEG4HP41BDF,
+            uid.MPEG4HP422D,
+            uid.MPEG4HP422DF,
+            uid.MPEG4HP423D,
+            uid.MPEG4HP423DF,
+            uid.MPEG4HP42STEREO,
+            uid.MPEG4HP42STEREOF,
+        ),
+        "h264",
+    ),
     **dict.fromkeys((uid.HEVCMP51, uid.HEVCM10P51), "hevc"),
 }
 _VIDEO_PHOTOMETRIC = ("YBR_PARTIAL_420", *PHOTOMETRIC)  # what the standard asks of MPEG data, and more
@@ -142,12 +156,16 @@ def inspect(path: Path) -> CineFile:
     try:
         ds = pydicom.dcmread(path, defer_size="1 KB")
     except InvalidDicomError:
-        raise NotCine(f"{path} is not a DICOM file (no DICM preamble); give a DICOM Part 10 file or a folder of them") from None
+        raise NotCine(
+            f"{path} is not a DICOM file (no DICM preamble); give a DICOM Part 10 file or a folder of them"
+        ) from None
     except (OSError, EOFError, ValueError) as exc:
         raise SourceError(f"cannot read DICOM file {path}: {exc}; the file is corrupt or truncated") from None
     if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
         kind = getattr(ds.get("SOPClassUID"), "name", None) or "unknown SOP class"
-        raise NotCine(f"{path} holds no pixel data ({kind}); give a multi-frame image such as US Multi-frame Image Storage")
+        raise NotCine(
+            f"{path} holds no pixel data ({kind}); give a multi-frame image such as US Multi-frame Image Storage"
+        )
     frames = _number(ds, "NumberOfFrames") or 1
     if frames < 2:
         raise NotCine(
@@ -167,12 +185,23 @@ def inspect(path: Path) -> CineFile:
             f"{path} stores {ds.get('BitsAllocated', '?')}-bit samples; dicom: replays 8-bit cine loops, re-export as 8 bit"
         )
     if syntax is None:
-        raise SourceError(f"{path} has no transfer syntax in its file meta information; the file is not valid DICOM Part 10")
+        raise SourceError(
+            f"{path} has no transfer syntax in its file meta information; the file is not valid DICOM Part 10"
+        )
     rate, tag = frame_rate(ds)
     numbers = dict(series=_number(ds, "SeriesNumber"), instance=_number(ds, "InstanceNumber"))
     if video_format:
-        return CineFile(path=path, frames=frames, rate=rate, rate_tag=tag, photometric=photometric, syntax=syntax.name,
-                        compressed=True, video_format=video_format, **numbers)
+        return CineFile(
+            path=path,
+            frames=frames,
+            rate=rate,
+            rate_tag=tag,
+            photometric=photometric,
+            syntax=syntax.name,
+            compressed=True,
+            video_format=video_format,
+            **numbers,
+        )
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
@@ -186,8 +215,16 @@ def inspect(path: Path) -> CineFile:
             f"{path} uses transfer syntax {syntax.name}, which no installed handler decodes; install {needs}, "
             "or transcode the file (e.g. `gdcmconv --raw`)"
         )
-    return CineFile(path=path, frames=frames, rate=rate, rate_tag=tag, photometric=photometric, syntax=syntax.name,
-                    compressed=syntax.is_compressed, **numbers)
+    return CineFile(
+        path=path,
+        frames=frames,
+        rate=rate,
+        rate_tag=tag,
+        photometric=photometric,
+        syntax=syntax.name,
+        compressed=syntax.is_compressed,
+        **numbers,
+    )
 
 
 def scan(path: Path) -> tuple[list[CineFile], list[tuple[Path, str]]]:
@@ -213,7 +250,7 @@ def scan(path: Path) -> tuple[list[CineFile], list[tuple[Path, str]]]:
             f"folder {path} holds no multi-frame DICOM image ({len(skipped)} files skipped as not DICOM, "
             "without pixel data or single-frame); give a folder of cine loops"
         )
-    for file, reason in skipped:
+    for _file, reason in skipped:
         log.warning("skipping %s", reason)
     return sorted(cines, key=lambda c: c.order), skipped
 
@@ -261,9 +298,18 @@ class DicomSource(PacedSource):
         self._pending: tuple[np.ndarray, Iterator[np.ndarray]] | None = None
 
     @classmethod
-    def from_spec(cls, spec: str, *, name: str | None = None, speed: float = 1.0, pacing: bool = True,
-                  loop: bool = False, gray: bool = True, size: int | tuple[int, int] | None = None,
-                  **options: Any) -> DicomSource:
+    def from_spec(
+        cls,
+        spec: str,
+        *,
+        name: str | None = None,
+        speed: float = 1.0,
+        pacing: bool = True,
+        loop: bool = False,
+        gray: bool = True,
+        size: int | tuple[int, int] | None = None,
+        **options: Any,
+    ) -> DicomSource:
         """``dicom:PATH`` (no options; speed, pacing and loop are keyword arguments)."""
         scheme, _, path = spec.partition(":")
         if scheme != "dicom" or not path:
@@ -277,8 +323,12 @@ class DicomSource(PacedSource):
         self.rate = self.files[0].rate
         for cine in self.files:
             if cine.rate_tag == "default":
-                log.warning("%s states no frame rate (Frame Time, Cine Rate, Recommended Display Frame Rate); "
-                            "replaying at %g frames/s", cine.path, FALLBACK_RATE)
+                log.warning(
+                    "%s states no frame rate (Frame Time, Cine Rate, Recommended Display Frame Rate); "
+                    "replaying at %g frames/s",
+                    cine.path,
+                    FALLBACK_RATE,
+                )
         # Decode the first frame now, so a file with broken pixel data fails at 'async with'.
         frames = self._decode(self.files[0])
         self._pending = (next(frames), frames)

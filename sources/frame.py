@@ -1,4 +1,5 @@
 """The record every source yields."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -13,6 +13,7 @@ does not notice a server that closed the connection. The socket is read here, in
 reader thread, and pyigtl parses the header and unpacks the IMAGE body. Reconnection (backoff,
 gap accounting) is ``ProbeSource``'s.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,9 @@ from urllib.parse import urlsplit
 import numpy as np
 from pyigtl.messages import CRC64, ImageMessage, MessageBase
 
+from core.errors import SourceError
+
 from .base import derive_name
-from .errors import SourceError
 from .frame import Frame
 from .image import OutputFormat, normalise_size
 from .options import boolean, live_only, merge_query, optional_int, typed
@@ -112,7 +114,11 @@ class _IgtlFeed:
                 fields = MessageBase.parse_header(bytes(header))
             except (UnicodeDecodeError, struct.error):
                 fields = None
-            if fields is None or fields["header_version"] not in (1, 2) or fields["body_size"] > source.max_message_bytes:
+            if (
+                fields is None
+                or fields["header_version"] not in (1, 2)
+                or fields["body_size"] > source.max_message_bytes
+            ):
                 source.count_bad("unreadable message header or body over max_message_bytes")
                 raise _FeedLost("lost the message boundaries; reconnecting to resynchronise")
             body = bytes(self._receive(fields["body_size"]))
@@ -193,9 +199,16 @@ class IgtlSource(ProbeSource):
             raise SourceError(f"max_message_bytes must be a positive integer, got {max_message_bytes!r}")
         default = derive_name(device) if device else f"igtl-{port}"
         super().__init__(
-            f"igtl://{host}:{port}", name=name or default, gray=gray, size=size, timeout=timeout,
-            reconnect_initial=reconnect_initial, reconnect_max=reconnect_max, max_reconnects=max_reconnects,
-            open_attempts=open_attempts, queue_size=queue_size,
+            f"igtl://{host}:{port}",
+            name=name or default,
+            gray=gray,
+            size=size,
+            timeout=timeout,
+            reconnect_initial=reconnect_initial,
+            reconnect_max=reconnect_max,
+            max_reconnects=max_reconnects,
+            open_attempts=open_attempts,
+            queue_size=queue_size,
         )
         self.host, self.port, self.timeout = host, port, timeout
         self.device_name = device  # ProbeSource's ``device`` is the server's URL
@@ -208,9 +221,18 @@ class IgtlSource(ProbeSource):
         self._new_feed = lambda: _IgtlFeed(self)
 
     @classmethod
-    def from_spec(cls, spec: str, *, name: str | None = None, speed: float = 1.0, pacing: bool = True,
-                  loop: bool = False, gray: bool = True, size: int | tuple[int, int] | None = None,
-                  **options: Any) -> IgtlSource:
+    def from_spec(
+        cls,
+        spec: str,
+        *,
+        name: str | None = None,
+        speed: float = 1.0,
+        pacing: bool = True,
+        loop: bool = False,
+        gray: bool = True,
+        size: int | tuple[int, int] | None = None,
+        **options: Any,
+    ) -> IgtlSource:
         """``igtl://HOST[:PORT][?device=NAME&timeout=S&...]`` (options as the keyword arguments)."""
         parts = urlsplit(spec)
         try:
@@ -218,12 +240,20 @@ class IgtlSource(ProbeSource):
         except ValueError:
             port = None
         if parts.scheme != "igtl" or not parts.hostname or port is None or parts.path not in ("", "/"):
-            raise SourceError(f"source spec {spec!r} is not igtl://HOST:PORT (e.g. igtl://127.0.0.1:18944?device=Image)")
+            raise SourceError(
+                f"source spec {spec!r} is not igtl://HOST:PORT (e.g. igtl://127.0.0.1:18944?device=Image)"
+            )
         live_only(spec, speed, pacing, loop)
         table = {
-            "device": str, "timeout": float, "reconnect_initial": float, "reconnect_max": float,
-            "max_reconnects": optional_int, "open_attempts": int, "queue_size": int,
-            "check_crc": boolean, "max_message_bytes": int,
+            "device": str,
+            "timeout": float,
+            "reconnect_initial": float,
+            "reconnect_max": float,
+            "max_reconnects": optional_int,
+            "open_attempts": int,
+            "queue_size": int,
+            "check_crc": boolean,
+            "max_message_bytes": int,
         }
         given = typed(spec, merge_query(spec, parts.query, options), table)
         return cls(parts.hostname, port, name=name, gray=gray, size=size, **given)
@@ -231,8 +261,11 @@ class IgtlSource(ProbeSource):
     def lock(self, device: str) -> None:
         """Keep ``device`` (the first to send an image) from now on."""
         self.device_name = device
-        log.info("%s: taking the images of OpenIGTLink device %r (others are ignored; pick one with ?device=NAME)",
-                 self.name, device)
+        log.info(
+            "%s: taking the images of OpenIGTLink device %r (others are ignored; pick one with ?device=NAME)",
+            self.name,
+            device,
+        )
 
     def count_bad(self, reason: str) -> None:
         count = self.counters["bad_messages"] = self.counters["bad_messages"] + 1

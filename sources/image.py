@@ -1,4 +1,5 @@
 """Output image format shared by all sources: gray or RGB, optional resize (cv2, INTER_AREA)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .errors import SourceError
+from core.errors import SourceError
 
 
 def normalise_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -16,7 +17,9 @@ def normalise_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
         return None
     pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
     if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in pair):
-        raise SourceError(f"output size must be a positive int or a (width, height) pair of positive ints, got {size!r}")
+        raise SourceError(
+            f"output size must be a positive int or a (width, height) pair of positive ints, got {size!r}"
+        )
     return int(pair[0]), int(pair[1])
 
 

@@ -3,13 +3,14 @@
 A source kind's ``from_spec(spec, *, name, speed, pacing, loop, gray, size, **options)`` reads
 its part of the spec and its options with these, so every kind reports a bad option the same way.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .errors import SourceError
+from core.errors import SourceError
 
 Converter = Callable[[Any], Any]
 
@@ -55,7 +56,9 @@ def merge_query(spec: str, query: str, options: Mapping[str, Any]) -> dict[str, 
     merged = dict(options)
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key in merged:
-            raise SourceError(f"option {key!r} is given twice for source {spec!r} (in the spec and as a keyword); keep one")
+            raise SourceError(
+                f"option {key!r} is given twice for source {spec!r} (in the spec and as a keyword); keep one"
+            )
         merged[key] = value
     return merged
 

@@ -12,6 +12,7 @@ MPEG-TS packet is complete only when the next one starts); those frames are stam
 stream's own clock (their pts, put on the wall clock by the least-delayed recent arrival), so
 they keep their real time and the gap is measured from the last real frame.
 """
+
 from __future__ import annotations
 
 import collections
@@ -27,8 +28,9 @@ import av
 import cv2
 import numpy as np
 
+from core.errors import SourceError
+
 from .base import Source, derive_name
-from .errors import SourceError
 from .frame import Frame
 from .image import OutputFormat, normalise_size
 from .options import live_only, optional_int, typed
@@ -207,17 +209,32 @@ class ProbeSource(Source):
         self._feed: _OpenCvFeed | _PyAvFeed | None = None
 
     @classmethod
-    def from_spec(cls, spec: str, *, name: str | None = None, speed: float = 1.0, pacing: bool = True,
-                  loop: bool = False, gray: bool = True, size: int | tuple[int, int] | None = None,
-                  **options: Any) -> ProbeSource:
+    def from_spec(
+        cls,
+        spec: str,
+        *,
+        name: str | None = None,
+        speed: float = 1.0,
+        pacing: bool = True,
+        loop: bool = False,
+        gray: bool = True,
+        size: int | tuple[int, int] | None = None,
+        **options: Any,
+    ) -> ProbeSource:
         """``probe:INDEX``, ``probe:/dev/videoN`` or ``probe:URL``; options as the keyword arguments."""
         device = spec.partition(":")[2]
         if not device:
-            raise SourceError(f"source spec {spec!r} needs a device or URL: probe:0, probe:/dev/video0, probe:udp://HOST:PORT")
+            raise SourceError(
+                f"source spec {spec!r} needs a device or URL: probe:0, probe:/dev/video0, probe:udp://HOST:PORT"
+            )
         live_only(spec, speed, pacing, loop)
         table = {
-            "timeout": float, "reconnect_initial": float, "reconnect_max": float, "max_reconnects": optional_int,
-            "open_attempts": int, "queue_size": int,
+            "timeout": float,
+            "reconnect_initial": float,
+            "reconnect_max": float,
+            "max_reconnects": optional_int,
+            "open_attempts": int,
+            "queue_size": int,
         }
         return cls(device, name=name, gray=gray, size=size, **typed(spec, options, table))
 

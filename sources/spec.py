@@ -9,15 +9,17 @@ Options may come in the spec's query string (where the kind reads one) or as key
 of ``parse_source`` (not both for the same option). ``speed``, ``pacing`` and ``loop`` only apply
 to replayed sources. Each kind's ``from_spec`` documents its own options.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.errors import SourceError
+
 from .base import Source
 from .dicom import DicomSource
-from .errors import SourceError
 from .igtl import IgtlSource
 from .probe import ProbeSource
 from .synthetic import SyntheticSource
@@ -46,7 +48,11 @@ SOURCES: dict[str, SourceKind] = {
     "video": SourceKind("video:PATH", VideoSource.from_spec),
     "dicom": SourceKind("dicom:FILE|FOLDER", DicomSource.from_spec),
     "igtl": SourceKind("igtl://HOST:PORT", IgtlSource.from_spec, "?device=NAME"),
-    "probe": SourceKind("probe:DEVICE|URL", ProbeSource.from_spec, "probe:INDEX, probe:/dev/videoN, probe:URL with udp://, rtsp://, http://"),
+    "probe": SourceKind(
+        "probe:DEVICE|URL",
+        ProbeSource.from_spec,
+        "probe:INDEX, probe:/dev/videoN, probe:URL with udp://, rtsp://, http://",
+    ),
     "zmq+sub": SourceKind("zmq+sub://HOST:PORT", ZmqSource.from_spec, "?bind=1&topic=NAME"),
     "zmq+pull": SourceKind("zmq+pull://HOST:PORT", ZmqSource.from_spec, "?bind=1"),
     "zmq+rep": SourceKind("zmq+rep://HOST:PORT", ZmqSource.from_spec, "imagezmq REQ/REP senders; binds unless ?bind=0"),

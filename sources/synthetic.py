@@ -16,6 +16,7 @@ Classes (``CLASSES``):
 
 Everything is vectorised numpy over (T, H, W); 32 frames of 128x128 take 10-20 ms.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import SourceError
+
 from .base import PacedSource
-from .errors import SourceError
 from .image import OutputFormat, normalise_size
 from .options import merge_query, optional_int, typed
 
@@ -46,7 +48,9 @@ def class_index(label: int | str) -> int:
             return CLASSES.index(label)
     elif isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < len(CLASSES):
         return int(label)
-    raise SourceError(f"unknown synthetic class {label!r}; use one of {', '.join(CLASSES)} or an index below {len(CLASSES)}")
+    raise SourceError(
+        f"unknown synthetic class {label!r}; use one of {', '.join(CLASSES)} or an index below {len(CLASSES)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,9 @@ def render_clip(
     strength = (evidence * rng.uniform(0.6, 1.0)).astype(np.float32)  # (T,)
 
     # Lung sliding: a small periodic lateral shift of everything at and below the pleura.
-    shift = (rng.uniform(0.01, 0.03) * np.sin(2 * np.pi * t / rng.uniform(12, 30) + rng.uniform(0, 2 * np.pi))).astype(np.float32)
+    shift = (rng.uniform(0.01, 0.03) * np.sin(2 * np.pi * t / rng.uniform(12, 30) + rng.uniform(0, 2 * np.pi))).astype(
+        np.float32
+    )
     pleura = np.float32(rng.uniform(0.22, 0.32))
     width = np.float32(rng.uniform(0.008, 0.014))
     below = (depth > pleura).astype(np.float32)
@@ -211,7 +217,9 @@ def render_clip(
         border = inside * _gauss((depth[:, None] - lower) / 0.012)
         dots_depth = pleura + rng.uniform(0.02, 0.1, size=4).astype(np.float32)
         dots_angle = centre + rng.uniform(-half, half, size=4).astype(np.float32)
-        dots = (_gauss((depth[:, None, None] - dots_depth) / 0.01) * _gauss((angle[None, :, None] - dots_angle) / 0.015)).sum(-1)
+        dots = (
+            _gauss((depth[:, None, None] - dots_depth) / 0.01) * _gauss((angle[None, :, None] - dots_angle) / 0.015)
+        ).sum(-1)
         image += strength[:, None, None] * (0.45 * region + 0.5 * border + 0.7 * dots)
 
     # Multiplicative speckle (Rayleigh: a static tissue grain plus a fresh share per frame),
@@ -290,17 +298,30 @@ class SyntheticSource(PacedSource):
         self._clip_frames = clip_frames
 
     @classmethod
-    def from_spec(cls, spec: str, *, name: str | None = None, speed: float = 1.0, pacing: bool = True,
-                  loop: bool = False, gray: bool = True, size: int | tuple[int, int] | None = None,
-                  **options: Any) -> SyntheticSource:
+    def from_spec(
+        cls,
+        spec: str,
+        *,
+        name: str | None = None,
+        speed: float = 1.0,
+        pacing: bool = True,
+        loop: bool = False,
+        gray: bool = True,
+        size: int | tuple[int, int] | None = None,
+        **options: Any,
+    ) -> SyntheticSource:
         """``synthetic:`` with options ``fps``, ``label``, ``seed``, ``frames``, ``size``,
         ``clip_frames`` in the query (``synthetic:?fps=30&label=b_lines``) or as keywords.
         The spec's own ``size`` wins over the caller's (the size the clips are generated at)."""
         if loop:
             raise SourceError(f"loop applies to video sources; {spec!r} is endless unless frames=N is given")
         table = {
-            "fps": float, "label": lambda v: int(v) if isinstance(v, int) or str(v).isdigit() else str(v),
-            "seed": int, "frames": optional_int, "size": int, "clip_frames": int,
+            "fps": float,
+            "label": lambda v: int(v) if isinstance(v, int) or str(v).isdigit() else str(v),
+            "seed": int,
+            "frames": optional_int,
+            "size": int,
+            "clip_frames": int,
         }
         options = typed(spec, merge_query(spec, spec.partition(":")[2].lstrip("?"), options), table)
         size = options.pop("size", size)
@@ -323,8 +344,16 @@ class SyntheticSource(PacedSource):
                 seq += 1
 
 
-def encode_video(target: Any, images: Iterable[np.ndarray], *, fps: float, codec: str = "libx264",
-                 pix_fmt: str = "yuv420p", format: str | None = None, options: dict[str, str] | None = None) -> Any:
+def encode_video(
+    target: Any,
+    images: Iterable[np.ndarray],
+    *,
+    fps: float,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    format: str | None = None,
+    options: dict[str, str] | None = None,
+) -> Any:
     """Encode uint8 frames, gray (H, W) or RGB (H, W, 3), into ``target`` (a path or a writable
     binary file) with PyAV: the one video writer of the project's tests and benchmarks (the
     synthetic clips of :func:`make_clip`, or any frames). Returns ``target``."""

@@ -10,6 +10,7 @@ runs with ``err_detect=explode``), a file that ends well before the frame count 
 announces, and a gif without its trailer byte raise SourceError once the good frames have been
 delivered.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -23,8 +24,10 @@ import av
 import cv2
 import numpy as np
 
+from core.errors import SourceError
+from core.resample import FrameGrid
+
 from .base import PacedSource, derive_name
-from .errors import SourceError
 from .image import OutputFormat, normalise_size
 from .options import typed
 
@@ -44,7 +47,11 @@ def check_crop(crop: Sequence[int] | None) -> tuple[int, int, int, int] | None:
     if crop is None:
         return None
     box = tuple(crop)
-    if len(box) != 4 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in box) or 0 in box[2:]:
+    if (
+        len(box) != 4
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0 for v in box)
+        or 0 in box[2:]
+    ):
         raise SourceError(f"crop must be (x, y, width, height) in source pixels with width, height > 0, got {crop!r}")
     return tuple(int(v) for v in box)  # type: ignore[return-value]
 
@@ -168,26 +175,19 @@ class VideoFile:
 
 
 def resample(
-    decoded: Iterator[tuple[float, av.VideoFrame]], *, fps: float, source_rate: float
+    decoded: Iterator[tuple[float, av.VideoFrame]], *, fps: float, upsample: bool = False
 ) -> Iterator[tuple[float, av.VideoFrame]]:
-    """Pick frames for a constant ``fps`` by timestamp: output j is the frame nearest j / fps.
+    """Pick frames for a constant ``fps`` by timestamp (:class:`core.resample.FrameGrid`, the rule
+    ``das-stream run`` applies to a live stream): each grid time j / fps goes to the nearest frame.
 
-    Works on the stream (no look-back): each frame covers the times up to halfway to its
-    neighbours, the last one half a source frame beyond its own time. Frames repeat when
-    ``fps`` exceeds the source rate and are skipped when it is lower.
+    A frame nearest to several grid times (a source slower than ``fps``) is yielded once, as the
+    runtime shows it, or once per grid time with ``upsample=True``.
     """
-    j = 0
-    held: tuple[float, av.VideoFrame] | None = None
+    grid = FrameGrid(fps)
     for t, frame in decoded:
-        if held is not None:
-            while j / fps < (held[0] + t) / 2:
-                yield j / fps, held[1]
-                j += 1
-        held = (t, frame)
-    if held is not None:
-        while j / fps < held[0] + 0.5 / source_rate:
-            yield j / fps, held[1]
-            j += 1
+        n = grid.count(t)
+        for _ in range(n if upsample else min(n, 1)):
+            yield t, frame
 
 
 def read_video(
@@ -198,6 +198,7 @@ def read_video(
     fps: float | None = None,
     crop: Sequence[int] | None = None,
     max_frames: int | None = None,
+    upsample: bool = False,
 ) -> tuple[np.ndarray, float]:
     """Read a whole video file into memory (synchronous; for training and offline tools).
 
@@ -209,6 +210,8 @@ def read_video(
             every decoded frame.
         crop: (x, y, width, height) in source pixels, applied before resizing.
         max_frames: stop after this many output frames.
+        upsample: repeat frames to fill ``fps`` when the video is slower (never by default: the
+            runtime does not repeat frames either).
 
     Returns:
         (frames uint8, the file's own frame rate).
@@ -224,7 +227,7 @@ def read_video(
     with VideoFile(path) as video:
         decoded = video.frames()
         if fps is not None:
-            decoded = resample(decoded, fps=fps, source_rate=video.rate)
+            decoded = resample(decoded, fps=fps, upsample=upsample)
         images: list[np.ndarray] = []
         previous: tuple[av.VideoFrame, np.ndarray] | None = None
         for _, frame in itertools.islice(decoded, max_frames):
@@ -275,9 +278,18 @@ class VideoSource(PacedSource):
         self._first: tuple[float, av.VideoFrame] | None = None
 
     @classmethod
-    def from_spec(cls, spec: str, *, name: str | None = None, speed: float = 1.0, pacing: bool = True,
-                  loop: bool = False, gray: bool = True, size: int | tuple[int, int] | None = None,
-                  **options: Any) -> VideoSource:
+    def from_spec(
+        cls,
+        spec: str,
+        *,
+        name: str | None = None,
+        speed: float = 1.0,
+        pacing: bool = True,
+        loop: bool = False,
+        gray: bool = True,
+        size: int | tuple[int, int] | None = None,
+        **options: Any,
+    ) -> VideoSource:
         """``video:PATH`` (no options; speed, pacing and loop are keyword arguments)."""
         path = spec.partition(":")[2]
         if not path:

@@ -23,6 +23,7 @@ The header is parsed with limits: at most ``MAX_HEADER_DEPTH`` levels of nesting
 most ``MAX_INT_DIGITS`` digits, finite numbers only (no NaN/Infinity, nothing that overflows a
 float). Whatever goes wrong while decoding a message raises ``BadMessage``, never anything else.
 """
+
 from __future__ import annotations
 
 import io
@@ -38,7 +39,7 @@ import numpy as np
 import zmq
 from PIL import Image
 
-from .errors import SourceError
+from core.errors import SourceError
 
 DEFAULT_MAX_FRAME_BYTES = 64 * 2**20
 MAX_HEADER_BYTES = 64 * 2**10
@@ -202,7 +203,9 @@ def _check_optional_fields(header: dict[str, Any]) -> None:
     if seq is not None and not (_is_int(seq) and seq >= 0):
         raise BadMessage(f"header seq must be a non-negative integer, got {short(seq)}")
     stamp = header.get("timestamp")
-    if stamp is not None and not (isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and math.isfinite(stamp)):
+    if stamp is not None and not (
+        isinstance(stamp, (int, float)) and not isinstance(stamp, bool) and math.isfinite(stamp)
+    ):
         raise BadMessage(f"header timestamp must be a finite number of seconds, got {short(stamp)}")
 
 
@@ -311,7 +314,9 @@ class FrameSender:
         self._socket.recv()  # the subscription message
         return True
 
-    def send_array(self, array: np.ndarray, *, msg: str = "", seq: int | None = None, timestamp: float | None = None) -> None:
+    def send_array(
+        self, array: np.ndarray, *, msg: str = "", seq: int | None = None, timestamp: float | None = None
+    ) -> None:
         """Send a raw array."""
         self.send_parts(encode_array(array, msg=msg, seq=self._next_seq(seq), timestamp=_now_if_none(timestamp)))
 

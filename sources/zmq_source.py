@@ -14,6 +14,7 @@ them (always the newest one); when the reader lags (decoding slower than the fee
 are dropped there, at the socket, and counted in
 ``counters["overflow"]`` (the stream's ``frames_dropped``) and ``counters["socket_dropped"]``.
 """
+
 from __future__ import annotations
 
 import collections
@@ -28,8 +29,9 @@ from urllib.parse import urlsplit
 
 import zmq
 
+from core.errors import SourceError
+
 from .base import Source
-from .errors import SourceError
 from .frame import Frame
 from .image import OutputFormat, normalise_size
 from .options import boolean, live_only, merge_query, names, typed
@@ -154,16 +156,35 @@ class ZmqSource(Source):
         self._sender_seq: int | None = None
 
     @classmethod
-    def from_spec(cls, spec: str, *, name: str | None = None, speed: float = 1.0, pacing: bool = True,
-                  loop: bool = False, gray: bool = True, size: int | tuple[int, int] | None = None,
-                  **options: Any) -> ZmqSource:
+    def from_spec(
+        cls,
+        spec: str,
+        *,
+        name: str | None = None,
+        speed: float = 1.0,
+        pacing: bool = True,
+        loop: bool = False,
+        gray: bool = True,
+        size: int | tuple[int, int] | None = None,
+        **options: Any,
+    ) -> ZmqSource:
         """``zmq+sub://HOST:PORT``, ``zmq+pull://HOST:PORT`` or ``zmq+rep://HOST:PORT`` (binds
         unless ``?bind=0``); options in the query or as keywords."""
         parts = urlsplit(spec)
         live_only(spec, speed, pacing, loop)
-        table = {"bind": boolean, "topic": str, "max_frame_bytes": int, "allowed_dtypes": names, "queue_size": int,
-                 "rgb": boolean, "rcvhwm": int, "backlog": int, "backlog_bytes": int, "max_seq_jump": int,
-                 "max_clock_skew": float}
+        table = {
+            "bind": boolean,
+            "topic": str,
+            "max_frame_bytes": int,
+            "allowed_dtypes": names,
+            "queue_size": int,
+            "rgb": boolean,
+            "rcvhwm": int,
+            "backlog": int,
+            "backlog_bytes": int,
+            "max_seq_jump": int,
+            "max_clock_skew": float,
+        }
         options = typed(spec, merge_query(spec, parts.query, options), table)
         pattern = parts.scheme.partition("+")[2]
         if pattern == "rep":  # imagezmq's REQ senders connect to a hub that binds
@@ -184,7 +205,9 @@ class ZmqSource(Source):
         except zmq.ZMQError as exc:
             self._close()
             action = "bind" if self.bind else "connect"
-            raise SourceError(f"cannot {action} ZeroMQ {self.pattern} socket to {self.url}: {exc}; check the address and port") from None
+            raise SourceError(
+                f"cannot {action} ZeroMQ {self.pattern} socket to {self.url}: {exc}; check the address and port"
+            ) from None
 
     def _produce(self, stop: threading.Event) -> Iterator[Frame]:
         waiting: collections.deque[tuple[list[zmq.Frame], float, int]] = collections.deque()

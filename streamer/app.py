@@ -1,4 +1,5 @@
 """Builds a pipeline from a validated :class:`RunConfig` and runs it until the sources end or a signal."""
+
 from __future__ import annotations
 
 import asyncio
@@ -62,8 +63,14 @@ def overload_policy(cfg: RunConfig) -> str:
 
 def mqtt_sink(cfg: RunConfig) -> MqttSink:
     settings = MqttSettings.from_url(
-        cfg.mqtt, topic_prefix=cfg.topic_prefix, client_id=cfg.client_id, qos=cfg.qos,
-        buffer_size=cfg.mqtt_buffer, tls_ca=cfg.tls_ca, tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
+        cfg.mqtt,
+        topic_prefix=cfg.topic_prefix,
+        client_id=cfg.client_id,
+        qos=cfg.qos,
+        buffer_size=cfg.mqtt_buffer,
+        tls_ca=cfg.tls_ca,
+        tls_cert=cfg.tls_cert,
+        tls_key=cfg.tls_key,
         tls_insecure=cfg.tls_insecure,
     )
     return MqttSink(settings)
@@ -90,8 +97,10 @@ def observe_addresses(cfg: RunConfig) -> tuple:
     from .observe import parse_address
     from .observe.observer import METRICS_PORT, WEB_PORT
 
-    return (cfg.web and parse_address(cfg.web, flag="--web", default_port=WEB_PORT),
-            cfg.metrics and parse_address(cfg.metrics, flag="--metrics", default_port=METRICS_PORT))
+    return (
+        cfg.web and parse_address(cfg.web, flag="--web", default_port=WEB_PORT),
+        cfg.metrics and parse_address(cfg.metrics, flag="--metrics", default_port=METRICS_PORT),
+    )
 
 
 def build_pipeline(cfg: RunConfig) -> Pipeline:
@@ -113,12 +122,17 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
         observers.append(observer)
     settings = PipelineSettings(
         fps=pre.get("fps"),
-        stride=cfg.stride or model.config.num_frames, frame_queue=cfg.frame_queue, window_queue=cfg.window_queue,
-        max_batch_windows=cfg.max_batch_windows, stats_interval=cfg.stats_interval, duration=cfg.duration,
+        stride=cfg.stride or model.config.num_frames,
+        frame_queue=cfg.frame_queue,
+        window_queue=cfg.window_queue,
+        max_batch_windows=cfg.max_batch_windows,
+        stats_interval=cfg.stats_interval,
+        duration=cfg.duration,
         gap=cfg.gap,
     )
-    return Pipeline(sources=[(s, policy) for s in sources], engine=engine, sinks=sinks, settings=settings,
-                    observers=observers)
+    return Pipeline(
+        sources=[(s, policy) for s in sources], engine=engine, sinks=sinks, settings=settings, observers=observers
+    )
 
 
 async def run_pipeline(pipeline: Pipeline) -> RunSummary:
@@ -152,7 +166,7 @@ def run(cfg: RunConfig) -> RunSummary:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pipeline = build_pipeline(cfg)
     sinks = list(getattr(pipeline.sinks, "sinks", pipeline.sinks))  # a FanOut, or a list
-    if threading.current_thread() is threading.main_thread():  # start-up is over (see streamer.cli)
+    if threading.current_thread() is threading.main_thread():  # start-up is over (see das_stream.cli)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     summary = asyncio.run(run_pipeline(pipeline))
     summary.errors.extend(delivery_errors(sinks))

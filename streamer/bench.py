@@ -22,6 +22,7 @@ docs/performance.md):
 Models: ``--model PATH`` times that model (and a full-sequence twin with the same T and input
 size); without it, untrained models with T = 32 at 224 px (timing does not depend on weights).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -103,8 +104,15 @@ def _models(s: BenchSettings) -> dict[str, SampledClassifier]:
         base = das.config
         models = {f"{base.method}@{base.k / base.num_frames:g}": das}
     else:
-        base = ModelConfig(method="das", num_frames=s.num_frames, k=s.num_frames // 2, class_names=CLASSES,
-                           input_size=s.input_size, feature_size=s.feature_size, name="bench")
+        base = ModelConfig(
+            method="das",
+            num_frames=s.num_frames,
+            k=s.num_frames // 2,
+            class_names=CLASSES,
+            input_size=s.input_size,
+            feature_size=s.feature_size,
+            name="bench",
+        )
         models = {}
         for keep in (0.25, 0.5, 0.75):
             torch.manual_seed(0)
@@ -131,7 +139,9 @@ class _FrameMaker:
         self.seq = 0
 
     def frames(self, n: int, stream: str = "bench") -> list[Frame]:
-        out = [Frame(stream, self.seq + i, time.time(), self.images[(self.seq + i) % len(self.images)]) for i in range(n)]
+        out = [
+            Frame(stream, self.seq + i, time.time(), self.images[(self.seq + i) % len(self.images)]) for i in range(n)
+        ]
         self.seq += n
         return out
 
@@ -243,11 +253,17 @@ def bench_compute(engines: dict[str, InferenceEngine], s: BenchSettings) -> dict
                 times[name].append(time.perf_counter() - t0)
     per_window = {name: round(1000 * statistics.median(ts), 3) for name, ts in times.items()}
     full = per_window["full"]
-    out: dict[str, Any] = {"num_frames": T, "input_size": size, "window_ms": per_window,
-                           "ratio_vs_full": {k: round(v / full, 3) for k, v in per_window.items()},
-                           # median of each engine stage (warm-up round included), see InferenceEngine.stage_ms
-                           "stages_ms": {name: {stage: round(statistics.median(v), 3) for stage, v in eng.stage_ms.items()}
-                                         for name, eng in engines.items()}}
+    out: dict[str, Any] = {
+        "num_frames": T,
+        "input_size": size,
+        "window_ms": per_window,
+        "ratio_vs_full": {k: round(v / full, 3) for k, v in per_window.items()},
+        # median of each engine stage (warm-up round included), see InferenceEngine.stage_ms
+        "stages_ms": {
+            name: {stage: round(statistics.median(v), 3) for stage, v in eng.stage_ms.items()}
+            for name, eng in engines.items()
+        },
+    }
 
     # Item 2: what DAS adds per window: feature-resolution copies of T frames, features, attention, top-k.
     das = engines[_headline(engines)]
@@ -267,21 +283,35 @@ def bench_compute(engines: dict[str, InferenceEngine], s: BenchSettings) -> dict
     return out
 
 
-async def _replay(engine: InferenceEngine, video: Path, *, pacing: bool, mqtt: str | None, stride: int,
-                  duration: float | None = None) -> dict[str, Any]:
+async def _replay(
+    engine: InferenceEngine, video: Path, *, pacing: bool, mqtt: str | None, stride: int, duration: float | None = None
+) -> dict[str, Any]:
     src = VideoSource(video, pacing=pacing, loop=duration is not None, gray=True, size=engine.input_size)
-    sinks = [MqttSink(MqttSettings.from_url(mqtt, topic_prefix="bench", client_id=f"bench-{os.getpid()}"))] if mqtt else []
-    pipe = Pipeline(sources=[(src, "drop_oldest" if pacing else "block")], engine=engine, sinks=sinks,
-                    settings=PipelineSettings(stride=stride, stats_interval=3600, duration=duration))
+    sinks = (
+        [MqttSink(MqttSettings.from_url(mqtt, topic_prefix="bench", client_id=f"bench-{os.getpid()}"))] if mqtt else []
+    )
+    pipe = Pipeline(
+        sources=[(src, "drop_oldest" if pacing else "block")],
+        engine=engine,
+        sinks=sinks,
+        settings=PipelineSettings(stride=stride, stats_interval=3600, duration=duration),
+    )
     t0 = time.perf_counter()
     summary = await pipe.run()
     wall = time.perf_counter() - t0
     (final,) = summary.final.values()
     if summary.errors:
         raise summary.errors[0]
-    return {"frames": final.frames_in, "seconds": round(wall, 2), "fps_in": round(final.frames_in / wall, 1),
-            "windows": final.windows, "dropped": final.frames_dropped, "latency_ms": final.latency_ms,
-            "latency_close_ms": final.extra["latency_close_ms"], "compute_saved": final.compute_saved}
+    return {
+        "frames": final.frames_in,
+        "seconds": round(wall, 2),
+        "fps_in": round(final.frames_in / wall, 1),
+        "windows": final.windows,
+        "dropped": final.frames_dropped,
+        "latency_ms": final.latency_ms,
+        "latency_close_ms": final.extra["latency_close_ms"],
+        "compute_saved": final.compute_saved,
+    }
 
 
 def bench_throughput(engines: dict[str, InferenceEngine], video: Path, mqtt: str | None) -> dict[str, Any]:
@@ -291,8 +321,12 @@ def bench_throughput(engines: dict[str, InferenceEngine], video: Path, mqtt: str
     for name in (head, "full"):
         eng = engines[name]
         runs[name] = asyncio.run(_replay(eng, video, pacing=False, mqtt=mqtt, stride=eng.num_frames))
-    return {"video": str(video), "mqtt": mqtt or "none", "runs": runs,
-            "throughput_ratio": round(runs[head]["fps_in"] / runs["full"]["fps_in"], 3)}
+    return {
+        "video": str(video),
+        "mqtt": mqtt or "none",
+        "runs": runs,
+        "throughput_ratio": round(runs[head]["fps_in"] / runs["full"]["fps_in"], 3),
+    }
 
 
 def bench_latency(engine: InferenceEngine, video: Path, mqtt: str | None, seconds: float) -> dict[str, Any]:
@@ -315,8 +349,10 @@ def bench_overlap(engine: InferenceEngine, s: BenchSettings) -> dict[str, Any]:
         windows = _windows(frames, T, T // 2)
         t0 = time.perf_counter()
         embedded = sum(r.frames_embedded for r in _process_each(engine, windows, reuse=reuse))
-        out["cache" if reuse else "recompute"] = {"seconds": round(time.perf_counter() - t0, 3),
-                                                  "backbone_calls_per_frame": round(embedded / n, 3)}
+        out["cache" if reuse else "recompute"] = {
+            "seconds": round(time.perf_counter() - t0, 3),
+            "backbone_calls_per_frame": round(embedded / n, 3),
+        }
     out["time_saved"] = round(1 - out["cache"]["seconds"] / out["recompute"]["seconds"], 3)
     return out
 
@@ -327,12 +363,18 @@ def bench_memory(engine: InferenceEngine, frames: int) -> dict[str, Any]:
 
     async def main() -> None:
         src = SyntheticSource(name="mem", pacing=False, size=engine.input_size, frames=frames)
-        pipe = Pipeline(sources=[(src, "block")], engine=engine, sinks=[],
-                        settings=PipelineSettings(stride=engine.num_frames, stats_interval=3600))
+        pipe = Pipeline(
+            sources=[(src, "block")],
+            engine=engine,
+            sinks=[],
+            settings=PipelineSettings(stride=engine.num_frames, stats_interval=3600),
+        )
+
         async def sample() -> None:
             while True:
                 samples.append((pipe.streams[0].stats.frames_in, _rss_mb()))
                 await asyncio.sleep(0.5)
+
         task = asyncio.create_task(sample())
         await pipe.run()
         task.cancel()
@@ -343,28 +385,50 @@ def bench_memory(engine: InferenceEngine, frames: int) -> dict[str, Any]:
     warm = [rss for n, rss in samples if n >= frames // 10] or [samples[-1][1]]
     quarter = max(1, len(warm) // 4)
     early, late = statistics.median(warm[:quarter]), statistics.median(warm[-quarter:])
-    return {"frames": frames, "seconds": round(wall, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "rss_early_mb": round(early, 1), "rss_late_mb": round(late, 1),
-            # median RSS of the last quarter of the run against the first quarter after warm-up
-            # (the allocator makes single samples swing by tens of MB)
-            "growth_after_warmup_mb": round(late - early, 1),
-            "rss_range_after_warmup_mb": [round(min(warm), 1), round(max(warm), 1)]}
+    return {
+        "frames": frames,
+        "seconds": round(wall, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_early_mb": round(early, 1),
+        "rss_late_mb": round(late, 1),
+        # median RSS of the last quarter of the run against the first quarter after warm-up
+        # (the allocator makes single samples swing by tens of MB)
+        "growth_after_warmup_mb": round(late - early, 1),
+        "rss_range_after_warmup_mb": [round(min(warm), 1), round(max(warm), 1)],
+    }
 
 
 def bench_streams(engine: InferenceEngine, streams: int, seconds: float) -> dict[str, Any]:
     """Item 7: several paced synthetic streams at 30 fps in one process."""
+
     async def main() -> dict[str, Any]:
         sources = [SyntheticSource(name=f"probe{i}", fps=30.0, size=engine.input_size, seed=i) for i in range(streams)]
-        pipe = Pipeline(sources=[(src, "drop_oldest") for src in sources], engine=engine, sinks=[],
-                        settings=PipelineSettings(stride=engine.num_frames, stats_interval=3600, duration=seconds))
+        pipe = Pipeline(
+            sources=[(src, "drop_oldest") for src in sources],
+            engine=engine,
+            sinks=[],
+            settings=PipelineSettings(stride=engine.num_frames, stats_interval=3600, duration=seconds),
+        )
         summary = await pipe.run()
-        return {name: {"frames": st.frames_in, "dropped": st.frames_dropped, "windows": st.windows,
-                       "latency_p99_ms": st.latency_ms["p99"], "latency_close_p99_ms": st.extra["latency_close_ms"]["p99"]}
-                for name, st in summary.final.items()}
+        return {
+            name: {
+                "frames": st.frames_in,
+                "dropped": st.frames_dropped,
+                "windows": st.windows,
+                "latency_p99_ms": st.latency_ms["p99"],
+                "latency_close_p99_ms": st.extra["latency_close_ms"]["p99"],
+            }
+            for name, st in summary.final.items()
+        }
+
     per_stream = asyncio.run(main())
-    return {"streams": streams, "fps_each": 30, "seconds": seconds, "per_stream": per_stream,
-            "dropped_total": sum(v["dropped"] for v in per_stream.values())}
+    return {
+        "streams": streams,
+        "fps_each": 30,
+        "seconds": seconds,
+        "per_stream": per_stream,
+        "dropped_total": sum(v["dropped"] for v in per_stream.values()),
+    }
 
 
 class _ReplaySource:
@@ -404,8 +468,9 @@ class _ReplaySource:
         return Frame(self.name, seq, time.time(), self.images[seq % len(self.images)])
 
 
-def capacity_point(engine: InferenceEngine, streams: int, seconds: float, images: list[np.ndarray],
-                   fps: float = 30.0) -> dict[str, Any]:
+def capacity_point(
+    engine: InferenceEngine, streams: int, seconds: float, images: list[np.ndarray], fps: float = 30.0
+) -> dict[str, Any]:
     """``streams`` replayed streams at ``fps`` for ``seconds`` in one pipeline; their starts are
     spread over one window's time, as independent probes' would be."""
     _clear_stage_times(engine)
@@ -414,17 +479,27 @@ def capacity_point(engine: InferenceEngine, streams: int, seconds: float, images
         t0 = time.monotonic() + 0.2
         period = engine.num_frames / fps
         sources = [_ReplaySource(f"probe{i}", images, fps=fps, start=t0 + period * i / streams) for i in range(streams)]
-        pipe = Pipeline(sources=[(src, "drop_oldest") for src in sources], engine=engine, sinks=[],
-                        settings=PipelineSettings(stride=engine.num_frames, stats_interval=3600, duration=seconds))
+        pipe = Pipeline(
+            sources=[(src, "drop_oldest") for src in sources],
+            engine=engine,
+            sinks=[],
+            settings=PipelineSettings(stride=engine.num_frames, stats_interval=3600, duration=seconds),
+        )
         summary = await pipe.run()
         close = [ms for st in pipe.streams for ms in st.stats.close_latency_ms]
         finals = summary.final.values()
-        return {"streams": streams, "frames": sum(st.frames_in for st in finals),
-                "dropped": sum(st.frames_dropped for st in finals), "windows": sum(st.windows for st in finals),
-                "latency_close_ms": percentiles(close),
-                # the engine's steps per call; after warm-up no embed call should stand far above its median
-                "stages_ms": {name: {**percentiles(v), "max": round(max(v, default=0.0), 2)}
-                              for name, v in engine.stage_ms.items()}}
+        return {
+            "streams": streams,
+            "frames": sum(st.frames_in for st in finals),
+            "dropped": sum(st.frames_dropped for st in finals),
+            "windows": sum(st.windows for st in finals),
+            "latency_close_ms": percentiles(close),
+            # the engine's steps per call; after warm-up no embed call should stand far above its median
+            "stages_ms": {
+                name: {**percentiles(v), "max": round(max(v, default=0.0), 2)} for name, v in engine.stage_ms.items()
+            },
+        }
+
     return asyncio.run(main())
 
 
@@ -460,16 +535,30 @@ def bench_capacity(engines: dict[str, InferenceEngine], s: BenchSettings, log: C
                 mid = (good + bad) // 2
                 good, bad = (mid, bad) if holds(mid) else (good, mid)
             best = good
-        runs[name] = {"capacity_streams": best, "warm_up_s": round(eng.warm_up_s, 2),
-                      "points": [points[n] for n in sorted(points)]}
-    return {"fps_each": 30, "seconds_per_point": seconds, "p99_bound_ms": s.capacity_p99_ms,
-            "frames": "pre-rendered synthetic frames at the model's input size, replayed (no decode)", "runs": runs}
+        runs[name] = {
+            "capacity_streams": best,
+            "warm_up_s": round(eng.warm_up_s, 2),
+            "points": [points[n] for n in sorted(points)],
+        }
+    return {
+        "fps_each": 30,
+        "seconds_per_point": seconds,
+        "p99_bound_ms": s.capacity_p99_ms,
+        "frames": "pre-rendered synthetic frames at the model's input size, replayed (no decode)",
+        "runs": runs,
+    }
 
 
 def machine() -> dict[str, Any]:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "gpu": gpu}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": gpu,
+    }
 
 
 def run_bench(s: BenchSettings, *, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
@@ -481,9 +570,13 @@ def run_bench(s: BenchSettings, *, log: Callable[[str], None] = lambda m: None) 
     engines = {name: InferenceEngine(m, device=s.device, backend=s.engine) for name, m in models.items()}
     head = _headline(engines)
     result: dict[str, Any] = {}
-    details: dict[str, Any] = {"settings": {**s.__dict__, "only": list(s.only)}, "machine": machine(),
-                               "device": str(engines[head].device), "engine": engines[head].backend,
-                               "warm_up_s": {name: round(e.warm_up_s, 2) for name, e in engines.items()}}
+    details: dict[str, Any] = {
+        "settings": {**s.__dict__, "only": list(s.only)},
+        "machine": machine(),
+        "device": str(engines[head].device),
+        "engine": engines[head].backend,
+        "warm_up_s": {name: round(e.warm_up_s, 2) for name, e in engines.items()},
+    }
     if wanted & {"compute", "sampler"}:
         log("1-2: compute per window and sampler overhead")
         details["compute"] = c = bench_compute(engines, s)

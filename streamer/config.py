@@ -7,6 +7,7 @@ checked by the rules every config shares (:mod:`sampler.settings`). The defaults
 pipeline's and the MQTT sink's knobs are theirs (:class:`PipelineSettings`,
 :class:`MqttSettings`); ``das-stream run --help`` prints them from here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sampler.errors import ConfigError
-from sampler.settings import DEVICE_FORMS, coerce_fields, defaults, is_device_name
-from sampler.settings import load_flat
+from core.errors import ConfigError
+from core.settings import DEVICE_FORMS, coerce_fields, defaults, is_device_name, load_flat
 from sinks.mqtt import MqttSettings
 
 from .pipeline import PipelineSettings
@@ -100,7 +100,9 @@ class RunConfig:
             if value is not None and not 0 < value < float("inf"):  # also refuses NaN
                 raise ConfigError(f"{name} must be a finite number > 0, got {value} (in {self._origin})")
         if not math.isfinite(self.gap) or self.gap < 0:
-            raise ConfigError(f"gap must be a number of seconds >= 0 (0 turns it off), got {self.gap} (in {self._origin})")
+            raise ConfigError(
+                f"gap must be a number of seconds >= 0 (0 turns it off), got {self.gap} (in {self._origin})"
+            )
         if not self.sources:
             raise ConfigError(f"no source given (in {self._origin}); add --source SPEC, e.g. --source synthetic:")
         if not is_device_name(self.device):
@@ -119,4 +121,3 @@ class RunConfig:
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
         """Build from an optional YAML file, then apply the non-None ``overrides`` (the flags)."""
         return load_flat(cls, path, overrides)
-

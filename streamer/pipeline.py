@@ -29,6 +29,7 @@ Shutdown (:meth:`Pipeline.stop`, wired to SIGINT/SIGTERM by the CLI, or the sour
 sources stop, every frame already accepted is windowed, the last partial window of each stream is
 classified and published, final stats are published, then the sinks are closed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -113,7 +114,7 @@ class FrameQueue:
             else:
                 try:
                     await asyncio.wait_for(ready, timeout)
-                except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11 on
+                except TimeoutError:  # the builtin TimeoutError only from Python 3.11 on
                     raise TimeoutError from None
             if not self._items:
                 return None
@@ -189,9 +190,15 @@ class Pipeline:
         observers: watchers of frames, windows and stats (see :class:`Observer`).
     """
 
-    def __init__(self, *, sources: Sequence[tuple[Source, Policy]], engine: InferenceEngine,
-                 sinks: Sequence[Sink], settings: PipelineSettings,
-                 observers: Sequence[Observer] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        sources: Sequence[tuple[Source, Policy]],
+        engine: InferenceEngine,
+        sinks: Sequence[Sink],
+        settings: PipelineSettings,
+        observers: Sequence[Observer] = (),
+    ) -> None:
         names = [s.name for s, _ in sources]
         if len(set(names)) != len(names):
             raise ValueError(f"stream names must be unique, got {names}")
@@ -201,7 +208,9 @@ class Pipeline:
         self.settings = settings
         self.streams = [
             _Stream(
-                source=src, policy=policy, queue=FrameQueue(settings.frame_queue, policy),
+                source=src,
+                policy=policy,
+                queue=FrameQueue(settings.frame_queue, policy),
                 windower=Windower(stream=src.name, num_frames=engine.num_frames, stride=settings.stride),
                 stats=StreamStats(stream=src.name, num_frames=engine.num_frames),
                 resampler=make_resampler(settings.fps, src),
@@ -233,8 +242,11 @@ class Pipeline:
             self._task("infer", self._infer(windows, results)),
             self._task("publish", self._publish(results)),
         ]
-        helpers = [self._task("stats", self._tick()), self._task("stop", self._stop_when_asked(ingest)),
-                   self._task("observe", self._observe_tick())]
+        helpers = [
+            self._task("stats", self._tick()),
+            self._task("stop", self._stop_when_asked(ingest)),
+            self._task("observe", self._observe_tick()),
+        ]
         try:
             await asyncio.gather(*stages)
         finally:
@@ -257,7 +269,7 @@ class Pipeline:
     async def _stop_when_asked(self, ingest: list[asyncio.Task]) -> None:
         try:
             await asyncio.wait_for(self._stop.wait(), self.settings.duration)
-        except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
+        except TimeoutError:  # distinct classes before Python 3.11
             self._stop.set()
         for st, task in zip(self.streams, ingest):
             if st.reading:  # waiting on the source: interrupt it; a frame being queued is kept
@@ -364,11 +376,20 @@ class Pipeline:
         names = self.engine.class_names
         best = max(range(len(res.probs)), key=res.probs.__getitem__)
         return Prediction(
-            stream=w.stream, window=w.index, first_seq=w.frames[0].seq, last_seq=w.frames[-1].seq,
-            t_first=w.frames[0].t_capture, t_last=w.frames[-1].t_capture, selected=res.selected,
-            probs={n: round(p, 6) for n, p in zip(names, res.probs)}, label=names[best],
-            model=self.engine.model_name, latency_ms=round((time.time() - w.frames[-1].t_capture) * 1000.0, 2),
-            padded=w.padded, gap_before=w.gap_before_ms > 0, gap_ms=round(w.gap_before_ms, 2),
+            stream=w.stream,
+            window=w.index,
+            first_seq=w.frames[0].seq,
+            last_seq=w.frames[-1].seq,
+            t_first=w.frames[0].t_capture,
+            t_last=w.frames[-1].t_capture,
+            selected=res.selected,
+            probs={n: round(p, 6) for n, p in zip(names, res.probs)},
+            label=names[best],
+            model=self.engine.model_name,
+            latency_ms=round((time.time() - w.frames[-1].t_capture) * 1000.0, 2),
+            padded=w.padded,
+            gap_before=w.gap_before_ms > 0,
+            gap_ms=round(w.gap_before_ms, 2),
         )
 
     async def _publish_stats(self, stats: Stats) -> None:
@@ -379,14 +400,18 @@ class Pipeline:
     def _snapshot(self, st: _Stream, *, final: bool) -> Stats:
         counts = st.source.counts()
         extra: dict[str, Any] = {
-            "policy": st.policy, **counts.other, **self.sinks.counters(),
-            "gaps_closed": st.gaps, "longest_gap_ms": round(st.longest_gap_ms, 2),
+            "policy": st.policy,
+            **counts.other,
+            **self.sinks.counters(),
+            "gaps_closed": st.gaps,
+            "longest_gap_ms": round(st.longest_gap_ms, 2),
             "publish_wait_ms": round(self._publish_wait_s * 1000.0, 2),
         }
         if final and st.error is not None:
             extra["error"] = str(st.error)
-        return st.stats.snapshot(bad_messages=counts.bad_messages, upstream_dropped=counts.overflow,
-                                 final=final, extra=extra)
+        return st.stats.snapshot(
+            bad_messages=counts.bad_messages, upstream_dropped=counts.overflow, final=final, extra=extra
+        )
 
     async def _observe_tick(self) -> None:
         """Stats for the observers every second (the sinks get them every stats_interval)."""

@@ -3,11 +3,9 @@
 A model trained on clips resampled to 8 fps expects a window of T frames to span T / 8 seconds.
 Fed a 30 fps stream frame by frame, the same window would span a quarter of that. The
 :class:`FrameResampler` keeps, of each stream, the frames nearest to the times ``j / fps``
-(j = 0, 1, ...) counted from the stream's first frame: the rule ``sources.video.resample`` applies
-when training decodes a video, decided here frame by frame without look-ahead. A frame's time
-cell reaches from halfway to the previous frame to halfway to the next one, the next one being
-assumed one frame interval later; a frame is kept when a grid time falls in its cell. The frames
-left out are counted as ``frames_resampled_out`` (their own outcome in the stats).
+(j = 0, 1, ...) counted from the stream's first frame: :class:`core.resample.FrameGrid`, the rule
+training applies when it decodes a video. The frames left out are counted as
+``frames_resampled_out`` (their own outcome in the stats).
 
 Times: a replayed source (a file, the synthetic generator) uses the media time of the frame it
 released last (``media_time``: the file's own timestamp, as training's decoder reads it), so
@@ -17,11 +15,13 @@ the wall clock; every other source uses ``t_capture``.
 A stream slower than the model's rate is not upsampled (frames are never repeated): every frame
 is kept and one warning says so.
 """
+
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from core.resample import FrameGrid
 from sources.frame import Frame
 
 log = logging.getLogger(__name__)
@@ -39,17 +39,14 @@ class FrameResampler:
     """
 
     def __init__(self, fps: float, source: Any = None) -> None:
-        if not fps > 0:
-            raise ValueError(f"fps must be > 0, got {fps!r}")
-        self.fps = float(fps)
+        self.grid = FrameGrid(fps)
+        self.fps = self.grid.fps
         self.source = source
         self.stream = getattr(source, "name", "")
         self.media = False  # True: times are the source's media_time (a replay)
         self.kept = 0
         self.left_out = 0
-        self._t0: float | None = None
-        self._prev = 0.0
-        self._next = 0  # index j of the next grid time j / fps
+        self._started = False
         self._seen = 0
         self._warned = False
 
@@ -58,22 +55,14 @@ class FrameResampler:
 
     def keep(self, frame: Frame) -> bool:
         """True when ``frame`` is the one nearest to a grid time (so it goes on to the windows)."""
-        if self._t0 is None:
+        if not self._started:
+            self._started = True
             self._start()
         t = self.time_of(frame)
         self._seen += 1
-        if self._t0 is None:
-            self._t0, self._prev, self._next = t, 0.0, 1
-            self.kept += 1
-            return True
-        rel, prev = t - self._t0, self._prev
-        self._prev = rel
-        self._check_rate(rel)
-        upper = rel + max(rel - prev, 0.0) / 2  # end of this frame's time cell
-        kept = False
-        while self._next / self.fps < upper - 1e-9:  # a tie goes to the later frame, as in training
-            self._next += 1
-            kept = True
+        if self.grid.t0 is not None:
+            self._check_rate(t - self.grid.t0)
+        kept = self.grid.count(t) > 0
         if kept:
             self.kept += 1
         else:
@@ -100,11 +89,12 @@ class FrameResampler:
         log.warning(
             "stream %s runs at %.3g fps, below the model's %.3g fps: frames are not repeated, so a window spans more "
             "time than in training; use a faster source or a model trained at a lower data.fps",
-            self.stream, rate, self.fps,
+            self.stream,
+            rate,
+            self.fps,
         )
 
 
 def make_resampler(fps: float | None, source: Any) -> FrameResampler | None:
     """The resampler for one source, or None when the model records no frame rate (old model files)."""
     return FrameResampler(fps, source) if fps else None
-

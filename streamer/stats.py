@@ -8,6 +8,7 @@ others wait (``pending``) until the last window that contains them has been clas
 window's ``retire`` list); then they are *forwarded* if any window picked them for the classifier,
 else *skipped*.
 """
+
 from __future__ import annotations
 
 import time
@@ -89,11 +90,17 @@ class StreamStats:
 
     @property
     def pending(self) -> int:
-        return (self.frames_in - self.frames_forwarded - self.frames_skipped - self.frames_dropped
-                - self.frames_resampled_out)
+        return (
+            self.frames_in
+            - self.frames_forwarded
+            - self.frames_skipped
+            - self.frames_dropped
+            - self.frames_resampled_out
+        )
 
-    def snapshot(self, *, bad_messages: int = 0, upstream_dropped: int = 0, final: bool = False,
-                 extra: dict | None = None) -> Stats:
+    def snapshot(
+        self, *, bad_messages: int = 0, upstream_dropped: int = 0, final: bool = False, extra: dict | None = None
+    ) -> Stats:
         """The counters as a Stats record.
 
         Args:
@@ -123,6 +130,9 @@ class StreamStats:
             compute_saved=round(saved, 4),
             final=final,
             frames_resampled_out=self.frames_resampled_out,
-            extra={"latency_close_ms": percentiles(self.close_latency_ms), "backbone_calls": self.backbone_calls,
-                   **(extra or {})},
+            extra={
+                "latency_close_ms": percentiles(self.close_latency_ms),
+                "backbone_calls": self.backbone_calls,
+                **(extra or {}),
+            },
         )

@@ -1,9 +1,10 @@
 """Sliding windows of T frames with stride S over one stream.
 
-Windows start at stream positions 0, S, 2S, ... (positions count the frames that reached the
-windower, so frames dropped by overload before it are not part of any window). Window ``i`` covers
-positions ``[i*S, i*S + T)`` and is emitted when its last frame arrives; ``flush`` emits the last,
-partial window at the end of a stream so that no frame is left undecided.
+The cut follows :mod:`core.windows` (the rule training shares): windows start at stream positions
+0, S, 2S, ... (positions count the frames that reached the windower, so frames dropped by overload
+before it are not part of any window), window ``i`` covers positions ``[i*S, i*S + T)`` and is
+emitted when its last frame arrives; ``flush`` emits the last, partial window at the end of a
+stream so that no frame is left undecided.
 
 Each window also says which frames it *retires*: the frames no later window will contain, whose
 fate (forwarded or skipped) is therefore final once this window has been classified. With
@@ -19,12 +20,14 @@ mid-stream: the pipeline closes the open window, padded, when no frame has come 
 when the next frame's capture time jumps. The windower then starts afresh with the next frame,
 and :meth:`Windower.mark_gap` puts the gap on the first window after it (``gap_before_ms``).
 """
+
 from __future__ import annotations
 
 import time
 from collections import deque
 from dataclasses import dataclass
 
+from core.windows import OUTSIDE, WindowSchedule
 from sources.frame import Frame
 
 
@@ -72,28 +75,24 @@ class Windower:
     """
 
     def __init__(self, *, stream: str, num_frames: int, stride: int) -> None:
-        if num_frames < 1 or stride < 1:
-            raise ValueError(f"window length and stride must be >= 1, got T={num_frames}, S={stride}")
         self.stream = stream
+        self._schedule = WindowSchedule(num_frames, stride)
         self.num_frames = num_frames
         self.stride = stride
-        self._buf: deque[Frame] = deque()  # frames from position self._start on
-        self._start = 0  # position of the next window's first frame
-        self._pos = 0  # position the next pushed frame gets
+        self._buf: deque[Frame] = deque()  # frames from the next window's first position on
         self._index = 0
-        self._covered_end = 0  # one past the last position of the last emitted window
         self._gap: list[int] = []  # seqs in no window (stride > T), retired by the next window
         self._gap_before_ms = 0.0  # a pause to put on the next window with frames
 
     @property
     def next_in_window(self) -> bool:
         """Whether the next pushed frame will be part of a window (False in a stride > T gap)."""
-        return self._pos >= self._start
+        return self._schedule.pos >= self._schedule.start
 
     @property
     def open(self) -> bool:
         """Whether some frames are in no emitted window yet (a flush would classify them)."""
-        return self._pos > self._covered_end and bool(self._buf)
+        return self._schedule.pos > self._schedule.covered_end and bool(self._buf)
 
     def mark_gap(self, ms: float) -> None:
         """Record a pause in the stream; the next window with frames carries it as ``gap_before_ms``."""
@@ -101,19 +100,16 @@ class Windower:
 
     def push(self, frame: Frame) -> Window | None:
         """Add the next frame; return the window it completes, if any."""
-        pos = self._pos
-        self._pos += 1
-        if pos < self._start:  # stride > T: between two windows
+        step = self._schedule.push()
+        if step == OUTSIDE:  # stride > T: between two windows
             self._gap.append(frame.seq)
             return None
         self._buf.append(frame)
-        if pos - self._start + 1 < self.num_frames:
+        if step is None:
             return None
         frames = tuple(self._buf)
         n_retire = min(self.stride, len(frames))  # the rest is shared with the next window
         retire = [self._buf.popleft().seq for _ in range(n_retire)]
-        self._covered_end = self._start + self.num_frames
-        self._start += self.stride
         return self._make(frames, retire)
 
     def flush(self) -> Window | None:
@@ -124,10 +120,8 @@ class Windower:
         frames = tuple(self._buf)
         retire = [f.seq for f in frames]
         self._buf.clear()
-        if self._pos <= self._covered_end:  # all already seen by the last window
+        if self._schedule.flush() is None:  # all already seen by the last window
             frames = ()
-        self._covered_end = self._pos
-        self._start = max(self._start, self._pos)  # mid-stream: the next frame opens a window
         return self._make(frames, retire)
 
     def _make(self, frames: tuple[Frame, ...], retire: list[int]) -> Window:

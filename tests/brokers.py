@@ -10,6 +10,7 @@ wait); from async code call them as ``await asyncio.to_thread(broker.stop)``.
 Run as a script (``python tests/brokers.py amqtt PORT``) it serves amqtt on 127.0.0.1:PORT until
 SIGTERM; that is how :class:`AmqttBroker` starts its child.
 """
+
 from __future__ import annotations
 
 import asyncio

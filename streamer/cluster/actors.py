@@ -15,6 +15,7 @@ that were waiting in a window of the dead incarnation are counted as dropped, an
 published in ``extra``: ``restarts``, ``gap_s`` (time from the last checkpoint to the restart)
 and ``lost_in_restart`` (those frames).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -70,10 +71,15 @@ class ClusterEngine(InferenceEngine):
         retries_before = emb.retries_done
         results = super().process(windows)
         replicas = sorted({r for r, _ in emb.calls})
-        extra = dict(replica=",".join(replicas) or None, rtt_ms=round(sum(ms for _, ms in emb.calls), 2),
-                     retries=emb.retries_done - retries_before)
-        return [ClusterResult(**{f.name: getattr(r, f.name) for f in dataclasses.fields(WindowResult)}, **extra)
-                for r in results]
+        extra = dict(
+            replica=",".join(replicas) or None,
+            rtt_ms=round(sum(ms for _, ms in emb.calls), 2),
+            retries=emb.retries_done - retries_before,
+        )
+        return [
+            ClusterResult(**{f.name: getattr(r, f.name) for f in dataclasses.fields(WindowResult)}, **extra)
+            for r in results
+        ]
 
 
 class OffsetSource:
@@ -117,11 +123,18 @@ class ClusterPipeline(Pipeline):
         self.next_seq = int(self.resume.get("next_seq", 0))
         self.restart_extra: dict[str, Any] = {}
         if resume:
-            lost = int(resume["frames_in"] - resume["frames_forwarded"] - resume["frames_skipped"] - resume["frames_dropped"])
-            self.restart_extra = {"restarts": int(resume["restarts"]), "gap_s": round(float(resume["gap_s"]), 3),
-                                  "lost_in_restart": int(resume.get("lost_in_restart", 0)) + lost}
+            lost = int(
+                resume["frames_in"] - resume["frames_forwarded"] - resume["frames_skipped"] - resume["frames_dropped"]
+            )
+            self.restart_extra = {
+                "restarts": int(resume["restarts"]),
+                "gap_s": round(float(resume["gap_s"]), 3),
+                "lost_in_restart": int(resume.get("lost_in_restart", 0)) + lost,
+            }
         self.base = {k: int(self.resume.get(k, 0)) for k in _COUNTS}
-        self.base["frames_dropped"] += int(self.restart_extra.get("lost_in_restart", 0)) - int(self.resume.get("lost_in_restart", 0))
+        self.base["frames_dropped"] += int(self.restart_extra.get("lost_in_restart", 0)) - int(
+            self.resume.get("lost_in_restart", 0)
+        )
         self.base["backbone_calls"] = int(self.resume.get("backbone_calls", 0))
         self.base["retries"] = int(self.resume.get("retries", 0))
         self.replicas: dict[str, int] = dict(self.resume.get("replicas", {}))
@@ -148,8 +161,12 @@ class ClusterPipeline(Pipeline):
         emb: RemoteEmbedder = self.engine.embedder
         extra = dict(s.extra)
         extra["backbone_calls"] = extra.get("backbone_calls", 0) + self.base["backbone_calls"]
-        extra.update(self.restart_extra, retries=emb.retries_done + self.base["retries"], replicas=dict(self.replicas),
-                     wire=dict(emb.wire))
+        extra.update(
+            self.restart_extra,
+            retries=emb.retries_done + self.base["retries"],
+            replicas=dict(self.replicas),
+            wire=dict(emb.wire),
+        )
         s = dataclasses.replace(s, **{k: getattr(s, k) + self.base[k] for k in _COUNTS}, extra=extra)
         self._checkpoint(stats=s)
         return s
@@ -157,11 +174,16 @@ class ClusterPipeline(Pipeline):
     def _checkpoint(self, *, next_window: int | None = None, stats: Stats | None = None) -> None:
         st = self.streams[0]
         counts = {k: getattr(st.stats, k) + self.base[k] for k in _COUNTS}
-        ckpt = {**counts, "backbone_calls": st.stats.backbone_calls + self.base["backbone_calls"],
-                "retries": self.engine.embedder.retries_done + self.base["retries"],
-                "next_seq": self.next_seq, "replicas": dict(self.replicas), "t": time.time(),
-                "lost_in_restart": int(self.restart_extra.get("lost_in_restart", 0)),
-                "rtt_ms": self.rtt_ms[-256:]}
+        ckpt = {
+            **counts,
+            "backbone_calls": st.stats.backbone_calls + self.base["backbone_calls"],
+            "retries": self.engine.embedder.retries_done + self.base["retries"],
+            "next_seq": self.next_seq,
+            "replicas": dict(self.replicas),
+            "t": time.time(),
+            "lost_in_restart": int(self.restart_extra.get("lost_in_restart", 0)),
+            "rtt_ms": self.rtt_ms[-256:],
+        }
         if next_window is not None:
             ckpt["next_window"] = next_window
         if stats is not None:
@@ -258,22 +280,41 @@ class StreamActor:
         state = ray.get_actor(STATE_ACTOR, namespace=NAMESPACE)
         resume = await state.stream_started.remote(self.name, os.getpid())
         if resume:
-            log.warning("stream %s restarted (restart %d, %.1f s since its last checkpoint)",
-                        self.name, resume["restarts"], resume["gap_s"])
+            log.warning(
+                "stream %s restarted (restart %d, %.1f s since its last checkpoint)",
+                self.name,
+                resume["restarts"],
+                resume["gap_s"],
+            )
         run, cfg = self.settings.run, self.model.config
-        embedder = RemoteEmbedder(self.handle, timeout=self.settings.request_timeout, retries=self.settings.request_retries,
-                                  max_frames=self.settings.max_batch_frames)
+        embedder = RemoteEmbedder(
+            self.handle,
+            timeout=self.settings.request_timeout,
+            retries=self.settings.request_retries,
+            max_frames=self.settings.max_batch_frames,
+        )
         engine = ClusterEngine(self.model, embedder, max_embed_batch=self.settings.max_batch_frames)
-        source = parse_source(self.spec, name=self.name, speed=run.speed, pacing=run.pacing, loop=run.loop,
-                              gray=True, size=cfg.input_size)
+        source = parse_source(
+            self.spec, name=self.name, speed=run.speed, pacing=run.pacing, loop=run.loop, gray=True, size=cfg.input_size
+        )
         source = OffsetSource(source, int((resume or {}).get("next_seq", 0)))
         mqtt_id = f"{run.client_id or 'das-stream-cluster'}-{self.name}"
         sinks = build_sinks(dataclasses.replace(run, client_id=mqtt_id)) if run.mqtt else []
-        settings = PipelineSettings(stride=run.stride or cfg.num_frames, frame_queue=run.frame_queue,
-                                    window_queue=run.window_queue, max_batch_windows=run.max_batch_windows,
-                                    stats_interval=run.stats_interval)
-        self.pipeline = ClusterPipeline(sources=[(source, self.settings.policy)], engine=engine, sinks=sinks,
-                                        settings=settings, state=state, resume=resume)
+        settings = PipelineSettings(
+            stride=run.stride or cfg.num_frames,
+            frame_queue=run.frame_queue,
+            window_queue=run.window_queue,
+            max_batch_windows=run.max_batch_windows,
+            stats_interval=run.stats_interval,
+        )
+        self.pipeline = ClusterPipeline(
+            sources=[(source, self.settings.policy)],
+            engine=engine,
+            sinks=sinks,
+            settings=settings,
+            state=state,
+            resume=resume,
+        )
         if self._stop_asked:
             self.pipeline.stop()
         summary = await self.pipeline.run()

@@ -5,6 +5,7 @@ MQTT broker) mean the same here; the cluster adds the embedder pool (``replicas`
 resources, Serve batching), the resources of each stream actor, failure handling and the Ray
 address. Unknown keys and bad values raise :class:`~sampler.errors.ConfigError` in one line.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sampler.errors import ConfigError
-from sampler.settings import coerce_fields, load_flat
+from core.errors import ConfigError
+from core.settings import coerce_fields, load_flat
 from streamer.config import RunConfig
 
 
@@ -96,8 +97,16 @@ class ClusterConfig:
         where = f"(in {self._origin})"
         if not self.sources:
             raise ConfigError(f"no sources {where}; list at least one under 'sources:', e.g. - synthetic:")
-        for name in ("frame_queue", "window_queue", "max_batch_windows", "replicas", "max_batch_frames",
-                     "mqtt_buffer", "stride", "threads"):
+        for name in (
+            "frame_queue",
+            "window_queue",
+            "max_batch_windows",
+            "replicas",
+            "max_batch_frames",
+            "mqtt_buffer",
+            "stride",
+            "threads",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value} {where}")
@@ -105,7 +114,14 @@ class ClusterConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be > 0, got {value} {where}")
-        for name in ("replica_cpus", "replica_gpus", "stream_cpus", "batch_wait_ms", "request_retries", "report_interval"):
+        for name in (
+            "replica_cpus",
+            "replica_gpus",
+            "stream_cpus",
+            "batch_wait_ms",
+            "request_retries",
+            "report_interval",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)} {where}")
         if self.stream_restarts < -1:
@@ -122,7 +138,11 @@ class ClusterConfig:
 
     def run_config(self) -> RunConfig:
         """The ``das-stream run`` settings one stream actor runs with (sources, sinks, queues)."""
-        shared = {k: getattr(self, k) for k in RunConfig.keys() if k in self.keys() and k not in ("device", "engine", "threads", "duration", "log_level")}
+        shared = {
+            k: getattr(self, k)
+            for k in RunConfig.keys()
+            if k in self.keys() and k not in ("device", "engine", "threads", "duration", "log_level")
+        }
         return RunConfig(**shared, console=False, device="cpu", _origin=self._origin)
 
     @property

@@ -8,6 +8,7 @@ driver --ray.init--> Ray (local instance, or --address / RAY_ADDRESS)
    '-- StreamActor x sources: source -> window -> sampler -> pool -> head -> MQTT
 ```
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,9 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sampler.errors import ConfigError, ModelFileError, SamplerError
-from sinks.errors import SinkError
-from sources.errors import SourceError
+from core.errors import ConfigError, DasStreamError, ModelFileError, SourceError
 
 from .config import ClusterConfig
 
@@ -31,8 +30,6 @@ log = logging.getLogger(__name__)
 # the life of its process, so that runs reusing the pool (and the replicas, which report to it)
 # keep the same one.
 _STATE_HANDLES: list[Any] = []
-
-_USER_ERRORS = (SamplerError, SourceError, SinkError)
 
 
 def check_address(address: str, timeout: float) -> None:
@@ -45,7 +42,9 @@ def check_address(address: str, timeout: float) -> None:
     except ValueError:
         host, port = None, None
     if not host or not port:
-        raise ConfigError(f"Ray address {address!r} is not HOST:PORT or ray://HOST:PORT; e.g. --address ray://10.0.0.5:10001")
+        raise ConfigError(
+            f"Ray address {address!r} is not HOST:PORT or ray://HOST:PORT; e.g. --address ray://10.0.0.5:10001"
+        )
     import grpc  # Ray's own transport: a GCS (HOST:6379) and a Ray Client server (ray://) both speak gRPC
 
     channel = grpc.insecure_channel(f"{host}:{port}")
@@ -68,8 +67,10 @@ def read_model(cfg: ClusterConfig) -> tuple[bytes, Any]:
     path = Path(cfg.model) if cfg.model else demo_model_path()
     model = SampledClassifier.load(path)  # validates: a one-line ModelFileError otherwise
     if cfg.max_batch_frames < model.config.k:
-        raise ConfigError(f"max_batch_frames={cfg.max_batch_frames} is below the model's k={model.config.k} "
-                          f"(in {cfg._origin}); a window's picks must fit one batch")
+        raise ConfigError(
+            f"max_batch_frames={cfg.max_batch_frames} is below the model's k={model.config.k} "
+            f"(in {cfg._origin}); a window's picks must fit one batch"
+        )
     return path.read_bytes(), model.config
 
 
@@ -119,8 +120,14 @@ class Cluster:
             cpus = max(os.cpu_count() or 1, math.ceil(self.needed_cpus()))
             gpus = None if cfg.replica_gpus == 0 else math.ceil(cfg.replicas * cfg.replica_gpus)
             # A local instance talks over loopback only: nothing of it is reachable from outside.
-            ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, namespace=NAMESPACE,
-                     logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
+            ray.init(
+                num_cpus=cpus,
+                num_gpus=gpus,
+                include_dashboard=False,
+                namespace=NAMESPACE,
+                logging_level=logging.WARNING,
+                _node_ip_address="127.0.0.1",
+            )
         self.owns_ray = True
 
     def check_resources(self) -> None:
@@ -156,14 +163,22 @@ class Cluster:
         # Nested in a list: the actors fetch it; the driver owns it for the whole run, so that a
         # restarted actor finds it again.
         self.model_ref = [ray.put(self.model_bytes)]
-        settings = StreamSettings(run=cfg.run_config(), policy=cfg.policy, max_batch_frames=cfg.max_batch_frames,
-                                  request_timeout=cfg.request_timeout, request_retries=cfg.request_retries,
-                                  log_level=cfg.log_level)
+        settings = StreamSettings(
+            run=cfg.run_config(),
+            policy=cfg.policy,
+            max_batch_frames=cfg.max_batch_frames,
+            request_timeout=cfg.request_timeout,
+            request_retries=cfg.request_retries,
+            log_level=cfg.log_level,
+        )
         retries = 0 if cfg.stream_restarts == 0 else -1
         for spec, name in zip(cfg.sources, self.names):
             actor = StreamActor.options(
-                name=f"stream:{name}", namespace=NAMESPACE, num_cpus=cfg.stream_cpus,
-                max_restarts=cfg.stream_restarts, max_task_retries=retries,
+                name=f"stream:{name}",
+                namespace=NAMESPACE,
+                num_cpus=cfg.stream_cpus,
+                max_restarts=cfg.stream_restarts,
+                max_task_retries=retries,
             ).remote(spec, name, self.model_ref, settings, self.handle)
             self.actors[name] = actor
             self.refs[name] = actor.run.remote()
@@ -176,11 +191,18 @@ class Cluster:
         cfg = self.cfg
         threads = cfg.threads or max(1, math.ceil(cfg.replica_cpus))
         app = EmbedderReplica.options(
-            num_replicas=cfg.replicas, max_ongoing_requests=max(16, 2 * cfg.max_batch_frames),
+            num_replicas=cfg.replicas,
+            max_ongoing_requests=max(16, 2 * cfg.max_batch_frames),
             ray_actor_options={"num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus},
-        ).bind(self.model_bytes, engine=cfg.engine, device=cfg.device, threads=threads,
-               max_batch_frames=cfg.max_batch_frames, batch_wait_s=cfg.batch_wait_ms / 1000.0,
-               report_interval=cfg.report_interval)
+        ).bind(
+            self.model_bytes,
+            engine=cfg.engine,
+            device=cfg.device,
+            threads=threads,
+            max_batch_frames=cfg.max_batch_frames,
+            batch_wait_s=cfg.batch_wait_ms / 1000.0,
+            report_interval=cfg.report_interval,
+        )
         return serve.run(app, name=APP_NAME, route_prefix=None)
 
     # --- run ---
@@ -208,7 +230,7 @@ class Cluster:
             return ray.get(ref)
         except RayTaskError as exc:
             cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else None
-            if isinstance(cause, _USER_ERRORS):
+            if isinstance(cause, DasStreamError):
                 return {"stream": name, "error": str(cause)}
             raise
 
@@ -254,8 +276,11 @@ def run(cfg: ClusterConfig, *, out=print) -> int:
         cluster.start()
         # After ray.init, which installs its own SIGTERM handler (exit at once): ours stops cleanly.
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-        out(f"das-stream cluster: {len(cluster.names)} streams, {cfg.replicas} embedder replicas "
-            f"({'Ray at ' + cfg.address if cfg.address else 'local Ray'})", flush=True)
+        out(
+            f"das-stream cluster: {len(cluster.names)} streams, {cfg.replicas} embedder replicas "
+            f"({'Ray at ' + cfg.address if cfg.address else 'local Ray'})",
+            flush=True,
+        )
         deadline = None if cfg.duration is None else time.monotonic() + cfg.duration
         while not cluster.wait(timeout=0.5):
             if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
@@ -269,9 +294,12 @@ def run(cfg: ClusterConfig, *, out=print) -> int:
                 errors.append(f"stream {name}: {final['error']}")
                 continue
             extra = final.get("extra", {})
-            out(f"{name}: {final.get('frames_in', 0)} frames, {final.get('windows', 0)} windows, "
+            out(
+                f"{name}: {final.get('frames_in', 0)} frames, {final.get('windows', 0)} windows, "
                 f"{final.get('frames_dropped', 0)} dropped, latency p99 {final.get('latency_ms', {}).get('p99', 0)} ms, "
-                f"retries {extra.get('retries', 0)}, restarts {extra.get('restarts', 0)}", flush=True)
+                f"retries {extra.get('retries', 0)}, restarts {extra.get('restarts', 0)}",
+                flush=True,
+            )
             if extra.get("error"):
                 errors.append(f"stream {name}: {extra['error']}")
         if errors:
@@ -294,13 +322,17 @@ def status(address: str | None, *, timeout: float = 10.0, out=print) -> int:
     try:
         ray.init(address=address, namespace=NAMESPACE, logging_level=logging.ERROR, log_to_driver=False)
     except ConnectionError as exc:
-        raise ConfigError(f"no Ray cluster found at {address} ({str(exc).splitlines()[0]}); "
-                          "start one with `das-stream cluster` or give --address") from None
+        raise ConfigError(
+            f"no Ray cluster found at {address} ({str(exc).splitlines()[0]}); "
+            "start one with `das-stream cluster` or give --address"
+        ) from None
     try:
         try:
             state = ray.get_actor(STATE_ACTOR, namespace=NAMESPACE)
         except ValueError:
-            raise ConfigError(f"no das-stream cluster run in the Ray cluster at {address}; start one with `das-stream cluster`") from None
+            raise ConfigError(
+                f"no das-stream cluster run in the Ray cluster at {address}; start one with `das-stream cluster`"
+            ) from None
         snap = ray.get(state.snapshot.remote(), timeout=timeout)
         for line in format_status(snap):
             out(line)
@@ -311,7 +343,9 @@ def status(address: str | None, *, timeout: float = 10.0, out=print) -> int:
 
 def format_status(snap: dict[str, Any]) -> list[str]:
     """Human-readable lines: one per stream, one per replica."""
-    lines = [f"up {snap['now'] - snap['t_start']:.0f} s; {len(snap['streams'])} streams, {len(snap['replicas'])} replicas"]
+    lines = [
+        f"up {snap['now'] - snap['t_start']:.0f} s; {len(snap['streams'])} streams, {len(snap['replicas'])} replicas"
+    ]
     for name, entry in sorted(snap["streams"].items()):
         s = (entry.get("ckpt") or {}).get("stats") or {}
         extra = s.get("extra", {})

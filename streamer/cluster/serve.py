@@ -12,6 +12,7 @@ stream, so replicas hold no per-stream state and any of them can serve any reque
 ``InferenceEngine`` uses it in place of a local backbone. A request that fails because its
 replica died (or times out) is sent again (Serve routes it to a live replica) and counted.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -73,8 +74,17 @@ class EmbedderReplica:
         report_interval: seconds between reports to the cluster's state actor (0: every batch).
     """
 
-    def __init__(self, model_bytes: bytes, *, engine: str, device: str, threads: int, max_batch_frames: int,
-                 batch_wait_s: float, report_interval: float) -> None:
+    def __init__(
+        self,
+        model_bytes: bytes,
+        *,
+        engine: str,
+        device: str,
+        threads: int,
+        max_batch_frames: int,
+        batch_wait_s: float,
+        report_interval: float,
+    ) -> None:
         torch.set_num_threads(threads)
         model = load_model_bytes(model_bytes)
         self.embedder = make_embedder(model, engine, device, max_batch=max_batch_frames)  # every bucket warmed
@@ -86,9 +96,19 @@ class EmbedderReplica:
         self.actor_name = ray.get_runtime_context().get_actor_name()
         self.report_interval = report_interval
         self._last_report = 0.0
-        self.figures = {"requests": 0, "frames": 0, "batches": 0, "busy_s": 0.0, "in_flight": 0,
-                        "pid": os.getpid(), "actor": self.actor_name, "node": ray.get_runtime_context().get_node_id(),
-                        "device": device, "engine": engine, "t_start": time.time()}
+        self.figures = {
+            "requests": 0,
+            "frames": 0,
+            "batches": 0,
+            "busy_s": 0.0,
+            "in_flight": 0,
+            "pid": os.getpid(),
+            "actor": self.actor_name,
+            "node": ray.get_runtime_context().get_node_id(),
+            "device": device,
+            "engine": engine,
+            "t_start": time.time(),
+        }
         self._state = None
         self._report(force=True)
 
@@ -114,8 +134,14 @@ class EmbedderReplica:
         self._report()
         out, start = [], 0
         for n in sizes:
-            out.append({"embedding": emb[start:start + n], "replica": self.replica, "batch_frames": len(emb),
-                        "compute_ms": 1000.0 * busy})
+            out.append(
+                {
+                    "embedding": emb[start : start + n],
+                    "replica": self.replica,
+                    "batch_frames": len(emb),
+                    "compute_ms": 1000.0 * busy,
+                }
+            )
             start += n
         return out
 
@@ -176,7 +202,7 @@ class RemoteEmbedder:
 
     def __call__(self, batch: np.ndarray) -> torch.Tensor:
         if len(batch) > self.max_frames:  # one request may not exceed a replica's batch
-            return torch.cat([self(batch[i:i + self.max_frames]) for i in range(0, len(batch), self.max_frames)])
+            return torch.cat([self(batch[i : i + self.max_frames]) for i in range(0, len(batch), self.max_frames)])
         frames = np.ascontiguousarray(batch, dtype=np.uint8)
         for attempt in range(self.retries + 1):
             t0 = time.perf_counter()
@@ -186,9 +212,14 @@ class RemoteEmbedder:
                 if attempt == self.retries:
                     raise
                 self.retries_done += 1
-                log.warning("embedding request failed (%s: %s); sending it again (%d/%d)",
-                            type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "", attempt + 1, self.retries)
-                time.sleep(min(0.1 * 2 ** attempt, 2.0))
+                log.warning(
+                    "embedding request failed (%s: %s); sending it again (%d/%d)",
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                    attempt + 1,
+                    self.retries,
+                )
+                time.sleep(min(0.1 * 2**attempt, 2.0))
                 continue
             self.calls.append((out["replica"], 1000.0 * (time.perf_counter() - t0)))
             self.wire["requests"] += 1

@@ -4,6 +4,7 @@
 - :mod:`.embedders`: the :class:`Embedder` protocol, its backends and the ``EMBEDDERS`` registry;
 - :mod:`.engine`: :class:`InferenceEngine`, sampler -> embedder -> head on a worker thread.
 """
+
 from .cache import FrameCache, resize_gray, to_gray
 from .embedders import (
     BACKENDS,
@@ -24,7 +25,22 @@ TorchEmbedder = TorchEager
 OnnxEmbedder = Onnx
 
 __all__ = [
-    "BACKENDS", "EMBEDDERS", "BucketedEmbedder", "Embedder", "FrameCache", "InferenceEngine", "Onnx", "OnnxEmbedder",
-    "TorchCudaGraph", "TorchEager", "TorchEmbedder", "WindowResult", "batch_buckets", "fold_batchnorm",
-    "resize_gray", "resolve_backend", "resolve_device", "to_gray",
+    "BACKENDS",
+    "EMBEDDERS",
+    "BucketedEmbedder",
+    "Embedder",
+    "FrameCache",
+    "InferenceEngine",
+    "Onnx",
+    "OnnxEmbedder",
+    "TorchCudaGraph",
+    "TorchEager",
+    "TorchEmbedder",
+    "WindowResult",
+    "batch_buckets",
+    "fold_batchnorm",
+    "resize_gray",
+    "resolve_backend",
+    "resolve_device",
+    "to_gray",
 ]

@@ -9,6 +9,7 @@ So with overlapping windows no frame is resized or embedded twice. An entry goes
 that retires its frame has been processed, and everything goes when a call fails (a failed
 window never retires its frames). One thread owns the cache: the engine's worker thread.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

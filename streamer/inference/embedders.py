@@ -13,6 +13,7 @@ one padded call.
 A new backend (TensorRT, OpenVINO) is one file with a subclass that implements ``_forward`` for
 a (b, 1, S, S) uint8 batch, plus one line in :data:`EMBEDDERS`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from sampler.errors import SamplerError
+from core.errors import EngineError
 from sampler.model import SampledClassifier
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ class Embedder(Protocol):
 def batch_buckets(max_batch: int) -> tuple[int, ...]:
     """1, 2, 4, ... below ``max_batch``, then ``max_batch`` itself."""
     if max_batch < 1:
-        raise SamplerError(f"max_embed_batch must be >= 1, got {max_batch}")
+        raise EngineError(f"max_embed_batch must be >= 1, got {max_batch}")
     sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch]
     return (*sizes, max_batch)
 
@@ -117,8 +118,16 @@ class BucketedEmbedder:
             # 2,2,2,2,1x8 against 37 ms in one call)
             best: list[tuple[float, int, tuple[int, ...]]] = [(0.0, 0, ())]
             for m in range(1, n + 1):
-                best.append(min((self.cost[b] + best[max(0, m - b)][0], best[max(0, m - b)][1] + 1,
-                                 (b, *best[max(0, m - b)][2])) for b in self.buckets))
+                best.append(
+                    min(
+                        (
+                            self.cost[b] + best[max(0, m - b)][0],
+                            best[max(0, m - b)][1] + 1,
+                            (b, *best[max(0, m - b)][2]),
+                        )
+                        for b in self.buckets
+                    )
+                )
             self._plans[n] = tuple(sorted(best[n][2], reverse=True))
         return self._plans[n]
 
@@ -186,13 +195,17 @@ class TorchCudaGraph(BucketedEmbedder):
 
     def __init__(self, model: SampledClassifier, device: torch.device, *, max_batch: int = 64) -> None:
         if device.type != "cuda":
-            raise SamplerError(f"engine torch-cudagraph needs a CUDA device, got {device}; "
-                               "use --device cuda, or --engine torch or auto")
+            raise EngineError(
+                f"engine torch-cudagraph needs a CUDA device, got {device}; "
+                "use --device cuda, or --engine torch or auto"
+            )
         super().__init__(input_size=model.config.input_size, max_batch=max_batch)
         self.device = device
         self.classifier = fold_batchnorm(model.classifier).to(device).half().to(memory_format=torch.channels_last)
         self._pool = torch.cuda.graph_pool_handle()
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._graphs: dict[
+            int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+        ] = {}
 
     def _capture(self, b: int) -> None:
         """One graph for batches of b (called by _forward, whose context makes plain tensors)."""
@@ -253,18 +266,27 @@ class Onnx(BucketedEmbedder):
 
     name = "onnx"
 
-    def __init__(self, model: SampledClassifier, device: torch.device, *, max_batch: int = 64,
-                 threads: int | None = None, spinning: bool = False) -> None:
+    def __init__(
+        self,
+        model: SampledClassifier,
+        device: torch.device,
+        *,
+        max_batch: int = 64,
+        threads: int | None = None,
+        spinning: bool = False,
+    ) -> None:
         super().__init__(input_size=model.config.input_size, max_batch=max_batch)
         if not onnx_available():  # an optional dependency
-            raise SamplerError("--engine onnx needs onnxruntime; install it with: pip install 'das-stream[onnx]'")
+            raise EngineError("--engine onnx needs onnxruntime; install it with: pip install 'das-stream[onnx]'")
         import onnxruntime as ort
 
         providers: list = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise SamplerError("this onnxruntime has no CUDA provider; install onnxruntime-gpu, "
-                                   "or use --engine torch-cudagraph (or auto) on a GPU")
+                raise EngineError(
+                    "this onnxruntime has no CUDA provider; install onnxruntime-gpu, "
+                    "or use --engine torch-cudagraph (or auto) on a GPU"
+                )
             index = device.index if device.index is not None else torch.cuda.current_device()
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
         S = self.input_size
@@ -273,9 +295,14 @@ class Onnx(BucketedEmbedder):
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
             path = Path(tmp) / "embed.onnx"
             torch.onnx.export(
-                graph, (torch.zeros(2, 1, S, S, dtype=torch.uint8),), str(path), dynamo=False,
-                input_names=["frames"], output_names=["embedding"],
-                dynamic_axes={"frames": {0: "n"}, "embedding": {0: "n"}}, opset_version=17,
+                graph,
+                (torch.zeros(2, 1, S, S, dtype=torch.uint8),),
+                str(path),
+                dynamo=False,
+                input_names=["frames"],
+                output_names=["embedding"],
+                dynamic_axes={"frames": {0: "n"}, "embedding": {0: "n"}},
+                opset_version=17,
             )
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads or torch.get_num_threads()
@@ -304,5 +331,5 @@ def resolve_backend(name: str, device: torch.device) -> str:
             return "torch-cudagraph"
         return "onnx" if onnx_available() else "torch"
     if name not in EMBEDDERS:
-        raise SamplerError(f"unknown engine {name!r}; use one of {', '.join(BACKENDS)}")
+        raise EngineError(f"unknown engine {name!r}; use one of {', '.join(BACKENDS)}")
     return name

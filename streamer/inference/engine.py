@@ -14,6 +14,7 @@ batch to that thread and waits. One call is three steps:
 Every backbone batch size and every sampler/head batch of 1..``max_windows`` windows is run once
 when the engine is built (one log line says how long), so no live window pays a first-shape cost.
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,16 +22,17 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from sampler.device import resolve_device  # the one device rule, shared with training
 from sampler.features import frame_stats, with_motion
 from sampler.model import SampledClassifier
-from sampler.settings import resolve_device  # the one device rule, shared with training
 
 from ..window import Window
 from .cache import FrameCache, Key, resize_gray
@@ -78,9 +80,17 @@ class InferenceEngine:
             pool of ``streamer.cluster``); ``backend`` and ``max_embed_batch`` are then unused.
     """
 
-    def __init__(self, model: SampledClassifier, *, device: str = "auto", backend: str = "auto",
-                 max_embed_batch: int = 64, max_windows: int = 8, engine: str | None = None,
-                 embedder: Embedder | None = None) -> None:
+    def __init__(
+        self,
+        model: SampledClassifier,
+        *,
+        device: str = "auto",
+        backend: str = "auto",
+        max_embed_batch: int = 64,
+        max_windows: int = 8,
+        engine: str | None = None,
+        embedder: Embedder | None = None,
+    ) -> None:
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         cfg = model.config
@@ -115,8 +125,14 @@ class InferenceEngine:
         self.features_on_arrival = callable(getattr(self.model.sampler, "select_features", None))
         self._empty_stats = frame_stats(torch.zeros(1, 1, self.feature_size, self.feature_size), self.feature_size)[0]
         self.warm_up_s = self.on_worker(self._warm_up, max_windows)
-        log.info("inference engine %s on %s warmed up in %.2f s: backbone batches %s, 1-%d windows per call",
-                 self.backend, self.device, self.warm_up_s, "/".join(map(str, self.embedder.buckets)), max_windows)
+        log.info(
+            "inference engine %s on %s warmed up in %.2f s: backbone batches %s, 1-%d windows per call",
+            self.backend,
+            self.device,
+            self.warm_up_s,
+            "/".join(map(str, self.embedder.buckets)),
+            max_windows,
+        )
 
     # --- threads -------------------------------------------------------------------------------
     def on_worker(self, fn: Callable[..., R], *args: Any) -> R:
@@ -215,8 +231,12 @@ class InferenceEngine:
             self.stage_ms[name].append(1000.0 * s)
             for listener in self.stage_listeners:
                 listener(name, s)
-        return [WindowResult(window=w, selected=selected[b], probs=tuple(float(p) for p in probs[b]),
-                             frames_embedded=embedded[b]) for b, w in enumerate(windows)]
+        return [
+            WindowResult(
+                window=w, selected=selected[b], probs=tuple(float(p) for p in probs[b]), frames_embedded=embedded[b]
+            )
+            for b, w in enumerate(windows)
+        ]
 
     def _sampler_input(self, windows: list[Window]) -> tuple[np.ndarray, torch.Tensor]:
         """The windows' feature-size copies (B, T, fs, fs) uint8, zero-padded, and the (B, T) mask of real frames."""
@@ -255,8 +275,14 @@ class InferenceEngine:
             self.cache.emb.update(zip(new, self.embedder.embed(batch)))
         return counts
 
-    def _head(self, model: SampledClassifier, step: torch.device, windows: list[Window], indices: np.ndarray,
-              usable: np.ndarray) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    def _head(
+        self,
+        model: SampledClassifier,
+        step: torch.device,
+        windows: list[Window],
+        indices: np.ndarray,
+        usable: np.ndarray,
+    ) -> tuple[np.ndarray, list[tuple[int, ...]]]:
         """Class probabilities (B, C) from the picks' embeddings, and the picked real frames' seqs."""
         picked = torch.zeros(len(windows), self.k, self.embed_dim)
         mask = torch.zeros(len(windows), self.k, dtype=torch.bool)
@@ -286,7 +312,9 @@ class InferenceEngine:
                     t = time.perf_counter()
                     if self.features_on_arrival:
                         raw = with_motion(self._empty_stats.repeat(B, T, 1), x[:, :, 0])
-                        model.sampler.select_features(raw.to(dev), torch.ones(B, T, dtype=torch.bool, device=dev)).indices.cpu()
+                        model.sampler.select_features(
+                            raw.to(dev), torch.ones(B, T, dtype=torch.bool, device=dev)
+                        ).indices.cpu()
                     else:
                         model.sampler.select(x.to(dev)).indices.cpu()
                     model.classifier.classify(emb.to(dev), mask.to(dev)).cpu()

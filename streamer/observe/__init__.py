@@ -1,4 +1,5 @@
 """Watching a run: the live web view (``--web``), Prometheus metrics and ``/healthz`` (``--metrics``)."""
+
 from .address import Address, parse_address
 from .metrics import Metrics
 from .observer import Observer

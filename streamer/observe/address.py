@@ -1,10 +1,11 @@
 """``HOST:PORT`` addresses of the web view and the metrics endpoint."""
+
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
 
-from sampler.errors import ConfigError
+from core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ def parse_address(text: str, *, flag: str, default_port: int) -> Address:
     Raises:
         ConfigError: naming the flag, the value and the accepted form.
     """
+
     def bad(why: str) -> ConfigError:
         return ConfigError(f"{flag} {text!r}: {why}; give HOST:PORT, e.g. {flag} 127.0.0.1:{default_port}")
 

@@ -11,6 +11,7 @@ Two kinds of numbers:
   Histograms and Counters fed as the events happen. The MQTT sink's counters are read from the
   sink at scrape time.
 """
+
 from __future__ import annotations
 
 import time
@@ -37,17 +38,24 @@ class _StatsCollector(Collector):
         self.m = metrics
 
     def collect(self) -> Iterable[Any]:
-        frames = CounterMetricFamily("das_stream_frames", "Frames per stream by outcome: in = forwarded + skipped "
-                                     "+ dropped + pending", labels=["stream", "outcome"])
-        pending = GaugeMetricFamily("das_stream_frames_pending", "Frames in a window that has not closed yet",
-                                    labels=["stream"])
-        bad = CounterMetricFamily("das_stream_bad_messages", "Malformed messages the source rejected",
-                                  labels=["stream"])
+        frames = CounterMetricFamily(
+            "das_stream_frames",
+            "Frames per stream by outcome: in = forwarded + skipped + dropped + pending",
+            labels=["stream", "outcome"],
+        )
+        pending = GaugeMetricFamily(
+            "das_stream_frames_pending", "Frames in a window that has not closed yet", labels=["stream"]
+        )
+        bad = CounterMetricFamily(
+            "das_stream_bad_messages", "Malformed messages the source rejected", labels=["stream"]
+        )
         windows = CounterMetricFamily("das_stream_windows", "Windows classified", labels=["stream"])
-        backbone = CounterMetricFamily("das_stream_backbone_calls", "Frames embedded by the classifier backbone",
-                                       labels=["stream"])
-        saved = GaugeMetricFamily("das_stream_compute_saved_ratio", "1 - backbone calls / (windows * T)",
-                                  labels=["stream"])
+        backbone = CounterMetricFamily(
+            "das_stream_backbone_calls", "Frames embedded by the classifier backbone", labels=["stream"]
+        )
+        saved = GaugeMetricFamily(
+            "das_stream_compute_saved_ratio", "1 - backbone calls / (windows * T)", labels=["stream"]
+        )
         fps = GaugeMetricFamily("das_stream_input_fps", "Input frame rate over the run so far", labels=["stream"])
         for name, s in sorted(self.m.stats.items()):
             for outcome, value in zip(OUTCOMES, (s.frames_in, s.frames_forwarded, s.frames_skipped, s.frames_dropped)):
@@ -60,24 +68,28 @@ class _StatsCollector(Collector):
             fps.add_metric([name], s.fps_in)
         yield from (frames, pending, bad, windows, backbone, saved, fps)
 
-        up = GaugeMetricFamily("das_stream_source_up", "1 while the stream's source delivers frames",
-                               labels=["stream"])
+        up = GaugeMetricFamily("das_stream_source_up", "1 while the stream's source delivers frames", labels=["stream"])
         for name, ok in sorted(self.m.source_up().items()):
             up.add_metric([name], 1.0 if ok else 0.0)
         yield up
 
         mqtt = [s for s in self.m.sinks if isinstance(getattr(s, "counters", None), Mapping) and hasattr(s, "settings")]
         if mqtt:
-            buffered = GaugeMetricFamily("das_stream_mqtt_buffered", "Messages waiting or in flight to the broker",
-                                         labels=["broker"])
-            connected = GaugeMetricFamily("das_stream_mqtt_connected", "1 while connected to the broker",
-                                          labels=["broker"])
-            published = CounterMetricFamily("das_stream_mqtt_published", "Messages acknowledged by the broker",
-                                            labels=["broker"])
-            overflow = CounterMetricFamily("das_stream_mqtt_overflow", "Messages dropped because the buffer was full",
-                                           labels=["broker"])
-            reconnects = CounterMetricFamily("das_stream_mqtt_reconnects", "Connections to the broker after the first",
-                                             labels=["broker"])
+            buffered = GaugeMetricFamily(
+                "das_stream_mqtt_buffered", "Messages waiting or in flight to the broker", labels=["broker"]
+            )
+            connected = GaugeMetricFamily(
+                "das_stream_mqtt_connected", "1 while connected to the broker", labels=["broker"]
+            )
+            published = CounterMetricFamily(
+                "das_stream_mqtt_published", "Messages acknowledged by the broker", labels=["broker"]
+            )
+            overflow = CounterMetricFamily(
+                "das_stream_mqtt_overflow", "Messages dropped because the buffer was full", labels=["broker"]
+            )
+            reconnects = CounterMetricFamily(
+                "das_stream_mqtt_reconnects", "Connections to the broker after the first", labels=["broker"]
+            )
             for sink in mqtt:
                 broker = getattr(sink.settings, "url", type(sink).__name__)  # the URL without the password
                 c = sink.counters
@@ -107,16 +119,31 @@ class Metrics:
         self.capture_latency = Histogram(
             "das_stream_capture_to_publish_seconds",
             "Capture of a window's last frame -> its prediction handed to every sink",
-            ["stream"], buckets=LATENCY_BUCKETS, registry=self.registry)
+            ["stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.close_latency = Histogram(
-            "das_stream_close_to_publish_seconds", "Window close -> its prediction handed to every sink",
-            ["stream"], buckets=LATENCY_BUCKETS, registry=self.registry)
+            "das_stream_close_to_publish_seconds",
+            "Window close -> its prediction handed to every sink",
+            ["stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.stage = Histogram(
-            "das_stream_engine_stage_seconds", "Inference engine time per batch of windows, by stage "
+            "das_stream_engine_stage_seconds",
+            "Inference engine time per batch of windows, by stage "
             "(sampler: copies, features, attention, top-k; embed: backbone on new picks; head: pooling, MLP)",
-            ["stage"], buckets=STAGE_BUCKETS, registry=self.registry)
-        self.predictions = Counter("das_stream_predictions", "Predictions published, by most probable class",
-                                   ["stream", "label"], registry=self.registry)
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "das_stream_predictions",
+            "Predictions published, by most probable class",
+            ["stream", "label"],
+            registry=self.registry,
+        )
         self.registry.register(_StatsCollector(self))
 
     def on_stats(self, stats: Stats) -> None:

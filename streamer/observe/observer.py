@@ -16,6 +16,7 @@ needs its own route and status codes, which that server cannot add; one HTTP sta
 pipeline's loop needs no extra thread, reads the pipeline's state without locks, and closes with
 the run.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,7 +29,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sampler.errors import ConfigError
+from core.errors import ConfigError
 from sinks.messages import Prediction, Stats
 from sources.frame import Frame
 
@@ -57,15 +58,26 @@ class Observer:
         stall_s: a stream with no frame for this long is reported as not delivering.
     """
 
-    def __init__(self, *, streams: Sequence[str] = (), sinks: Sequence[Any] = (), web: str | Address | None = None,
-                 metrics: str | Address | None = None, live_fps: float = 4.0, history_s: float = 300.0,
-                 stall_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        streams: Sequence[str] = (),
+        sinks: Sequence[Any] = (),
+        web: str | Address | None = None,
+        metrics: str | Address | None = None,
+        live_fps: float = 4.0,
+        history_s: float = 300.0,
+        stall_s: float = 5.0,
+    ) -> None:
         self.web = _address(web, "--web", WEB_PORT)
         self.metrics_address = _address(metrics, "--metrics", METRICS_PORT)
         for flag, address in (("--web", self.web), ("--metrics", self.metrics_address)):
             if address is not None and not address.loopback:
-                log.warning("%s %s is reachable from other machines and has no authentication; "
-                            "use 127.0.0.1 to keep it local", flag, address)
+                log.warning(
+                    "%s %s is reachable from other machines and has no authentication; use 127.0.0.1 to keep it local",
+                    flag,
+                    address,
+                )
         self.expected = list(streams)
         self.sinks = list(sinks)
         self.stall_s = stall_s
@@ -120,8 +132,12 @@ class Observer:
         out = {}
         for name in names:
             view = self.view.streams.get(name)
-            out[name] = (name not in self._final and view is not None and view.t_latest is not None
-                         and now - view.t_latest <= self.stall_s)
+            out[name] = (
+                name not in self._final
+                and view is not None
+                and view.t_latest is not None
+                and now - view.t_latest <= self.stall_s
+            )
         return out
 
     def health(self) -> list[str]:
@@ -158,8 +174,10 @@ class Observer:
     async def start(self) -> None:
         """Start the servers (none when neither address is set)."""
         servers: list[tuple[Address, web.Application, list[str]]] = []
-        for role, address, add_routes in (("web", self.web, self._web_routes),
-                                          ("metrics", self.metrics_address, self._metrics_routes)):
+        for role, address, add_routes in (
+            ("web", self.web, self._web_routes),
+            ("metrics", self.metrics_address, self._metrics_routes),
+        ):
             if address is None:
                 continue
             shared = [s for s in servers if s[0] == address and address.port != 0]  # port 0: always its own
@@ -180,8 +198,10 @@ class Observer:
                 try:
                     await site.start()
                 except OSError as exc:
-                    raise ConfigError(f"cannot serve {' and '.join(roles)} on {address}: {exc.strerror or exc}; "
-                                      f"choose another address with --{roles[0]} HOST:PORT") from None
+                    raise ConfigError(
+                        f"cannot serve {' and '.join(roles)} on {address}: {exc.strerror or exc}; "
+                        f"choose another address with --{roles[0]} HOST:PORT"
+                    ) from None
                 host, port = runner.addresses[0][:2]
                 url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
                 for role in roles:

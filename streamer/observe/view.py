@@ -7,6 +7,7 @@ second per stream for the live image, once per window for the thumbnails, in a w
 Per stream the state holds the latest frame, the last closed window (its T frames), the latest
 stats and at most ``history_s`` seconds of class probabilities (capped at ``MAX_HISTORY`` points).
 """
+
 from __future__ import annotations
 
 import base64
@@ -74,8 +75,9 @@ class ViewState:
         history_s: seconds of class probabilities kept for the chart.
     """
 
-    def __init__(self, *, live_fps: float = 4.0, live_size: int = 256, thumb_size: int = 96,
-                 history_s: float = 300.0) -> None:
+    def __init__(
+        self, *, live_fps: float = 4.0, live_size: int = 256, thumb_size: int = 96, history_s: float = 300.0
+    ) -> None:
         self.live_fps = live_fps
         self.live_size = live_size
         self.thumb_size = thumb_size
@@ -97,8 +99,9 @@ class ViewState:
         view.t_latest = now
         view.frames_seen += 1
 
-    def window(self, frames: tuple[Frame, ...], selected: tuple[int, ...], prediction: Prediction,
-               t_close: float, now: float) -> None:
+    def window(
+        self, frames: tuple[Frame, ...], selected: tuple[int, ...], prediction: Prediction, t_close: float, now: float
+    ) -> None:
         """The last closed window; ``now`` (wall clock) places its probabilities on the chart."""
         view = self.stream(prediction.stream)
         view.window = _LastWindow(prediction.window, frames, selected, prediction, t_close)
@@ -133,8 +136,14 @@ class ViewState:
     def state(self, *, since: float = 0.0) -> dict[str, Any]:
         """JSON-ready summary: per stream its stats, last window (without images) and the probability
         points newer than ``since`` (a wall-clock time)."""
-        out: dict[str, Any] = {"t": time.time(), "class_names": list(self.class_names), "model": self.model,
-                               "history_s": self.history_s, "live_fps": self.live_fps, "streams": {}}
+        out: dict[str, Any] = {
+            "t": time.time(),
+            "class_names": list(self.class_names),
+            "model": self.model,
+            "history_s": self.history_s,
+            "live_fps": self.live_fps,
+            "streams": {},
+        }
         for name, view in self.streams.items():
             w = view.window
             out["streams"][name] = {
@@ -149,9 +158,16 @@ class ViewState:
     @staticmethod
     def window_summary(w: _LastWindow) -> dict[str, Any]:
         p = w.prediction
-        return {"index": w.index, "seqs": [f.seq for f in w.frames], "selected": list(w.selected),
-                "padded": p.padded, "label": p.label, "probs": p.probs, "latency_ms": p.latency_ms,
-                "t_close": w.t_close}
+        return {
+            "index": w.index,
+            "seqs": [f.seq for f in w.frames],
+            "selected": list(w.selected),
+            "padded": p.padded,
+            "label": p.label,
+            "probs": p.probs,
+            "latency_ms": p.latency_ms,
+            "t_close": w.t_close,
+        }
 
     def last_window(self, stream: str) -> _LastWindow | None:
         view = self.streams.get(stream)
@@ -160,6 +176,8 @@ class ViewState:
     def thumbnails(self, w: _LastWindow) -> list[str]:
         """The window's frames as JPEG data URLs (blocking: call in a worker thread)."""
         if w.thumbs is None:
-            w.thumbs = ["data:image/jpeg;base64," + base64.b64encode(encode_jpeg(f.image, self.thumb_size)).decode()
-                        for f in w.frames]
+            w.thumbs = [
+                "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(f.image, self.thumb_size)).decode()
+                for f in w.frames
+            ]
         return w.thumbs

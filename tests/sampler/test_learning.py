@@ -5,6 +5,7 @@ sequence, also carry stripes whose orientation is the label (horizontal = 0, ver
 Content-agnostic samplers (Uniform, DPS) see a label frame only by luck; DAS can learn to find
 them from the frame features.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """SampledClassifier: building, the one-file format, and its errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -49,7 +50,9 @@ def test_padding_picked_for_short_windows_is_left_out_of_the_pooling():
 
 def test_save_and_load_round_trip(tmp_path):
     torch.manual_seed(0)
-    model = build_model(config(sampler_kwargs={"heads": 2, "hidden": 16}, classifier_kwargs={"hidden": 32}, name="demo")).eval()
+    model = build_model(
+        config(sampler_kwargs={"heads": 2, "hidden": 16}, classifier_kwargs={"hidden": 32}, name="demo")
+    ).eval()
     path = tmp_path / "model.pt"
     model.save(path)
     raw = torch.load(path, weights_only=True)

@@ -1,4 +1,5 @@
 """Samplers on real tensors: shapes, determinism, padding, gradients and bad input."""
+
 from __future__ import annotations
 
 import pytest
@@ -286,12 +287,15 @@ def test_das_segments_from_features_and_misuse():
         DASSampler(num_frames=16, k=4, selection="segments", paper_exact=True)
 
 
-@pytest.mark.parametrize("make", [
-    lambda t, k: DASSampler(num_frames=t, k=k),
-    lambda t, k: DASSampler(num_frames=t, k=k, selection="segments"),
-    lambda t, k: DPSSampler(num_frames=t, k=k),
-    lambda t, k: ADPSSampler(num_frames=t, k=k, feature_size=24),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda t, k: DASSampler(num_frames=t, k=k),
+        lambda t, k: DASSampler(num_frames=t, k=k, selection="segments"),
+        lambda t, k: DPSSampler(num_frames=t, k=k),
+        lambda t, k: ADPSSampler(num_frames=t, k=k, feature_size=24),
+    ],
+)
 def test_noise_scale_zero_makes_training_picks_the_inference_picks(make):
     t, k = 16, 4
     x = window(3, t, seed=21)

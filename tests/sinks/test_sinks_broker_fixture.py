@@ -1,4 +1,5 @@
 """The shared mqtt_broker fixture: a real broker that stops and comes back on the same port."""
+
 from __future__ import annotations
 
 import socket

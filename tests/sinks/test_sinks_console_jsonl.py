@@ -1,4 +1,5 @@
 """ConsoleSink lines, JsonlSink files, and FanOut to both."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,9 +10,9 @@ import json
 import pytest
 from sinks_help import prediction, stats
 
+from core.errors import SinkError
 from sinks import FanOut
 from sinks.console import ConsoleSink
-from sinks.errors import SinkError
 from sinks.jsonl import JsonlSink
 
 

@@ -1,6 +1,7 @@
 """Delivery figures that tell the truth: strict JSON payloads, URL errors that name the
 problem, a sender that survives an unsendable message, lost predictions that show up at exit
 and in ``subscribe`` (gaps in window numbers, a summary on SIGINT/SIGTERM)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,9 +18,8 @@ import sys
 import pytest
 from sinks_help import Collector, prediction, stats
 
+from core.errors import SinkError
 from sinks.console import format_stats
-from sinks.errors import SinkError
-from sinks.messages import Prediction, Stats
 from sinks.mqtt import MqttSettings, MqttSink, unique_client_id
 from sinks.subscribe import GapTracker, decode, subscribe
 
@@ -28,8 +28,10 @@ pytestmark = pytest.mark.timeout(60)
 
 def strict_loads(data: bytes):
     """json.loads that refuses NaN and Infinity, as every other JSON parser does."""
+
     def refuse(name):
         raise ValueError(f"{name} in the payload")
+
     return json.loads(data, parse_constant=refuse)
 
 
@@ -82,17 +84,21 @@ async def test_an_unsendable_message_is_dropped_counted_and_the_rest_delivered(m
     assert sink.predictions == {"accepted": 4, "published": 3, "overflow": 0, "failed": 1}
     assert any("could not be sent and is dropped" in r.getMessage() for r in caplog.records)
     error = sink.delivery_error()
-    assert str(error).startswith(f"1 of 4 predictions never reached the MQTT broker {mqtt_broker.url} "
-                                 "(0 dropped when the buffer of 10000 was full, 0 still waiting at exit, "
-                                 "1 that could not be sent)")
+    assert str(error).startswith(
+        f"1 of 4 predictions never reached the MQTT broker {mqtt_broker.url} "
+        "(0 dropped when the buffer of 10000 was full, 0 still waiting at exit, "
+        "1 that could not be sent)"
+    )
 
 
 async def test_a_broker_never_reached_is_a_delivery_error(caplog):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = dataclasses.replace(MqttSettings.from_url(f"mqtt://127.0.0.1:{port}", client_id="test-nobody",
-                                                         drain_timeout=0.3, buffer_size=2), reconnect_min=0.05)
+    settings = dataclasses.replace(
+        MqttSettings.from_url(f"mqtt://127.0.0.1:{port}", client_id="test-nobody", drain_timeout=0.3, buffer_size=2),
+        reconnect_min=0.05,
+    )
     caplog.set_level(logging.WARNING, logger="sinks.mqtt")
     async with MqttSink(settings) as sink:
         for w in range(5):
@@ -100,8 +106,10 @@ async def test_a_broker_never_reached_is_a_delivery_error(caplog):
         await sink.publish_stats(stats())
         assert sink.counters["overflow"] == 4 and sink.counters["undelivered"] == 2
     error = sink.delivery_error()
-    assert str(error).startswith(f"5 of 5 predictions never reached the MQTT broker mqtt://127.0.0.1:{port} "
-                                 "(4 dropped when the buffer of 2 was full, 1 still waiting at exit)")
+    assert str(error).startswith(
+        f"5 of 5 predictions never reached the MQTT broker mqtt://127.0.0.1:{port} "
+        "(4 dropped when the buffer of 2 was full, 1 still waiting at exit)"
+    )
     overflow_lines = [r for r in caplog.records if "buffer of 2 full" in r.getMessage()]
     assert len(overflow_lines) == 1  # rate-limited: one warning for the burst
 
@@ -119,8 +127,9 @@ async def test_subscribe_shows_gaps_and_delivery_counters(mqtt_broker):
     ready, out = asyncio.Event(), io.StringIO()
     task = asyncio.create_task(subscribe(settings, out=out, max_messages=4, ready=ready))
     await ready.wait()
-    delivered = dataclasses.replace(stats(), extra={"MqttSink": {"published": 7, "buffered": 0, "overflow": 3,
-                                                                 "reconnects": 1, "undelivered": 0}})
+    delivered = dataclasses.replace(
+        stats(), extra={"MqttSink": {"published": 7, "buffered": 0, "overflow": 3, "reconnects": 1, "undelivered": 0}}
+    )
     async with MqttSink(MqttSettings.from_url(mqtt_broker.url, client_id="test-gaps-pub")) as sink:
         for w in (0, 1, 4):
             await sink.publish_prediction(prediction(w))
@@ -137,8 +146,16 @@ async def test_subscribe_shows_gaps_and_delivery_counters(mqtt_broker):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 async def test_subscribe_command_prints_its_summary_on_a_signal(mqtt_broker, sig):
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streamer.cli", "subscribe", "--mqtt", mqtt_broker.url, "--raw",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "das_stream.cli",
+        "subscribe",
+        "--mqtt",
+        mqtt_broker.url,
+        "--raw",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     async with MqttSink(MqttSettings.from_url(mqtt_broker.url, client_id="test-sig-pub")) as sink:
         reading = asyncio.ensure_future(proc.stdout.readline())
         for w in range(1000):  # until the subscriber, once it is up (it imports torch), has printed one

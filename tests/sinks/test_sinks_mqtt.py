@@ -1,4 +1,5 @@
 """MqttSink against a real broker: topics, schema, order, counters, buffering while away."""
+
 from __future__ import annotations
 
 import asyncio
@@ -88,5 +89,6 @@ async def test_undelivered_messages_are_counted_and_reported_at_exit(mqtt_broker
     assert sink.counters["undelivered"] == 5
     assert sink.counters["buffered"] == 5
     assert sink.counters["published"] == 0
-    assert any("5 message(s) not delivered" in r.getMessage() and mqtt_broker.url in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "5 message(s) not delivered" in r.getMessage() and mqtt_broker.url in r.getMessage() for r in caplog.records
+    )

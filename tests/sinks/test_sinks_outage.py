@@ -3,6 +3,7 @@
 Every prediction of the run must reach the subscriber, in order, each once; repeats that QoS 1
 may cause after the reconnect must be flagged by ``subscribe`` (and be exact copies).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,9 +26,15 @@ async def test_broker_outage_loses_nothing_and_keeps_order(mqtt_broker):
     )
     ready = asyncio.Event()
     out = io.StringIO()
-    receiver = asyncio.create_task(subscribe(
-        dataclasses.replace(base, client_id="test-outage-sub", reconnect_max=0.1), out=out, raw=True, max_messages=WINDOWS, ready=ready,
-    ))
+    receiver = asyncio.create_task(
+        subscribe(
+            dataclasses.replace(base, client_id="test-outage-sub", reconnect_max=0.1),
+            out=out,
+            raw=True,
+            max_messages=WINDOWS,
+            ready=ready,
+        )
+    )
     await ready.wait()
 
     # Mosquitto keeps the subscriber's session across the restart, so it does not matter who

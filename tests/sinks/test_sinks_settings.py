@@ -1,4 +1,5 @@
 """MqttSettings: broker URLs, options and topics (no broker needed)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +8,7 @@ import socket
 
 import pytest
 
-from sinks.errors import SinkError
+from core.errors import SinkError
 from sinks.mqtt import URL_FORM, MqttSettings, default_client_id
 
 
@@ -24,8 +25,14 @@ def test_mqtts_url_with_credentials_and_options(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text("not parsed until connect")
     s = MqttSettings.from_url(
-        "mqtts://bob:p%40ss%3Aword@10.0.0.5", topic_prefix="ward/3", client_id="cart-7", qos=0,
-        buffer_size=50, keepalive=15, tls_ca=str(ca), tls_insecure=True,
+        "mqtts://bob:p%40ss%3Aword@10.0.0.5",
+        topic_prefix="ward/3",
+        client_id="cart-7",
+        qos=0,
+        buffer_size=50,
+        keepalive=15,
+        tls_ca=str(ca),
+        tls_insecure=True,
     )
     assert (s.host, s.port, s.tls) == ("10.0.0.5", 8883, True)
     assert (s.username, s.password) == ("bob", "p@ss:word")

@@ -1,4 +1,5 @@
 """``subscribe`` prints what arrives, flags repeats, tolerates malformed payloads."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
 """TLS (self-signed certificate made by openssl) and user:pass (mosquitto_passwd) against Mosquitto."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,7 +12,7 @@ import pytest
 from brokers import MosquittoOptions
 from sinks_help import prediction
 
-from sinks.errors import SinkError
+from core.errors import SinkError
 from sinks.mqtt import MqttSettings, MqttSink
 from sinks.subscribe import subscribe
 
@@ -40,10 +41,28 @@ async def roundtrip(settings: MqttSettings, windows: int = 3) -> list[int]:
 def tls_broker(mqtt_broker_factory, tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
     )
     return mqtt_broker_factory(MosquittoOptions(certfile=cert, keyfile=key)), cert
 

@@ -1,5 +1,6 @@
 """Fixtures of the source tests: test videos encoded with PyAV, and real peer processes (a
 ZeroMQ sender, an MPEG-TS-over-UDP writer) that are always stopped at teardown."""
+
 from __future__ import annotations
 
 import subprocess

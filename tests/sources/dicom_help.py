@@ -5,6 +5,7 @@ given photometric interpretation (gray ones as their BT.601 luma) and transfer s
 (explicit VR little endian), RLE Lossless (pydicom's encoder), JPEG Baseline or JPEG 2000
 Lossless (each frame encoded by Pillow, then encapsulated).
 """
+
 from __future__ import annotations
 
 import io
@@ -18,13 +19,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import convert_color_space
 from pydicom.uid import (
+    MPEG4HP41,
+    UID,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
-    MPEG4HP41,
     RLELossless,
     UltrasoundMultiFrameImageStorage,
-    UID,
     generate_uid,
 )
 

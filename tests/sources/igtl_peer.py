@@ -9,6 +9,7 @@
 
 The server binds before it prints "ready".
 """
+
 from __future__ import annotations
 
 import socket
@@ -41,14 +42,14 @@ def bad() -> list[tuple[bytes, int | None]]:
     gray = lambda v, **kw: ImageMessage(np.full((1, H, W), v, np.uint8), device_name=kw.get("device", "US"))  # noqa: E731
     return [
         (gray(10).pack(), 10),
-        (_spoil_crc(gray(11).pack()), None),                                           # CRC mismatch
+        (_spoil_crc(gray(11).pack()), None),  # CRC mismatch
         (ImageMessage(np.full((1, H, W), 1000, np.uint16), device_name="US").pack(), None),  # not uint8
-        (ImageMessage(np.full((3, H, W), 12, np.uint8), device_name="US").pack(), None),     # a volume
+        (ImageMessage(np.full((3, H, W), 12, np.uint8), device_name="US").pack(), None),  # a volume
         (ImageMessage(np.full((1, H, W, 4), 13, np.uint8), device_name="US").pack(), None),  # 4 components
-        (StringMessage("hello", device_name="US").pack(), None),                        # not an IMAGE
-        (TransformMessage(np.eye(4), device_name="Probe").pack(), None),                # not an IMAGE
-        (gray(14, device="Other").pack(), None),                                        # another device
-        (ImageMessage(np.full((H, W), 15, np.uint8), device_name="US").pack(), 15),     # plain 2-D array
+        (StringMessage("hello", device_name="US").pack(), None),  # not an IMAGE
+        (TransformMessage(np.eye(4), device_name="Probe").pack(), None),  # not an IMAGE
+        (gray(14, device="Other").pack(), None),  # another device
+        (ImageMessage(np.full((H, W), 15, np.uint8), device_name="US").pack(), 15),  # plain 2-D array
         (gray(16).pack(), 16),
     ]
 

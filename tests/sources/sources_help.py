@@ -4,6 +4,7 @@ apart after lossy coding, and free loopback ports.
 Frame ``i`` is flat gray at ``level(i)`` except a pure red block in the top-left corner, so a
 decoded frame reveals its index (the bottom-right quadrant's mean) and its colour order.
 """
+
 from __future__ import annotations
 
 import socket
@@ -55,8 +56,9 @@ KINDS = {
 
 def write_video(path: Path, kind: VideoKind, *, frames: int, fps: int = 25) -> Path:
     """Encode ``frames`` test frames at ``fps`` into ``path`` with PyAV."""
-    return encode_video(path, (frame_rgb(i) for i in range(frames)), fps=fps, codec=kind.codec,
-                        pix_fmt=kind.pix_fmt, format=kind.format)
+    return encode_video(
+        path, (frame_rgb(i) for i in range(frames)), fps=fps, codec=kind.codec, pix_fmt=kind.pix_fmt, format=kind.format
+    )
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

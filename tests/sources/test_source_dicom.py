@@ -1,6 +1,7 @@
 """DICOM cine replay: real multi-frame files written with pydicom in several photometric
 interpretations and transfer syntaxes, frame rates from each rate tag, folders ordered by
 series and Instance Number, and the one-line SourceError for each kind of bad file."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,12 +16,11 @@ from pydicom.uid import (
     RLELossless,
     SMPTEST211020UncompressedProgressiveActiveVideo,
 )
-
-from sources.dicom import DicomSource
-from sources.errors import SourceError
-from sources.spec import parse_source
 from sources_help import collect
 
+from core.errors import SourceError
+from sources.dicom import DicomSource
+from sources.spec import parse_source
 
 # (photometric, syntax, largest gray error, largest RGB error): lossless storage gives the exact
 # luma (YBR) or OpenCV's conversion within rounding; JPEG and 4:2:2 chroma lose a little.
@@ -50,7 +50,9 @@ async def test_every_frame_matches_opencv(tmp_path, photometric, syntax, gray_er
     got = np.stack([f.image for f in gray]).astype(int)
     assert got.shape == (5, 16, 24)
     assert np.abs(got - gray_of(rgb)).max() <= gray_error
-    expected_rgb = rgb if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") else np.repeat(gray_of(rgb)[..., None], 3, -1)
+    expected_rgb = (
+        rgb if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") else np.repeat(gray_of(rgb)[..., None], 3, -1)
+    )
     got_rgb = np.stack([f.image for f in colour]).astype(int)
     assert got_rgb.shape == (5, 16, 24, 3)
     assert np.abs(got_rgb - expected_rgb).max() <= rgb_error
@@ -131,8 +133,13 @@ async def test_folder_plays_series_then_instance_number_and_skips_non_cine_files
     # file names sort a, b, c, d; the play order is series 1 (instances 1, 2, 3) then series 2
     write_cine(folder / "a.dcm", clips["a"], tags={"SeriesNumber": 1, "InstanceNumber": 3, "CineRate": 10})
     write_cine(folder / "b.dcm", clips["b"], tags={"SeriesNumber": 2, "InstanceNumber": 1, "CineRate": 10})
-    write_cine(folder / "sub" / "c.dcm", clips["c"], photometric="RGB", syntax=RLELossless,
-               tags={"SeriesNumber": 1, "InstanceNumber": 1, "FrameTime": "50"})
+    write_cine(
+        folder / "sub" / "c.dcm",
+        clips["c"],
+        photometric="RGB",
+        syntax=RLELossless,
+        tags={"SeriesNumber": 1, "InstanceNumber": 1, "FrameTime": "50"},
+    )
     write_cine(folder / "d.dcm", clips["d"], tags={"SeriesNumber": 1, "InstanceNumber": 2, "CineRate": 10})
     write_cine(folder / "still.dcm", frames_rgb(1), tags={"SeriesNumber": 1, "InstanceNumber": 0})
     (folder / "notes.txt").write_text("not an image")
@@ -173,17 +180,31 @@ def _no_pixels(path):
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda p: p.with_suffix(".dcm").write_bytes(b"\x00" * 300) and p.with_suffix(".dcm"),
-         r"is not a DICOM file .*give a DICOM Part 10 file"),
+        (
+            lambda p: p.with_suffix(".dcm").write_bytes(b"\x00" * 300) and p.with_suffix(".dcm"),
+            r"is not a DICOM file .*give a DICOM Part 10 file",
+        ),
         (lambda p: _no_pixels(p), r"holds no pixel data \(Basic Text SR Storage\); give a multi-frame image"),
-        (lambda p: write_cine(p, frames_rgb(1)), r"is a single-frame image; dicom: replays cine loops, give a multi-frame"),
-        (lambda p: write_cine(p, frames_rgb(2), syntax=JPEGLosslessSV1),
-         r"JPEG Lossless.*which no installed handler decodes; install .*pylibjpeg.*or transcode"),
-        (lambda p: write_cine(p, frames_rgb(2), syntax=SMPTEST211020UncompressedProgressiveActiveVideo),
-         r"SMPTE ST 2110-20 Uncompressed Progressive.*which pydicom cannot decode; transcode it"),
-        (lambda p: write_cine(p, frames_rgb(2), tags={"PhotometricInterpretation": "PALETTE COLOR"}),
-         r"photometric interpretation 'PALETTE COLOR'; supported: MONOCHROME2, .*re-export"),
-        (lambda p: write_cine(p, frames_rgb(2), tags={"BitsAllocated": 16}), r"stores 16-bit samples; .*re-export as 8 bit"),
+        (
+            lambda p: write_cine(p, frames_rgb(1)),
+            r"is a single-frame image; dicom: replays cine loops, give a multi-frame",
+        ),
+        (
+            lambda p: write_cine(p, frames_rgb(2), syntax=JPEGLosslessSV1),
+            r"JPEG Lossless.*which no installed handler decodes; install .*pylibjpeg.*or transcode",
+        ),
+        (
+            lambda p: write_cine(p, frames_rgb(2), syntax=SMPTEST211020UncompressedProgressiveActiveVideo),
+            r"SMPTE ST 2110-20 Uncompressed Progressive.*which pydicom cannot decode; transcode it",
+        ),
+        (
+            lambda p: write_cine(p, frames_rgb(2), tags={"PhotometricInterpretation": "PALETTE COLOR"}),
+            r"photometric interpretation 'PALETTE COLOR'; supported: MONOCHROME2, .*re-export",
+        ),
+        (
+            lambda p: write_cine(p, frames_rgb(2), tags={"BitsAllocated": 16}),
+            r"stores 16-bit samples; .*re-export as 8 bit",
+        ),
         (lambda p: p.parent / "missing.dcm", r"missing.dcm does not exist; give a multi-frame DICOM file"),
     ],
     ids=["not-dicom", "no-pixels", "single-frame", "no-handler", "no-decoder", "palette", "16-bit", "missing"],
@@ -220,4 +241,3 @@ async def test_truncated_file_delivers_good_frames_then_fails(tmp_path):
             async for frame in source:
                 frames.append(frame)
     assert 1 <= len(frames) <= 3
-

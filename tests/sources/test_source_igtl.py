@@ -1,6 +1,7 @@
 """OpenIGTLink source against real servers in another process (tests/sources/igtl_peer.py):
 pyigtl's OpenIGTLinkServer streaming gray and RGB IMAGE messages, and a plain socket server
 sending spoiled messages."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,7 @@ from pyigtl import ImageMessage
 from pyigtl.messages import MessageBase
 from sources_help import free_port
 
-from sources.errors import SourceError
+from core.errors import SourceError
 from sources.igtl import IgtlSource, image_of
 from sources.spec import parse_source
 from sources.wire import BadMessage
@@ -124,7 +125,9 @@ async def test_reconnects_after_the_server_restarts(spawn):
 async def test_no_server_is_a_one_line_error_after_the_attempts():
     port = free_port()
     source = IgtlSource("127.0.0.1", port, open_attempts=2, reconnect_initial=0.05)
-    with pytest.raises(SourceError, match=rf"cannot open OpenIGTLink server igtl://127.0.0.1:{port}: .*\(2 attempts\); check HOST:PORT"):
+    with pytest.raises(
+        SourceError, match=rf"cannot open OpenIGTLink server igtl://127.0.0.1:{port}: .*\(2 attempts\); check HOST:PORT"
+    ):
         async with source:
             pass
 
@@ -154,7 +157,12 @@ def test_image_of_accepts_2d_slices_and_refuses_the_rest():
 def test_spec_forms_and_options():
     source = parse_source("igtl://127.0.0.1:18945?device=Image_Reference&timeout=2&check_crc=0", size=64)
     assert isinstance(source, IgtlSource)
-    assert (source.host, source.port, source.device_name, source.name) == ("127.0.0.1", 18945, "Image_Reference", "Image_Reference")
+    assert (source.host, source.port, source.device_name, source.name) == (
+        "127.0.0.1",
+        18945,
+        "Image_Reference",
+        "Image_Reference",
+    )
     assert source.timeout == 2.0 and source.check_crc is False
     assert parse_source("igtl://127.0.0.1").port == 18944
     assert parse_source("igtl://127.0.0.1:5000", name="probe-a").name == "probe-a"

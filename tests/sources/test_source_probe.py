@@ -1,5 +1,6 @@
 """Probe source: a real MPEG-TS stream over udp://127.0.0.1 written by another process
 (tests/sources/udp_writer.py) that drops out and comes back, OpenCV capture, missing devices."""
+
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +10,7 @@ import pytest
 from sources_help import free_port, index_of
 from udp_writer import phase_level
 
-from sources.errors import SourceError
+from core.errors import SourceError
 from sources.probe import ProbeSource
 
 pytestmark = pytest.mark.timeout(90)
@@ -23,7 +24,9 @@ async def test_udp_stream_drop_is_reported_and_the_source_reconnects(spawn, capl
     url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
     # 60 frames at 25 fps, 2.5 s of silence, then 40 more frames from a new stream.
     writer = spawn("udp_writer.py", url, 25, 2.5, 60, 40)
-    source = ProbeSource(url, timeout=1.0, reconnect_initial=0.2, reconnect_max=0.5, max_reconnects=30, open_attempts=30)
+    source = ProbeSource(
+        url, timeout=1.0, reconnect_initial=0.2, reconnect_max=0.5, max_reconnects=30, open_attempts=30
+    )
     frames = []
 
     async def read() -> None:
@@ -97,7 +100,13 @@ async def test_silent_network_stream_fails_after_the_configured_attempts():
 
 @pytest.mark.parametrize(
     ("device", "kwargs"),
-    [(-1, {}), ("", {}), (0, {"timeout": 0}), (0, {"reconnect_initial": 5, "reconnect_max": 1}), (0, {"max_reconnects": 0})],
+    [
+        (-1, {}),
+        ("", {}),
+        (0, {"timeout": 0}),
+        (0, {"reconnect_initial": 5, "reconnect_max": 1}),
+        (0, {"max_reconnects": 0}),
+    ],
 )
 def test_bad_settings(device, kwargs):
     with pytest.raises(SourceError):

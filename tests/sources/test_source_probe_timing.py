@@ -1,6 +1,7 @@
 """Probe capture times across a drop-out: frames the demuxer holds until the read timeout keep
 their real capture time, so the gap is measured from the last real frame (a real MPEG-TS over
 UDP writer in another process, tests/sources/udp_writer.py)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,8 +21,9 @@ FPS, PAUSE, TIMEOUT = 25, 2.0, 1.5
 async def test_frames_before_a_drop_out_keep_their_capture_time(spawn):
     url = f"udp://127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
     writer = spawn("udp_writer.py", url, FPS, PAUSE, 40, 40)
-    source = ProbeSource(url, timeout=TIMEOUT, reconnect_initial=0.1, reconnect_max=0.2, max_reconnects=50,
-                         open_attempts=50)
+    source = ProbeSource(
+        url, timeout=TIMEOUT, reconnect_initial=0.1, reconnect_max=0.2, max_reconnects=50, open_attempts=50
+    )
     frames = []
 
     async def read() -> None:

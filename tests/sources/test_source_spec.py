@@ -1,10 +1,11 @@
 """Source specs: every form, options, default names, and the errors."""
+
 from __future__ import annotations
 
 import pytest
 from sources_help import index_of
 
-from sources.errors import SourceError
+from core.errors import SourceError
 from sources.probe import ProbeSource
 from sources.spec import SPEC_FORMS, parse_source
 from sources.synthetic import SyntheticSource
@@ -24,7 +25,11 @@ async def test_video_spec_replays_the_file(make_video):
 
 @pytest.mark.parametrize(
     ("spec", "name", "device"),
-    [("probe:0", "probe0", 0), ("probe:/dev/video2", "probe2", "/dev/video2"), ("probe:udp://127.0.0.1:5000", "probe-5000", "udp://127.0.0.1:5000")],
+    [
+        ("probe:0", "probe0", 0),
+        ("probe:/dev/video2", "probe2", "/dev/video2"),
+        ("probe:udp://127.0.0.1:5000", "probe-5000", "udp://127.0.0.1:5000"),
+    ],
 )
 def test_probe_specs(spec, name, device):
     source = parse_source(spec, timeout="2.5", max_reconnects="none")
@@ -79,7 +84,14 @@ def test_spec_errors_are_one_line_and_name_the_fix(spec, kwargs, match):
 
 
 def test_valid_forms_are_listed():
-    for form in ("video:PATH", "probe:/dev/videoN", "probe:URL", "zmq+sub://HOST:PORT", "zmq+pull://HOST:PORT", "synthetic:"):
+    for form in (
+        "video:PATH",
+        "probe:/dev/videoN",
+        "probe:URL",
+        "zmq+sub://HOST:PORT",
+        "zmq+pull://HOST:PORT",
+        "synthetic:",
+    ):
         assert form in SPEC_FORMS
 
 

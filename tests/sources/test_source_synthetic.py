@@ -1,10 +1,11 @@
 """The synthetic ultrasound-like generator and its source."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from sources.errors import SourceError
+from core.errors import SourceError
 from sources.synthetic import CLASSES, SyntheticSource, make_clip, render_clip
 
 
@@ -81,7 +82,13 @@ async def test_source_is_deterministic_and_numbers_frames():
 
 async def test_source_cycles_labels_or_keeps_one():
     cycling = SyntheticSource(frames=10, clip_frames=4)
-    assert [cycling.label_of(s) for s in (0, 3, 4, 8, 12)] == ["a_lines", "a_lines", "b_lines", "consolidation", "a_lines"]
+    assert [cycling.label_of(s) for s in (0, 3, 4, 8, 12)] == [
+        "a_lines",
+        "a_lines",
+        "b_lines",
+        "consolidation",
+        "a_lines",
+    ]
     fixed = SyntheticSource(label="b_lines", clip_frames=4)
     assert {fixed.label_of(s) for s in range(40)} == {"b_lines"}
 

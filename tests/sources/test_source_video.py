@@ -1,13 +1,14 @@
 """Video files: replay (paced, unpaced, looped), gray/colour/size, containers, read_video,
 and the one-line SourceError for missing, foreign, truncated and corrupt files."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from sources_help import HEIGHT, WIDTH, collect, index_of, level
 
+from core.errors import SourceError
 from sources.base import Pacer
-from sources.errors import SourceError
 from sources.video import VideoSource, read_video
 
 
@@ -99,10 +100,12 @@ def test_read_video_resamples_by_timestamp(make_video):
     down, _ = read_video(path, fps=7)  # 0, 1/7, ... up to the end of the last frame (0.78 s)
     nearest = [min(range(20), key=lambda i: abs(i / 25 - j / 7)) for j in range(6)]
     assert [index_of(f) for f in down] == nearest == [0, 4, 7, 11, 14, 18]
-    up, _ = read_video(path, fps=33)  # some frames twice; no target falls halfway between two
     nearest = [min(range(20), key=lambda i: abs(i / 25 - j / 33)) for j in range(26)]
+    assert len(set(nearest)) == 20  # no target falls halfway between two frames
+    up, _ = read_video(path, fps=33, upsample=True)  # asked: some frames twice
     assert [index_of(f) for f in up] == nearest
-    assert len(set(nearest)) == 20
+    same, _ = read_video(path, fps=33)  # by default a slower video keeps each frame once, as `run` shows it
+    assert [index_of(f) for f in same] == list(range(20))
 
 
 def test_read_video_crop_size_colour_and_max_frames(make_video):

@@ -1,4 +1,5 @@
 """The ZeroMQ wire format: encoding, imagezmq compatibility, and every rejection reason."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from zmq_peer import _imagezmq_array, _imagezmq_jpg, _jpeg_claiming, _rgb_jpeg
 
-from sources.errors import SourceError
+from core.errors import SourceError
 from sources.wire import BadMessage, decode_message, encode_array, encode_jpg, jpeg_shape, to_uint8
 
 
@@ -79,7 +80,10 @@ GOOD_HEADER = {"msg": "m", "dtype": "uint8", "shape": [4, 5]}
         ([_header(msg="m", dtype="uint8", shape=[4, 5.0]), bytes(20)], "shape must be"),
         ([_header(msg="m", dtype="uint8", shape="4x5"), bytes(20)], "shape must be"),
         ([_header(msg="m", dtype="uint8", shape=[2, 2, 5]), bytes(20)], "5 channels"),
-        ([_header(msg="m", dtype="uint8", shape=[100000, 100000, 3]), bytes(20)], "header claims a 30000000000-byte frame"),
+        (
+            [_header(msg="m", dtype="uint8", shape=[100000, 100000, 3]), bytes(20)],
+            "header claims a 30000000000-byte frame",
+        ),
         ([_header(**GOOD_HEADER), bytes(19)], "payload has 19 bytes but shape"),
         ([_header(**GOOD_HEADER), bytes(100)], "payload of 100 bytes is over max_frame_bytes=64"),
         ([_header(msg="m", jpg=True), b"not a jpeg at all"], "not a JPEG"),

@@ -1,4 +1,5 @@
 """ZeroMQ source against a real sender in another process (tests/sources/zmq_peer.py)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +8,7 @@ import pytest
 from sources_help import free_port
 from zmq_peer import gaps, mixed
 
-from sources.errors import SourceError
+from core.errors import SourceError
 from sources.zmq_source import ZmqSource
 
 pytestmark = pytest.mark.timeout(60)

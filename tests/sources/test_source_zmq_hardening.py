@@ -1,6 +1,7 @@
 """The ZeroMQ source under attack and overload, against real sender processes: no message ends
 the stream, every one is counted, colour order is OpenCV's, memory stays within the documented
 bound (docs/sources.md), imagezmq's REQ/REP sender is answered."""
+
 from __future__ import annotations
 
 import asyncio
@@ -16,7 +17,7 @@ from sources_help import free_port
 from test_source_zmq import take
 from zmq_peer import H, W, colour_image, colours, fuzz, mixed
 
-from sources.errors import SourceError
+from core.errors import SourceError
 from sources.spec import parse_source
 from sources.zmq_source import ZmqSource
 
@@ -28,8 +29,9 @@ async def test_fuzz_never_ends_the_stream_and_every_message_is_counted(spawn, ca
     good = [value for _, value in messages if value is not None]
     port = free_port()
     # room for the whole burst: this test is about decoding, so nothing may be dropped for lag
-    source = ZmqSource(f"tcp://127.0.0.1:{port}", pattern="pull", bind=True, queue_size=10_000,
-                       backlog=10_000, backlog_bytes=2**30)
+    source = ZmqSource(
+        f"tcp://127.0.0.1:{port}", pattern="pull", bind=True, queue_size=10_000, backlog=10_000, backlog_bytes=2**30
+    )
     async with source:
         peer = spawn("zmq_peer.py", f"tcp://127.0.0.1:{port}", "push", "connect", "fuzz")
         frames = await take(source, len(good))
@@ -53,7 +55,7 @@ async def test_raw_arrays_are_bgr_and_jpegs_decode_to_the_same_colours(spawn, gr
         spawn("zmq_peer.py", f"tcp://127.0.0.1:{port}", "push", "connect", "colours")
         frames = await take(source, len(colours()))
     code = cv2.COLOR_BGR2GRAY if gray else cv2.COLOR_BGR2RGB
-    for frame, (parts, i) in zip(frames[:3], colours()[:3]):  # raw: exactly OpenCV's conversion
+    for frame, (_parts, i) in zip(frames[:3], colours()[:3]):  # raw: exactly OpenCV's conversion
         assert np.array_equal(frame.image, cv2.cvtColor(colour_image(i), code))
         swapped = cv2.cvtColor(colour_image(i), cv2.COLOR_RGB2GRAY) if gray else colour_image(i)  # read as RGB
         assert np.abs(frame.image.astype(int) - swapped).mean() > 10  # the test can tell the two apart
@@ -95,8 +97,12 @@ def test_overload_with_large_frames_stays_within_the_documented_memory_bound(spa
     port = free_port()
     receiver = spawn("zmq_overload.py", "receive", f"tcp://127.0.0.1:{port}", size)
     assert receiver.stdout.readline().strip() == b"ready"
-    sender = subprocess.run([sys.executable, str(receiver.args[1]), "send", f"tcp://127.0.0.1:{port}", "2", str(size)],
-                            capture_output=True, text=True, timeout=60)
+    sender = subprocess.run(
+        [sys.executable, str(receiver.args[1]), "send", f"tcp://127.0.0.1:{port}", "2", str(size)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert sender.returncode == 0, sender.stderr
     sent = int(sender.stdout)
     out, err = receiver.communicate(timeout=60)

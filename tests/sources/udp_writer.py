@@ -6,6 +6,7 @@ Sends one phase of FRAMES frames per argument, paced at FPS, closing the stream 
 silent for PAUSE seconds between phases (a probe that drops out and comes back). Frame i of
 phase p is flat gray at ``phase_level(p, i)``.
 """
+
 from __future__ import annotations
 
 import sys

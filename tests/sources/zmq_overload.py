@@ -10,6 +10,7 @@ The receiver samples its own resident set size every 20 ms. ``rss_base`` is take
 frame is in (libraries loaded, the first frame buffers allocated), ``rss_peak`` is the largest
 sample after it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -66,7 +67,7 @@ async def receive(url: str, size: str) -> None:
         while True:
             try:
                 await asyncio.wait_for(anext(iterator), 1.5 if frames else 30)
-            except asyncio.TimeoutError:  # TimeoutError on 3.11+, not on 3.10
+            except TimeoutError:  # TimeoutError on 3.11+, not on 3.10
                 break
             frames += 1
             if base is None:

@@ -9,6 +9,7 @@ The scenarios are built here and imported by the tests, which thereby know exact
 frames (and how many bad messages) to expect. A good frame is a flat image whose gray value
 identifies it.
 """
+
 from __future__ import annotations
 
 import json
@@ -131,15 +132,24 @@ def _bad_headers(rng: np.random.Generator, i: int) -> list[bytes]:
         lambda: [("{" + body + ',"seq":' + "9" * digits + "}").encode(), payload],  # huge seq
         lambda: [("{" + body + ',"timestamp":1e' + str(digits) + "}").encode(), payload],  # float overflow
         lambda: [("{" + body + ',"timestamp":' + rng.choice(["NaN", "Infinity", "-Infinity"]) + "}").encode(), payload],
-        lambda: [json.dumps({**good, "timestamp": float(rng.choice([1e306, -1e306, 1e12, -5.0]))}).encode(), payload],  # absurd time
+        lambda: [
+            json.dumps({**good, "timestamp": float(rng.choice([1e306, -1e306, 1e12, -5.0]))}).encode(),
+            payload,
+        ],  # absurd time
         lambda: [json.dumps({**good, "dtype": "u" * int(rng.integers(1000, 60000))}).encode(), payload],  # huge string
         lambda: [json.dumps({**good, "shape": [10**18, 10**18]}).encode(), payload],  # absurd shape
         lambda: [json.dumps({**good, "shape": [H, W, 3]}).encode(), payload],  # size mismatch
         lambda: [rng.bytes(int(rng.integers(1, 300))), rng.bytes(int(rng.integers(0, 300)))],  # random bytes
-        lambda: [json.dumps({"msg": "m", "jpg": True}).encode(), cv2.imencode(".jpg", _gray(9))[1].tobytes()[:100]],  # cut JPEG
+        lambda: [
+            json.dumps({"msg": "m", "jpg": True}).encode(),
+            cv2.imencode(".jpg", _gray(9))[1].tobytes()[:100],
+        ],  # cut JPEG
         lambda: [json.dumps(["s", None, 5, True][i % 4]).encode(), payload],  # not an object
         lambda: [json.dumps({**good, "seq": "7"}).encode(), payload],  # wrong type
-        lambda: [rb'{"msg": "\ud800\udfff\u0000", "dtype": ["uint8"], "shape": [24, 32]}', payload],  # odd unicode, list dtype
+        lambda: [
+            rb'{"msg": "\ud800\udfff\u0000", "dtype": ["uint8"], "shape": [24, 32]}',
+            payload,
+        ],  # odd unicode, list dtype
         lambda: [json.dumps(good).encode()],  # one part
     ]
     return kinds[i % len(kinds)]()

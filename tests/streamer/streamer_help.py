@@ -1,4 +1,5 @@
 """Helpers for the streamer tests: small real model files and real video files."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,13 +13,28 @@ from sampler.model import ModelConfig, build_model
 from sources.synthetic import CLASSES, encode_video, make_clip
 
 
-def make_model_file(path: Path, *, method: str = "das", num_frames: int = 8, k: int = 4,
-                    input_size: int = 32, feature_size: int = 16, seed: int = 0) -> Path:
+def make_model_file(
+    path: Path,
+    *,
+    method: str = "das",
+    num_frames: int = 8,
+    k: int = 4,
+    input_size: int = 32,
+    feature_size: int = 16,
+    seed: int = 0,
+) -> Path:
     """Save an untrained (random-init) model: enough to exercise the runtime end to end."""
     torch.manual_seed(seed)
     k = num_frames if method == "full" else k
-    cfg = ModelConfig(method=method, num_frames=num_frames, k=k, class_names=CLASSES,
-                      feature_size=feature_size, input_size=input_size, name=path.stem)
+    cfg = ModelConfig(
+        method=method,
+        num_frames=num_frames,
+        k=k,
+        class_names=CLASSES,
+        feature_size=feature_size,
+        input_size=input_size,
+        name=path.stem,
+    )
     model = build_model(cfg)
     calibrate_batchnorm(model, input_size)
     model.save(path)
@@ -33,7 +49,9 @@ def calibrate_batchnorm(model, input_size: int) -> None:
     compares predictions could not fail.
     """
     rng = np.random.default_rng(0)
-    frames = np.concatenate([make_clip(c, 8, size=input_size, rng=rng, empty_run_prob=0.0) for c in range(len(CLASSES))])
+    frames = np.concatenate(
+        [make_clip(c, 8, size=input_size, rng=rng, empty_run_prob=0.0) for c in range(len(CLASSES))]
+    )
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
@@ -50,8 +68,9 @@ def calibrate_batchnorm(model, input_size: int) -> None:
 def write_video(path: Path, *, frames: int, fps: int = 30, size: int = 64, seed: int = 0) -> Path:
     """Encode synthetic ultrasound-like frames to an H.264 (mp4) file with PyAV."""
     rng = np.random.default_rng(seed)
-    clip = np.concatenate([make_clip(i % len(CLASSES), 16, size=size, rng=rng, empty_run_prob=0.0)
-                           for i in range(-(-frames // 16))])[:frames]
+    clip = np.concatenate(
+        [make_clip(i % len(CLASSES), 16, size=size, rng=rng, empty_run_prob=0.0) for i in range(-(-frames // 16))]
+    )[:frames]
     return encode_video(path, clip, fps=fps)
 
 

@@ -2,6 +2,7 @@
 
 Marked ``cluster``: ``pytest -m "not cluster"`` skips them; CI runs them.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,15 +15,15 @@ import time
 
 import aiomqtt
 import pytest
+from streamer_help import make_model_file
 
-from sampler.errors import ConfigError
+from core.errors import ConfigError
+from das_stream.cli import main
 from sampler.model import SampledClassifier
 from sources.spec import parse_source
-from streamer.cli import main
 from streamer.cluster.config import ClusterConfig
 from streamer.inference import InferenceEngine
 from streamer.pipeline import Pipeline, PipelineSettings
-from streamer_help import make_model_file
 
 ray = pytest.importorskip("ray")  # a declared dev dependency; CI installs it
 
@@ -35,8 +36,14 @@ def ray_instance():
 
     from streamer.cluster.serve import NAMESPACE
 
-    ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, logging_level="WARNING", log_to_driver=False,
-             _node_ip_address="127.0.0.1")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        namespace=NAMESPACE,
+        logging_level="WARNING",
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
     yield
     serve.shutdown()
     ray.shutdown()
@@ -44,7 +51,9 @@ def ray_instance():
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    return make_model_file(tmp_path_factory.mktemp("model") / "ward.pt", num_frames=8, k=4, input_size=32, feature_size=16)
+    return make_model_file(
+        tmp_path_factory.mktemp("model") / "ward.pt", num_frames=8, k=4, input_size=32, feature_size=16
+    )
 
 
 class Subscriber:
@@ -56,7 +65,9 @@ class Subscriber:
         self.stats: list[dict] = []
 
     async def __aenter__(self):
-        self.client = aiomqtt.Client("127.0.0.1", self.port, identifier=f"test-cluster-{os.getpid()}", clean_session=True)
+        self.client = aiomqtt.Client(
+            "127.0.0.1", self.port, identifier=f"test-cluster-{os.getpid()}", clean_session=True
+        )
         await self.client.__aenter__()
         await self.client.subscribe("das/#", qos=1)
         self.task = asyncio.create_task(self._run())
@@ -92,9 +103,20 @@ class Subscriber:
 
 
 def config(model_file, broker, sources, **kw) -> ClusterConfig:
-    base = dict(sources=tuple(sources), model=str(model_file), stride=STRIDE, replicas=2, replica_cpus=0.5,
-                stream_cpus=0.25, mqtt=broker.url, stats_interval=1.0, report_interval=0.0, batch_wait_ms=5.0,
-                max_batch_frames=16, request_timeout=20.0)
+    base = dict(
+        sources=tuple(sources),
+        model=str(model_file),
+        stride=STRIDE,
+        replicas=2,
+        replica_cpus=0.5,
+        stream_cpus=0.25,
+        mqtt=broker.url,
+        stats_interval=1.0,
+        report_interval=0.0,
+        batch_wait_ms=5.0,
+        max_batch_frames=16,
+        request_timeout=20.0,
+    )
     base.update(kw)
     return ClusterConfig(**base)
 
@@ -146,8 +168,18 @@ def test_bad_cluster_configs_are_one_line_errors(tmp_path, capsys, monkeypatch):
         cases = [
             (["cluster", "--config", str(tmp_path / "unknown.yaml")], "unknown key 'replica'"),
             (["cluster", "--config", str(tmp_path / "empty.yaml")], "no sources"),
-            (["cluster", "--source", "synthetic:", "--address", f"127.0.0.1:{silent.getsockname()[1]}",
-              "--connect-timeout", "1"], "did not answer within 1 s"),
+            (
+                [
+                    "cluster",
+                    "--source",
+                    "synthetic:",
+                    "--address",
+                    f"127.0.0.1:{silent.getsockname()[1]}",
+                    "--connect-timeout",
+                    "1",
+                ],
+                "did not answer within 1 s",
+            ),
         ]
         for argv, needle in cases:
             t0 = time.monotonic()
@@ -227,7 +259,9 @@ async def test_replica_killed_mid_run_retries_and_loses_nothing(ray_instance, mo
                     continue
                 await asyncio.sleep(3.0)
             assert await asyncio.to_thread(cluster.wait, 240)
-            await sub.until(lambda: all(any(s["stream"] == n and s["final"] for s in sub.stats) for n in cluster.names), 30)
+            await sub.until(
+                lambda: all(any(s["stream"] == n and s["final"] for s in sub.stats) for n in cluster.names), 30
+            )
         finally:
             await asyncio.to_thread(cluster.close)
     total_retries = 0
@@ -259,7 +293,9 @@ async def test_stream_actor_killed_restarts_and_reports_the_gap(ray_instance, mo
             print(f"stream actor killed -> next prediction: {t_back - t_kill:.1f} s")  # docs/scale-out.md
             await asyncio.to_thread(cluster.stop)
             assert await asyncio.to_thread(cluster.wait, 60)
-            await sub.until(lambda: all(any(s["stream"] == n and s["final"] for s in sub.stats) for n in cluster.names), 30)
+            await sub.until(
+                lambda: all(any(s["stream"] == n and s["final"] for s in sub.stats) for n in cluster.names), 30
+            )
         finally:
             await asyncio.to_thread(cluster.close)
     final = sub.final(victim)

@@ -1,5 +1,6 @@
 """The bundled demo model on what `das-stream run` gives it by default: the `synthetic:` source at
 the model's frame size, cut by the runtime Windower (T = S = 16)."""
+
 from __future__ import annotations
 
 import numpy as np

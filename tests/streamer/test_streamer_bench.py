@@ -1,4 +1,5 @@
 """The benchmark machinery runs and reports consistent figures (no timing assertions)."""
+
 import json
 
 from streamer.bench import BenchSettings, make_video, run_bench, to_json
@@ -6,8 +7,15 @@ from streamer.bench import BenchSettings, make_video, run_bench, to_json
 
 def test_bench_reports_headline_keys_and_consistent_details(tmp_path, mqtt_broker):
     video = make_video(tmp_path / "b.mp4", frames=96, width=80, height=64)
-    s = BenchSettings(quick=True, num_frames=8, input_size=32, feature_size=16, video=str(video), mqtt=mqtt_broker.url,
-                      only=("compute", "throughput", "overlap"))
+    s = BenchSettings(
+        quick=True,
+        num_frames=8,
+        input_size=32,
+        feature_size=16,
+        video=str(video),
+        mqtt=mqtt_broker.url,
+        only=("compute", "throughput", "overlap"),
+    )
     result = json.loads(to_json(run_bench(s)))
     for key in ("compute_ratio", "sampler_overhead", "throughput_ratio", "throughput_fps"):
         assert result[key] > 0
@@ -32,8 +40,16 @@ def test_bench_reports_headline_keys_and_consistent_details(tmp_path, mqtt_broke
 def test_capacity_point_counts_every_stream_and_reports_warm_up():
     """`--streams N` runs one capacity point per variant: N replayed 30 fps streams, all frames
     and windows accounted for (no timing assertion: whether it holds depends on the machine)."""
-    s = BenchSettings(quick=True, num_frames=8, input_size=32, feature_size=16, only=("capacity",), streams=3,
-                      capacity_seconds=3.0, engine="torch")
+    s = BenchSettings(
+        quick=True,
+        num_frames=8,
+        input_size=32,
+        feature_size=16,
+        only=("capacity",),
+        streams=3,
+        capacity_seconds=3.0,
+        engine="torch",
+    )
     result = json.loads(to_json(run_bench(s)))
     cap = result["capacity"]
     assert set(cap["runs"]) == {"das@0.5", "full"}

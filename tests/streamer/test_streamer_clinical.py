@@ -1,6 +1,7 @@
 """The runtime with the clinical sources, built from a RunConfig as `das-stream run` builds it
 (in-process, so the test pays no interpreter start): a DICOM cine folder written with pydicom
 and a real pyigtl OpenIGTLink server in another process, side by side."""
+
 from __future__ import annotations
 
 import subprocess
@@ -25,17 +26,32 @@ pytestmark = pytest.mark.timeout(120)
 async def test_dicom_folder_and_openigtlink_stream_side_by_side(tmp_path):
     model = make_model_file(tmp_path / "tiny.pt", num_frames=8, k=4)
     exam = tmp_path / "exam"
-    write_cine(exam / "b.dcm", frames_rgb(12), photometric="RGB", syntax=RLELossless,
-               tags={"InstanceNumber": 2, "CineRate": 100})
-    write_cine(exam / "a.dcm", frames_rgb(9, seed=1), photometric="YBR_FULL", tags={"InstanceNumber": 1, "FrameTime": "10"})
+    write_cine(
+        exam / "b.dcm",
+        frames_rgb(12),
+        photometric="RGB",
+        syntax=RLELossless,
+        tags={"InstanceNumber": 2, "CineRate": 100},
+    )
+    write_cine(
+        exam / "a.dcm", frames_rgb(9, seed=1), photometric="YBR_FULL", tags={"InstanceNumber": 1, "FrameTime": "10"}
+    )
     (exam / "notes.txt").write_text("not DICOM")
     port = free_port()
-    server = subprocess.Popen([sys.executable, str(SOURCES_TESTS / "igtl_peer.py"), str(port), "stream"],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, str(SOURCES_TESTS / "igtl_peer.py"), str(port), "stream"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert server.stdout.readline().strip() == b"ready"
-        cfg = RunConfig(sources=(f"dicom:{exam}", f"igtl://127.0.0.1:{port}?device=US"), model=str(model),
-                        console=False, duration=2.0, device="cpu")
+        cfg = RunConfig(
+            sources=(f"dicom:{exam}", f"igtl://127.0.0.1:{port}?device=US"),
+            model=str(model),
+            console=False,
+            duration=2.0,
+            device="cpu",
+        )
         summary = await build_pipeline(cfg).run()
     finally:
         server.kill()

@@ -1,6 +1,6 @@
 import pytest
 
-from sampler.errors import ConfigError
+from core.errors import ConfigError
 from streamer.config import RunConfig
 
 CONFIGS = ["configs/replay_video.yaml", "configs/probe_udp.yaml", "configs/zmq_feed.yaml"]
@@ -19,17 +19,20 @@ def test_flags_override_file(tmp_path):
     assert cfg.stride == 8 and cfg.qos == 0 and cfg.sources == ("video:x.mp4",)
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("strid: 4\n", "unknown key 'strid'"),
-    ("stride: 0\n", "stride must be >= 1"),
-    ("stride: four\n", "stride must be an integer"),
-    ("overload: drop_newest\n", "overload must be one of"),
-    ("pacing: 3\n", "pacing must be true or false"),
-    ("sources: []\n", "no source given"),
-    ("- a\n- b\n", "must hold a mapping"),
-    ("stride: [\n", "is not valid YAML"),
-    ("device: gpu\n", "device must be one of auto, cpu, cuda or cuda:N"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("strid: 4\n", "unknown key 'strid'"),
+        ("stride: 0\n", "stride must be >= 1"),
+        ("stride: four\n", "stride must be an integer"),
+        ("overload: drop_newest\n", "overload must be one of"),
+        ("pacing: 3\n", "pacing must be true or false"),
+        ("sources: []\n", "no source given"),
+        ("- a\n- b\n", "must hold a mapping"),
+        ("stride: [\n", "is not valid YAML"),
+        ("device: gpu\n", "device must be one of auto, cpu, cuda or cuda:N"),
+    ],
+)
 def test_bad_config_one_line_error_names_key_and_file(tmp_path, text, needle):
     f = tmp_path / "bad.yaml"
     f.write_text(text)
@@ -42,7 +45,7 @@ def test_bad_config_one_line_error_names_key_and_file(tmp_path, text, needle):
 
 
 def test_run_and_training_configs_read_values_by_the_same_rules(tmp_path):
-    from sampler.training.config import config_from_dict
+    from training.config import config_from_dict
 
     f = tmp_path / "c.yaml"
     f.write_text("stats_interval: 5e-1\ndevice: cuda:1\n")  # YAML 1.1 reads 5e-1 as text

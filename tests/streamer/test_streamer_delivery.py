@@ -1,6 +1,7 @@
 """`das-stream run` as users run it, when predictions cannot all be delivered or the user
 interrupts it early: a broker outage longer than the MQTT buffer, Ctrl-C during start-up, bad
 flags caught before the model loads."""
+
 from __future__ import annotations
 
 import json
@@ -10,14 +11,13 @@ import sys
 import time
 
 import pytest
-
 from streamer_help import make_model_file
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def run_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "streamer.cli", "run", *args]
+    return [sys.executable, "-m", "das_stream.cli", "run", *args]
 
 
 def lines_of(path) -> list[dict]:
@@ -29,13 +29,31 @@ def test_outage_longer_than_the_buffer_is_logged_counted_and_fails_the_run(mqtt_
     jsonl = tmp_path / "out.jsonl"
     mqtt_broker.stop()  # away from the start: the first connection is late
     run = subprocess.Popen(
-        run_cmd("--source", "synthetic:?fps=100&frames=400&size=32", "--model", str(model), "--mqtt", mqtt_broker.url,
-                "--mqtt-buffer", "3", "--jsonl", str(jsonl), "--quiet", "--stats-interval", "0.5"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        run_cmd(
+            "--source",
+            "synthetic:?fps=100&frames=400&size=32",
+            "--model",
+            str(model),
+            "--mqtt",
+            mqtt_broker.url,
+            "--mqtt-buffer",
+            "3",
+            "--jsonl",
+            str(jsonl),
+            "--quiet",
+            "--stats-interval",
+            "0.5",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while sum(m["type"] == "prediction" for m in lines_of(jsonl)) < 20:  # well past the buffer
-            assert run.poll() is None and time.monotonic() < deadline, run.stderr.read() if run.poll() is not None else ""
+            assert run.poll() is None and time.monotonic() < deadline, (
+                run.stderr.read() if run.poll() is not None else ""
+            )
             time.sleep(0.1)
         mqtt_broker.start()
         _, err = run.communicate(timeout=60)
@@ -57,7 +75,9 @@ def test_outage_longer_than_the_buffer_is_logged_counted_and_fails_the_run(mqtt_
     assert "mqtt sink: connected to" in err  # the late first connection is logged
     [line] = [x for x in err.splitlines() if x.startswith("das-stream: error:")]
     lost = int(line.split()[2])
-    assert line.startswith(f"das-stream: error: {lost} of 50 predictions never reached the MQTT broker {mqtt_broker.url}")
+    assert line.startswith(
+        f"das-stream: error: {lost} of 50 predictions never reached the MQTT broker {mqtt_broker.url}"
+    )
     assert 17 <= lost < 50  # the outage lost some; the ones after it arrived
 
 
@@ -84,7 +104,7 @@ def test_a_non_finite_duration_is_refused_by_the_command_line():
     ],
 )
 def test_the_broker_url_is_checked_before_the_model_loads(url, message, tmp_path):
-    from sinks.errors import SinkError
+    from core.errors import SinkError
     from streamer.app import build_pipeline
     from streamer.config import RunConfig
 
@@ -95,7 +115,7 @@ def test_the_broker_url_is_checked_before_the_model_loads(url, message, tmp_path
 
 
 def test_a_text_file_is_not_a_model_file(tmp_path):
-    from sampler.errors import ModelFileError
+    from core.errors import ModelFileError
     from sampler.model import SampledClassifier
 
     text, noise = tmp_path / "notes.pt", tmp_path / "noise.pt"

@@ -1,5 +1,6 @@
 """The whole runtime as users run it: `das-stream run` in its own process, a real broker, a
 separate MQTT subscriber, real video files encoded with PyAV."""
+
 from __future__ import annotations
 
 import asyncio
@@ -11,12 +12,12 @@ import sys
 
 import numpy as np
 import pytest
+from streamer_help import make_model_file, write_video
 
 from sinks.mqtt import MqttSettings
 from sinks.subscribe import subscribe
 from sources.frame import Frame
 from streamer.window import Windower
-from streamer_help import make_model_file, write_video
 
 T, S = 8, 4
 
@@ -35,15 +36,16 @@ def model_file(tmp_path_factory):
 
 
 def run_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "streamer.cli", "run", "--log-level", "warning", *args]
+    return [sys.executable, "-m", "das_stream.cli", "run", "--log-level", "warning", *args]
 
 
 class Collector:
     """A separate subscriber (persistent session, reconnects) recording every JSON message."""
 
     def __init__(self, url: str, prefix: str) -> None:
-        self.settings = MqttSettings.from_url(url, topic_prefix=prefix, client_id=f"test-sub-{prefix}",
-                                              reconnect_max=0.5)
+        self.settings = MqttSettings.from_url(
+            url, topic_prefix=prefix, client_id=f"test-sub-{prefix}", reconnect_max=0.5
+        )
         self.out = io.StringIO()
         self.ready = asyncio.Event()
         self.task: asyncio.Task | None = None
@@ -70,6 +72,7 @@ class Collector:
         async def poll():
             while len(self.final_stats()) < streams:
                 await asyncio.sleep(0.05)
+
         await asyncio.wait_for(poll(), timeout)
 
 
@@ -83,10 +86,24 @@ async def test_replay_every_window_arrives_and_stats_add_up(tmp_path, mqtt_broke
     video = write_video(tmp_path / "clip.mp4", frames=n)
     async with Collector(mqtt_broker.url, "e2e") as sub:
         proc = await asyncio.create_subprocess_exec(
-            *run_cmd("--source", f"video:{video}", "--model", str(model_file), "--stride", str(S),
-                     "--no-pacing", "--mqtt", mqtt_broker.url, "--topic-prefix", "e2e", "--quiet",
-                     "--client-id", "e2e-runner"),
-            stderr=asyncio.subprocess.PIPE)
+            *run_cmd(
+                "--source",
+                f"video:{video}",
+                "--model",
+                str(model_file),
+                "--stride",
+                str(S),
+                "--no-pacing",
+                "--mqtt",
+                mqtt_broker.url,
+                "--topic-prefix",
+                "e2e",
+                "--quiet",
+                "--client-id",
+                "e2e-runner",
+            ),
+            stderr=asyncio.subprocess.PIPE,
+        )
         _, err = await asyncio.wait_for(proc.communicate(), 120)
         assert proc.returncode == 0, err.decode()
         await sub.wait_final()
@@ -107,13 +124,28 @@ async def test_sigint_flushes_and_publishes_final_stats(tmp_path, mqtt_broker, m
     jsonl = tmp_path / "out.jsonl"
     async with Collector(mqtt_broker.url, "sig") as sub:
         proc = await asyncio.create_subprocess_exec(
-            *run_cmd("--source", "synthetic:?fps=60", "--model", str(model_file), "--mqtt", mqtt_broker.url,
-                     "--topic-prefix", "sig", "--jsonl", str(jsonl), "--client-id", "sig-runner"),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            *run_cmd(
+                "--source",
+                "synthetic:?fps=60",
+                "--model",
+                str(model_file),
+                "--mqtt",
+                mqtt_broker.url,
+                "--topic-prefix",
+                "sig",
+                "--jsonl",
+                str(jsonl),
+                "--client-id",
+                "sig-runner",
+            ),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
 
         async def some_predictions():
             while len(sub.predictions()) < 3:
                 await asyncio.sleep(0.05)
+
         await asyncio.wait_for(some_predictions(), 60)
         proc.send_signal(signal.SIGINT)
         out, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -133,13 +165,26 @@ async def test_broker_outage_mid_stream_loses_nothing(tmp_path, mqtt_broker, mod
     video = write_video(tmp_path / "long.mp4", frames=n)
     async with Collector(mqtt_broker.url, "out") as sub:
         proc = await asyncio.create_subprocess_exec(
-            *run_cmd("--source", f"video:{video}", "--model", str(model_file), "--mqtt", mqtt_broker.url,
-                     "--topic-prefix", "out", "--quiet", "--client-id", "outage-runner"),
-            stderr=asyncio.subprocess.PIPE)
+            *run_cmd(
+                "--source",
+                f"video:{video}",
+                "--model",
+                str(model_file),
+                "--mqtt",
+                mqtt_broker.url,
+                "--topic-prefix",
+                "out",
+                "--quiet",
+                "--client-id",
+                "outage-runner",
+            ),
+            stderr=asyncio.subprocess.PIPE,
+        )
 
         async def predictions(count):
             while len(sub.predictions()) < count:
                 await asyncio.sleep(0.05)
+
         await asyncio.wait_for(predictions(5), 60)
         await asyncio.to_thread(mqtt_broker.stop)
         await asyncio.sleep(2.0)
@@ -160,12 +205,17 @@ def expected_windows_stride(n: int, stride: int) -> int:
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_corrupt_video_one_line_error_nonzero_exit(tmp_path, model_file, damage):
     import subprocess
+
     video = write_video(tmp_path / "ok.mp4", frames=60)
     data = video.read_bytes()
     bad = tmp_path / f"{damage}.mp4"
     bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else os.urandom(len(data)))
-    res = subprocess.run(run_cmd("--source", f"video:{bad}", "--model", str(model_file), "--no-pacing", "--quiet"),
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        run_cmd("--source", f"video:{bad}", "--model", str(model_file), "--no-pacing", "--quiet"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("das-stream: error:") and bad.name in last
@@ -173,6 +223,7 @@ def test_corrupt_video_one_line_error_nonzero_exit(tmp_path, model_file, damage)
 
 def test_wrong_model_file_is_a_clear_error(tmp_path):
     import subprocess
+
     bad = tmp_path / "model.pt"
     bad.write_bytes(b"not a model")
     res = subprocess.run(run_cmd("--model", str(bad), "--duration", "1"), capture_output=True, text=True, timeout=120)
@@ -195,9 +246,21 @@ def test_zmq_feed_bad_messages_counted_good_frames_flow(tmp_path, model_file):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     jsonl = tmp_path / "zmq.jsonl"
-    run = subprocess.Popen(run_cmd("--source", f"zmq+pull://127.0.0.1:{port}?bind=1", "--model", str(model_file),
-                                   "--jsonl", str(jsonl), "--quiet", "--stats-interval", "0.5"),
-                           stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        run_cmd(
+            "--source",
+            f"zmq+pull://127.0.0.1:{port}?bind=1",
+            "--model",
+            str(model_file),
+            "--jsonl",
+            str(jsonl),
+            "--quiet",
+            "--stats-interval",
+            "0.5",
+        ),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         import time
 
@@ -210,8 +273,12 @@ def test_zmq_feed_bad_messages_counted_good_frames_flow(tmp_path, model_file):
         while latest() is None:  # the first periodic stats: the source is bound and listening
             assert run.poll() is None and time.monotonic() < deadline
             time.sleep(0.1)
-        peer = subprocess.run([sys.executable, str(peer_dir / "zmq_peer.py"), f"tcp://127.0.0.1:{port}", "push",
-                               "connect", "mixed"], timeout=60, capture_output=True, text=True)
+        peer = subprocess.run(
+            [sys.executable, str(peer_dir / "zmq_peer.py"), f"tcp://127.0.0.1:{port}", "push", "connect", "mixed"],
+            timeout=60,
+            capture_output=True,
+            text=True,
+        )
         assert peer.returncode == 0, peer.stderr
         scenario = mixed()
         good = sum(v is not None for _, v in scenario)
@@ -235,15 +302,39 @@ async def test_subscribe_command_prints_what_arrives(mqtt_broker):
     from sinks.mqtt import MqttSink
 
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streamer.cli", "subscribe", "--mqtt", mqtt_broker.url, "--topic-prefix", "cli",
-        "--raw", "--count", "3", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "das_stream.cli",
+        "subscribe",
+        "--mqtt",
+        mqtt_broker.url,
+        "--topic-prefix",
+        "cli",
+        "--raw",
+        "--count",
+        "3",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     settings = MqttSettings.from_url(mqtt_broker.url, topic_prefix="cli", client_id="cli-pub")
     async with MqttSink(settings) as sink:
         window = 0
         while proc.returncode is None and window < 400:  # until the subscriber has seen 3 and left
-            await sink.publish_prediction(Prediction(
-                stream="us1", window=window, first_seq=0, last_seq=7, t_first=0.0, t_last=0.1, selected=(1, 5),
-                probs={"a": 0.25, "b": 0.75}, label="b", model="m (das)", latency_ms=1.0))
+            await sink.publish_prediction(
+                Prediction(
+                    stream="us1",
+                    window=window,
+                    first_seq=0,
+                    last_seq=7,
+                    t_first=0.0,
+                    t_last=0.1,
+                    selected=(1, 5),
+                    probs={"a": 0.25, "b": 0.75},
+                    label="b",
+                    model="m (das)",
+                    latency_ms=1.0,
+                )
+            )
             window += 1
             try:
                 await asyncio.wait_for(proc.wait(), 0.25)
@@ -259,8 +350,9 @@ async def test_subscribe_command_prints_what_arrives(mqtt_broker):
 
 async def test_no_arguments_runs_the_demo_until_stopped():
     """`das-stream` alone: the synthetic source through the bundled demo model, to the console."""
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "streamer.cli", stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "das_stream.cli", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     lines = []
 
     async def first_predictions():
@@ -268,6 +360,7 @@ async def test_no_arguments_runs_the_demo_until_stopped():
             line = await proc.stdout.readline()
             assert line, "das-stream ended before printing predictions"
             lines.append(line.decode())
+
     await asyncio.wait_for(first_predictions(), 90)
     proc.send_signal(signal.SIGINT)
     rest, err = await asyncio.wait_for(proc.communicate(), 60)

@@ -1,17 +1,18 @@
 """Static batch buckets, warm-up, the frame cache's ownership and failure rule, backend names."""
+
 import logging
 import threading
 
 import numpy as np
 import pytest
 import torch
+from streamer_help import make_model_file
 
-from sampler.errors import SamplerError
+from core.errors import EngineError
 from sampler.model import SampledClassifier
 from sources.frame import Frame
 from streamer.inference import EMBEDDERS, InferenceEngine, Onnx, TorchEager, batch_buckets, resolve_backend
 from streamer.window import Windower
-from streamer_help import make_model_file
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CI has none)")
 
@@ -23,6 +24,7 @@ def model(tmp_path_factory):
 
 def clip(n, size, seed=0, stream="s"):
     from sources.synthetic import make_clip
+
     rng = np.random.default_rng(seed)
     images = np.concatenate([make_clip(i % 3, 8, size=size, rng=rng, empty_run_prob=0.0) for i in range(-(-n // 8))])
     return [Frame(stream=stream, seq=i, t_capture=float(i), image=img) for i, img in enumerate(images[:n])]
@@ -145,21 +147,23 @@ def test_backend_names(model):
     expected = "onnx" if Onnx is EMBEDDERS["onnx"] and _has_ort() else "torch"
     assert resolve_backend("auto", cpu) == expected
     assert resolve_backend("torch-cudagraph", cpu) == "torch-cudagraph"
-    with pytest.raises(SamplerError, match="unknown engine 'tensorrt'.*auto, torch, torch-cudagraph, onnx"):
+    with pytest.raises(EngineError, match="unknown engine 'tensorrt'.*auto, torch, torch-cudagraph, onnx"):
         resolve_backend("tensorrt", cpu)
-    with pytest.raises(SamplerError, match="needs a CUDA device"):
+    with pytest.raises(EngineError, match="needs a CUDA device"):
         InferenceEngine(model, device="cpu", backend="torch-cudagraph")
     assert InferenceEngine(model, device="cpu", engine="torch").backend == "torch"  # the old keyword
 
 
 def _has_ort():
     import importlib.util
+
     return importlib.util.find_spec("onnxruntime") is not None
 
 
 @needs_cuda
 def test_cuda_graph_embedder_matches_eager(model):
     from streamer.inference import TorchCudaGraph
+
     dev = torch.device("cuda")
     graph, eager = TorchCudaGraph(model, dev, max_batch=16), TorchEager(model, torch.device("cpu"), max_batch=16)
     graph.warm_up()

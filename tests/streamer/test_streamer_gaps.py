@@ -1,4 +1,5 @@
 """A stream that pauses, and a sink that stalls: what the pipeline does about each."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,12 +8,12 @@ import time
 
 import numpy as np
 import pytest
+from streamer_help import ListSink, make_model_file
 
 from sampler.model import SampledClassifier
 from sources.base import Source
 from streamer.inference import InferenceEngine
 from streamer.pipeline import Pipeline, PipelineSettings
-from streamer_help import ListSink, make_model_file
 
 
 class PausingSource(Source):
@@ -21,8 +22,7 @@ class PausingSource(Source):
     when it is produced, as a probe stamps at decode. ``jump`` instead of a real pause shifts the
     capture stamps of the frames after it (a sender whose clock says it paused)."""
 
-    def __init__(self, *, before: int, after: int, pause: float = 0.0, jump: float = 0.0,
-                 fps: float = 60.0) -> None:
+    def __init__(self, *, before: int, after: int, pause: float = 0.0, jump: float = 0.0, fps: float = 60.0) -> None:
         super().__init__(name="paused")
         self.before, self.after, self.pause, self.jump, self.fps = before, after, pause, jump, fps
         self.t_last_before: float | None = None
@@ -60,8 +60,12 @@ async def test_a_pause_closes_the_open_window_at_once_and_marks_the_next(engine,
     # 4-11, then 8-13 open, of which 12-13 are in no window yet.
     src = PausingSource(before=before, after=16, pause=2.5)
     sink = ListSink()
-    pipe = Pipeline(sources=[(src, "drop_oldest")], engine=engine, sinks=[sink],
-                    settings=PipelineSettings(stride=stride, gap=0.8, stats_interval=3600))
+    pipe = Pipeline(
+        sources=[(src, "drop_oldest")],
+        engine=engine,
+        sinks=[sink],
+        settings=PipelineSettings(stride=stride, gap=0.8, stats_interval=3600),
+    )
     await pipe.run()
     preds = sink.predictions
     real_gap_ms = (src.t_first_after - src.t_last_before) * 1000.0
@@ -87,12 +91,20 @@ async def test_a_pause_closes_the_open_window_at_once_and_marks_the_next(engine,
 async def test_a_capture_time_jump_splits_windows_without_a_real_pause(engine):
     src = PausingSource(before=12, after=12, jump=30.0, fps=500.0)
     sink = ListSink()
-    pipe = Pipeline(sources=[(src, "block")], engine=engine, sinks=[sink],
-                    settings=PipelineSettings(stride=8, gap=1.0, stats_interval=3600))
+    pipe = Pipeline(
+        sources=[(src, "block")],
+        engine=engine,
+        sinks=[sink],
+        settings=PipelineSettings(stride=8, gap=1.0, stats_interval=3600),
+    )
     await pipe.run()
     preds = sink.predictions
     assert [(p.first_seq, p.last_seq, p.gap_before) for p in preds] == [
-        (0, 7, False), (8, 11, False), (12, 19, True), (20, 23, False)]
+        (0, 7, False),
+        (8, 11, False),
+        (12, 19, True),
+        (20, 23, False),
+    ]
     assert preds[2].gap_ms == pytest.approx(30_000.0, abs=500.0)
     assert accounted(sink.stats[-1])
 
@@ -100,8 +112,12 @@ async def test_a_capture_time_jump_splits_windows_without_a_real_pause(engine):
 async def test_gap_zero_keeps_one_schedule_across_a_jump(engine):
     src = PausingSource(before=12, after=12, jump=30.0, fps=500.0)
     sink = ListSink()
-    pipe = Pipeline(sources=[(src, "block")], engine=engine, sinks=[sink],
-                    settings=PipelineSettings(stride=8, gap=0.0, stats_interval=3600))
+    pipe = Pipeline(
+        sources=[(src, "block")],
+        engine=engine,
+        sinks=[sink],
+        settings=PipelineSettings(stride=8, gap=0.0, stats_interval=3600),
+    )
     await pipe.run()
     assert [(p.first_seq, p.last_seq) for p in sink.predictions] == [(0, 7), (8, 15), (16, 23)]
     assert not any(p.gap_before for p in sink.predictions)
@@ -111,8 +127,12 @@ async def test_a_stalled_sink_does_not_stall_classification(engine):
     hold = asyncio.Event()
     src = PausingSource(before=64, after=0, fps=2000.0)
     sink = ListSink(hold=hold)
-    pipe = Pipeline(sources=[(src, "block")], engine=engine, sinks=[sink],
-                    settings=PipelineSettings(stride=8, publish_queue=16, gap=0.0, stats_interval=3600))
+    pipe = Pipeline(
+        sources=[(src, "block")],
+        engine=engine,
+        sinks=[sink],
+        settings=PipelineSettings(stride=8, publish_queue=16, gap=0.0, stats_interval=3600),
+    )
     run = asyncio.create_task(pipe.run())
     stats = pipe.streams[0].stats
     for _ in range(600):  # every window is classified while the sink has published nothing
@@ -130,8 +150,12 @@ async def test_a_sink_slower_than_the_publish_queue_makes_the_classifier_wait_an
     hold = asyncio.Event()
     src = PausingSource(before=64, after=0, fps=2000.0)
     sink = ListSink(hold=hold)
-    pipe = Pipeline(sources=[(src, "block")], engine=engine, sinks=[sink],
-                    settings=PipelineSettings(stride=8, publish_queue=2, gap=0.0, stats_interval=3600))
+    pipe = Pipeline(
+        sources=[(src, "block")],
+        engine=engine,
+        sinks=[sink],
+        settings=PipelineSettings(stride=8, publish_queue=2, gap=0.0, stats_interval=3600),
+    )
     run = asyncio.create_task(pipe.run())
     await asyncio.sleep(1.5)
     assert pipe.streams[0].stats.windows < 8  # the bounded queue is full: back-pressure

@@ -3,12 +3,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from streamer_help import make_model_file
 
 from sampler.model import SampledClassifier
 from sources.frame import Frame
 from streamer.inference import InferenceEngine
 from streamer.window import Windower
-from streamer_help import make_model_file
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_each_frame_embedded_at_most_once_with_overlap(das_model):
     calls = 0
     picked = set()
     for i in range(0, len(ws), 3):  # several batches, as the pipeline sends them
-        for r in eng.process(ws[i:i + 3]):
+        for r in eng.process(ws[i : i + 3]):
             calls += r.backbone_calls
             picked.update(r.selected)
     assert calls == len(picked)  # one backbone call per distinct picked frame
@@ -71,7 +71,7 @@ def test_stage_timings_cover_each_classify_call(das_model):
     spent = 0.0
     for i in range(0, len(ws), 2):
         t0 = time.perf_counter()
-        eng.process(ws[i:i + 2])
+        eng.process(ws[i : i + 2])
         spent += 1000 * (time.perf_counter() - t0)
     assert {name: len(v) for name, v in eng.stage_ms.items()} == {"sampler": 2, "embed": 2, "head": 2}
     assert all(ms > 0 for v in eng.stage_ms.values() for ms in v)
@@ -90,6 +90,7 @@ def test_padded_and_empty_frames_are_not_embedded(das_model):
 
 def synthetic_frames(n, size, seed=3):
     from sources.synthetic import make_clip
+
     rng = np.random.default_rng(seed)
     clip = np.concatenate([make_clip(i % 3, 8, size=size, rng=rng, empty_run_prob=0.0) for i in range(-(-n // 8))])
     return [Frame(stream="s", seq=i, t_capture=float(i), image=img) for i, img in enumerate(clip[:n])]
@@ -97,6 +98,7 @@ def synthetic_frames(n, size, seed=3):
 
 def test_prepared_backbone_computes_the_same_embeddings(das_model):
     from streamer.inference import TorchEmbedder
+
     batch = np.stack([f.image for f in synthetic_frames(6, 32)])
     fast = TorchEmbedder(das_model, torch.device("cpu"))(batch)
     with torch.no_grad():
@@ -120,9 +122,10 @@ def test_onnx_engine_agrees_with_torch(das_model):
 
 
 def test_unknown_engine_and_missing_gpu_are_clear_errors(das_model):
-    from sampler.errors import SamplerError
-    with pytest.raises(SamplerError, match="unknown engine"):
+    from core.errors import EngineError
+
+    with pytest.raises(EngineError, match="unknown engine"):
         InferenceEngine(das_model, device="cpu", backend="tensorrt")
     if not torch.cuda.is_available():
-        with pytest.raises(SamplerError, match="no CUDA GPU"):
+        with pytest.raises(EngineError, match="no CUDA GPU"):
             InferenceEngine(das_model, device="cuda")

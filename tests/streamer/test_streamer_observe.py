@@ -1,6 +1,7 @@
 """The observer in-process: Prometheus /metrics scraped during a real run and checked against the
 final stats, /healthz 200/503 (no frame yet, running, stalled, ended, broker down), the address
 flag, and the view state's bounds."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,8 +11,9 @@ import aiohttp
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from streamer_help import ListSink, make_model_file
 
-from sampler.errors import ConfigError
+from core.errors import ConfigError
 from sampler.model import SampledClassifier
 from sinks.messages import Prediction
 from sinks.mqtt import MqttSettings, MqttSink
@@ -21,7 +23,6 @@ from streamer.inference import InferenceEngine
 from streamer.observe import Observer, parse_address
 from streamer.observe.view import MAX_HISTORY
 from streamer.pipeline import Pipeline, PipelineSettings
-from streamer_help import ListSink, make_model_file
 
 T, K = 8, 4
 
@@ -55,13 +56,19 @@ async def health(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
 
 async def test_metrics_during_a_run_match_the_final_stats(engine):
     engine.stage_listeners.clear()
-    sources = [SyntheticSource(name=f"s{i}", fps=150, size=32, frames=300 + 40 * i, seed=i, clip_frames=16)
-               for i in range(2)]
+    sources = [
+        SyntheticSource(name=f"s{i}", fps=150, size=32, frames=300 + 40 * i, seed=i, clip_frames=16) for i in range(2)
+    ]
     sink = ListSink()
     observer = Observer(streams=["s0", "s1"], sinks=[sink], metrics="127.0.0.1:0")
     observer.attach_engine(engine)
-    pipe = Pipeline(sources=[(s, "drop_oldest") for s in sources], engine=engine, sinks=[sink],
-                    settings=PipelineSettings(stride=4, frame_queue=64), observers=[observer])
+    pipe = Pipeline(
+        sources=[(s, "drop_oldest") for s in sources],
+        engine=engine,
+        sinks=[sink],
+        settings=PipelineSettings(stride=4, frame_queue=64),
+        observers=[observer],
+    )
     async with observer, aiohttp.ClientSession() as session:
         url = observer.urls["metrics"]
         status, text = await health(session, url)
@@ -103,8 +110,11 @@ async def test_metrics_during_a_run_match_the_final_stats(engine):
             assert published == final.windows
             assert final_m[("das_stream_capture_to_publish_seconds_count", labels)] == published
             assert final_m[("das_stream_close_to_publish_seconds_count", labels)] == published
-            by_label = sum(v for (name, lab), v in final_m.items()
-                           if name == "das_stream_predictions_total" and dict(lab)["stream"] == stream)
+            by_label = sum(
+                v
+                for (name, lab), v in final_m.items()
+                if name == "das_stream_predictions_total" and dict(lab)["stream"] == stream
+            )
             assert by_label == published
             inf = final_m[("das_stream_close_to_publish_seconds_bucket", (("le", "+Inf"), ("stream", stream)))]
             assert inf == published
@@ -120,14 +130,28 @@ async def test_two_observers_do_not_collide_on_metric_names():
     a.on_stats(_stats("x", 10))
     b.on_stats(_stats("x", 20))
     from prometheus_client import generate_latest
+
     assert b'das_stream_frames_total{outcome="in",stream="x"} 10.0' in generate_latest(a.metrics.registry)
     assert b'das_stream_frames_total{outcome="in",stream="x"} 20.0' in generate_latest(b.metrics.registry)
 
 
 def _stats(stream: str, n: int, **kw):
     from sinks.messages import Stats
-    return Stats(stream=stream, frames_in=n, frames_forwarded=n // 2, frames_skipped=n - n // 2, frames_dropped=0,
-                 frames_pending=0, bad_messages=0, windows=1, fps_in=1.0, latency_ms={}, compute_saved=0.5, **kw)
+
+    return Stats(
+        stream=stream,
+        frames_in=n,
+        frames_forwarded=n // 2,
+        frames_skipped=n - n // 2,
+        frames_dropped=0,
+        frames_pending=0,
+        bad_messages=0,
+        windows=1,
+        fps_in=1.0,
+        latency_ms={},
+        compute_saved=0.5,
+        **kw,
+    )
 
 
 async def test_healthz_reports_a_stalled_stream_and_an_ended_one():
@@ -154,13 +178,17 @@ async def test_healthz_reports_a_stalled_stream_and_an_ended_one():
 
 
 async def test_healthz_503_while_the_broker_is_down_and_200_again_after(engine, mqtt_broker):
-    settings = MqttSettings.from_url(mqtt_broker.url, topic_prefix="obs", client_id="obs-health",
-                                     reconnect_max=0.3)
+    settings = MqttSettings.from_url(mqtt_broker.url, topic_prefix="obs", client_id="obs-health", reconnect_max=0.3)
     sink = MqttSink(settings)
     source = SyntheticSource(name="live", fps=60, size=32, clip_frames=16)  # endless, paced
     observer = Observer(streams=["live"], sinks=[sink], metrics="127.0.0.1:0")
-    pipe = Pipeline(sources=[(source, "drop_oldest")], engine=engine, sinks=[sink],
-                    settings=PipelineSettings(stride=T), observers=[observer])
+    pipe = Pipeline(
+        sources=[(source, "drop_oldest")],
+        engine=engine,
+        sinks=[sink],
+        settings=PipelineSettings(stride=T),
+        observers=[observer],
+    )
 
     async def wait_status(session, url, code, timeout=20.0):
         deadline = time.monotonic() + timeout
@@ -213,15 +241,18 @@ async def test_web_and_metrics_on_one_address_share_one_server():
                 assert r.status == 200 and kind in r.headers["Content-Type"]
 
 
-@pytest.mark.parametrize("text, host, port, loopback", [
-    ("127.0.0.1:8080", "127.0.0.1", 8080, True),
-    ("9000", "127.0.0.1", 9000, True),
-    ("[::1]:9108", "::1", 9108, True),
-    ("::1", "::1", 9108, True),
-    ("localhost", "localhost", 9108, True),
-    ("0.0.0.0:80", "0.0.0.0", 80, False),
-    ("10.1.2.3:9108", "10.1.2.3", 9108, False),
-])
+@pytest.mark.parametrize(
+    "text, host, port, loopback",
+    [
+        ("127.0.0.1:8080", "127.0.0.1", 8080, True),
+        ("9000", "127.0.0.1", 9000, True),
+        ("[::1]:9108", "::1", 9108, True),
+        ("::1", "::1", 9108, True),
+        ("localhost", "localhost", 9108, True),
+        ("0.0.0.0:80", "0.0.0.0", 80, False),
+        ("10.1.2.3:9108", "10.1.2.3", 9108, False),
+    ],
+)
 def test_address_forms(text, host, port, loopback):
     a = parse_address(text, flag="--metrics", default_port=9108)
     assert (a.host, a.port, a.loopback) == (host, port, loopback)
@@ -247,10 +278,22 @@ def test_offered_items_keep_references_only_and_history_is_bounded():
             self.window, self.selected = window, selected
 
     from streamer.window import Window
+
     w = Window(stream="s", index=0, num_frames=T, frames=tuple(frames_in), retire=(), t_close=time.time())
     for i in range(MAX_HISTORY + 10):
-        pred = Prediction(stream="s", window=i, first_seq=0, last_seq=T - 1, t_first=0.0, t_last=time.time(),
-                          selected=(1, 3), probs={"a": 0.25, "b": 0.75}, label="b", model="m", latency_ms=1.0)
+        pred = Prediction(
+            stream="s",
+            window=i,
+            first_seq=0,
+            last_seq=T - 1,
+            t_first=0.0,
+            t_last=time.time(),
+            selected=(1, 3),
+            probs={"a": 0.25, "b": 0.75},
+            label="b",
+            model="m",
+            latency_ms=1.0,
+        )
         observer.on_window(Result(w, (1, 3)), pred)
     assert len(view.history) == MAX_HISTORY
     state = observer.view.state()
@@ -268,7 +311,7 @@ def test_a_broken_item_is_logged_once_and_never_raises(caplog):
 
 
 def test_web_and_metrics_flags_default_to_loopback_and_reach_the_config():
-    from streamer.cli import build_parser
+    from das_stream.cli import build_parser
     from streamer.config import RunConfig
 
     args = build_parser().parse_args(["run", "--web", "--metrics", "0.0.0.0:9200"])
@@ -279,12 +322,14 @@ def test_web_and_metrics_flags_default_to_loopback_and_reach_the_config():
 
 
 def test_bad_web_address_is_a_one_line_cli_error(capsys):
-    from streamer.cli import main
+    from das_stream.cli import main
 
     assert main(["run", "--web", "127.0.0.1:http", "--duration", "1"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("das-stream: error: --web '127.0.0.1:http': port 'http' is not a number from 0 to 65535; "
-                   "give HOST:PORT, e.g. --web 127.0.0.1:8080")
+    assert err == (
+        "das-stream: error: --web '127.0.0.1:http': port 'http' is not a number from 0 to 65535; "
+        "give HOST:PORT, e.g. --web 127.0.0.1:8080"
+    )
 
 
 def test_live_image_is_encoded_at_most_live_fps_times_a_second_whatever_the_requests():
@@ -305,5 +350,6 @@ def test_live_image_is_encoded_at_most_live_fps_times_a_second_whatever_the_requ
 def test_a_non_loopback_address_logs_one_warning_line(caplog):
     Observer(web="0.0.0.0:8080", metrics="127.0.0.1:9108")  # not started: nothing binds
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert warnings == ["--web 0.0.0.0:8080 is reachable from other machines and has no authentication; "
-                        "use 127.0.0.1 to keep it local"]
+    assert warnings == [
+        "--web 0.0.0.0:8080 is reachable from other machines and has no authentication; use 127.0.0.1 to keep it local"
+    ]

@@ -7,6 +7,7 @@ update, and that a screenshot is not blank. Set DAS_OBSERVE_SCREENSHOT=PATH to k
 screenshot (docs/observe.md's picture is made that way; DAS_OBSERVE_SCREENSHOT_WAIT=SECONDS lets
 the chart fill first).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,9 @@ import pytest
 from brokers import free_port
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
+CHROMEDRIVER = shutil.which("chromedriver") or (
+    "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
+)
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
@@ -52,8 +55,11 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
 
     with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
         text = r.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def healthz(url: str) -> int:
@@ -77,11 +83,30 @@ def run_with_web(tmp_path):
     port, metrics_port = free_port(), free_port()
     jsonl = tmp_path / "out.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamer.cli", "run", "--source", "synthetic:?fps=30",
-         "--source", "synthetic:?fps=30&seed=1&label=b_lines", "--web", f"127.0.0.1:{port}",
-         "--metrics", f"127.0.0.1:{metrics_port}",
-         "--jsonl", str(jsonl), "--quiet", "--duration", "240", "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "das_stream.cli",
+            "run",
+            "--source",
+            "synthetic:?fps=30",
+            "--source",
+            "synthetic:?fps=30&seed=1&label=b_lines",
+            "--web",
+            f"127.0.0.1:{port}",
+            "--metrics",
+            f"127.0.0.1:{metrics_port}",
+            "--jsonl",
+            str(jsonl),
+            "--quiet",
+            "--duration",
+            "240",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -105,9 +130,19 @@ def browser(tmp_path):
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", "--window-size=1280,1400", f"--user-data-dir={tmp_path / 'chromium'}"):
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1400",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
@@ -153,22 +188,32 @@ def test_live_view_in_chromium(run_with_web, browser, tmp_path):
     panels = wait_for(lambda: (p := browser.execute_script(PANELS)) and len(p) == 2 and p, 60, "two stream panels")
     assert panels == ["synthetic", "synthetic-1"]  # one panel per stream
 
-    first = wait_for(lambda: (s := browser.execute_script(STRIP)) and s["thumbs"] == T and s["loaded"] == T and s,
-                     60, "the first window's thumbnails")
+    first = wait_for(
+        lambda: (s := browser.execute_script(STRIP)) and s["thumbs"] == T and s["loaded"] == T and s,
+        60,
+        "the first window's thumbnails",
+    )
     assert len(first["picked"]) == K and set(first["picked"]) <= set(first["seqs"])
     assert first["pickedBorder"] != first["otherBorder"]  # the picked frames are visibly marked
     chart1 = wait_for(lambda: browser.execute_script(CHART), 30, "the chart")
     # (naturalWidth is 0 again while the next frame's src loads: wait for a drawn one)
     live1 = wait_for(lambda: (v := browser.execute_script(LIVE)) and v["width"] > 0 and v, 30, "the live image")
 
-    second = wait_for(lambda: (s := browser.execute_script(STRIP)) and s["window"] > first["window"]
-                      and s["loaded"] == T and s, 30, "the thumbnails to move on to a later window")
+    second = wait_for(
+        lambda: (s := browser.execute_script(STRIP)) and s["window"] > first["window"] and s["loaded"] == T and s,
+        30,
+        "the thumbnails to move on to a later window",
+    )
     assert len(second["picked"]) == K and min(second["seqs"]) > min(first["seqs"])
-    chart2 = wait_for(lambda: (c := browser.execute_script(CHART)) and c["points"] > chart1["points"] and c,
-                      30, "the chart to gain points")
+    chart2 = wait_for(
+        lambda: (c := browser.execute_script(CHART)) and c["points"] > chart1["points"] and c,
+        30,
+        "the chart to gain points",
+    )
     assert chart2["png"] != chart1["png"]  # redrawn with the new points
-    wait_for(lambda: (v := browser.execute_script(LIVE)) and v["loaded"] > live1["loaded"], 30,
-             "the live image to refresh")
+    wait_for(
+        lambda: (v := browser.execute_script(LIVE)) and v["loaded"] > live1["loaded"], 30, "the live image to refresh"
+    )
     wait_for(lambda: browser.execute_script(FRAMES_IN) > 0, 30, "the stats counters")
 
     if os.environ.get("DAS_OBSERVE_SCREENSHOT_WAIT"):
@@ -181,7 +226,9 @@ def test_live_view_in_chromium(run_with_web, browser, tmp_path):
     assert image is not None and image.shape[0] > 1000 and image.shape[1] > 1000
     assert float(image.std()) > 20, "the screenshot is blank"
     strip = browser.find_element("css selector", '.stream[data-stream="synthetic"] .strip').rect
-    crop = image[int(strip["y"]):int(strip["y"] + strip["height"]), int(strip["x"]):int(strip["x"] + strip["width"])]
+    crop = image[
+        int(strip["y"]) : int(strip["y"] + strip["height"]), int(strip["x"]) : int(strip["x"] + strip["width"])
+    ]
     assert crop.size and float(crop.std()) > 10, "the thumbnails are not in the screenshot"
 
     # the same run's --metrics: healthy while it runs, counters consistent with its final stats
@@ -190,19 +237,25 @@ def test_live_view_in_chromium(run_with_web, browser, tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
-    predictions = {m["window"]: m for m in map(json.loads, jsonl.read_text().splitlines())
-                   if m.get("type") == "prediction" and m["stream"] == "synthetic"}
+    predictions = {
+        m["window"]: m
+        for m in map(json.loads, jsonl.read_text().splitlines())
+        if m.get("type") == "prediction" and m["stream"] == "synthetic"
+    }
     final = [m for m in map(json.loads, jsonl.read_text().splitlines()) if m.get("type") == "stats" and m["final"]]
     assert sorted(m["stream"] for m in final) == ["synthetic", "synthetic-1"]
     final = [m for m in final if m["stream"] == "synthetic"]
     final = final[0]
     label = (("stream", "synthetic"),)
-    counted = {o: during[("das_stream_frames_total", (("outcome", o), *label))]
-               for o in ("in", "forwarded", "skipped", "dropped")}
+    counted = {
+        o: during[("das_stream_frames_total", (("outcome", o), *label))]
+        for o in ("in", "forwarded", "skipped", "dropped")
+    }
     assert 0 < counted["in"] <= final["frames_in"]
     assert counted["forwarded"] <= final["frames_forwarded"] and counted["skipped"] <= final["frames_skipped"]
-    assert counted["in"] == (counted["forwarded"] + counted["skipped"] + counted["dropped"]
-                             + during[("das_stream_frames_pending", label)])
+    assert counted["in"] == (
+        counted["forwarded"] + counted["skipped"] + counted["dropped"] + during[("das_stream_frames_pending", label)]
+    )
     assert 0 < during[("das_stream_windows_total", label)] <= final["windows"]
     assert 0 < during[("das_stream_capture_to_publish_seconds_count", label)] <= len(predictions)
     assert during[("das_stream_engine_stage_seconds_count", (("stage", "embed"),))] > 0

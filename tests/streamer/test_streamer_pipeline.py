@@ -1,15 +1,16 @@
 """The pipeline in-process: overload policy, several streams, accounting."""
+
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from streamer_help import ListSink, make_model_file
 
 from sampler.model import SampledClassifier
 from sources.synthetic import SyntheticSource
 from streamer.inference import InferenceEngine
 from streamer.pipeline import Pipeline, PipelineSettings
-from streamer_help import ListSink, make_model_file
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +28,12 @@ async def test_fast_source_drops_oldest_counts_them_and_stays_bounded(engine):
     src = SyntheticSource(name="fast", fps=20000, size=32, frames=n, clip_frames=16)
     sink = ListSink()
     queue_size = 16
-    pipe = Pipeline(sources=[(src, "drop_oldest")], engine=engine, sinks=[sink],
-                    settings=PipelineSettings(stride=8, frame_queue=queue_size, window_queue=2, max_batch_windows=2))
+    pipe = Pipeline(
+        sources=[(src, "drop_oldest")],
+        engine=engine,
+        sinks=[sink],
+        settings=PipelineSettings(stride=8, frame_queue=queue_size, window_queue=2, max_batch_windows=2),
+    )
     peak = 0
 
     async def watch():
@@ -48,11 +53,17 @@ async def test_fast_source_drops_oldest_counts_them_and_stays_bounded(engine):
 
 
 async def test_block_policy_loses_nothing_and_streams_stay_separate(engine):
-    sources = [SyntheticSource(name=f"s{i}", pacing=False, size=32, frames=50 + 7 * i, seed=i, clip_frames=16)
-               for i in range(3)]
+    sources = [
+        SyntheticSource(name=f"s{i}", pacing=False, size=32, frames=50 + 7 * i, seed=i, clip_frames=16)
+        for i in range(3)
+    ]
     sink = ListSink()
-    pipe = Pipeline(sources=[(s, "block") for s in sources], engine=engine, sinks=[sink],
-                    settings=PipelineSettings(stride=4, frame_queue=8, max_batch_windows=4))
+    pipe = Pipeline(
+        sources=[(s, "block") for s in sources],
+        engine=engine,
+        sinks=[sink],
+        settings=PipelineSettings(stride=4, frame_queue=8, max_batch_windows=4),
+    )
     summary = await pipe.run()
     for i in range(3):
         final = summary.final[f"s{i}"]
@@ -67,8 +78,12 @@ async def test_block_policy_loses_nothing_and_streams_stay_separate(engine):
 async def test_stop_keeps_accepted_frames(engine):
     src = SyntheticSource(name="live", fps=200, size=32, clip_frames=16)  # endless
     sink = ListSink()
-    pipe = Pipeline(sources=[(src, "drop_oldest")], engine=engine, sinks=[sink],
-                    settings=PipelineSettings(stride=8, stats_interval=0.2))
+    pipe = Pipeline(
+        sources=[(src, "drop_oldest")],
+        engine=engine,
+        sinks=[sink],
+        settings=PipelineSettings(stride=8, stats_interval=0.2),
+    )
     asyncio.get_running_loop().call_later(1.0, pipe.stop)
     summary = await asyncio.wait_for(pipe.run(), 30)
     final = summary.final["live"]
@@ -88,4 +103,3 @@ async def test_copies_made_on_arrival_are_all_released(engine, stride):
     assert final.frames_in == 101 and accounted(final)
     assert final.windows == len(sink.predictions) > 0
     assert engine.held_copies == 0 and engine.cached == 0
-

@@ -1,4 +1,5 @@
 """The stream resampler keeps the frames training's decoder keeps (sources.video.resample)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,7 @@ IMAGE = np.zeros((2, 2), np.uint8)
 def test_keeps_the_frames_the_training_decoder_keeps(rate):
     n = int(rate * 7)
     times = [i / rate for i in range(n)]
-    trained = {i for _, i in resample(iter(zip(times, range(n))), fps=8.0, source_rate=rate)}
+    trained = {i for _, i in resample(iter(zip(times, range(n))), fps=8.0)}
     live = FrameResampler(8.0)  # by capture time, from an arbitrary wall-clock start
     kept = {i for i in range(n) if live.keep(Frame("s", i, 1_700_000_000.0 + times[i], IMAGE))}
     assert kept == trained

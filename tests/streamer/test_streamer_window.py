@@ -69,7 +69,9 @@ def test_stats_account_forwarded_skipped_dropped():
     w = Windower(stream="s", num_frames=T, stride=S)
     st = StreamStats(stream="s", num_frames=T)
     fs = frames(30)
-    st.frame_in(); st.frame_in(); st.dropped(2)  # two frames lost to overload before windowing
+    st.frame_in()
+    st.frame_in()
+    st.dropped(2)  # two frames lost to overload before windowing
     picked_total = set()
     for f in fs:
         st.frame_in()

@@ -1,6 +1,7 @@
 """Training with a frozen backbone (sampler/training/frozen.py): embedded windows give the same
 answers as the pixels, they are cut as the runtime cuts them, the table is cached, and
 ``compare --folds`` runs on them end to end."""
+
 from __future__ import annotations
 
 import csv
@@ -12,23 +13,29 @@ import torch
 import torch.nn.functional as F
 from training_help import write_config, write_video_index
 
+from das_stream.cli import main
 from sampler.model import ModelConfig, SampledClassifier, build_model
-from sampler.training.frozen import (
-    EmbeddedVideos,
+from training.clips import windows_of_videos
+from training.protocol.frozen import (
     embed_frames,
     embed_videos,
     embedded_windows,
     shrink,
 )
-from sampler.training.video_eval import RandomWindowSet, evaluate_videos, windows_of_videos
-from streamer.cli import main
-
+from training.video_eval import RandomWindowSet, evaluate_videos
 
 
 def _model(method: str, *, size: int = 16, seed: int = 0) -> SampledClassifier:
     torch.manual_seed(seed)
-    config = ModelConfig(method=method, num_frames=8, k=8 if method == "full" else 3, class_names=("a", "b", "c"),
-                         feature_size=size, input_size=size, backbone="tiny_cnn")
+    config = ModelConfig(
+        method=method,
+        num_frames=8,
+        k=8 if method == "full" else 3,
+        class_names=("a", "b", "c"),
+        feature_size=size,
+        input_size=size,
+        backbone="tiny_cnn",
+    )
     return build_model(config).eval()
 
 
@@ -90,7 +97,9 @@ def test_embedded_windows_are_the_runtime_windows_with_their_rows():
     ev = embed_videos(videos, np.array([0, 1, 2]), ["v5", "v8", "v13"], classifier=model.classifier, feature_size=16)
     clips, owner = embedded_windows(ev, 8, 4)
     ref, ref_owner = windows_of_videos(videos, np.array([0, 1, 2]), ["v5", "v8", "v13"], 8, 4)
-    assert np.array_equal(clips.x, ref.x) and np.array_equal(clips.valid, ref.valid) and np.array_equal(owner, ref_owner)
+    assert (
+        np.array_equal(clips.x, ref.x) and np.array_equal(clips.valid, ref.valid) and np.array_equal(owner, ref_owner)
+    )
     assert clips.names == ref.names
     # each window's embeddings are its frames' rows; padding rows are zero
     w = list(clips.names).index("v13#1")  # frames 4..11 of the 13-frame video
@@ -115,46 +124,96 @@ def test_random_embedded_windows_carry_the_rows_of_their_frames():
 
 
 def test_pre_embedded_windows_cannot_be_corrupted_afresh():
-    from sampler.training.corruptions import StreamCorruption
+    from training.corruptions import StreamCorruption
 
     videos = [_frames(10)]
     with pytest.raises(ValueError, match="embed a corrupted copy"):
-        RandomWindowSet(videos, np.array([0]), ("a",), 8, seed=0, corruption=StreamCorruption.from_options({}),
-                        embeddings=[np.zeros((10, 4), np.float32)])
+        RandomWindowSet(
+            videos,
+            np.array([0]),
+            ("a",),
+            8,
+            seed=0,
+            corruption=StreamCorruption.from_options({}),
+            embeddings=[np.zeros((10, 4), np.float32)],
+        )
 
 
 def test_the_embedding_table_is_cached_by_content(tmp_path):
     model = _model("das")
     videos = [_frames(6, seed=4)]
     lines: list[str] = []
-    first = embed_videos(videos, np.array([0]), ["a"], classifier=model.classifier, feature_size=16, cache_dir=tmp_path, log=lines.append)
-    again = embed_videos(videos, np.array([0]), ["a"], classifier=model.classifier, feature_size=16, cache_dir=tmp_path, log=lines.append)
+    first = embed_videos(
+        videos, np.array([0]), ["a"], classifier=model.classifier, feature_size=16, cache_dir=tmp_path, log=lines.append
+    )
+    again = embed_videos(
+        videos, np.array([0]), ["a"], classifier=model.classifier, feature_size=16, cache_dir=tmp_path, log=lines.append
+    )
     assert "embedding 6 frames" in lines[0] and "read from" in lines[1]
     assert np.array_equal(first.emb[0], again.emb[0])
     other = [videos[0].copy()]
     other[0][0, 0, 0] ^= 1
-    embed_videos(other, np.array([0]), ["a"], classifier=model.classifier, feature_size=16, cache_dir=tmp_path, log=lines.append)
+    embed_videos(
+        other, np.array([0]), ["a"], classifier=model.classifier, feature_size=16, cache_dir=tmp_path, log=lines.append
+    )
     assert "embedding 6 frames" in lines[2] and len(list(tmp_path.glob("emb-*.npz"))) == 2
     # a damaged cache file is reported and replaced, not trusted
     for broken in tmp_path.glob("emb-*.npz"):
         broken.write_bytes(b"PK\x03\x04 not a zip")
     lines.clear()
-    again = embed_videos(videos, np.array([0]), ["a"], classifier=model.classifier, feature_size=16, cache_dir=tmp_path, log=lines.append)
+    again = embed_videos(
+        videos, np.array([0]), ["a"], classifier=model.classifier, feature_size=16, cache_dir=tmp_path, log=lines.append
+    )
     assert "unreadable" in lines[0] and "embedding 6 frames" in lines[1] and np.array_equal(again.emb[0], first.emb[0])
 
 
 def test_compare_folds_with_a_frozen_backbone_matches_the_pixel_path(tmp_path):
     index = write_video_index(tmp_path)
-    config = write_config(tmp_path / "v.yaml", {
-        "kind": "videos", "path": str(index), "label_column": "label", "classes": ["dark", "bright"], "fps": 10, "size": 16,
-        "num_frames": 4, "group_regex": r"(pat\d+)", "train_windows": "random", "window_stride": 2,
-        "corruption": "both", "corruption_options": {"rate": 10}, "cache_dir": str(tmp_path / "cache")},
-        model={"backbone": "tiny_cnn", "feature_size": 16, "input_size": 16}, train={"freeze_backbone": True, "epochs": 2})
+    config = write_config(
+        tmp_path / "v.yaml",
+        {
+            "kind": "videos",
+            "path": str(index),
+            "label_column": "label",
+            "classes": ["dark", "bright"],
+            "fps": 10,
+            "size": 16,
+            "num_frames": 4,
+            "group_regex": r"(pat\d+)",
+            "train_windows": "random",
+            "window_stride": 2,
+            "corruption": "both",
+            "corruption_options": {"rate": 10},
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        model={"backbone": "tiny_cnn", "feature_size": 16, "input_size": 16},
+        train={"freeze_backbone": True, "epochs": 2},
+    )
     out = tmp_path / "cv"
-    assert main(["compare", "--config", str(config), "--folds", "2", "--methods", "uniform,das", "--seeds", "0",
-                 "--keeps", "0.5", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--config",
+                str(config),
+                "--folds",
+                "2",
+                "--methods",
+                "uniform,das",
+                "--seeds",
+                "0",
+                "--keeps",
+                "0.5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     log = (out / "compare.log").read_text()
-    assert "frozen backbone tiny_cnn" in log and log.count("embedding ") == 2  # clean and corrupted (one realisation per video)
+    assert (
+        "frozen backbone tiny_cnn" in log and log.count("embedding ") == 2
+    )  # clean and corrupted (one realisation per video)
     assert (out / "tiny-corrupted.csv").is_file()
     run = out / "fold1" / "das-keep0.5-seed0"
     r = json.loads((run / "result.json").read_text())
@@ -163,8 +222,8 @@ def test_compare_folds_with_a_frozen_backbone_matches_the_pixel_path(tmp_path):
     model = SampledClassifier.load(run / "model.pt")
     with (run / "video-predictions-test.csv").open() as f:
         rows = list(csv.DictReader(f))
-    from sampler.training.config import load_config
-    from sampler.training.video_eval import load_whole_videos
+    from training.config import load_config
+    from training.video_eval import load_whole_videos
 
     vs = load_whole_videos(load_config(config, overrides=["data.folds=2"]).data)
     index_of = {n: i for i, n in enumerate(vs.names)}
@@ -174,19 +233,49 @@ def test_compare_folds_with_a_frozen_backbone_matches_the_pixel_path(tmp_path):
     stored = np.array([[float(row["p_dark"]), float(row["p_bright"])] for row in rows])
     np.testing.assert_allclose(ev.probs, stored, atol=2e-4)
     # a second run reads the cached tables instead of embedding again
-    assert main(["compare", "--config", str(config), "--folds", "2", "--methods", "uniform", "--seeds", "1",
-                 "--keeps", "0.5", "--out", str(tmp_path / "cv2")]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--config",
+                str(config),
+                "--folds",
+                "2",
+                "--methods",
+                "uniform",
+                "--seeds",
+                "1",
+                "--keeps",
+                "0.5",
+                "--out",
+                str(tmp_path / "cv2"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "cv2" / "compare.log").read_text().count("frame embeddings read from") == 2
 
 
 def test_a_frozen_backbone_is_refused_where_it_does_not_apply(tmp_path, capsys):
     index = write_video_index(tmp_path)
-    data = {"kind": "videos", "path": str(index), "label_column": "label", "classes": ["dark", "bright"], "fps": 10, "size": 16,
-            "num_frames": 4, "cache_dir": str(tmp_path / "cache")}
+    data = {
+        "kind": "videos",
+        "path": str(index),
+        "label_column": "label",
+        "classes": ["dark", "bright"],
+        "fps": 10,
+        "size": 16,
+        "num_frames": 4,
+        "cache_dir": str(tmp_path / "cache"),
+    }
     config = write_config(tmp_path / "v.yaml", data, train={"freeze_backbone": True})
-    assert main(["train", "--config", str(config), "--set", "model.backbone=tiny_cnn", "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(["train", "--config", str(config), "--set", "model.backbone=tiny_cnn", "--out", str(tmp_path / "r")]) == 2
+    )
     assert "train.freeze_backbone" in capsys.readouterr().err  # no folds: refused by the config check
     folds = write_config(tmp_path / "f.yaml", {**data, "folds": 2}, train={"freeze_backbone": True})
-    assert main(["train", "--config", str(folds), "--set", "model.backbone=tiny_cnn", "--out", str(tmp_path / "r2")]) == 2
+    assert (
+        main(["train", "--config", str(folds), "--set", "model.backbone=tiny_cnn", "--out", str(tmp_path / "r2")]) == 2
+    )
     err = capsys.readouterr().err
     assert "compare --folds" in err and not (tmp_path / "r2").exists()  # train itself refuses it

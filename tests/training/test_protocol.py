@@ -1,5 +1,6 @@
 """The cross-validation protocol: folds and groups, paired bootstrap, video-level aggregation,
 corruptions, and ``compare --folds 2`` through the CLI on generated videos."""
+
 from __future__ import annotations
 
 import csv
@@ -7,19 +8,20 @@ import json
 
 import numpy as np
 import pytest
-from training_help import write_config, write_npz, write_video, write_video_index
+from training_help import write_config, write_npz, write_video_index
 
-from sampler.errors import ConfigError, DataError
-from sampler.training.corruptions import KINDS, StreamCorruption, blur, corrupt_videos, frozen, gain, lost_contact, noise
-from sampler.training.folds import fold_splits, groups_from_regex
-from sampler.training.paired import bootstrap_mean_ci, paired_diff
-from sampler.training.report import RunResult
-from sampler.training.metrics import Scores
-from sampler.training.video_eval import aggregate_video_probs, cut_windows, window_bounds
+from core.errors import ConfigError, DataError
+from core.windows import window_bounds
+from das_stream.cli import main
 from sources.frame import Frame
-from streamer.cli import main
 from streamer.window import Windower
-
+from training.clips import cut_windows
+from training.corruptions import KINDS, StreamCorruption, blur, corrupt_videos, frozen, gain, lost_contact, noise
+from training.metrics import Scores
+from training.protocol.folds import fold_splits, groups_from_regex
+from training.protocol.paired import bootstrap_mean_ci, paired_diff
+from training.report import RunResult
+from training.video_eval import aggregate_video_probs
 
 # --- folds -----------------------------------------------------------------------------------
 
@@ -185,16 +187,47 @@ def test_corruption_options_are_checked():
 
 def test_compare_two_folds_video_level_with_groups_and_corruption(tmp_path, capsys):
     index = write_video_index(tmp_path)
-    config = write_config(tmp_path / "v.yaml", {
-        "kind": "videos", "path": str(index), "label_column": "label", "classes": ["dark", "bright"], "fps": 10, "size": 16,
-        "num_frames": 4, "group_regex": r"(pat\d+)", "train_windows": "random", "window_stride": 2,
-        "corruption": "test", "corruption_options": {"rate": 10}, "cache_dir": str(tmp_path / "cache")})
+    config = write_config(
+        tmp_path / "v.yaml",
+        {
+            "kind": "videos",
+            "path": str(index),
+            "label_column": "label",
+            "classes": ["dark", "bright"],
+            "fps": 10,
+            "size": 16,
+            "num_frames": 4,
+            "group_regex": r"(pat\d+)",
+            "train_windows": "random",
+            "window_stride": 2,
+            "corruption": "test",
+            "corruption_options": {"rate": 10},
+            "cache_dir": str(tmp_path / "cache"),
+        },
+    )
     out = tmp_path / "cv"
-    args = ["compare", "--config", str(config), "--folds", "2", "--methods", "full,uniform,das", "--seeds", "0",
-            "--keeps", "0.5", "--set", "model.backbone=tiny_cnn", "--out", str(out)]
+    args = [
+        "compare",
+        "--config",
+        str(config),
+        "--folds",
+        "2",
+        "--methods",
+        "full,uniform,das",
+        "--seeds",
+        "0",
+        "--keeps",
+        "0.5",
+        "--set",
+        "model.backbone=tiny_cnn",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     runs = sorted(str(p.relative_to(out)) for p in out.glob("fold*/*") if p.is_dir())
-    assert runs == [f"fold{f}/{r}" for f in (0, 1) for r in ("das-keep0.5-seed0", "full-keep1-seed0", "uniform-keep0.5-seed0")]
+    assert runs == [
+        f"fold{f}/{r}" for f in (0, 1) for r in ("das-keep0.5-seed0", "full-keep1-seed0", "uniform-keep0.5-seed0")
+    ]
     r = json.loads((out / "fold0" / "das-keep0.5-seed0" / "result.json").read_text())
     assert r["fold"] == 0 and r["window_test"] is not None
     with (out / "fold0" / "das-keep0.5-seed0" / "video-predictions-test.csv").open() as f:
@@ -223,11 +256,33 @@ def test_compare_two_folds_video_level_with_groups_and_corruption(tmp_path, caps
 
 def test_compare_folds_on_medmnist_keeps_the_official_test_split(tmp_path):
     npz = write_npz(tmp_path / "m.npz", depth=6, size=16)
-    config = write_config(tmp_path / "m.yaml", {"kind": "medmnist3d", "path": str(npz), "classes": ["a", "b"], "fold_test": "official",
-                                                "corruption": "test"})
+    config = write_config(
+        tmp_path / "m.yaml",
+        {"kind": "medmnist3d", "path": str(npz), "classes": ["a", "b"], "fold_test": "official", "corruption": "test"},
+    )
     out = tmp_path / "cv"
-    assert main(["compare", "--config", str(config), "--folds", "2", "--methods", "uniform,das", "--seeds", "0",
-                 "--keeps", "0.5", "--set", "model.backbone=tiny_cnn", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--config",
+                str(config),
+                "--folds",
+                "2",
+                "--methods",
+                "uniform,das",
+                "--seeds",
+                "0",
+                "--keeps",
+                "0.5",
+                "--set",
+                "model.backbone=tiny_cnn",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     for f in (0, 1):
         r = json.loads((out / f"fold{f}" / "das-keep0.5-seed0" / "result.json").read_text())
         assert r["fold"] == f
@@ -243,7 +298,7 @@ def test_compare_folds_on_medmnist_keeps_the_official_test_split(tmp_path):
 
 
 def test_random_training_windows_come_from_anywhere_and_repeat_with_the_seed():
-    from sampler.training.crossval import RandomWindowSet
+    from training.protocol.crossval import RandomWindowSet
 
     video = (np.arange(40, dtype=np.uint8)[:, None, None] + 10) * np.ones((1, 4, 4), np.uint8)
     short = np.full((3, 4, 4), 100, np.uint8)
@@ -269,14 +324,17 @@ def torch_equal(a, b) -> bool:
     return bool((a == b).all())
 
 
-@pytest.mark.parametrize(("key", "value", "message"), [
-    ("data.folds", "1", "must be 0 \\(fixed split\\) or >= 2"),
-    ("data.train_windows", "middle", "first, random or all"),
-    ("data.corruption", "train", "none, test or both"),
-    ("data.fold_test", "mine", "merge or official"),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("data.folds", "1", "must be 0 \\(fixed split\\) or >= 2"),
+        ("data.train_windows", "middle", "first, random or all"),
+        ("data.corruption", "train", "none, test or both"),
+        ("data.fold_test", "mine", "merge or official"),
+    ],
+)
 def test_bad_protocol_settings_are_config_errors(tmp_path, key, value, message):
-    from sampler.training.config import load_config
+    from training.config import load_config
 
     npz = write_npz(tmp_path / "m.npz")
     config = write_config(tmp_path / "m.yaml", {"kind": "medmnist3d", "path": str(npz)})

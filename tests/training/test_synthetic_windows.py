@@ -1,15 +1,17 @@
 """Synthetic training data as the runtime sees it (data.synthetic_video_frames): the windows are
 the ones streamer.window.Windower cuts from the same frames."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from sampler.errors import ConfigError
-from sampler.training.config import DataConfig, config_from_dict
-from sampler.training.datasets import SPLITS, make_synthetic_dataset, synthetic_videos
+from core.errors import ConfigError
 from sources.frame import Frame
 from streamer.window import Windower
+from training.clips import SPLITS
+from training.config import DataConfig, config_from_dict
+from training.datasets import make_synthetic_dataset, synthetic_videos
 
 
 def runtime_windows(frames: np.ndarray, num_frames: int, stride: int) -> list[np.ndarray]:
@@ -23,8 +25,14 @@ def runtime_windows(frames: np.ndarray, num_frames: int, stride: int) -> list[np
 
 @pytest.mark.parametrize("stride", [0, 4, 12])  # 0: T, the runtime default; overlapping; with a gap
 def test_windows_are_the_runtime_cuts_of_each_video(stride):
-    config = DataConfig(kind="synthetic", size=24, num_frames=8, synthetic_counts=(3, 3, 3),
-                        synthetic_video_frames=21, window_stride=stride)
+    config = DataConfig(
+        kind="synthetic",
+        size=24,
+        num_frames=8,
+        synthetic_counts=(3, 3, 3),
+        synthetic_video_frames=21,
+        window_stride=stride,
+    )
     data = make_synthetic_dataset(config)
     for split, (videos, labels) in zip(SPLITS, synthetic_videos(config)):
         clips = data.split(split)

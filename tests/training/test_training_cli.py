@@ -1,4 +1,5 @@
 """The train / evaluate / compare commands, end to end on a tiny generated npz."""
+
 from __future__ import annotations
 
 import csv
@@ -12,8 +13,8 @@ import pytest
 import torch
 from training_help import write_config, write_npz
 
+from das_stream.cli import main
 from sampler.model import SampledClassifier
-from streamer.cli import main
 
 
 @pytest.fixture()
@@ -24,7 +25,10 @@ def config(tmp_path) -> Path:
 
 def test_train_one_epoch_then_evaluate(config, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--method", "das", "--keep", "0.5", "--seed", "0", "--out", str(run)]) == 0
+    assert (
+        main(["train", "--config", str(config), "--method", "das", "--keep", "0.5", "--seed", "0", "--out", str(run)])
+        == 0
+    )
     for name in ("model.pt", "config.yaml", "result.json", "history.csv", "train.log", "selection-test.png"):
         assert (run / name).is_file(), name
     result = json.loads((run / "result.json").read_text())
@@ -40,7 +44,9 @@ def test_train_one_epoch_then_evaluate(config, tmp_path, capsys):
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "eval" / "eval-test.json").read_text())
     # The saved model, evaluated again, reproduces the test score written at the end of training.
-    assert report["auc"] == pytest.approx(result["test"]["auc"]) and report["acc"] == pytest.approx(result["test"]["acc"])
+    assert report["auc"] == pytest.approx(result["test"]["auc"]) and report["acc"] == pytest.approx(
+        result["test"]["acc"]
+    )
     assert printed.startswith("test: auc ")
     with (tmp_path / "eval" / "predictions-test.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -62,8 +68,21 @@ def test_same_seed_same_result(config, tmp_path):
 
 def test_compare_writes_the_table_and_resumes(config, tmp_path, capsys):
     out = tmp_path / "grid"
-    args = ["compare", "--config", str(config), "--methods", "uniform,das", "--seeds", "0", "--keeps", "0.25,0.5",
-            "--set", "model.backbone=tiny_cnn", "--out", str(out)]
+    args = [
+        "compare",
+        "--config",
+        str(config),
+        "--methods",
+        "uniform,das",
+        "--seeds",
+        "0",
+        "--keeps",
+        "0.25,0.5",
+        "--set",
+        "model.backbone=tiny_cnn",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "| Dataset | keep | Uniform | DAS |" in table
@@ -71,7 +90,12 @@ def test_compare_writes_the_table_and_resumes(config, tmp_path, capsys):
     assert runs == ["das-keep0.25-seed0", "das-keep0.5-seed0", "uniform-keep0.25-seed0", "uniform-keep0.5-seed0"]
     with (out / "tiny.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [(r["method"], r["keep"]) for r in rows] == [("uniform", "0.25"), ("uniform", "0.5"), ("das", "0.25"), ("das", "0.5")]
+    assert [(r["method"], r["keep"]) for r in rows] == [
+        ("uniform", "0.25"),
+        ("uniform", "0.5"),
+        ("das", "0.25"),
+        ("das", "0.5"),
+    ]
     assert list(rows[0]) == ["dataset", "method", "keep", "auc_mean", "auc_std", "acc_mean", "acc_std"]
     assert (out / "tiny.md").is_file() and (out / "tiny-auc.png").stat().st_size > 1000
 
@@ -98,7 +122,9 @@ def test_user_errors_are_one_line(config, tmp_path, capsys):
     assert main(["train", "--config", str(config), "--set", "train.lrr=0.1"]) == 2
     assert "unknown key train.lrr (set on the command line); known keys in train:" in _one_error_line(capsys)
 
-    bad = write_config(tmp_path / "bad.yaml", {"kind": "medmnist3d", "path": str(tmp_path / "tiny.npz")}, train={"epochs": "many"})
+    bad = write_config(
+        tmp_path / "bad.yaml", {"kind": "medmnist3d", "path": str(tmp_path / "tiny.npz")}, train={"epochs": "many"}
+    )
     assert main(["train", "--config", str(bad)]) == 2
     assert f"train.epochs in {bad} must be an integer" in _one_error_line(capsys)
 
@@ -114,8 +140,15 @@ def test_user_errors_are_one_line(config, tmp_path, capsys):
 def test_missing_dataset_via_the_installed_command(tmp_path):
     cfg = write_config(tmp_path / "gone.yaml", {"kind": "medmnist3d", "path": str(tmp_path / "gone.npz")})
     exe = Path(sys.executable).with_name("das-stream")
-    proc = subprocess.run([str(exe), "train", "--config", str(cfg)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(
+        [str(exe), "train", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert lines == [f"das-stream: error: dataset file {tmp_path / 'gone.npz'} not found; set data.path to a MedMNIST 3D npz (e.g. adrenalmnist3d.npz)"]
+    assert lines == [
+        f"das-stream: error: dataset file {tmp_path / 'gone.npz'} not found; set data.path to a MedMNIST 3D npz (e.g. adrenalmnist3d.npz)"
+    ]

@@ -1,4 +1,5 @@
 """Loaders on small files in the official formats: MedMNIST 3D npz, and real videos + CSV."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 from training_help import SPLIT_SIZES, write_npz, write_video
 
-from sampler.errors import DataError
-from sampler.training.config import DataConfig
-from sampler.training.datasets import fit_length, load_medmnist3d, load_video_dataset, make_synthetic_dataset, stratified_split
+from core.errors import DataError
+from training.config import DataConfig
+from training.datasets import fit_length, load_medmnist3d, load_video_dataset, make_synthetic_dataset, stratified_split
 
 
 def test_medmnist3d_volumes_become_slice_sequences(tmp_path):
@@ -68,14 +69,23 @@ def video_index(tmp_path):
     for c, (name, level) in enumerate([("regular", 60), ("covid", 130), ("pneumonia", 200)]):
         for j, fps in enumerate((10, 20, 30)):
             frames = 5 if (c, j) == (0, 0) else 2 * fps  # 0.5 s for the first video, 2 s for the others
-            write_video(folder / f"{name}_{j}.mp4", [level] * frames, fps=fps, size=(48, 32), split_halves=(c, j) == (2, 2))
+            write_video(
+                folder / f"{name}_{j}.mp4", [level] * frames, fps=fps, size=(48, 32), split_halves=(c, j) == (2, 2)
+            )
             rows.append(f"{name}_{j}.mp4,{name}")
     (folder / "index.csv").write_text("\n".join(rows) + "\n")
     return folder / "index.csv"
 
 
 def video_config(index, tmp_path, **changes) -> DataConfig:
-    settings = {"kind": "videos", "path": str(index), "fps": 10.0, "size": 16, "num_frames": 8, "cache_dir": str(tmp_path / "cache")}
+    settings = {
+        "kind": "videos",
+        "path": str(index),
+        "fps": 10.0,
+        "size": 16,
+        "num_frames": 8,
+        "cache_dir": str(tmp_path / "cache"),
+    }
     return DataConfig(**{**settings, **changes})
 
 
@@ -89,7 +99,11 @@ def test_videos_are_resampled_resized_padded_and_split_by_video(video_index, tmp
         clips = data.split(split)
         assert clips.x.shape[1:] == (8, 16, 16)
         assert set(clips.labels.tolist()) == {0, 1, 2}  # stratified: every class in every split
-    everything = {n: (x, v) for s in ("train", "val", "test") for n, x, v in zip(data.split(s).names, data.split(s).x, data.split(s).valid)}
+    everything = {
+        n: (x, v)
+        for s in ("train", "val", "test")
+        for n, x, v in zip(data.split(s).names, data.split(s).x, data.split(s).valid)
+    }
     x, valid = everything["regular_0.mp4"]  # 5 frames at 10 fps -> 5 real frames + 3 empty ones
     assert valid.tolist() == [True] * 5 + [False] * 3
     assert abs(float(x[:5].mean()) - 60) < 6 and x[5:].max() == 0

@@ -1,4 +1,5 @@
 """The training loop: best-validation weights kept, eval-mode BatchNorm statistics usable."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,9 +10,9 @@ import torch
 from training_help import write_npz
 
 from sampler.model import ModelConfig, build_model
-from sampler.training.config import TrainSettings
-from sampler.training.datasets import load_medmnist3d
-from sampler.training.loop import evaluate, fit, seed_everything
+from training.config import TrainSettings
+from training.datasets import load_medmnist3d
+from training.loop import evaluate, fit, seed_everything
 
 CPU = torch.device("cpu")
 SETTINGS = TrainSettings(epochs=3, patience=3, batch_size=8, progress=False)
@@ -25,7 +26,9 @@ def data(tmp_path):
 def model(method: str, backbone: str):
     seed_everything(0)
     k = 8 if method == "full" else 4
-    config = ModelConfig(method=method, num_frames=8, k=k, class_names=("a", "b"), feature_size=16, input_size=32, backbone=backbone)
+    config = ModelConfig(
+        method=method, num_frames=8, k=k, class_names=("a", "b"), feature_size=16, input_size=32, backbone=backbone
+    )
     return build_model(config)
 
 
@@ -54,7 +57,7 @@ def test_eval_mode_statistics_follow_the_epoch_for_mobilenet_from_random_init(da
 
 
 def test_explore_epochs_anneal_the_gumbel_noise_to_zero_and_leave_the_model_as_built(data):
-    from sampler.training.loop import exploration
+    from training.loop import exploration
 
     assert [exploration(e, 0) for e in (1, 5, 50)] == [1.0, 1.0, 1.0]
     assert [exploration(e, 2) for e in (1, 2, 3, 9)] == [1.0, 0.5, 0.0, 0.0]
@@ -65,7 +68,7 @@ def test_explore_epochs_anneal_the_gumbel_noise_to_zero_and_leave_the_model_as_b
     original = net.sampler.select
 
     def spy(x, valid=None):  # what each training batch ran with
-        if net.sampler.training:
+        if net.training:
             seen.append(net.sampler.noise_scale)
         return original(x, valid)
 

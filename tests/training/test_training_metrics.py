@@ -1,4 +1,5 @@
 """Metrics against values computed by hand, and their aggregation into the summary."""
+
 from __future__ import annotations
 
 import csv
@@ -7,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from sampler.training.metrics import Scores, classification_scores, mean_std, unique_per_window
-from sampler.training.report import SUMMARY_COLUMNS, RunResult, markdown_table, summarize, write_summary_csv
+from training.metrics import Scores, classification_scores, mean_std, unique_per_window
+from training.report import SUMMARY_COLUMNS, RunResult, markdown_table, summarize, write_summary_csv
 
 
 def test_binary_auc_and_balanced_accuracy_by_hand():
@@ -55,16 +56,29 @@ def test_unique_frames_and_mean_std():
 
 def _result(method: str, seed: int, auc: float, acc: float, keep: float = 0.5) -> RunResult:
     return RunResult(
-        dataset="toy", method=method, keep=keep, seed=seed, k=4, num_frames=8, val=Scores(0.5, 50.0),
-        test=Scores(auc, acc), val_loss=0.69, best_epoch=1, epochs_run=1, unique_frames=4.0,
-        train_seconds=60.0, device="cpu",
+        dataset="toy",
+        method=method,
+        keep=keep,
+        seed=seed,
+        k=4,
+        num_frames=8,
+        val=Scores(0.5, 50.0),
+        test=Scores(auc, acc),
+        val_loss=0.69,
+        best_epoch=1,
+        epochs_run=1,
+        unique_frames=4.0,
+        train_seconds=60.0,
+        device="cpu",
     )
 
 
 def test_summary_groups_by_method_and_keep_in_paper_order(tmp_path):
     results = [
-        _result("das", 0, 0.60, 70.0), _result("das", 1, 0.70, 80.0),
-        _result("full", 0, 0.80, 75.0, keep=1.0), _result("das", 0, 0.55, 60.0, keep=0.25),
+        _result("das", 0, 0.60, 70.0),
+        _result("das", 1, 0.70, 80.0),
+        _result("full", 0, 0.80, 75.0, keep=1.0),
+        _result("das", 0, 0.55, 60.0, keep=0.25),
     ]
     rows = summarize(results)
     assert [(r.method, r.keep, r.runs) for r in rows] == [("full", 1.0, 1), ("das", 0.25, 1), ("das", 0.5, 2)]
@@ -76,8 +90,15 @@ def test_summary_groups_by_method_and_keep_in_paper_order(tmp_path):
     with (tmp_path / "toy.csv").open() as f:
         table = list(csv.DictReader(f))
     assert tuple(table[0]) == SUMMARY_COLUMNS
-    assert table[2] == {"dataset": "toy", "method": "das", "keep": "0.5", "auc_mean": "0.6500",
-                        "auc_std": f"{np.std([0.6, 0.7], ddof=1):.4f}", "acc_mean": "75.0000", "acc_std": "7.0711"}
+    assert table[2] == {
+        "dataset": "toy",
+        "method": "das",
+        "keep": "0.5",
+        "auc_mean": "0.6500",
+        "auc_std": f"{np.std([0.6, 0.7], ddof=1):.4f}",
+        "acc_mean": "75.0000",
+        "acc_std": "7.0711",
+    }
 
     md = markdown_table(rows)
     # One seed: the mean alone (no "± 0.000"); n shown in every cell (issue 15).

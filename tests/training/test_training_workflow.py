@@ -3,6 +3,7 @@
 One tiny video dataset (two classes, 30 fps clips resampled to 8 fps, T = 16 = 2 s) is trained
 once per module; the tests then run, evaluate, describe and export that model.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,9 +17,9 @@ import pytest
 import torch
 from training_help import write_config, write_npz, write_video
 
+from das_stream.cli import main
 from sampler.classifier import imagenet_cache_path
 from sampler.model import SampledClassifier
-from streamer.cli import main
 
 FPS, T, SOURCE_FPS = 8, 16, 30
 
@@ -40,8 +41,16 @@ def videos(tmp_path_factory) -> dict[str, Path]:
         writer.writerows(rows)
     config = write_config(
         root / "videos.yaml",
-        {"kind": "videos", "path": str(root / "index.csv"), "label_column": "label", "classes": ["normal", "covid"],
-         "fps": FPS, "size": 32, "num_frames": T, "cache_dir": str(root / "cache")},
+        {
+            "kind": "videos",
+            "path": str(root / "index.csv"),
+            "label_column": "label",
+            "classes": ["normal", "covid"],
+            "fps": FPS,
+            "size": 32,
+            "num_frames": T,
+            "cache_dir": str(root / "cache"),
+        },
         model={"backbone": "tiny_cnn", "feature_size": 16, "input_size": 32},
     )
     run = root / "run"
@@ -81,8 +90,19 @@ def test_model_file_records_preprocessing_and_weights(videos, tmp_path):
 
 def test_run_resamples_a_30fps_video_to_the_models_8fps(videos, tmp_path):
     out = tmp_path / "out.jsonl"
-    argv = ["run", "--source", f"video:{videos['stream']}", "--model", str(videos["model"]), "--no-pacing",
-            "--jsonl", str(out), "--quiet", "--device", "cpu"]
+    argv = [
+        "run",
+        "--source",
+        f"video:{videos['stream']}",
+        "--model",
+        str(videos["model"]),
+        "--no-pacing",
+        "--jsonl",
+        str(out),
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     messages = [json.loads(line) for line in out.read_text().splitlines()]
     preds = [m for m in messages if m["type"] == "prediction"]
@@ -94,16 +114,37 @@ def test_run_resamples_a_30fps_video_to_the_models_8fps(videos, tmp_path):
         assert (p["last_seq"] - p["first_seq"]) / SOURCE_FPS == pytest.approx((T - 1) / FPS, abs=0.5 / SOURCE_FPS)
         assert set(p["selected"]) <= set(kept) and p["padded"] == 0
     assert final["frames_in"] == 4 * SOURCE_FPS and final["frames_resampled_out"] == 4 * SOURCE_FPS - 32
-    assert final["frames_in"] == (final["frames_forwarded"] + final["frames_skipped"] + final["frames_dropped"]
-                                  + final["frames_resampled_out"] + final["frames_pending"])
+    assert final["frames_in"] == (
+        final["frames_forwarded"]
+        + final["frames_skipped"]
+        + final["frames_dropped"]
+        + final["frames_resampled_out"]
+        + final["frames_pending"]
+    )
     assert final["frames_pending"] == 0 and final["frames_forwarded"] == len({s for p in preds for s in p["selected"]})
 
 
 def test_run_warns_when_the_source_is_slower_than_the_model(videos, tmp_path, caplog):
     out = tmp_path / "slow.jsonl"
     with caplog.at_level(logging.WARNING):
-        assert main(["run", "--source", f"video:{videos['slow']}", "--model", str(videos["model"]), "--no-pacing",
-                     "--jsonl", str(out), "--quiet", "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "--source",
+                    f"video:{videos['slow']}",
+                    "--model",
+                    str(videos["model"]),
+                    "--no-pacing",
+                    "--jsonl",
+                    str(out),
+                    "--quiet",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
     warnings = [r.getMessage() for r in caplog.records if "below the model's" in r.getMessage()]
     assert len(warnings) == 1 and "runs at 4 fps, below the model's 8 fps" in warnings[0]
     final = [json.loads(x) for x in out.read_text().splitlines()][-1]
@@ -121,7 +162,9 @@ def test_evaluate_writes_confusion_and_refuses_another_input_size(videos, tmp_pa
     assert matrix.sum() == len(preds) == 2 and confusion["classes"] == ["normal", "covid"]
     for i, name in enumerate(confusion["classes"]):
         tp = sum(r["label"] == name and r["predicted"] == name for r in preds)
-        assert matrix[i, i] == tp and confusion["per_class"][name]["sensitivity"] == tp / sum(r["label"] == name for r in preds)
+        assert matrix[i, i] == tp and confusion["per_class"][name]["sensitivity"] == tp / sum(
+            r["label"] == name for r in preds
+        )
     assert (tmp_path / "confusion-test.png").stat().st_size > 1000
     # Video-level scores: the split's whole videos (the same ones), every window of each, averaged.
     assert "test whole videos: auc" in printed and str(tmp_path / "videos-test.json") in printed
@@ -140,9 +183,19 @@ def test_evaluate_writes_confusion_and_refuses_another_input_size(videos, tmp_pa
 def test_info_prints_the_model_card(videos, capsys, tmp_path):
     assert main(["info", str(videos["model"])]) == 0
     card = capsys.readouterr().out
-    for text in ("method: das, keeps k=8 of T=16", "classes: normal, covid", "8 fps, 32 px", "backbone: tiny_cnn",
-                 "initial weights used: none", "fingerprint ", "train: 4 clips (normal 2, covid 2)",
-                 "padded clips: normal 3/4, covid 3/4", "metrics: best_epoch 1", "versions: das_stream", "created: 20"):
+    for text in (
+        "method: das, keeps k=8 of T=16",
+        "classes: normal, covid",
+        "8 fps, 32 px",
+        "backbone: tiny_cnn",
+        "initial weights used: none",
+        "fingerprint ",
+        "train: 4 clips (normal 2, covid 2)",
+        "padded clips: normal 3/4, covid 3/4",
+        "metrics: best_epoch 1",
+        "versions: das_stream",
+        "created: 20",
+    ):
         assert text in card, text
     assert main(["info", str(old_format_copy(tmp_path))]) == 0
     assert "preprocessing: not recorded" in capsys.readouterr().out
@@ -182,14 +235,26 @@ def test_too_few_videos_lists_the_csv_labels(videos, tmp_path, capsys):
 @pytest.fixture()
 def npz_config(tmp_path) -> Path:
     npz = write_npz(tmp_path / "tiny.npz", depth=8, size=16)
-    return write_config(tmp_path / "tiny.yaml", {"kind": "medmnist3d", "path": str(npz), "classes": ["normal", "cube"]},
-                        train={"patience": 5})
+    return write_config(
+        tmp_path / "tiny.yaml",
+        {"kind": "medmnist3d", "path": str(npz), "classes": ["normal", "cube"]},
+        train={"patience": 5},
+    )
 
 
 def test_train_refuses_a_non_empty_out_and_records_the_weights_used(npz_config, tmp_path, capsys):
     run = tmp_path / "run"
-    argv = ["train", "--config", str(npz_config), "--out", str(run), "--set", "model.backbone_weights=auto",
-            "--set", "train.progress=true"]
+    argv = [
+        "train",
+        "--config",
+        str(npz_config),
+        "--out",
+        str(run),
+        "--set",
+        "model.backbone_weights=auto",
+        "--set",
+        "train.progress=true",
+    ]
     assert main(argv) == 0
     assert "it/s" not in capsys.readouterr().err  # progress bars are off when stderr is not a terminal
     model = SampledClassifier.load(run / "model.pt")
@@ -206,7 +271,7 @@ def test_train_refuses_a_non_empty_out_and_records_the_weights_used(npz_config, 
 
 
 def test_resume_continues_from_the_last_epoch_checkpoint(npz_config, tmp_path, monkeypatch, capsys):
-    from sampler.training import commands
+    from training import commands
 
     base = ["train", "--config", str(npz_config), "--epochs", "3", "--set", "model.backbone=tiny_cnn"]
     assert main([*base, "--out", str(tmp_path / "whole")]) == 0
@@ -243,13 +308,17 @@ def test_init_from_starts_from_a_trained_model_and_refuses_another_shape(npz_con
     still = ["--set", "train.lr=1e-12"]  # Adam moves each weight by about lr: the start stays visible
     assert main([*base, *still, "--out", str(tmp_path / "tuned"), "--set", f"train.init_from={first}"]) == 0
     assert main([*base, *still, "--out", str(tmp_path / "fresh")]) == 0
-    a, tuned, fresh = (SampledClassifier.load(p) for p in (first, tmp_path / "tuned" / "model.pt", tmp_path / "fresh" / "model.pt"))
+    a, tuned, fresh = (
+        SampledClassifier.load(p) for p in (first, tmp_path / "tuned" / "model.pt", tmp_path / "fresh" / "model.pt")
+    )
     params = [name for name, _ in a.named_parameters()]
     assert all(torch.allclose(a.state_dict()[n], tuned.state_dict()[n], atol=1e-8) for n in params)
     assert not all(torch.allclose(a.state_dict()[n], fresh.state_dict()[n], atol=1e-4) for n in params)
     assert tuned.config.backbone_weights == str(first)
     capsys.readouterr()
-    rc = main([*base, "--out", str(tmp_path / "other"), "--set", f"train.init_from={first}", "--set", "model.keep=0.25"])
+    rc = main(
+        [*base, "--out", str(tmp_path / "other"), "--set", f"train.init_from={first}", "--set", "model.keep=0.25"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and "train.init_from" in err[-1] and "has k=" in err[-1] and "start from another model" in err[-1]
     assert main([*base, "--out", str(tmp_path / "gone"), "--set", f"train.init_from={tmp_path / 'nope.pt'}"]) == 2

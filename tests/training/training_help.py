@@ -6,6 +6,7 @@
 - ``write_config``: an experiment YAML.
 - ``write_video_index``: a CSV index of 12 small videos of two classes and six patients.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,7 +40,9 @@ def write_npz(path: Path, *, depth: int = 8, size: int = 16, drop: tuple[str, ..
     return path
 
 
-def write_video(path: Path, levels: list[int], *, fps: int, size: tuple[int, int] = (32, 32), split_halves: bool = False) -> Path:
+def write_video(
+    path: Path, levels: list[int], *, fps: int, size: tuple[int, int] = (32, 32), split_halves: bool = False
+) -> Path:
     """Encode gray frames (frame i flat at ``levels[i]``) with PyAV; ``split_halves`` makes the
     right half of every frame black."""
     width, height = size
@@ -59,7 +62,14 @@ def write_config(path: Path, data: dict[str, Any], **sections: dict[str, Any]) -
         "name": "tiny",
         "data": data,
         "model": {"method": "das", "keep": 0.5, "feature_size": 16, "input_size": 32, "backbone_weights": "none"},
-        "train": {"epochs": 1, "patience": 1, "batch_size": 8, "threads": 1, "progress": False, "out": str(path.parent / "runs")},
+        "train": {
+            "epochs": 1,
+            "patience": 1,
+            "batch_size": 8,
+            "threads": 1,
+            "progress": False,
+            "out": str(path.parent / "runs"),
+        },
     }
     for name, values in sections.items():
         config[name] = {**config.get(name, {}), **values}

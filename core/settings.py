@@ -1,10 +1,10 @@
-"""The rules every settings object shares: reading a YAML mapping, checking values against type
-hints, and choosing a torch device.
+"""The rules every settings object shares: reading a YAML mapping and checking values against
+type hints.
 
-Used by ``sampler.training.config`` (experiments) and ``streamer.config`` (``das-stream run``), so
-``1e-4`` is a number, ``cuda:1`` a device and a ``Literal`` a closed choice in both. No asyncio,
-no network: ``sampler/`` stays importable on its own.
+Used by ``training.config`` (experiments) and ``streamer.config`` (``das-stream run``), so ``1e-4``
+is a number, ``cuda:1`` a device name and a ``Literal`` a closed choice in both. No torch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,10 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import yaml
 
-from .errors import ConfigError, SamplerError
+from .errors import ConfigError
 
 DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -28,7 +27,9 @@ def read_yaml(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
     """The mapping a YAML file holds ({} for an empty file), or ConfigError naming the file."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{what} {p} not found (the file does not exist); pass an existing YAML file, examples are in configs/")
+        raise ConfigError(
+            f"{what} {p} not found (the file does not exist); pass an existing YAML file, examples are in configs/"
+        )
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
@@ -67,6 +68,7 @@ def coerce(value: Any, hint: Any, key: str, *, context: str = "") -> Any:
     Raises:
         ConfigError: ``"<key> must be <what>, got <value><context>"``, one line.
     """
+
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"{key} must be {expected}, got {value!r}{context}")
 
@@ -149,26 +151,3 @@ def defaults(cls: type) -> dict[str, Any]:
 def is_device_name(device: str) -> bool:
     """Whether ``device`` is a form :func:`resolve_device` accepts (checked without touching CUDA)."""
     return isinstance(device, str) and _DEVICE.fullmatch(device) is not None
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cpu``; ``cuda`` or ``cuda:N``.
-
-    Raises:
-        SamplerError: an unknown form, or CUDA asked for where torch sees no GPU (or not that
-            many GPUs); the message names the fix.
-    """
-    if not is_device_name(device):
-        raise SamplerError(f"unknown device {device!r}; use {DEVICE_FORMS}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise SamplerError(f"device {device!r} requested but torch sees no CUDA GPU; use --device cpu or auto")
-        index = int(device.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise SamplerError(
-                f"device {device!r} requested but torch sees {torch.cuda.device_count()} CUDA GPU(s); "
-                f"use cuda:0..cuda:{torch.cuda.device_count() - 1} or auto"
-            )
-    return torch.device(device)

@@ -21,6 +21,7 @@ videos, so nothing leaks; embedding a second and third copy would double the emb
 Unlike the pixel path, training windows are therefore drawn from one corrupted realisation
 rather than corrupted afresh at every draw.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,14 +33,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..classifier import FrameClassifier, frame_classifier
-from ..model import SampledClassifier
-from .config import ExperimentConfig
-from .corruptions import StreamCorruption, corrupt_videos
-from .datasets import DatasetSplits, _write_atomic
-from .loop import evaluate
-from .metrics import classification_scores
-from .video_eval import RandomWindowSet, VideoEvaluation, VideoSet, aggregate_video_probs, cut_windows, windows_of_videos
+from sampler.classifier import FrameClassifier, frame_classifier
+from sampler.model import SampledClassifier
+
+from ..clips import DatasetSplits, cut_windows, windows_of_videos
+from ..config import ExperimentConfig
+from ..corruptions import StreamCorruption, corrupt_videos
+from ..files import write_atomic
+from ..loop import evaluate
+from ..metrics import classification_scores
+from ..video_eval import RandomWindowSet, VideoEvaluation, VideoSet, aggregate_video_probs
 
 
 @torch.inference_mode()
@@ -74,13 +77,23 @@ class EmbeddedVideos:
 
     def take(self, index: Sequence[int]) -> EmbeddedVideos:
         index = list(index)
-        return EmbeddedVideos([self.small[i] for i in index], [self.emb[i] for i in index],
-                              np.asarray(self.labels)[index], tuple(self.names[i] for i in index))
+        return EmbeddedVideos(
+            [self.small[i] for i in index],
+            [self.emb[i] for i in index],
+            np.asarray(self.labels)[index],
+            tuple(self.names[i] for i in index),
+        )
 
 
 def embed_videos(
-    videos: list[np.ndarray], labels: np.ndarray, names: Sequence[str], *, classifier: FrameClassifier,
-    feature_size: int, cache_dir: str | Path | None = None, log: Callable[[str], None] = lambda _: None,
+    videos: list[np.ndarray],
+    labels: np.ndarray,
+    names: Sequence[str],
+    *,
+    classifier: FrameClassifier,
+    feature_size: int,
+    cache_dir: str | Path | None = None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> EmbeddedVideos:
     """Embed every frame of ``videos`` (cached under ``cache_dir``, keyed by the frames' bytes,
     the backbone's weights and its input size) and keep a ``feature_size`` copy for the sampler."""
@@ -98,10 +111,12 @@ def embed_videos(
         log(f"frame embeddings read from {cache}")
     else:
         frames = np.concatenate(videos) if videos else np.zeros((0, 1, 1), np.uint8)
-        log(f"embedding {len(frames)} frames with the frozen {classifier.backbone_name} backbone at {classifier.input_size} px ...")
+        log(
+            f"embedding {len(frames)} frames with the frozen {classifier.backbone_name} backbone at {classifier.input_size} px ..."
+        )
         table = embed_frames(classifier, frames)
         if cache is not None:
-            _write_atomic(cache, emb=table)
+            write_atomic(cache, emb=table)
     emb = np.split(table, np.cumsum(lengths)[:-1]) if len(videos) else []
     small = [shrink(v, feature_size) for v in videos]
     return EmbeddedVideos(small, list(emb), np.asarray(labels), tuple(names))
@@ -138,7 +153,12 @@ class EmbeddedClipSet:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        return torch.from_numpy(self.x[i][:, None]), torch.from_numpy(self.emb[i]), torch.from_numpy(self.valid[i]), int(self.labels[i])
+        return (
+            torch.from_numpy(self.x[i][:, None]),
+            torch.from_numpy(self.emb[i]),
+            torch.from_numpy(self.valid[i]),
+            int(self.labels[i]),
+        )
 
     @property
     def num_frames(self) -> int:
@@ -153,35 +173,65 @@ def embedded_windows(ev: EmbeddedVideos, window: int, stride: int) -> tuple[Embe
 
 
 def evaluate_embedded_videos(
-    model: SampledClassifier, ev: EmbeddedVideos, *, window: int, stride: int,
-    device: torch.device | str = "cpu", batch_size: int = 64,
+    model: SampledClassifier,
+    ev: EmbeddedVideos,
+    *,
+    window: int,
+    stride: int,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
 ) -> VideoEvaluation:
     """:func:`.video_eval.evaluate_videos` on pre-embedded videos: a video's probabilities are
     the mean of its runtime windows'."""
     clips, owner = embedded_windows(ev, window, stride)
     result = evaluate(model, clips, device=torch.device(device), batch_size=batch_size)
     probs = aggregate_video_probs(result.probs, owner, len(ev.labels))
-    return VideoEvaluation(scores=classification_scores(ev.labels, probs), window_scores=result.scores, probs=probs,
-                           labels=np.asarray(ev.labels), windows_per_video=np.bincount(owner, minlength=len(ev.labels)))
+    return VideoEvaluation(
+        scores=classification_scores(ev.labels, probs),
+        window_scores=result.scores,
+        probs=probs,
+        labels=np.asarray(ev.labels),
+        windows_per_video=np.bincount(owner, minlength=len(ev.labels)),
+    )
 
 
 class FrozenVideos:
     """Every video of a cross-validation embedded once (clean and each corrupted variant)."""
 
-    def __init__(self, config: ExperimentConfig, vs: VideoSet, corruption: StreamCorruption | None,
-                 log: Callable[[str], None], device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        vs: VideoSet,
+        corruption: StreamCorruption | None,
+        log: Callable[[str], None],
+        device: torch.device | str = "cpu",
+    ) -> None:
         m, d = config.model, config.data
         with torch.random.fork_rng(devices=[]):  # a random-init backbone is the same one every time (and cached)
             torch.manual_seed(0)
-            classifier = frame_classifier(len(vs.class_names), weights=m.backbone_weights, backbone=m.backbone,
-                                          input_size=m.input_size).to(device).eval()
-        log(f"frozen backbone {m.backbone} ({classifier.weights_source} weights) at {m.input_size} px; "
-            f"sampler frames at {m.feature_size} px")
+            classifier = (
+                frame_classifier(
+                    len(vs.class_names), weights=m.backbone_weights, backbone=m.backbone, input_size=m.input_size
+                )
+                .to(device)
+                .eval()
+            )
+        log(
+            f"frozen backbone {m.backbone} ({classifier.weights_source} weights) at {m.input_size} px; "
+            f"sampler frames at {m.feature_size} px"
+        )
         every = list(range(len(vs.videos)))
 
         def embed(videos: list[np.ndarray]) -> EmbeddedVideos:
-            return embed_videos(videos, vs.labels, vs.names, classifier=classifier, feature_size=m.feature_size,
-                                cache_dir=d.cache_dir, log=log)
+            return embed_videos(
+                videos,
+                vs.labels,
+                vs.names,
+                classifier=classifier,
+                feature_size=m.feature_size,
+                cache_dir=d.cache_dir,
+                log=log,
+            )
 
         self.config = config
         self.backbone = {k: v.detach().cpu().clone() for k, v in classifier.backbone.state_dict().items()}
@@ -193,18 +243,26 @@ class FrozenVideos:
             if d.corruption == "both":
                 self.train_bad = self.test_bad  # one realisation per video, wherever it appears
 
-    def splits(self, run_config: ExperimentConfig, tr: np.ndarray, va: np.ndarray, te: np.ndarray, class_names) -> DatasetSplits:
+    def splits(
+        self, run_config: ExperimentConfig, tr: np.ndarray, va: np.ndarray, te: np.ndarray, class_names
+    ) -> DatasetSplits:
         """Training windows (random draws or every runtime window), validation and test windows."""
         d, t = run_config.data, run_config.data.num_frames
         stride = d.window_stride or t
         train = (self.train_bad or self.clean).take(tr)
         val = (self.train_bad or self.clean).take(va)
         if d.train_windows == "random":
-            train_set = RandomWindowSet(train.small, train.labels, train.names, t, seed=run_config.train.seed, embeddings=train.emb)
+            train_set = RandomWindowSet(
+                train.small, train.labels, train.names, t, seed=run_config.train.seed, embeddings=train.emb
+            )
         elif d.train_windows == "all":
             train_set = embedded_windows(train, t, stride)[0]
         else:
             first = EmbeddedVideos([v[:t] for v in train.small], [e[:t] for e in train.emb], train.labels, train.names)
             train_set = embedded_windows(first, t, t)[0]
-        return DatasetSplits(train_set, embedded_windows(val, t, stride)[0], embedded_windows(self.clean.take(te), t, stride)[0],
-                             class_names=class_names)
+        return DatasetSplits(
+            train_set,
+            embedded_windows(val, t, stride)[0],
+            embedded_windows(self.clean.take(te), t, stride)[0],
+            class_names=class_names,
+        )

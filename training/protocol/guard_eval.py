@@ -13,9 +13,10 @@ guard, from the cached frame embeddings (no training). Prints, per method and ke
 and balanced accuracy without and with the guard, the paired difference (guard - none) with its
 95 % bootstrap interval, and the share of test frames the guard marks.
 
-    python benchmarks/guard_eval.py --config configs/train_pocus_cv_lite.yaml \
+    python -m training.protocol.guard_eval --config configs/train_pocus_cv_lite.yaml \
         /work/runs/pocus-cv-lite/fold*/{full,uniform,das}-keep*-seed*
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,14 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sampler.model import SampledClassifier
+from training.config import load_config
+from training.corruptions import LOST_CONTACT_MAX, StreamCorruption
+from training.video_eval import load_whole_videos
 
-from sampler.model import SampledClassifier  # noqa: E402
-from sampler.training.config import load_config  # noqa: E402
-from sampler.training.corruptions import LOST_CONTACT_MAX, StreamCorruption  # noqa: E402
-from sampler.training.frozen import EmbeddedVideos, FrozenVideos, evaluate_embedded_videos  # noqa: E402
-from sampler.training.paired import bootstrap_mean_ci  # noqa: E402
-from sampler.training.video_eval import load_whole_videos  # noqa: E402
+from .frozen import EmbeddedVideos, FrozenVideos, evaluate_embedded_videos
+from .paired import bootstrap_mean_ci
+
 
 def unusable(small: np.ndarray) -> np.ndarray:
     """(N,) bool for a video's small frames (N, f, f) uint8: near-black, or equal to the frame before."""
@@ -58,7 +59,9 @@ def guarded(ev: EmbeddedVideos) -> tuple[EmbeddedVideos, int, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True, help="the compare config the runs were made with (train.freeze_backbone)")
+    ap.add_argument(
+        "--config", required=True, help="the compare config the runs were made with (train.freeze_backbone)"
+    )
     ap.add_argument("--clean", action="store_true", help="score the clean test videos instead of the corrupted ones")
     ap.add_argument("runs", nargs="+", type=Path)
     args = ap.parse_args()
@@ -83,13 +86,19 @@ def main() -> None:
         safe = evaluate_embedded_videos(model, guard, window=t, stride=stride, device="cpu", batch_size=64).scores
         key = (model.config.method, round(model.config.k / model.config.num_frames, 3))
         scores[key].append((plain.auc, safe.auc, plain.acc, safe.acc))
-    print(f"test videos: {'clean' if variant is frozen.clean else 'corrupted'}; the guard marks {100 * marked / total:.1f} % of test frames")
-    print(f"{'method':<8} {'keep':>6} {'runs':>4}  {'AUC none':>8} {'guard':>6}  {'guard - none [95% CI]':<26} {'bal.acc none':>12} {'guard':>6}")
+    print(
+        f"test videos: {'clean' if variant is frozen.clean else 'corrupted'}; the guard marks {100 * marked / total:.1f} % of test frames"
+    )
+    print(
+        f"{'method':<8} {'keep':>6} {'runs':>4}  {'AUC none':>8} {'guard':>6}  {'guard - none [95% CI]':<26} {'bal.acc none':>12} {'guard':>6}"
+    )
     for key in sorted(scores):
         a = np.array(scores[key])
         diff, lo, hi = bootstrap_mean_ci(a[:, 1] - a[:, 0])
-        print(f"{key[0]:<8} {key[1]:>6} {len(a):>4}  {a[:, 0].mean():8.3f} {a[:, 1].mean():6.3f}  "
-              f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]{'':<4} {a[:, 2].mean():12.1f} {a[:, 3].mean():6.1f}")
+        print(
+            f"{key[0]:<8} {key[1]:>6} {len(a):>4}  {a[:, 0].mean():8.3f} {a[:, 1].mean():6.3f}  "
+            f"{diff:+.3f} [{lo:+.3f}, {hi:+.3f}]{'':<4} {a[:, 2].mean():12.1f} {a[:, 3].mean():6.1f}"
+        )
 
 
 if __name__ == "__main__":

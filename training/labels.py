@@ -1,4 +1,5 @@
 """What a CSV index holds beyond ``data.classes``: rows left out, with a "did you mean" for typos."""
+
 from __future__ import annotations
 
 import csv
@@ -35,7 +36,10 @@ def left_out_note(config: DataConfig) -> str | None:
     other = {label: n for label, n in counts.items() if label not in config.classes}
     if not other:
         return None
-    parts = [f"{label!r} {n} row{'s' if n > 1 else ''}{suggestion(label, config.classes)}" for label, n in sorted(other.items())]
+    parts = [
+        f"{label!r} {n} row{'s' if n > 1 else ''}{suggestion(label, config.classes)}"
+        for label, n in sorted(other.items())
+    ]
     return (
         f"data: {sum(other.values())} of {sum(counts.values())} rows of {config.path} left out, their class is not in "
         f"data.classes {list(config.classes)}: {', '.join(parts)}"
@@ -47,7 +51,9 @@ def csv_labels_hint(config: DataConfig, missing: Sequence[str] = ()) -> str:
     counts = csv_labels(config)
     if not counts:
         return ""
-    hint = f"; the CSV's {config.label_column} column holds: " + ", ".join(f"{k} ({v})" for k, v in sorted(counts.items()))
+    hint = f"; the CSV's {config.label_column} column holds: " + ", ".join(
+        f"{k} ({v})" for k, v in sorted(counts.items())
+    )
     for c in missing:
         hint += f"; for {c!r}{suggestion(c, list(counts)) or ' no close label'}"
     return hint

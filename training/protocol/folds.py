@@ -10,6 +10,7 @@ Groups come from ``data.group_column`` (a column of the CSV index) or ``data.gro
 regular expression searched in each sample's path: its first capture group (or the whole match)
 names the group; a path it does not match is a group of its own.
 """
+
 from __future__ import annotations
 
 import re
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ..errors import DataError
+from core.errors import DataError
 
 
 def groups_from_regex(names: Sequence[str], pattern: str) -> np.ndarray:

@@ -13,6 +13,7 @@ Three sources, chosen by ``DataConfig.kind``:
 - ``synthetic``: clips from ``sources.synthetic.make_clip`` (for the demo model and tests), or
   with ``synthetic_video_frames`` the windows the runtime cuts from a ``synthetic:`` stream.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,69 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from sources.errors import SourceError
+from core.errors import DataError, SourceError
 from sources.synthetic import CLASSES as SYNTHETIC_CLASSES
 from sources.synthetic import make_clip
 from sources.video import read_video
 
-from ..errors import DataError
+from .clips import SPLITS, ClipSet, DatasetSplits, windows_of_videos
 from .config import DataConfig
+from .files import write_atomic
 from .labels import csv_labels_hint, left_out_note
 
-SPLITS = ("train", "val", "test")
-CACHE_VERSION = 1
-
-
-@dataclass(frozen=True, eq=False)
-class ClipSet:
-    """The clips of one split; a map-style dataset for ``torch.utils.data.DataLoader``.
-
-    Attributes:
-        x: (N, T, H, W) uint8 frames.
-        valid: (N, T) bool, False for padding.
-        labels: (N,) int64 class indices.
-        names: a name per clip (the video path, or ``split/index`` for volumes).
-    """
-
-    x: np.ndarray
-    valid: np.ndarray
-    labels: np.ndarray
-    names: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        return torch.from_numpy(self.x[i][:, None]), torch.from_numpy(self.valid[i]), int(self.labels[i])
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.x.shape[1])
-
-    def subset(self, index: np.ndarray) -> ClipSet:
-        return ClipSet(self.x[index], self.valid[index], self.labels[index], tuple(self.names[i] for i in index))
-
-
-@dataclass(frozen=True, eq=False)
-class DatasetSplits:
-    """Train, validation and test clips of one dataset with its class names (label order)."""
-
-    train: ClipSet
-    val: ClipSet
-    test: ClipSet
-    class_names: tuple[str, ...]
-    notes: tuple[str, ...] = ()  # what loading left out or changed, for the training log
-
-    def split(self, name: str) -> ClipSet:
-        if name not in SPLITS:
-            raise DataError(f"unknown split {name!r}; use one of {', '.join(SPLITS)}")
-        return getattr(self, name)
-
-    @property
-    def num_frames(self) -> int:
-        return self.train.num_frames
+CACHE_VERSION = 2  # 2: resampled by core.resample (frames repeat only with data.upsample)
 
 
 def load_dataset(config: DataConfig) -> DatasetSplits:
@@ -170,7 +120,9 @@ def _class_names(given: Sequence[str] | None, num_classes: int, path: Path) -> t
     if given is None:
         return tuple(str(i) for i in range(num_classes))
     if len(given) != num_classes:
-        raise DataError(f"data.classes names {len(given)} classes but {path} has {num_classes}; list one name per label")
+        raise DataError(
+            f"data.classes names {len(given)} classes but {path} has {num_classes}; list one name per label"
+        )
     return tuple(given)
 
 
@@ -205,7 +157,7 @@ def load_video_dataset(config: DataConfig) -> DatasetSplits:
         clips = [decode_entry(e, config) for e in entries]
         x = np.stack([c[0] for c in clips])
         valid = np.stack([c[1] for c in clips])
-        _write_atomic(cache, x=x, valid=valid)
+        write_atomic(cache, x=x, valid=valid)
     labels = np.array([class_names.index(e.label) for e in entries], dtype=np.int64)
     everything = ClipSet(x, valid, labels, tuple(e.name for e in entries))
     parts = stratified_split(labels, fractions=config.split, seed=config.split_seed)
@@ -217,7 +169,9 @@ def read_video_index(config: DataConfig) -> tuple[list[VideoEntry], tuple[str, .
     """Read and check the CSV index (and the optional crop file); returns entries and class names."""
     index = Path(config.path).expanduser()
     if not index.is_file():
-        raise DataError(f"video index {index} not found; set data.path to a CSV with columns {config.path_column},{config.label_column}")
+        raise DataError(
+            f"video index {index} not found; set data.path to a CSV with columns {config.path_column},{config.label_column}"
+        )
     root = Path(config.root).expanduser() if config.root else index.parent
     crops = _read_crop_file(config.crop_file)
     try:
@@ -293,12 +247,21 @@ def decode_frames(entry: VideoEntry, config: DataConfig, *, max_frames: int | No
         top, left, size = entry.crop
         crop = (left, top, size, size)
     try:
-        frames, source_fps = read_video(entry.path, gray=True, size=config.size, fps=config.fps, crop=crop, max_frames=max_frames)
+        frames, source_fps = read_video(
+            entry.path,
+            gray=True,
+            size=config.size,
+            fps=config.fps,
+            crop=crop,
+            max_frames=max_frames,
+            upsample=config.upsample,
+        )
     except SourceError as exc:
         raise DataError(f"video {entry.path} (CSV row {entry.row}) cannot be used: {exc}") from None
     if entry.trim is not None:
-        # The trim range counts source frames; map it onto the resampled time line.
-        scale = config.fps / source_fps
+        # The trim range counts source frames; map it onto the resampled time line (a slower
+        # video keeps its own rate unless data.upsample repeats its frames).
+        scale = (config.fps if config.upsample else min(config.fps, source_fps)) / source_fps
         frames = frames[round(entry.trim[0] * scale) : round(entry.trim[1] * scale)]
     if len(frames) == 0:
         raise DataError(f"video {entry.path} (CSV row {entry.row}) has no frames; remove the row or fix its trim range")
@@ -341,6 +304,7 @@ def _cache_path(config: DataConfig, entries: Sequence[VideoEntry]) -> Path:
     key = {
         "version": CACHE_VERSION,
         "fps": config.fps,
+        "upsample": config.upsample,
         "size": config.size,
         "num_frames": config.num_frames,
         "long_videos": config.long_videos,
@@ -348,14 +312,6 @@ def _cache_path(config: DataConfig, entries: Sequence[VideoEntry]) -> Path:
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return Path(config.cache_dir).expanduser() / f"videos-{digest}.npz"
-
-
-def _write_atomic(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        np.savez(f, **arrays)
-    tmp.replace(path)
 
 
 def stratified_split(labels: np.ndarray, *, fractions: Sequence[float], seed: int) -> tuple[np.ndarray, ...]:
@@ -388,11 +344,9 @@ def make_synthetic_dataset(config: DataConfig) -> DatasetSplits:
 
     With ``config.synthetic_video_frames`` = N > 0 every split is a stream as the ``synthetic:``
     source makes one (see :func:`synthetic_videos`), cut into runtime windows of T frames at
-    stride ``window_stride`` (default T) by :func:`~sampler.training.video_eval.windows_of_videos`;
+    stride ``window_stride`` (default T) by :func:`~training.clips.windows_of_videos`;
     a window's name is ``split/video#window``."""
     if config.synthetic_video_frames:
-        from .video_eval import windows_of_videos  # it imports this module
-
         stride = config.window_stride or config.num_frames
         splits = {}
         for split, (videos, labels) in zip(SPLITS, synthetic_videos(config)):

@@ -1,7 +1,7 @@
 """Video-level scores: a video is cut into windows as the streaming runtime cuts them, every
 window is classified, and the video's class probabilities are the mean of its windows'.
 
-The cut follows ``streamer.window.Windower``: windows start at frames 0, S, 2S, ... and hold T
+The cut is :mod:`core.windows`, the rule ``das-stream run`` follows: windows start at frames 0, S, 2S, ... and hold T
 frames; at the end of the video one partial window holds the frames no full window reached (its
 missing frames are empty and masked out, as the runtime pads them); a video shorter than T is a
 single partial window. This is what a user of ``das-stream run`` gets per video, and how
@@ -10,6 +10,7 @@ published lung ultrasound results are reported (Born et al., video-level accurac
 :func:`evaluate_videos` is the reusable entry point (also for ``das-stream evaluate``);
 :func:`load_whole_videos` decodes (and caches) the whole videos of a ``data: {kind: videos}`` config.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,61 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..model import SampledClassifier
+from sampler.model import SampledClassifier
+
+from .clips import cut_windows, windows_of_videos
 from .config import DataConfig
 from .corruptions import StreamCorruption
-from .datasets import ClipSet, VideoEntry, _write_atomic, decode_frames, read_video_index
+from .datasets import VideoEntry, decode_frames, read_video_index
+from .files import write_atomic
 from .loop import evaluate
 from .metrics import Scores, classification_scores
-
-
-def window_bounds(num_frames: int, window: int, stride: int) -> list[tuple[int, int]]:
-    """``[start, end)`` of every window the runtime classifies in a video of ``num_frames``."""
-    if window < 1 or stride < 1:
-        raise ValueError(f"window length and stride must be >= 1, got T={window}, S={stride}")
-    out, start, covered = [], 0, 0
-    while start + window <= num_frames:
-        out.append((start, start + window))
-        covered = start + window
-        start += stride
-    if start < num_frames and num_frames > covered:
-        out.append((start, num_frames))
-    return out
-
-
-def cut_windows(frames: np.ndarray, window: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, H, W) frames -> (W, T, H, W) windows and (W, T) validity (False for padding)."""
-    bounds = window_bounds(len(frames), window, stride)
-    x = np.zeros((len(bounds), window, *frames.shape[1:]), dtype=frames.dtype)
-    valid = np.zeros((len(bounds), window), dtype=bool)
-    for i, (a, b) in enumerate(bounds):
-        x[i, : b - a] = frames[a:b]
-        valid[i, : b - a] = True
-    return x, valid
-
-
-def windows_of_videos(
-    videos: Sequence[np.ndarray], labels: np.ndarray, names: Sequence[str], window: int, stride: int
-) -> tuple[ClipSet, np.ndarray]:
-    """Every runtime window of every video as one :class:`ClipSet`, and each window's video index."""
-    xs, vs, owner = [], [], []
-    for i, frames in enumerate(videos):
-        x, v = cut_windows(frames, window, stride)
-        xs.append(x)
-        vs.append(v)
-        owner += [i] * len(x)
-    owner_arr = np.array(owner, dtype=np.int64)
-    clip_names = tuple(f"{names[i]}#{j}" for i, j in zip(owner_arr, _ranks(owner_arr)))
-    return ClipSet(np.concatenate(xs), np.concatenate(vs), np.asarray(labels)[owner_arr], clip_names), owner_arr
-
-
-def _ranks(owner: np.ndarray) -> list[int]:
-    seen: dict[int, int] = {}
-    out = []
-    for o in owner.tolist():
-        out.append(seen.get(o, 0))
-        seen[o] = out[-1] + 1
-    return out
 
 
 def aggregate_video_probs(window_probs: np.ndarray, owner: np.ndarray, num_videos: int | None = None) -> np.ndarray:
@@ -142,8 +97,17 @@ class RandomWindowSet(torch.utils.data.Dataset):
     With ``embeddings`` (one (N_i, D) array per video, :mod:`.frozen`) an item is
     ``(x, emb, valid, label)``: the window's frames and their embedding rows."""
 
-    def __init__(self, videos: list[np.ndarray], labels: np.ndarray, names: tuple[str, ...], num_frames: int, *,
-                 seed: int, corruption: StreamCorruption | None = None, embeddings: list[np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        videos: list[np.ndarray],
+        labels: np.ndarray,
+        names: tuple[str, ...],
+        num_frames: int,
+        *,
+        seed: int,
+        corruption: StreamCorruption | None = None,
+        embeddings: list[np.ndarray] | None = None,
+    ) -> None:
         if corruption is not None and embeddings is not None:
             raise ValueError("pre-embedded windows cannot be corrupted afresh; embed a corrupted copy instead")
         self.videos, self.labels, self.names = videos, np.asarray(labels), names
@@ -183,7 +147,11 @@ class RandomWindowSet(torch.utils.data.Dataset):
         if self.corruption is not None:
             n = int(valid.sum())
             x[:n] = self.corruption(x[:n], self.rng)
-        x_t, valid_t, label = torch.from_numpy(np.ascontiguousarray(x)[:, None]), torch.from_numpy(valid), int(self.labels[i])
+        x_t, valid_t, label = (
+            torch.from_numpy(np.ascontiguousarray(x)[:, None]),
+            torch.from_numpy(valid),
+            int(self.labels[i]),
+        )
         if self.embeddings is None:
             return x_t, valid_t, label
         emb = cut_windows(self.embeddings[i][start : start + t], t, t)[0][0]
@@ -210,21 +178,27 @@ def load_whole_videos(config: DataConfig) -> VideoSet:
     """Decode every video of the index whole (cached under ``cache_dir``)."""
     entries, class_names = read_video_index(config)
     key = {
-        "version": 1,
+        "version": 2,  # 2: resampled by core.resample (frames repeat only with data.upsample)
         "whole": True,
         "fps": config.fps,
+        "upsample": config.upsample,
         "size": config.size,
         "max_frames": config.max_frames,
-        "files": [[str(e.path.resolve()), e.path.stat().st_size, e.path.stat().st_mtime_ns, e.crop, e.trim] for e in entries],
+        "files": [
+            [str(e.path.resolve()), e.path.stat().st_size, e.path.stat().st_mtime_ns, e.crop, e.trim] for e in entries
+        ],
     }
-    cache = Path(config.cache_dir).expanduser() / f"whole-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.npz"
+    cache = (
+        Path(config.cache_dir).expanduser()
+        / f"whole-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.npz"
+    )
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as npz:
             frames, lengths = npz["frames"], npz["lengths"]
         videos = np.split(frames, np.cumsum(lengths)[:-1])
     else:
         videos = [_decode_whole(e, config) for e in entries]
-        _write_atomic(cache, frames=np.concatenate(videos), lengths=np.array([len(v) for v in videos]))
+        write_atomic(cache, frames=np.concatenate(videos), lengths=np.array([len(v) for v in videos]))
     labels = np.array([class_names.index(e.label) for e in entries], dtype=np.int64)
     names = tuple(e.name for e in entries)
     return VideoSet(list(videos), labels, names, class_names)

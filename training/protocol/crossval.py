@@ -21,6 +21,7 @@ validates on corrupted data. Results: ``fold<f>/<run>/result.json`` (clean test)
 ``result-corrupted.json``; summaries ``<name>.csv``/``.md`` and ``<name>-paired.csv`` (and the
 same with ``-corrupted``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,19 +32,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from ..model import SampledClassifier
-from .commands import RESULT_FILE, MODEL_FILE, RunLog, _grid, _set_threads, run_name, train_run
-from .config import DataConfig, ExperimentConfig
-from .corruptions import StreamCorruption, corrupt_videos
-from .datasets import ClipSet, DatasetSplits, load_medmnist3d
+from core.errors import DataError
+from sampler.device import resolve_device
+from sampler.model import SampledClassifier
+
+from ..clips import ClipSet, DatasetSplits, cut_windows, windows_of_videos
+from ..config import DataConfig, ExperimentConfig
+from ..corruptions import StreamCorruption, corrupt_videos
+from ..datasets import load_medmnist3d
+from ..loop import evaluate
+from ..report import RunResult, SummaryRow, markdown_table, plot_auc, summarize
+from ..runs import MODEL_FILE, RESULT_FILE, RunLog, grid, run_name, set_threads, train_run
+from ..video_eval import RandomWindowSet, evaluate_videos, load_whole_videos
 from .folds import fold_splits, groups_from_regex
 from .frozen import FrozenVideos, evaluate_embedded_videos
-from ..settings import resolve_device
-from .loop import evaluate
 from .paired import paired_markdown, paired_table, write_paired_csv, write_summary_with_diffs
-from .report import RunResult, SummaryRow, markdown_table, plot_auc, summarize
-from .video_eval import RandomWindowSet, cut_windows, evaluate_videos, load_whole_videos, windows_of_videos
 
 CORRUPTED_RESULT = "result-corrupted.json"
 
@@ -73,7 +76,9 @@ def _train_clips(config: ExperimentConfig, videos, labels, names, corruption: St
     if d.train_windows == "all":
         return windows_of_videos(videos, labels, names, t, _stride(config))[0]
     first = [cut_windows(v[:t], t, t) for v in videos]
-    return ClipSet(np.stack([f[0][0] for f in first]), np.stack([f[1][0] for f in first]), np.asarray(labels), tuple(names))
+    return ClipSet(
+        np.stack([f[0][0] for f in first]), np.stack([f[1][0] for f in first]), np.asarray(labels), tuple(names)
+    )
 
 
 def _stride(config: ExperimentConfig) -> int:
@@ -85,7 +90,7 @@ def _stride(config: ExperimentConfig) -> int:
 
 def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) -> list[SummaryRow]:
     """Run the grid on every fold; write the summaries with paired differences."""
-    _set_threads(config)
+    set_threads(config)
     out.mkdir(parents=True, exist_ok=True)
     progress = RunLog(out / "compare.log")
     d = config.data
@@ -94,18 +99,28 @@ def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) 
     if d.kind == "videos":
         vs = load_whole_videos(d)
         labels, groups, class_names = vs.labels, _groups(d, vs.names), vs.class_names
-        splits = fold_splits(labels, folds=d.folds, seed=d.split_seed, groups=groups, val_fraction=d.split[1] / (d.split[0] + d.split[1]))
-        progress(f"{d.folds} folds over {len(labels)} videos in {len(set(groups.tolist()))} groups; video-level test, "
-                 f"T={d.num_frames} stride={_stride(config)} train_windows={d.train_windows} corruption={d.corruption}")
-        frozen = FrozenVideos(config, vs, corruption, progress, resolve_device(config.train.device)) if config.train.freeze_backbone else None
+        splits = fold_splits(
+            labels, folds=d.folds, seed=d.split_seed, groups=groups, val_fraction=d.split[1] / (d.split[0] + d.split[1])
+        )
+        progress(
+            f"{d.folds} folds over {len(labels)} videos in {len(set(groups.tolist()))} groups; video-level test, "
+            f"T={d.num_frames} stride={_stride(config)} train_windows={d.train_windows} corruption={d.corruption}"
+        )
+        frozen = (
+            FrozenVideos(config, vs, corruption, progress, resolve_device(config.train.device))
+            if config.train.freeze_backbone
+            else None
+        )
     else:
         frozen = None
         base = load_medmnist3d(d.path, class_names=d.classes) if d.kind == "medmnist3d" else None
         if base is None:
-            raise DataError(f"--folds needs data.kind videos or medmnist3d, got {d.kind}; drop --folds for synthetic data")
+            raise DataError(
+                f"--folds needs data.kind videos or medmnist3d, got {d.kind}; drop --folds for synthetic data"
+            )
         splits, pool = _medmnist_folds(base, d)
         progress(f"{d.folds} folds over {len(pool.labels)} volumes (fold_test={d.fold_test})")
-    plan = _grid(config)
+    plan = grid(config)
     results: list[RunResult] = []
     corrupted: list[RunResult] = []
     total = len(plan) * len(splits)
@@ -134,7 +149,10 @@ def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) 
                 val_v, test_v = vs.take(va), vs.take(te)
                 train_corr = corruption if d.corruption == "both" else None
                 if train_corr is not None:
-                    val_v = (corrupt_videos(val_v[0], corruption, seed=d.corruption_seed + 2, ids=va.tolist()), *val_v[1:])
+                    val_v = (
+                        corrupt_videos(val_v[0], corruption, seed=d.corruption_seed + 2, ids=va.tolist()),
+                        *val_v[1:],
+                    )
                 data = DatasetSplits(
                     _train_clips(run_config, *train_v, train_corr),
                     windows_of_videos(*val_v, d.num_frames, _stride(config))[0],
@@ -153,20 +171,28 @@ def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) 
                     rc.save(run_dir / CORRUPTED_RESULT)
                     corrupted.append(rc)
             else:
-                data = data or DatasetSplits(pool.subset(tr), pool.subset(va), pool.subset(te) if te is not None else base.test, base.class_names)
+                data = data or DatasetSplits(
+                    pool.subset(tr), pool.subset(va), pool.subset(te) if te is not None else base.test, base.class_names
+                )
                 r = dataclasses.replace(train_run(run_config, data, run_dir), fold=f)
                 if corruption is not None:
                     device = resolve_device(config.train.device)
                     model = SampledClassifier.load(run_dir / MODEL_FILE, map_location=device)
                     bad = corrupt_videos(list(data.test.x), corruption, seed=d.corruption_seed)
-                    ev = evaluate(model, ClipSet(np.stack(bad), data.test.valid, data.test.labels, data.test.names), device=device,
-                                  batch_size=config.train.eval_batch_size)
+                    ev = evaluate(
+                        model,
+                        ClipSet(np.stack(bad), data.test.valid, data.test.labels, data.test.names),
+                        device=device,
+                        batch_size=config.train.eval_batch_size,
+                    )
                     rc = dataclasses.replace(r, test=ev.scores)
                     rc.save(run_dir / CORRUPTED_RESULT)
                     corrupted.append(rc)
             r.save(run_dir / RESULT_FILE)
             results.append(r)
-    progress(f"compare --folds {d.folds}: {total} runs done in {(time.perf_counter() - start) / 60:.1f} min of wall-clock time")
+    progress(
+        f"compare --folds {d.folds}: {total} runs done in {(time.perf_counter() - start) / 60:.1f} min of wall-clock time"
+    )
     rows = _write_summaries(config, results, out, suffix="", progress=progress)
     if corrupted:
         _write_summaries(config, corrupted, out, suffix="-corrupted", progress=progress)
@@ -177,15 +203,26 @@ def _frozen_run(run_config: ExperimentConfig, frozen: FrozenVideos, split, class
     """One run with a frozen backbone: train on the embedded windows, score the test videos
     (clean and, when configured, corrupted) at video level."""
     tr, va, te = split
-    r = train_run(run_config, frozen.splits(run_config, tr, va, te, class_names), run_dir, backbone=(frozen.backbone, frozen.weights_source))
+    r = train_run(
+        run_config,
+        frozen.splits(run_config, tr, va, te, class_names),
+        run_dir,
+        backbone=(frozen.backbone, frozen.weights_source),
+    )
     model = SampledClassifier.load(run_dir / MODEL_FILE, map_location=resolve_device(run_config.train.device))
     stride, corr = _stride(run_config), None
     for variant in (frozen.clean, frozen.test_bad):
         if variant is None:
             continue
         test = variant.take(te)
-        ev = evaluate_embedded_videos(model, test, window=run_config.data.num_frames, stride=stride,
-                                      device=resolve_device(run_config.train.device), batch_size=run_config.train.eval_batch_size)
+        ev = evaluate_embedded_videos(
+            model,
+            test,
+            window=run_config.data.num_frames,
+            stride=stride,
+            device=resolve_device(run_config.train.device),
+            batch_size=run_config.train.eval_batch_size,
+        )
         scored = dataclasses.replace(r, fold=fold, test=ev.scores, window_test=ev.window_scores)
         if variant is frozen.clean:
             r = scored
@@ -198,8 +235,16 @@ def _frozen_run(run_config: ExperimentConfig, frozen: FrozenVideos, split, class
 
 def _video_eval(model, videos_labels_names, config: ExperimentConfig):
     videos, labels, names = videos_labels_names
-    return evaluate_videos(model, videos, labels, window=config.data.num_frames, stride=_stride(config),
-                           device=resolve_device(config.train.device), batch_size=config.train.eval_batch_size, names=names)
+    return evaluate_videos(
+        model,
+        videos,
+        labels,
+        window=config.data.num_frames,
+        stride=_stride(config),
+        device=resolve_device(config.train.device),
+        batch_size=config.train.eval_batch_size,
+        names=names,
+    )
 
 
 def _write_video_predictions(path: Path, names: Sequence[str], ev, class_names) -> None:
@@ -207,13 +252,19 @@ def _write_video_predictions(path: Path, names: Sequence[str], ev, class_names) 
         w = csv.writer(f)
         w.writerow(["video", "label", "predicted", "windows", *(f"p_{c}" for c in class_names)])
         for name, label, probs, n in zip(names, ev.labels, ev.probs, ev.windows_per_video):
-            w.writerow([name, class_names[label], class_names[int(probs.argmax())], int(n), *(f"{p:.4f}" for p in probs)])
+            w.writerow(
+                [name, class_names[label], class_names[int(probs.argmax())], int(n), *(f"{p:.4f}" for p in probs)]
+            )
 
 
 def _medmnist_folds(base: DatasetSplits, d: DataConfig):
     def cat(*sets: ClipSet) -> ClipSet:
-        return ClipSet(np.concatenate([s.x for s in sets]), np.concatenate([s.valid for s in sets]),
-                       np.concatenate([s.labels for s in sets]), tuple(n for s in sets for n in s.names))
+        return ClipSet(
+            np.concatenate([s.x for s in sets]),
+            np.concatenate([s.valid for s in sets]),
+            np.concatenate([s.labels for s in sets]),
+            tuple(n for s in sets for n in s.names),
+        )
 
     vf = d.split[1] / (d.split[0] + d.split[1])
     if d.fold_test == "merge":
@@ -225,18 +276,28 @@ def _medmnist_folds(base: DatasetSplits, d: DataConfig):
     return [(np.sort(np.concatenate([tr, va])), te, None) for tr, va, te in folds], pool
 
 
-def _write_summaries(config: ExperimentConfig, results: list[RunResult], out: Path, *, suffix: str, progress) -> list[SummaryRow]:
+def _write_summaries(
+    config: ExperimentConfig, results: list[RunResult], out: Path, *, suffix: str, progress
+) -> list[SummaryRow]:
     rows = summarize(results)
     diffs = paired_table(results)
     name = f"{config.name}{suffix}"
     write_summary_with_diffs(rows, results, out / f"{name}.csv")
     write_paired_csv(diffs, out / f"{name}-paired.csv")
-    level = "video-level" if config.data.kind == "videos" else (
-        "clip-level, official splits merged before folding" if config.data.fold_test == "merge"
-        else "clip-level, official test split kept as every fold's test set")
-    text = (f"{config.data.folds}-fold cross-validation, {level} test scores{' (corrupted test)' if suffix else ''}; "
-            f"mean ± std over folds x seeds.\n\n" + markdown_table(rows) + "\nPaired differences (same fold and seed), "
-            "mean and 95% percentile bootstrap interval:\n\n" + paired_markdown(diffs))
+    level = (
+        "video-level"
+        if config.data.kind == "videos"
+        else (
+            "clip-level, official splits merged before folding"
+            if config.data.fold_test == "merge"
+            else "clip-level, official test split kept as every fold's test set"
+        )
+    )
+    text = (
+        f"{config.data.folds}-fold cross-validation, {level} test scores{' (corrupted test)' if suffix else ''}; "
+        f"mean ± std over folds x seeds.\n\n" + markdown_table(rows) + "\nPaired differences (same fold and seed), "
+        "mean and 95% percentile bootstrap interval:\n\n" + paired_markdown(diffs)
+    )
     (out / f"{name}.md").write_text(text)
     plot_auc(rows, out / f"{name}-auc.png", title=f"{name}: test AUC ({config.data.folds} folds)")
     progress(text)

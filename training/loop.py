@@ -1,4 +1,5 @@
 """The training loop: Adam, early stopping on validation loss, best-validation weights kept."""
+
 from __future__ import annotations
 
 import math
@@ -16,10 +17,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..model import SampledClassifier
+from sampler.model import SampledClassifier
+
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .clips import ClipSet, DatasetSplits
 from .config import TrainSettings
-from .datasets import ClipSet, DatasetSplits
 from .metrics import Scores, classification_scores, unique_per_window
 
 
@@ -201,7 +203,12 @@ def fit(
         ck = load_checkpoint(checkpoint)
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
-        history, best_loss, best_epoch, best_state = list(ck["history"]), ck["best_loss"], ck["best_epoch"], ck["best_state"]
+        history, best_loss, best_epoch, best_state = (
+            list(ck["history"]),
+            ck["best_loss"],
+            ck["best_epoch"],
+            ck["best_state"],
+        )
         set_rng_state(ck["rng"], order)
         first, before = ck["epoch"] + 1, ck["seconds"]
         log(f"resumed from {checkpoint} after epoch {ck['epoch']}")
@@ -215,7 +222,13 @@ def fit(
         if settings.bn_stats == "epoch":
             restart_bn_statistics(model)
         total, count = 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr, disable=not settings.progress or not sys.stderr.isatty())
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch}",
+            leave=False,
+            file=sys.stderr,
+            disable=not settings.progress or not sys.stderr.isatty(),
+        )
         for batch in bar:
             logits, _, y = forward_batch(model, batch, device)
             loss = F.cross_entropy(logits, y, weight=weight_dev)
@@ -235,9 +248,18 @@ def fit(
         noise = f" noise {model.sampler.noise_scale:.2f}" if settings.explore_epochs else ""
         log(entry.line(epochs=settings.epochs, k=k, best=improved) + noise)
         if checkpoint is not None:
-            save_checkpoint(checkpoint, epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                            history=history, best_loss=best_loss, best_epoch=best_epoch, best_state=best_state,
-                            rng=rng_state(order), seconds=before + time.perf_counter() - start)
+            save_checkpoint(
+                checkpoint,
+                epoch=epoch,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                history=history,
+                best_loss=best_loss,
+                best_epoch=best_epoch,
+                best_state=best_state,
+                rng=rng_state(order),
+                seconds=before + time.perf_counter() - start,
+            )
         if epoch - best_epoch >= settings.patience:
             log(f"early stop: no lower val_loss for {settings.patience} epochs; keeping epoch {best_epoch}")
             break

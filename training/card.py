@@ -4,6 +4,7 @@
 applies its ``preprocessing`` and ``info`` prints :func:`model_card`. Also the one-line notes
 ``train`` logs about the data (padded clips, see :func:`padding_notes`) and :func:`duration`.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -16,9 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model import SampledClassifier
+from sampler.model import SampledClassifier
+
+from .clips import SPLITS, DatasetSplits
 from .config import ExperimentConfig
-from .datasets import SPLITS, DatasetSplits
 
 
 def duration(seconds: float) -> str:
@@ -57,9 +59,7 @@ def data_fingerprint(data: DatasetSplits) -> str:
 
 def clip_counts(data: DatasetSplits) -> dict[str, dict[str, int]]:
     """{split: {class: clips}}."""
-    return {
-        s: {c: int((data.split(s).labels == i).sum()) for i, c in enumerate(data.class_names)} for s in SPLITS
-    }
+    return {s: {c: int((data.split(s).labels == i).sum()) for i, c in enumerate(data.class_names)} for s in SPLITS}
 
 
 def padded_counts(data: DatasetSplits) -> dict[str, dict[str, int]]:
@@ -67,7 +67,10 @@ def padded_counts(data: DatasetSplits) -> dict[str, dict[str, int]]:
     valid = np.concatenate([data.split(s).valid for s in SPLITS])
     labels = np.concatenate([data.split(s).labels for s in SPLITS])
     padded = ~valid.all(axis=1)
-    return {c: {"padded": int(padded[labels == i].sum()), "clips": int((labels == i).sum())} for i, c in enumerate(data.class_names)}
+    return {
+        c: {"padded": int(padded[labels == i].sum()), "clips": int((labels == i).sum())}
+        for i, c in enumerate(data.class_names)
+    }
 
 
 def padding_notes(data: DatasetSplits) -> list[str]:
@@ -120,7 +123,7 @@ def training_meta(
             "backbone_weights_used": model.classifier.weights_source,
         },
         "versions": versions(),
-        "created": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+        "created": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
     }
 
 
@@ -136,33 +139,53 @@ def model_card(path: str | Path) -> str:
         f"classes: {', '.join(c.class_names)}",
         f"sizes: sampler features {c.feature_size} px, backbone input {c.input_size} px; {params:,} parameters",
         f"backbone: {c.backbone}, initial weights used: "
-        + (tr.get("backbone_weights_used") or f"{c.backbone_weights} (requested; this file does not record what was used)")
-        + (f" (requested {tr['backbone_weights_requested']})" if tr.get("backbone_weights_requested") not in (None, tr.get("backbone_weights_used")) else ""),
+        + (
+            tr.get("backbone_weights_used")
+            or f"{c.backbone_weights} (requested; this file does not record what was used)"
+        )
+        + (
+            f" (requested {tr['backbone_weights_requested']})"
+            if tr.get("backbone_weights_requested") not in (None, tr.get("backbone_weights_used"))
+            else ""
+        ),
     ]
     if pre:
-        fps = f"{pre['fps']:g} fps" if pre.get("fps") else "no frame rate (volumes or synthetic clips; run keeps every frame)"
+        fps = (
+            f"{pre['fps']:g} fps"
+            if pre.get("fps")
+            else "no frame rate (volumes or synthetic clips; run keeps every frame)"
+        )
         lines.append(
             f"preprocessing: {pre.get('kind')}, {fps}, {pre.get('size')} px, gray, crop {pre.get('crop') or 'none'}, "
             f"longer videos: {pre.get('long_videos') or 'n/a'}"
         )
     else:
-        lines.append("preprocessing: not recorded (a model file from before das-stream stored it); run keeps every frame")
+        lines.append(
+            "preprocessing: not recorded (a model file from before das-stream stored it); run keeps every frame"
+        )
     if tr:
-        lines.append(f"training data: {tr.get('data_kind')} {tr.get('data_path') or ''} fingerprint {tr.get('data_fingerprint')}".replace("  ", " "))
+        lines.append(
+            f"training data: {tr.get('data_kind')} {tr.get('data_path') or ''} fingerprint {tr.get('data_fingerprint')}".replace(
+                "  ", " "
+            )
+        )
         for split, counts in (tr.get("clips") or {}).items():
-            lines.append(f"  {split}: {sum(counts.values())} clips ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+            lines.append(
+                f"  {split}: {sum(counts.values())} clips ({', '.join(f'{k} {v}' for k, v in counts.items())})"
+            )
         padded = tr.get("padded") or {}
         if any(v.get("padded") for v in padded.values()):
             lines.append("  padded clips: " + ", ".join(f"{k} {v['padded']}/{v['clips']}" for k, v in padded.items()))
         lines.append(f"  seed {tr.get('seed')}")
     metrics = meta.get("metrics") or {}
     if metrics:
-        parts = [f"{k} {v:.1f}%" if k.endswith("_acc") else f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                 for k, v in metrics.items()]
+        parts = [
+            f"{k} {v:.1f}%" if k.endswith("_acc") else f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in metrics.items()
+        ]
         lines.append("metrics: " + ", ".join(parts))
     if meta.get("versions"):
         lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
     if meta.get("created"):
         lines.append(f"created: {meta['created']}")
     return "\n".join(lines) + "\n"
-

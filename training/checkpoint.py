@@ -5,6 +5,7 @@ optimizer, every random generator (python, numpy, torch, the data order), the hi
 weights so far. ``train --resume`` loads it and continues with the next epoch; on the CPU the
 result equals an uninterrupted run. It is removed when training ends.
 """
+
 from __future__ import annotations
 
 import random
@@ -14,13 +15,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError, ModelFileError
+from core.errors import DataError, ModelFileError
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
 # What a previous train/evaluate wrote into a run folder (removed by --overwrite).
-OUTPUTS = ("model.pt", "config.yaml", "train.log", "history.csv", "result.json", CHECKPOINT_FILE,
-           "selection-*.png", "eval-*.json", "predictions-*.csv", "confusion-*.json", "confusion-*.png")
+OUTPUTS = (
+    "model.pt",
+    "config.yaml",
+    "train.log",
+    "history.csv",
+    "result.json",
+    CHECKPOINT_FILE,
+    "selection-*.png",
+    "eval-*.json",
+    "predictions-*.csv",
+    "confusion-*.json",
+    "confusion-*.png",
+)
 
 
 def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
@@ -56,8 +68,11 @@ def check_resume_config(run_dir: Path, config: dict[str, Any]) -> None:
     before = {**before, "train": {**before.get("train", {}), "epochs": None}}
     if now != before:
         changed = sorted(
-            f"{s}.{k}" for s in set(now) | set(before) if isinstance(now.get(s), dict)
-            for k in set(now[s]) | set(before.get(s) or {}) if now[s].get(k) != (before.get(s) or {}).get(k)
+            f"{s}.{k}"
+            for s in set(now) | set(before)
+            if isinstance(now.get(s), dict)
+            for k in set(now[s]) | set(before.get(s) or {})
+            if now[s].get(k) != (before.get(s) or {}).get(k)
         ) or ["name"]
         raise DataError(
             f"--resume: the config differs from the one {run_dir} started with ({', '.join(changed[:4])}); "
@@ -96,4 +111,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         # Our own file in the run folder; it holds RNG states (tuples, numpy arrays), not only tensors.
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise ModelFileError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); start again with --overwrite") from None
+        raise ModelFileError(
+            f"checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); start again with --overwrite"
+        ) from None

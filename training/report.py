@@ -2,6 +2,7 @@
 
 Figures use matplotlib's object API (no pyplot), so nothing here touches global GUI state.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from ..errors import DataError
+from core.errors import DataError
+
 from .config import METHODS
 from .metrics import Scores, mean_std
 
@@ -106,7 +108,9 @@ def write_summary_csv(rows: Sequence[SummaryRow], path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(SUMMARY_COLUMNS)
         for r in rows:
-            writer.writerow([r.dataset, r.method, f"{r.keep:g}", *(f"{getattr(r, c):.4f}" for c in SUMMARY_COLUMNS[3:])])
+            writer.writerow(
+                [r.dataset, r.method, f"{r.keep:g}", *(f"{getattr(r, c):.4f}" for c in SUMMARY_COLUMNS[3:])]
+            )
 
 
 def markdown_table(rows: Sequence[SummaryRow]) -> str:
@@ -187,7 +191,14 @@ def plot_auc(rows: Sequence[SummaryRow], path: Path, *, title: str) -> None:
                 ns.append(r.runs)
         ax.bar(xs, means, width=width * 0.95, yerr=stds, capsize=3, color=colors)
         for x, mean, std, n in zip(xs, means, stds, ns):
-            ax.text(x, min(mean + (0.0 if math.isnan(std) else std), 1.0) + 0.01, f"{mean:.2f}\nn={n}", ha="center", va="bottom", fontsize=7)
+            ax.text(
+                x,
+                min(mean + (0.0 if math.isnan(std) else std), 1.0) + 0.01,
+                f"{mean:.2f}\nn={n}",
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
     ax.set_xticks(range(len(methods)), [METHOD_LABELS[m] for m in methods])
     ax.set_ylabel("test ROC AUC")
     ax.axhline(0.5, color="gray", lw=0.8, ls="--")
@@ -269,6 +280,9 @@ def plot_selection(
         ax.set_axis_off()
         name = f"{names[i]} " if names is not None else ""
         pad = f", {int((~valid[i]).sum())} of {t} frames padding (red X)" if not valid[i].all() else ""
-        ax.set_title(f"{name}[{class_names[labels[i]]}]: picked (bright, boxed) {sorted(set(indices[i].tolist()))}{pad}",
-                     fontsize=8, loc="left")
+        ax.set_title(
+            f"{name}[{class_names[labels[i]]}]: picked (bright, boxed) {sorted(set(indices[i].tolist()))}{pad}",
+            fontsize=8,
+            loc="left",
+        )
     fig.savefig(path, dpi=110)

@@ -12,6 +12,7 @@ Overrides are dotted keys, ``train.lr=3e-4``; values are read as YAML (``grid.ke
 Relative paths are relative to the working directory. Unknown keys and bad values raise
 :class:`~sampler.errors.ConfigError` naming the key and the file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..model import METHODS, ModelConfig
-from ..settings import DEVICE_FORMS, coerce, is_device_name, parse_scalar, read_yaml
+from core.errors import ConfigError
+from core.settings import DEVICE_FORMS, coerce, is_device_name, parse_scalar, read_yaml
+from sampler.model import METHODS, ModelConfig
 
 DATA_KINDS = ("medmnist3d", "videos", "synthetic")
 
@@ -41,7 +42,10 @@ class DataConfig:
         classes: videos: the classes to keep, in label order (default: all, sorted).
         crop_file: videos: optional JSON ``{path: [[top, left, size], [start, end]]}`` (the
             upstream POCUS ``crop.json`` layout); videos without an entry are used whole.
-        fps: videos: every video is resampled to this frame rate.
+        fps: videos: every video is resampled to this frame rate (:mod:`core.resample`, the
+            rule ``das-stream run`` applies): the frames nearest to the times j / fps.
+        upsample: videos slower than ``fps``: repeat frames to fill the rate (false, the
+            default, keeps each frame once, as ``das-stream run`` shows a slow stream).
         size: videos/synthetic: frames are resized to size x size.
         num_frames: videos/synthetic: T. Shorter videos are padded with empty frames.
         long_videos: videos longer than T: ``cut`` keeps the first T frames (the time scale
@@ -81,6 +85,7 @@ class DataConfig:
     classes: tuple[str, ...] | None = None
     crop_file: str | None = None
     fps: float = 10.0
+    upsample: bool = False
     size: int = 64
     num_frames: int = 16
     long_videos: str = "cut"
@@ -247,7 +252,9 @@ def config_from_dict(
         section, _, name = key.partition(".")
         if not name:
             if section != "name":
-                raise ConfigError(f"override {item!r}: use section.key=value (sections: {', '.join(SECTIONS)}) or name=...")
+                raise ConfigError(
+                    f"override {item!r}: use section.key=value (sections: {', '.join(SECTIONS)}) or name=..."
+                )
             tree["name"] = value
             continue
         if section not in SECTIONS:
@@ -299,9 +306,7 @@ def _build_section(name: str, cls: type, values: Any, where: _Origin) -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(
-                f"unknown key {where(f'{name}.{key}')}; known keys in {name}: {', '.join(sorted(known))}"
-            )
+            raise ConfigError(f"unknown key {where(f'{name}.{key}')}; known keys in {name}: {', '.join(sorted(known))}")
         kwargs[key] = coerce(value, hints[key], where(f"{name}.{key}"))
     return cls(**kwargs)
 
@@ -323,9 +328,16 @@ def _check_model(m: ModelSettings, method: str, num_frames: int, method_key: str
     """
     try:
         ModelConfig(
-            method=method, num_frames=num_frames, k=k_for(method, m.keep, num_frames), class_names=("a", "b"),
-            feature_size=m.feature_size, input_size=m.input_size, backbone=m.backbone,
-            backbone_weights=m.backbone_weights, sampler_kwargs=dict(m.sampler), classifier_kwargs=dict(m.classifier),
+            method=method,
+            num_frames=num_frames,
+            k=k_for(method, m.keep, num_frames),
+            class_names=("a", "b"),
+            feature_size=m.feature_size,
+            input_size=m.input_size,
+            backbone=m.backbone,
+            backbone_weights=m.backbone_weights,
+            sampler_kwargs=dict(m.sampler),
+            classifier_kwargs=dict(m.classifier),
         )
     except ConfigError as exc:
         key = method_key if exc.key == "method" else _MODEL_KEYS.get(exc.key or "", f"model.{exc.key}")
@@ -351,27 +363,61 @@ def _validate(c: ExperimentConfig, where: _Origin) -> None:
     )
     need(d.folds == 0 or d.folds >= 2, "data.folds", f"must be 0 (fixed split) or >= 2, got {d.folds}")
     need(d.fold_test in ("merge", "official"), "data.fold_test", f"must be merge or official, got {d.fold_test!r}")
-    need(d.train_windows in ("first", "random", "all"), "data.train_windows", f"must be first, random or all, got {d.train_windows!r}")
+    need(
+        d.train_windows in ("first", "random", "all"),
+        "data.train_windows",
+        f"must be first, random or all, got {d.train_windows!r}",
+    )
     need(d.window_stride >= 0 and d.max_frames >= 0, "data.window_stride", "and data.max_frames must be >= 0")
-    need(d.corruption in ("none", "test", "both"), "data.corruption", f"must be none, test or both, got {d.corruption!r}")
-    need(d.corruption != "both" or d.kind == "videos", "data.corruption", "both (corrupted training) needs data.kind videos; use test")
-    need(not (d.group_column and d.group_regex), "data.group_regex", "and data.group_column exclude each other; set one")
-    need(len(d.synthetic_counts) == 3 and min(d.synthetic_counts) >= 2, "data.synthetic_counts", "must be three counts >= 2")
-    need(d.synthetic_video_frames >= 0, "data.synthetic_video_frames",
-         f"must be 0 (one clip per sample) or the frames per synthetic video, e.g. 64; got {d.synthetic_video_frames}")
-    need(d.classes is None or len(set(d.classes)) == len(d.classes) >= 2, "data.classes", "must list at least two distinct classes")
+    need(
+        d.corruption in ("none", "test", "both"), "data.corruption", f"must be none, test or both, got {d.corruption!r}"
+    )
+    need(
+        d.corruption != "both" or d.kind == "videos",
+        "data.corruption",
+        "both (corrupted training) needs data.kind videos; use test",
+    )
+    need(
+        not (d.group_column and d.group_regex), "data.group_regex", "and data.group_column exclude each other; set one"
+    )
+    need(
+        len(d.synthetic_counts) == 3 and min(d.synthetic_counts) >= 2,
+        "data.synthetic_counts",
+        "must be three counts >= 2",
+    )
+    need(
+        d.synthetic_video_frames >= 0,
+        "data.synthetic_video_frames",
+        f"must be 0 (one clip per sample) or the frames per synthetic video, e.g. 64; got {d.synthetic_video_frames}",
+    )
+    need(
+        d.classes is None or len(set(d.classes)) == len(d.classes) >= 2,
+        "data.classes",
+        "must list at least two distinct classes",
+    )
     for key, keep in [("model.keep", m.keep), *(("grid.keeps", x) for x in g.keeps)]:
         need(0 < keep <= 1, key, f"must be a keep ratio in (0, 1], got {keep}")
-    need(len(g.methods) > 0 and len(g.seeds) > 0 and len(g.keeps) > 0, "grid", "needs at least one method, seed and keep")
+    need(
+        len(g.methods) > 0 and len(g.seeds) > 0 and len(g.keeps) > 0, "grid", "needs at least one method, seed and keep"
+    )
     for key, method in [("model.method", m.method), *(("grid.methods", x) for x in g.methods)]:
         _check_model(m, method, d.num_frames, key, where)
-    need(not t.freeze_backbone or (d.kind == "videos" and d.folds >= 2), "train.freeze_backbone",
-         "works with compare --folds on videos only (data.kind videos, data.folds >= 2); set it to false")
-    need(not (t.init_from and t.freeze_backbone), "train.init_from",
-         "cannot be combined with train.freeze_backbone (the frozen path embeds with model.backbone_weights); drop one")
+    need(
+        not t.freeze_backbone or (d.kind == "videos" and d.folds >= 2),
+        "train.freeze_backbone",
+        "works with compare --folds on videos only (data.kind videos, data.folds >= 2); set it to false",
+    )
+    need(
+        not (t.init_from and t.freeze_backbone),
+        "train.init_from",
+        "cannot be combined with train.freeze_backbone (the frozen path embeds with model.backbone_weights); drop one",
+    )
     need(t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}")
-    need(t.explore_epochs >= 0, "train.explore_epochs",
-         f"must be >= 0 (0: no annealing; N: no exploration noise after epoch N), got {t.explore_epochs}")
+    need(
+        t.explore_epochs >= 0,
+        "train.explore_epochs",
+        f"must be >= 0 (0: no annealing; N: no exploration noise after epoch N), got {t.explore_epochs}",
+    )
     need(t.patience >= 1, "train.patience", f"must be >= 1, got {t.patience}")
     need(t.batch_size >= 1 and t.eval_batch_size >= 1, "train.batch_size", "must be >= 1")
     need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
@@ -379,7 +425,11 @@ def _validate(c: ExperimentConfig, where: _Origin) -> None:
     need(t.threads >= 0, "train.threads", f"must be >= 0, got {t.threads}")
     need(t.bn_stats in ("epoch", "ema"), "train.bn_stats", f"must be epoch or ema, got {t.bn_stats!r}")
     need(0 <= t.bn_momentum <= 1, "train.bn_momentum", f"must be in [0, 1], got {t.bn_momentum}")
-    need(t.class_weights in ("balanced", "none"), "train.class_weights", f"must be balanced or none, got {t.class_weights!r}")
+    need(
+        t.class_weights in ("balanced", "none"),
+        "train.class_weights",
+        f"must be balanced or none, got {t.class_weights!r}",
+    )
 
 
 def _plain(obj: Any) -> Any:

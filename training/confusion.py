@@ -1,4 +1,5 @@
 """Per-class sensitivity and specificity and the confusion matrix ``evaluate`` writes (JSON and PNG)."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,13 @@ def per_class(labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[s
             "sensitivity": tp / (tp + fn) if tp + fn else None,
             "specificity": tn / (tn + fp) if tn + fp else None,
         }
-    return {"classes": list(class_names), "matrix": cm.tolist(), "rows": "true class", "columns": "predicted class",
-            "per_class": classes}
+    return {
+        "classes": list(class_names),
+        "matrix": cm.tolist(),
+        "rows": "true class",
+        "columns": "predicted class",
+        "per_class": classes,
+    }
 
 
 def write_confusion(result: dict[str, Any], json_path: Path, png_path: Path, *, title: str) -> None:
@@ -43,7 +49,9 @@ def write_confusion(result: dict[str, Any], json_path: Path, png_path: Path, *, 
     ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(1, int(cm.max())))
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(
+                j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black"
+            )
     sens = [result["per_class"][c]["sensitivity"] for c in names]
     ax.set_xticks(range(n), names, rotation=30, ha="right")
     ax.set_yticks(range(n), [f"{c} (n={result['per_class'][c]['clips']}, sens {_pct(s)})" for c, s in zip(names, sens)])

@@ -7,6 +7,7 @@ pairs (``scipy.stats.bootstrap``, seeded). Pairs of one fold share its test set,
 is, if anything, too narrow when seeds are many and folds few; with one seed per fold it is the
 usual fold-level bootstrap.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import bootstrap
 
-from .report import METHOD_LABELS, RunResult, SummaryRow
+from ..report import METHOD_LABELS, RunResult, SummaryRow
 
 PAIRED_COLUMNS = ("dataset", "keep", "method", "baseline", "metric", "diff_mean", "ci_low", "ci_high", "pairs", "wins")
 
@@ -36,7 +37,12 @@ def bootstrap_mean_ci(
     if np.all(x == x[0]):
         return mean, mean, mean
     res = bootstrap(
-        (x,), np.mean, confidence_level=level, n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed)
+        (x,),
+        np.mean,
+        confidence_level=level,
+        n_resamples=n_resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
     )
     return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
 
@@ -65,6 +71,7 @@ def paired_diff(
     results: Sequence[RunResult], method: str, baseline: str, keep: float, *, metric: str = "auc", seed: int = 0
 ) -> PairedDiff | None:
     """The paired difference ``method(keep) - baseline`` (Full: keep 1) over shared (fold, seed)."""
+
     def pick(m: str) -> dict[tuple[int, int], RunResult]:
         k = 1.0 if m == "full" else keep
         return {(getattr(r, "fold", -1), r.seed): r for r in results if r.method == m and math.isclose(r.keep, k)}
@@ -76,7 +83,9 @@ def paired_diff(
     diffs = [_score(a[k], metric) - _score(b[k], metric) for k in keys]
     mean, low, high = bootstrap_mean_ci(diffs, seed=seed)
     dataset = a[keys[0]].dataset
-    return PairedDiff(dataset, keep, method, baseline, metric, mean, low, high, len(keys), int(sum(d > 0 for d in diffs)))
+    return PairedDiff(
+        dataset, keep, method, baseline, metric, mean, low, high, len(keys), int(sum(d > 0 for d in diffs))
+    )
 
 
 def paired_table(results: Sequence[RunResult], *, focus: str = "das") -> list[PairedDiff]:
@@ -101,7 +110,20 @@ def write_paired_csv(diffs: Sequence[PairedDiff], path: Path) -> None:
         w = csv.writer(f)
         w.writerow(PAIRED_COLUMNS)
         for d in diffs:
-            w.writerow([d.dataset, f"{d.keep:g}", d.method, d.baseline, d.metric, f"{d.diff_mean:.4f}", f"{d.ci_low:.4f}", f"{d.ci_high:.4f}", d.pairs, d.wins])
+            w.writerow(
+                [
+                    d.dataset,
+                    f"{d.keep:g}",
+                    d.method,
+                    d.baseline,
+                    d.metric,
+                    f"{d.diff_mean:.4f}",
+                    f"{d.ci_low:.4f}",
+                    f"{d.ci_high:.4f}",
+                    d.pairs,
+                    d.wins,
+                ]
+            )
 
 
 def write_summary_with_diffs(rows: Sequence[SummaryRow], results: Sequence[RunResult], path: Path) -> None:
@@ -109,22 +131,54 @@ def write_summary_with_diffs(rows: Sequence[SummaryRow], results: Sequence[RunRe
     (``diff_vs_uniform``, ``diff_ci_low``, ``diff_ci_high``; empty for Uniform itself)."""
     with Path(path).open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["dataset", "method", "keep", "auc_mean", "auc_std", "acc_mean", "acc_std", "runs", "diff_vs_uniform", "diff_ci_low", "diff_ci_high"])
+        w.writerow(
+            [
+                "dataset",
+                "method",
+                "keep",
+                "auc_mean",
+                "auc_std",
+                "acc_mean",
+                "acc_std",
+                "runs",
+                "diff_vs_uniform",
+                "diff_ci_low",
+                "diff_ci_high",
+            ]
+        )
         for r in rows:
             d = None
             if r.method != "uniform":
                 keeps = sorted({x.keep for x in results if x.method == "uniform"})
                 ref_keep = r.keep if r.method != "full" else (keeps[0] if keeps else r.keep)
-                d = paired_diff(results, r.method, "uniform", ref_keep) if r.method != "full" else _full_vs_uniform(results, ref_keep)
+                d = (
+                    paired_diff(results, r.method, "uniform", ref_keep)
+                    if r.method != "full"
+                    else _full_vs_uniform(results, ref_keep)
+                )
             cells = ["", "", ""] if d is None else [f"{d.diff_mean:.4f}", f"{d.ci_low:.4f}", f"{d.ci_high:.4f}"]
-            w.writerow([r.dataset, r.method, f"{r.keep:g}", f"{r.auc_mean:.4f}", f"{r.auc_std:.4f}", f"{r.acc_mean:.4f}", f"{r.acc_std:.4f}", r.runs, *cells])
+            w.writerow(
+                [
+                    r.dataset,
+                    r.method,
+                    f"{r.keep:g}",
+                    f"{r.auc_mean:.4f}",
+                    f"{r.auc_std:.4f}",
+                    f"{r.acc_mean:.4f}",
+                    f"{r.acc_std:.4f}",
+                    r.runs,
+                    *cells,
+                ]
+            )
 
 
 def _full_vs_uniform(results: Sequence[RunResult], keep: float) -> PairedDiff | None:
     d = paired_diff(results, "uniform", "full", keep)
     if d is None:
         return None
-    return PairedDiff(d.dataset, keep, "full", "uniform", d.metric, -d.diff_mean, -d.ci_high, -d.ci_low, d.pairs, d.pairs - d.wins)
+    return PairedDiff(
+        d.dataset, keep, "full", "uniform", d.metric, -d.diff_mean, -d.ci_high, -d.ci_low, d.pairs, d.pairs - d.wins
+    )
 
 
 def paired_markdown(diffs: Sequence[PairedDiff]) -> str:

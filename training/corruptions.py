@@ -13,6 +13,7 @@ with mean ``rate * frames / 100``), where they start and how long they last (``m
 ``max_run`` frames), from a generator the caller seeds: the same seed, the same corrupted clip.
 Frames are uint8 (N, H, W) and stay uint8; a corrupted copy is returned, the input is not touched.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from ..errors import ConfigError
+from core.errors import ConfigError
 
 KINDS = ("lost_contact", "frozen", "gain", "noise", "blur")
 LOST_CONTACT_MAX = 4  # the brightest grey level of a lost-contact frame
@@ -55,7 +56,9 @@ def blur(frames: np.ndarray, a: int, b: int, rng: np.random.Generator) -> None:
     """Frames ``[a, b)`` get a box blur of 5-11 pixels along one image axis (motion blur)."""
     size = int(rng.integers(5, 12))
     axis = 1 + int(rng.integers(0, 2))
-    frames[a:b] = uniform_filter1d(frames[a:b].astype(np.float32), size=size, axis=axis, mode="nearest").round().astype(np.uint8)
+    frames[a:b] = (
+        uniform_filter1d(frames[a:b].astype(np.float32), size=size, axis=axis, mode="nearest").round().astype(np.uint8)
+    )
 
 
 APPLY = {"lost_contact": lost_contact, "frozen": frozen, "gain": gain, "noise": noise, "blur": blur}
@@ -90,7 +93,9 @@ class StreamCorruption:
         spec = cls(**opts)
         bad = [k for k in spec.kinds if k not in KINDS]
         if bad or not spec.kinds:
-            raise ConfigError(f"{key}.kinds: unknown corruption {bad[0] if bad else '(none)'!r}; use some of {', '.join(KINDS)}")
+            raise ConfigError(
+                f"{key}.kinds: unknown corruption {bad[0] if bad else '(none)'!r}; use some of {', '.join(KINDS)}"
+            )
         if spec.rate < 0 or not 1 <= spec.min_run <= spec.max_run:
             raise ConfigError(f"{key}: need rate >= 0 and 1 <= min_run <= max_run, got {spec}")
         return spec
@@ -109,7 +114,9 @@ class StreamCorruption:
         return out
 
 
-def corrupt_videos(videos: list[np.ndarray], spec: StreamCorruption, *, seed: int, ids: list[int] | None = None) -> list[np.ndarray]:
+def corrupt_videos(
+    videos: list[np.ndarray], spec: StreamCorruption, *, seed: int, ids: list[int] | None = None
+) -> list[np.ndarray]:
     """Corrupt each video with its own generator ``(seed, id)``: the same video gets the same
     corruption whatever else is in the list (so every method is tested on identical frames)."""
     ids = list(range(len(videos))) if ids is None else ids

@@ -22,28 +22,28 @@ the sampler was trained with, at ``--noise`` times the standard noise) and repor
 the share of those training picks that are also inference picks of the same window. A low share
 means the classifier was trained on other frames than those it is scored on.
 
-    python benchmarks/pick_audit.py --config configs/train_pocus_cv_lite.yaml \
+    python -m training.protocol.pick_audit --config configs/train_pocus_cv_lite.yaml \
         /work/runs/pocus-cv-lite/fold*/{uniform,das}-keep0.25-seed0 /work/runs/pocus-cv-lite-seg/fold*/das-keep0.25-seed0
 """
+
 from __future__ import annotations
 
 import argparse
 import copy
 import csv
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sampler.model import SampledClassifier
+from training.clips import cut_windows
+from training.config import load_config
+from training.corruptions import LOST_CONTACT_MAX, StreamCorruption, corrupt_videos
+from training.video_eval import load_whole_videos
 
-from sampler.model import SampledClassifier  # noqa: E402
-from sampler.training.config import load_config  # noqa: E402
-from sampler.training.corruptions import LOST_CONTACT_MAX, StreamCorruption, corrupt_videos  # noqa: E402
-from sampler.training.frozen import shrink  # noqa: E402
-from sampler.training.video_eval import cut_windows, load_whole_videos  # noqa: E402
+from .frozen import shrink
 
 CLASSES = ("black", "repeat", "other", "clean")
 
@@ -64,7 +64,9 @@ def frame_classes(clean: np.ndarray, bad: np.ndarray) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", required=True, help="the compare config the runs were made with")
-    ap.add_argument("--label", action="append", default=[], help="DIR_PREFIX=NAME: report runs under DIR_PREFIX as NAME")
+    ap.add_argument(
+        "--label", action="append", default=[], help="DIR_PREFIX=NAME: report runs under DIR_PREFIX as NAME"
+    )
     ap.add_argument("--train-draws", type=int, default=0, help="training-mode draws per window (0: none)")
     ap.add_argument("--noise", type=float, default=1.0, help="noise scale of those draws (1: standard Gumbel)")
     ap.add_argument("runs", nargs="+", type=Path)
@@ -106,7 +108,9 @@ def main() -> None:
                 picks = model.sampler.select(frames, mask).indices.numpy()
                 for _ in range(args.train_draws):
                     drawn = explorer.select(frames, mask).indices.numpy()
-                    agree[key][0] += sum(len(set(a[valid[w][a]]) & set(b)) for w, (a, b) in enumerate(zip(drawn, picks)))
+                    agree[key][0] += sum(
+                        len(set(a[valid[w][a]]) & set(b)) for w, (a, b) in enumerate(zip(drawn, picks))
+                    )
                     agree[key][1] += int(valid[np.arange(len(x))[:, None], drawn].sum())
             for w in range(len(x)):
                 real = picks[w][valid[w][picks[w]]]
@@ -116,14 +120,22 @@ def main() -> None:
                     gaps[key].append(float(np.diff(real).mean()))
                     picked = x[w][real].reshape(len(real), -1)
                     dups[key] += len(real) - len(np.unique(picked, axis=0))
-    print(f"{'sampler':<14} {'keep':>6}  " + "  ".join(f"{c:>14}" for c in CLASSES) + "  mean gap    dup"
-          + ("  train=eval" if args.train_draws else ""))
+    print(
+        f"{'sampler':<14} {'keep':>6}  "
+        + "  ".join(f"{c:>14}" for c in CLASSES)
+        + "  mean gap    dup"
+        + ("  train=eval" if args.train_draws else "")
+    )
     for key in sorted(counts):
         share, rate = counts[key] / counts[key].sum(), base[key] / base[key].sum()
         cells = "  ".join(f"{100 * s:5.1f}% ({100 * r:4.1f})" for s, r in zip(share, rate))
         same = f"  {100 * agree[key][0] / max(agree[key][1], 1):9.1f}%" if args.train_draws else ""
-        print(f"{key[0]:<14} {key[1]:>6}  {cells}  {np.mean(gaps[key]):8.2f}  {100 * dups[key] / counts[key].sum():4.1f}%{same}")
-    print("each cell: share of the picks (share of all window frames); picks counted over every test window of every run given")
+        print(
+            f"{key[0]:<14} {key[1]:>6}  {cells}  {np.mean(gaps[key]):8.2f}  {100 * dups[key] / counts[key].sum():4.1f}%{same}"
+        )
+    print(
+        "each cell: share of the picks (share of all window frames); picks counted over every test window of every run given"
+    )
 
 
 if __name__ == "__main__":

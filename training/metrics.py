@@ -1,4 +1,5 @@
 """Classification metrics (scikit-learn) and their aggregation over seeds."""
+
 from __future__ import annotations
 
 import math

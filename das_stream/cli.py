@@ -4,6 +4,7 @@ Subcommands: run, subscribe, train, evaluate, compare, bench. Errors a user can 
 as one line (``das-stream: error: ...``) with a non-zero exit status; programming errors stay
 tracebacks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,33 +17,11 @@ from typing import Any
 # those imports take then lands inside main(), which exits 130 without a traceback.
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The user-caused errors (see docs/design.md); ModelFileError and DataError are SamplerErrors."""
-    from sampler.errors import ConfigError, SamplerError
-    from sinks.errors import SinkError
-    from sources.errors import SourceError
-
-    return (ConfigError, SamplerError, SourceError, SinkError)
-
-
-_ERROR_TYPES = (("sampler.errors", "ConfigError"), ("sampler.errors", "SamplerError"), ("sources.errors", "SourceError"),
-                ("sinks.errors", "SinkError"))
-
-
 def is_user_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is one of :func:`user_errors`, without importing anything: an error type
-    whose module was never imported cannot have been raised."""
-    for module, name in _ERROR_TYPES:
-        loaded = sys.modules.get(module)
-        if loaded is not None and isinstance(exc, getattr(loaded, name)):
-            return True
-    return False
+    """Whether ``exc`` is an error a user can cause (:class:`core.errors.DasStreamError`)."""
+    from core.errors import DasStreamError
 
-
-def __getattr__(name: str) -> Any:  # USER_ERRORS, imported lazily
-    if name == "USER_ERRORS":
-        return user_errors()
-    raise AttributeError(name)
+    return isinstance(exc, DasStreamError)
 
 
 def _seconds(text: str) -> float:
@@ -82,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     import typing
 
-    from sampler.settings import DEVICE_FORMS
+    from core.settings import DEVICE_FORMS
     from sinks.mqtt import MqttSettings
     from sources.spec import spec_usage
     from streamer.config import RunConfig
@@ -93,66 +72,113 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
         return list(typing.get_args(typing.get_type_hints(RunConfig)[key]))
 
     run = sub.add_parser(
-        "run", help="stream frames through the sampler and classifier (default command)",
+        "run",
+        help="stream frames through the sampler and classifier (default command)",
         description="Attach to a stream, pick k frames per window with the sampler, classify them, publish "
         "predictions and stats. With no arguments: the synthetic source through the bundled demo model, "
         "printed to the console until Ctrl-C.",
     )
     run.add_argument("--config", help="YAML file with run settings (flags override it); see configs/")
-    run.add_argument("--source", action="append", dest="sources", metavar="SPEC",
-                     help=f"{spec_usage()} (repeat for several streams; default {' '.join(d['sources'])})")
+    run.add_argument(
+        "--source",
+        action="append",
+        dest="sources",
+        metavar="SPEC",
+        help=f"{spec_usage()} (repeat for several streams; default {' '.join(d['sources'])})",
+    )
     run.add_argument("--model", help="model file from `das-stream train` (default: bundled demo model)")
     run.add_argument("--window", type=int, help="window length T (must match the model; default: the model's)")
     run.add_argument("--stride", type=int, help="frames between window starts (default: the window length)")
-    run.add_argument("--speed", type=float, help=f"replay speed factor for video: and dicom: sources (default {d['speed']})")
-    run.add_argument("--no-pacing", dest="pacing", action="store_const", const=False,
-                     help="replay files as fast as possible instead of at their frame rate")
+    run.add_argument(
+        "--speed", type=float, help=f"replay speed factor for video: and dicom: sources (default {d['speed']})"
+    )
+    run.add_argument(
+        "--no-pacing",
+        dest="pacing",
+        action="store_const",
+        const=False,
+        help="replay files as fast as possible instead of at their frame rate",
+    )
     run.add_argument("--loop", action="store_const", const=True, help="replay video: and dicom: sources forever")
-    run.add_argument("--overload", choices=choices("overload"),
-                     help="when the classifier lags: drop the oldest frames (counted) or block the source "
-                     "(default auto: block for --no-pacing replays, drop_oldest otherwise)")
+    run.add_argument(
+        "--overload",
+        choices=choices("overload"),
+        help="when the classifier lags: drop the oldest frames (counted) or block the source "
+        "(default auto: block for --no-pacing replays, drop_oldest otherwise)",
+    )
     run.add_argument("--frame-queue", type=int, help=f"frames buffered per stream (default {d['frame_queue']})")
-    run.add_argument("--max-batch-windows", type=int, help=f"most windows per classifier call (default {d['max_batch_windows']})")
+    run.add_argument(
+        "--max-batch-windows", type=int, help=f"most windows per classifier call (default {d['max_batch_windows']})"
+    )
     run.add_argument("--device", help=f"{DEVICE_FORMS} (default {d['device']})")
-    run.add_argument("--engine", choices=choices("engine"),
-                     help=f"backbone engine (default {d['engine']}): auto = CUDA graphs on a GPU, ONNX Runtime on the "
-                     "CPU when installed, else torch; torch (eager), torch-cudagraph, onnx")
+    run.add_argument(
+        "--engine",
+        choices=choices("engine"),
+        help=f"backbone engine (default {d['engine']}): auto = CUDA graphs on a GPU, ONNX Runtime on the "
+        "CPU when installed, else torch; torch (eager), torch-cudagraph, onnx",
+    )
     run.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     run.add_argument("--mqtt", metavar="URL", help="publish to mqtt://[user:pass@]HOST:PORT or mqtts://...")
-    run.add_argument("--topic-prefix", help=f"MQTT topic prefix (default {d['topic_prefix']}): PREFIX/STREAM/prediction|stats")
+    run.add_argument(
+        "--topic-prefix", help=f"MQTT topic prefix (default {d['topic_prefix']}): PREFIX/STREAM/prediction|stats"
+    )
     run.add_argument("--qos", type=int, choices=choices("qos"), help=f"MQTT QoS (default {d['qos']})")
     run.add_argument("--client-id", help="MQTT client id (default: fixed per host, for a persistent session)")
-    run.add_argument("--mqtt-buffer", type=int, help=f"messages kept while the broker is away (default {d['mqtt_buffer']})")
+    run.add_argument(
+        "--mqtt-buffer", type=int, help=f"messages kept while the broker is away (default {d['mqtt_buffer']})"
+    )
     run.add_argument("--tls-ca", help="CA file for mqtts://")
     run.add_argument("--tls-cert", help="client certificate for mqtts://")
     run.add_argument("--tls-key", help="client key for mqtts://")
     run.add_argument("--tls-insecure", action="store_const", const=True, help="do not check the broker's hostname")
     run.add_argument("--jsonl", metavar="PATH", help="also append every message to this JSON-lines file")
     run.add_argument("--quiet", dest="console", action="store_const", const=False, help="no console output")
-    run.add_argument("--stats-interval", type=float, help=f"seconds between stats messages (default {d['stats_interval']:g})")
+    run.add_argument(
+        "--stats-interval", type=float, help=f"seconds between stats messages (default {d['stats_interval']:g})"
+    )
     run.add_argument("--duration", type=_seconds, help="stop after this many seconds")
-    run.add_argument("--gap", type=float, help="seconds without a frame that close a stream's open window early "
-                                                f"and mark the next one gap_before (default {d['gap']:g}; 0: never)")
+    run.add_argument(
+        "--gap",
+        type=float,
+        help="seconds without a frame that close a stream's open window early "
+        f"and mark the next one gap_before (default {d['gap']:g}; 0: never)",
+    )
     run.add_argument("--log-level", choices=choices("log_level"), help=f"default {d['log_level']}")
-    run.add_argument("--web", nargs="?", const="127.0.0.1:8080", metavar="HOST:PORT",
-                     help="serve a live view of the run in the browser (default off; alone: 127.0.0.1:8080)")
-    run.add_argument("--metrics", nargs="?", const="127.0.0.1:9108", metavar="HOST:PORT",
-                     help="serve Prometheus /metrics and /healthz (default off; alone: 127.0.0.1:9108)")
+    run.add_argument(
+        "--web",
+        nargs="?",
+        const="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="serve a live view of the run in the browser (default off; alone: 127.0.0.1:8080)",
+    )
+    run.add_argument(
+        "--metrics",
+        nargs="?",
+        const="127.0.0.1:9108",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and /healthz (default off; alone: 127.0.0.1:9108)",
+    )
     run.set_defaults(handler=_cmd_run)
 
     subscribe = sub.add_parser("subscribe", help="print predictions and stats arriving over MQTT")
     subscribe.add_argument("--mqtt", metavar="URL", required=True, help="mqtt://[user:pass@]HOST:PORT or mqtts://...")
-    subscribe.add_argument("--topic-prefix", default=MqttSettings.topic_prefix, help="topic prefix (default %(default)s)")
+    subscribe.add_argument(
+        "--topic-prefix", default=MqttSettings.topic_prefix, help="topic prefix (default %(default)s)"
+    )
     subscribe.add_argument("--raw", action="store_true", help="print the JSON payloads as they are, one per line")
     subscribe.add_argument("--duration", type=_seconds, help="stop after this many seconds")
     subscribe.add_argument("--count", type=_positive_int, help="stop after this many messages")
     subscribe.add_argument("--tls-ca", help="CA file for mqtts://")
-    subscribe.add_argument("--client-id", help="MQTT client id: keeps a persistent session under this id across "
-                           "restarts of subscribe (default: an id of this process, its session dropped at exit)")
+    subscribe.add_argument(
+        "--client-id",
+        help="MQTT client id: keeps a persistent session under this id across "
+        "restarts of subscribe (default: an id of this process, its session dropped at exit)",
+    )
     subscribe.set_defaults(handler=_cmd_subscribe)
 
     bench = sub.add_parser(
-        "bench", help="measure compute saved, sampler overhead, throughput and latency on this machine",
+        "bench",
+        help="measure compute saved, sampler overhead, throughput and latency on this machine",
         description="Runs the benchmark suite (see docs/performance.md) and prints one JSON object. Keys: "
         "compute_ratio, sampler_overhead, throughput_ratio, throughput_fps, latency_p99_ms, capacity_streams, "
         "capacity_streams_full, then details.",
@@ -160,15 +186,24 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--quick", action="store_true", help="short runs: under 5 minutes on 2 CPU cores")
     bench.add_argument("--model", help="model file to time (default: untrained T=32, 224 px DAS/full models)")
     bench.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    bench.add_argument("--engine", default="auto", choices=choices("engine"),
-                       help="backbone engine (default auto, as `run`)")
+    bench.add_argument(
+        "--engine", default="auto", choices=choices("engine"), help="backbone engine (default auto, as `run`)"
+    )
     bench.add_argument("--video", help="video to replay for throughput/latency (default: a synthetic 640x480 clip)")
-    bench.add_argument("--mqtt", metavar="URL", help="broker for throughput/latency (default: a local mosquitto if installed)")
-    bench.add_argument("--only", help="comma-separated items: compute,sampler,throughput,latency,overlap,memory,streams,capacity")
+    bench.add_argument(
+        "--mqtt", metavar="URL", help="broker for throughput/latency (default: a local mosquitto if installed)"
+    )
+    bench.add_argument(
+        "--only", help="comma-separated items: compute,sampler,throughput,latency,overlap,memory,streams,capacity"
+    )
     bench.add_argument("--streams", type=int, help="capacity item: run this one number of 30 fps streams, no sweep")
     bench.add_argument("--threads", type=int, help="torch intra-op threads")
-    bench.add_argument("--feature-size", type=int, default=56,
-                       help="sampler feature resolution of the default models (default 56 = 224/4)")
+    bench.add_argument(
+        "--feature-size",
+        type=int,
+        default=56,
+        help="sampler feature resolution of the default models (default 56 = 224/4)",
+    )
     bench.add_argument("--out", help="also write the JSON to this file")
     bench.set_defaults(handler=_cmd_bench)
 
@@ -197,19 +232,29 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     only = tuple(x.strip() for x in args.only.split(",")) if args.only else ()
     unknown = [x for x in only if x not in ITEMS]
     if unknown:
-        from sampler.errors import ConfigError
+        from core.errors import ConfigError
+
         raise ConfigError(f"unknown bench item {unknown[0]!r}; choose from {', '.join(ITEMS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
-    settings = BenchSettings(quick=args.quick, model=args.model, device=args.device, engine=args.engine,
-                             video=args.video, mqtt=args.mqtt, only=only, feature_size=args.feature_size,
-                             streams=args.streams)
+    settings = BenchSettings(
+        quick=args.quick,
+        model=args.model,
+        device=args.device,
+        engine=args.engine,
+        video=args.video,
+        mqtt=args.mqtt,
+        only=only,
+        feature_size=args.feature_size,
+        streams=args.streams,
+    )
     result = run_bench(settings, log=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
     text = to_json(result)
     print(text)
     if args.out:
         from pathlib import Path
+
         Path(args.out).write_text(text + "\n")
     return 0
 
@@ -221,42 +266,75 @@ def _cmd_subscribe(args: argparse.Namespace) -> int:
     from sinks.mqtt import MqttSettings, unique_client_id
     from sinks.subscribe import subscribe
 
-    settings = MqttSettings.from_url(args.mqtt, topic_prefix=args.topic_prefix, tls_ca=args.tls_ca,
-                                     client_id=args.client_id or unique_client_id("sub"))
+    settings = MqttSettings.from_url(
+        args.mqtt,
+        topic_prefix=args.topic_prefix,
+        tls_ca=args.tls_ca,
+        client_id=args.client_id or unique_client_id("sub"),
+    )
 
     async def until_signal():
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        return await subscribe(settings, duration=args.duration, max_messages=args.count, raw=args.raw,
-                               stop=stop, forget_session=args.client_id is None)
+        return await subscribe(
+            settings,
+            duration=args.duration,
+            max_messages=args.count,
+            raw=args.raw,
+            stop=stop,
+            forget_session=args.client_id is None,
+        )
 
     summary = asyncio.run(until_signal())
-    print(f"das-stream subscribe: {summary.predictions} predictions, {summary.stats} stats, "
-          f"{summary.duplicates} duplicates, {summary.malformed} malformed, "
-          f"{summary.missing} windows missing", file=sys.stderr)
+    print(
+        f"das-stream subscribe: {summary.predictions} predictions, {summary.stats} stats, "
+        f"{summary.duplicates} duplicates, {summary.malformed} malformed, "
+        f"{summary.missing} windows missing",
+        file=sys.stderr,
+    )
     return 0
+
+
 # --- end streaming commands ---
 
 
 # --- training commands (train, evaluate, compare) ---
-_TRAIN_FLAGS = {"method": "model.method", "keep": "model.keep", "seed": "train.seed", "epochs": "train.epochs",
-                "device": "train.device", "methods": "grid.methods", "seeds": "grid.seeds", "keeps": "grid.keeps",
-                "folds": "data.folds"}
+_TRAIN_FLAGS = {
+    "method": "model.method",
+    "keep": "model.keep",
+    "seed": "train.seed",
+    "epochs": "train.epochs",
+    "device": "train.device",
+    "methods": "grid.methods",
+    "seeds": "grid.seeds",
+    "keeps": "grid.keeps",
+    "folds": "data.folds",
+}
 
 
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
-    from sampler.settings import DEVICE_FORMS
-    from sampler.training.config import METHODS, ModelSettings, TrainSettings
+    from core.settings import DEVICE_FORMS
+    from training.config import METHODS, ModelSettings, TrainSettings
 
     settings = argparse.ArgumentParser(add_help=False)
-    settings.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
-                          help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
+    settings.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)",
+    )
     settings.add_argument("--device", help=f"{DEVICE_FORMS} (default: the config's, else {TrainSettings.device})")
 
-    train = sub.add_parser("train", parents=[settings], help="train one method on one dataset",
-                           description="Train one sampler + classifier; writes model.pt, result.json and figures.")
+    train = sub.add_parser(
+        "train",
+        parents=[settings],
+        help="train one method on one dataset",
+        description="Train one sampler + classifier; writes model.pt, result.json and figures.",
+    )
     train.add_argument("--config", required=True, help="experiment YAML, e.g. configs/train_adrenal28.yaml")
     train.add_argument("--method", help=" | ".join(METHODS))
     train.add_argument("--keep", type=float, help=f"keep ratio k/T (default {ModelSettings.keep})")
@@ -264,32 +342,44 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
     train.add_argument("--out", help="run folder (default: train.out/<name>/<method>-keep<k>-seed<s>)")
     train.add_argument("--overwrite", action="store_true", help="replace the run already in a non-empty --out")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch checkpoint")
+    train.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run from its last epoch checkpoint"
+    )
     train.set_defaults(handler=_cmd_train)
 
     info = sub.add_parser("info", help="print a model file's card (method, T, k, fps, classes, data, metrics)")
     info.add_argument("model", help="model file")
     info.set_defaults(handler=_cmd_info)
 
-    export = sub.add_parser("export", help="export a model (sampler, backbone, head) to ONNX",
-                            description="Write the whole window model as one ONNX graph, its preprocessing in the "
-                            "metadata, and check it against the torch model on a window.")
+    export = sub.add_parser(
+        "export",
+        help="export a model (sampler, backbone, head) to ONNX",
+        description="Write the whole window model as one ONNX graph, its preprocessing in the "
+        "metadata, and check it against the torch model on a window.",
+    )
     export.add_argument("model", help="model file")
     export.add_argument("--onnx", required=True, metavar="PATH", help="ONNX file to write")
     export.set_defaults(handler=_cmd_export)
 
-    evaluate = sub.add_parser("evaluate", parents=[settings], help="score a trained model on one split",
-                              description="Score a model on val or test; writes eval-<split>.json, predictions and "
-                              "a figure of the frames it picks.")
+    evaluate = sub.add_parser(
+        "evaluate",
+        parents=[settings],
+        help="score a trained model on one split",
+        description="Score a model on val or test; writes eval-<split>.json, predictions and "
+        "a figure of the frames it picks.",
+    )
     evaluate.add_argument("--model", required=True, help="model file written by `das-stream train`")
     evaluate.add_argument("--config", help="experiment YAML (default: the config.yaml saved next to the model)")
     evaluate.add_argument("--split", choices=["val", "test"], default="test", help="default test")
     evaluate.add_argument("--out", help="output folder (default: the model's folder)")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
-    compare = sub.add_parser("compare", parents=[settings], help="run methods x seeds on one dataset, write the table",
-                             description="Train every method x keep x seed of the grid and write <name>.csv, "
-                             "<name>.md and <name>-auc.png.")
+    compare = sub.add_parser(
+        "compare",
+        parents=[settings],
+        help="run methods x seeds on one dataset, write the table",
+        description="Train every method x keep x seed of the grid and write <name>.csv, <name>.md and <name>-auc.png.",
+    )
     compare.add_argument("--config", required=True, help="experiment YAML, e.g. configs/train_adrenal28.yaml")
     compare.add_argument("--methods", help="comma list (default: the config's grid.methods)")
     compare.add_argument("--seeds", help="comma list, e.g. 0,1,2")
@@ -303,21 +393,27 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
 
 def _training_overrides(args: argparse.Namespace) -> list[str]:
     """The flags that set config values, as ``section.key=value`` overrides (then --set ones)."""
-    flags = [f"{key}={getattr(args, name)}" for name, key in _TRAIN_FLAGS.items() if getattr(args, name, None) is not None]
+    flags = [
+        f"{key}={getattr(args, name)}" for name, key in _TRAIN_FLAGS.items() if getattr(args, name, None) is not None
+    ]
     return [*flags, *args.overrides]
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from sampler.training.commands import train
-    from sampler.training.config import load_config
+    from training.commands import train
+    from training.config import load_config
 
-    train(load_config(args.config, overrides=_training_overrides(args)), run_dir=args.out,
-          overwrite=args.overwrite, resume=args.resume)
+    train(
+        load_config(args.config, overrides=_training_overrides(args)),
+        run_dir=args.out,
+        overwrite=args.overwrite,
+        resume=args.resume,
+    )
     return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from sampler.training.card import model_card
+    from training.card import model_card
 
     print(model_card(args.model), end="")
     return 0
@@ -334,49 +430,62 @@ def _cmd_export(args: argparse.Namespace) -> int:
     size, t = frame_size(model), model.config.num_frames
     frames = torch.rand(1, t, 1, size, size, generator=torch.Generator().manual_seed(0))
     diff = check_export(model, path, frames, torch.ones(1, t, dtype=torch.bool))
-    print(f"wrote {path}: frames (1,{t},1,{size},{size}) -> probs, indices; max |p_onnx - p_torch| = {diff:.2e} on a check window")
+    print(
+        f"wrote {path}: frames (1,{t},1,{size},{size}) -> probs, indices; max |p_onnx - p_torch| = {diff:.2e} on a check window"
+    )
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from sampler.training.commands import evaluate_model, run_config_path
-    from sampler.training.config import load_config
+    from training.commands import evaluate_model, run_config_path
+    from training.config import load_config
 
     config = load_config(args.config or run_config_path(args.model), overrides=_training_overrides(args))
     report = evaluate_model(args.model, config=config, split=args.split, out=args.out)
-    print(f"{report.split}: auc {report.auc:.4f} balanced_acc {report.acc:.2f}% loss {report.loss:.4f} "
-          f"clips {report.clips} unique {report.unique_frames:.2f}/{report.k}")
+    print(
+        f"{report.split}: auc {report.auc:.4f} balanced_acc {report.acc:.2f}% loss {report.loss:.4f} "
+        f"clips {report.clips} unique {report.unique_frames:.2f}/{report.k}"
+    )
     if report.videos is not None:
-        print(f"{report.split} whole videos: auc {report.video_auc:.4f} balanced_acc {report.video_balanced_acc:.2f}% "
-              f"videos {report.videos} (windows as `das-stream run` cuts them, mean probability per video)")
+        print(
+            f"{report.split} whole videos: auc {report.video_auc:.4f} balanced_acc {report.video_balanced_acc:.2f}% "
+            f"videos {report.videos} (windows as `das-stream run` cuts them, mean probability per video)"
+        )
     print("wrote " + ", ".join(report.files))
     return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from sampler.training.commands import compare
-    from sampler.training.config import load_config
-    from sampler.training.report import markdown_table
+    from training.commands import compare
+    from training.config import load_config
+    from training.report import markdown_table
 
     rows = compare(load_config(args.config, overrides=_training_overrides(args)), out=args.out, resume=args.resume)
     print(markdown_table(rows), end="")
     return 0
+
+
 # --- end training commands ---
 
 
 # --- cluster command (streamer/cluster, docs/scale-out.md) ---
 def _add_cluster_command(sub: argparse._SubParsersAction) -> None:
     cluster = sub.add_parser(
-        "cluster", help="run many streams on Ray: one actor per stream, a Ray Serve pool of embedder replicas",
+        "cluster",
+        help="run many streams on Ray: one actor per stream, a Ray Serve pool of embedder replicas",
         description="Start (or join with --address / RAY_ADDRESS) a Ray cluster, deploy the embedder replicas, run "
         "one actor per source, publish as `das-stream run` does. `das-stream cluster status` prints per-stream and "
         "per-replica figures of the running cluster.",
     )
-    cluster.add_argument("action", nargs="?", choices=["start", "status"], default="start",
-                         help="start (default) or status")
+    cluster.add_argument(
+        "action", nargs="?", choices=["start", "status"], default="start", help="start (default) or status"
+    )
     cluster.add_argument("--config", help="YAML with the sources, replicas and MQTT broker, e.g. configs/ward.yaml")
-    cluster.add_argument("--address", help="Ray cluster to join: ray://HEAD:10001 or HOST:6379 (default: "
-                         "RAY_ADDRESS, else a local Ray instance; status: the running local one)")
+    cluster.add_argument(
+        "--address",
+        help="Ray cluster to join: ray://HEAD:10001 or HOST:6379 (default: "
+        "RAY_ADDRESS, else a local Ray instance; status: the running local one)",
+    )
     cluster.add_argument("--source", action="append", dest="sources", metavar="SPEC", help="add a stream (repeatable)")
     cluster.add_argument("--replicas", type=int, help="embedder replicas (default 1)")
     cluster.add_argument("--mqtt", metavar="URL", help="publish to mqtt://[user:pass@]HOST:PORT or mqtts://...")
@@ -394,9 +503,17 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     if args.action == "status":
         return status(address, timeout=args.connect_timeout or 10.0)
-    overrides = {"sources": args.sources, "replicas": args.replicas, "mqtt": args.mqtt, "duration": args.duration,
-                 "address": address, "connect_timeout": args.connect_timeout}
+    overrides = {
+        "sources": args.sources,
+        "replicas": args.replicas,
+        "mqtt": args.mqtt,
+        "duration": args.duration,
+        "address": address,
+        "connect_timeout": args.connect_timeout,
+    }
     return run(ClusterConfig.load(args.config, overrides))
+
+
 # --- end cluster command ---
 
 
