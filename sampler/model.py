@@ -26,9 +26,10 @@ from torch import nn
 
 from core.errors import ConfigError, ModelFileError, SamplerError
 
+from .backbones import BACKBONES
 from .base import Sampler
 from .baselines import ADPSSampler, DPSSampler, FullSampler, RandomSampler, UniformSampler
-from .classifier import BACKBONES, CLASSIFIER_OPTIONS, MIN_INPUT_SIZE, FrameClassifier, frame_classifier
+from .classifier import CLASSIFIER_OPTIONS, MIN_INPUT_SIZE, FrameClassifier, frame_classifier
 from .das import DASSampler
 from .features import MIN_FEATURE_SIZE, frame_validity
 from .output import SamplerOutput

