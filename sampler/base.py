@@ -4,6 +4,12 @@ A sampler is an ``nn.Module`` built as ``Sampler(num_frames=T, k=k, ...)``. ``fo
 takes a window ``x`` of shape (B, T, C, H, W) and returns a :class:`SamplerOutput`.
 ``select(x, valid)`` does the same without gathering the frames, so a streaming runtime can pass
 a small (feature-resolution) copy of the window and gather the full-resolution frames itself.
+``select(x, valid, k=j)`` picks j <= k frames (training with ``train.k_schedule``).
+
+``order(x, valid)`` (eval mode) is the sampler's best-first order of all T positions (usable
+frames first, :mod:`core.order`): the order in which the runtime embeds frames when it stops as
+soon as the prediction is settled. Its first j positions, sorted, are ``select(x, valid, k=j)``'s
+picks in eval mode, for every j <= k.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from torch import nn
 
 from core.errors import SamplerError
 
-from .gumbel import gumbel_like
+from .gumbel import gumbel_like, top_k_priority
 from .output import SamplerOutput
 
 
@@ -77,10 +83,35 @@ class Sampler(nn.Module):
         (``ModelConfig`` asks the sampler's class, so each rule is written once)."""
         check_k(num_frames, k)
 
-    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:  # pragma: no cover
+    def pick_count(self, k: int | None) -> int:
+        """``k`` (None: the sampler's own k) after checking 1 <= k <= the sampler's k."""
+        if k is None:
+            return self.k
+        if isinstance(k, bool) or not 1 <= int(k) <= self.k:
+            raise SamplerError(f"k must be between 1 and the sampler's k={self.k}, got k={k}")
+        return int(k)
+
+    def select(
+        self, x: torch.Tensor, valid: torch.Tensor | None = None, k: int | None = None
+    ) -> SamplerOutput:  # pragma: no cover
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
-        out = self.select(x, valid)
+    def order(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:  # pragma: no cover
+        """(B, T) long: the best-first order of the window's positions (see the module docstring)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, k: int | None = None) -> SamplerOutput:
+        out = self.select(x, valid, k)
         frames = out.pick(x if x.is_floating_point() else x.float().div_(255.0))
         return SamplerOutput(matrix=out.matrix, indices=out.indices, frames=frames)
+
+
+def as_order(order, like: torch.Tensor) -> torch.Tensor:
+    """A numpy order from :mod:`core.order` as a long tensor on ``like``'s device."""
+    return torch.as_tensor(order, dtype=torch.long, device=like.device)
+
+
+def prefix_picks(order: torch.Tensor, k: int, num_frames: int) -> SamplerOutput:
+    """The first ``k`` positions of ``order`` (B, T) as a hard sampling matrix in temporal order."""
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(num_frames, device=order.device).expand_as(order))
+    return top_k_priority(-rank.float(), k)

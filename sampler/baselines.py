@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from core.errors import SamplerError
+from core.order import by_priority, coarse_to_fine, put_first
 
-from .base import Sampler, check_k, check_window
+from .base import Sampler, as_order, check_k, check_window, prefix_picks
 from .das import FrameDescriptor, mlp
 from .features import frame_features, frame_validity
 from .gumbel import in_temporal_order, penalize_invalid, select_row, select_without_replacement, top_k_priority
@@ -47,30 +48,67 @@ class FullSampler(Sampler):
                 f"set k equal to num_frames={num_frames}"
             )
 
-    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
+    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None, k: int | None = None) -> SamplerOutput:
         check_window(x, self.num_frames, valid)
+        k = self.pick_count(k)
+        if k < self.num_frames:  # a prefix of the order (training with train.k_schedule)
+            return prefix_picks(self.order(x, valid), k, self.num_frames)
         b, t = x.shape[:2]
         indices = torch.arange(t, device=x.device).expand(b, t)
         matrix = torch.eye(t, device=x.device).expand(b, t, t)
         return SamplerOutput(matrix=matrix, indices=indices)
+
+    def order(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Coarse to fine over the usable frames (:func:`core.order.coarse_to_fine`)."""
+        check_window(x, self.num_frames, valid)
+        return as_order(coarse_to_fine(frame_validity(x, valid).cpu().numpy()), x)
 
 
 class UniformSampler(Sampler):
     """k equidistant frames: the middles of k equal segments of the valid frames.
 
     With n valid frames (n >= k), pick j is the valid frame of rank floor((2j + 1) n / 2k).
+
+    Args:
+        num_frames: T.
+        k: frames to pick.
+        nested: pick the first k frames of the coarse-to-fine order instead (the middle frame,
+            the quarter points, the eighths, ...), so that the picks for every k <= k are nested
+            (one model for every k, ``train.k_schedule``); prefixes of 1, 3, 7, ... frames are
+            evenly spaced.
     """
 
-    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
+    def __init__(self, *, num_frames: int, k: int, nested: bool = False) -> None:
+        super().__init__(num_frames, k)
+        self.nested = bool(nested)
+
+    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None, k: int | None = None) -> SamplerOutput:
         check_window(x, self.num_frames, valid)
-        usable = frame_validity(x, valid)
+        k = self.pick_count(k)
+        if self.nested:
+            return prefix_picks(self.order(x, valid), k, self.num_frames)
+        return top_k_priority(self._middles(frame_validity(x, valid), k), k)
+
+    def _middles(self, usable: torch.Tensor, k: int) -> torch.Tensor:
+        """(B, T) priority whose top k are the middles of k equal segments of the usable frames."""
         rank = usable.long().cumsum(dim=1) - 1  # rank of each valid frame among the valid ones
         count = usable.sum(dim=1, keepdim=True)
-        j = torch.arange(self.k, device=x.device)
-        targets = torch.div((2 * j + 1) * count, 2 * self.k, rounding_mode="floor")  # (B, k)
+        j = torch.arange(k, device=usable.device)
+        targets = torch.div((2 * j + 1) * count, 2 * k, rounding_mode="floor")  # (B, k)
         hit = usable & (rank.unsqueeze(2) == targets.unsqueeze(1)).any(dim=2)
-        position = torch.arange(self.num_frames, device=x.device) / self.num_frames  # earlier wins ties
-        return top_k_priority(2.0 * hit + usable.float() - 0.5 * position, self.k)
+        position = torch.arange(self.num_frames, device=usable.device) / self.num_frames  # earlier wins ties
+        return 2.0 * hit + usable.float() - 0.5 * position
+
+    def order(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Coarse to fine over the usable frames; without ``nested``, the k middles come first."""
+        check_window(x, self.num_frames, valid)
+        usable = frame_validity(x, valid)
+        order = coarse_to_fine(usable.cpu().numpy())
+        if not self.nested:
+            first = top_k_priority(self._middles(usable, self.k), self.k).indices
+            ahead = torch.zeros_like(usable).scatter_(1, first, True)
+            order = put_first(order, ahead.cpu().numpy())
+        return as_order(order, x)
 
 
 class RandomSampler(Sampler):
@@ -88,11 +126,18 @@ class RandomSampler(Sampler):
         self.seed = seed
         self._generator = None if seed is None else torch.Generator().manual_seed(int(seed))
 
-    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
+    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None, k: int | None = None) -> SamplerOutput:
         check_window(x, self.num_frames, valid)
         usable = frame_validity(x, valid)
         noise = torch.rand(usable.shape, generator=self._generator).to(x.device)
-        return top_k_priority(noise + 2.0 * usable.float(), self.k)
+        return top_k_priority(noise + 2.0 * usable.float(), self.pick_count(k))
+
+    def order(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """A random order of the usable frames (a fresh draw per call), then the others."""
+        check_window(x, self.num_frames, valid)
+        usable = frame_validity(x, valid).cpu().numpy()
+        noise = torch.rand(usable.shape, generator=self._generator).numpy()
+        return as_order(by_priority(noise, usable), x)
 
 
 class DPSSampler(Sampler):
@@ -129,14 +174,21 @@ class DPSSampler(Sampler):
         self.temperature = float(temperature)
         self.logit_lr_multiplier = float(logit_lr_multiplier)
 
-    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
+    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None, k: int | None = None) -> SamplerOutput:
         check_window(x, self.num_frames, valid)
         usable = frame_validity(x, valid)
         logits = self.logits.expand(x.shape[0], -1)
         logits = self.explore(logits)  # one draw per frame, shared by the k rows
         scaled = penalize_invalid(logits / self.temperature, ~usable)
-        matrix, indices = select_without_replacement(scaled.unsqueeze(1).expand(-1, self.k, -1))
+        matrix, indices = select_without_replacement(scaled.unsqueeze(1).expand(-1, self.pick_count(k), -1))
         return in_temporal_order(matrix, indices)
+
+    def order(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The usable frames by descending logit (the same for every window), then the others."""
+        check_window(x, self.num_frames, valid)
+        usable = frame_validity(x, valid).cpu().numpy()
+        logits = self.logits.detach().float().cpu().numpy()[None].repeat(len(usable), axis=0)
+        return as_order(by_priority(logits, usable), x)
 
 
 class ADPSSampler(Sampler):
@@ -181,13 +233,32 @@ class ADPSSampler(Sampler):
         self.hidden = int(hidden)
         self.temperature = float(temperature)
 
-    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
+    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None, k: int | None = None) -> SamplerOutput:
         check_window(x, self.num_frames, valid)
         usable = frame_validity(x, valid)
-        return self.select_features(frame_features(x, self.describe.feature_size), usable)
+        return self.select_features(frame_features(x, self.describe.feature_size), usable, k)
 
-    def select_features(self, raw: torch.Tensor, usable: torch.Tensor) -> SamplerOutput:
+    def order(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        check_window(x, self.num_frames, valid)
+        return self.order_features(frame_features(x, self.describe.feature_size), frame_validity(x, valid))
+
+    def order_features(self, raw: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+        """:meth:`order` from precomputed frame features: the k steps' picks in the order they
+        were made, then the other usable frames, then the rest (in temporal order)."""
+        matrix, steps = self._steps(raw, usable, self.k)
+        t = usable.shape[1]
+        rank = torch.full(usable.shape, float(t), device=usable.device)  # later steps rank lower
+        rank.scatter_(1, steps, torch.arange(self.k, device=usable.device, dtype=rank.dtype).expand_as(steps))
+        picked = torch.zeros_like(usable).scatter_(1, steps, True)
+        order = by_priority((-rank).cpu().numpy(), usable.cpu().numpy(), first=picked.cpu().numpy())
+        return as_order(order, raw)
+
+    def select_features(self, raw: torch.Tensor, usable: torch.Tensor, k: int | None = None) -> SamplerOutput:
         """:meth:`select` from precomputed frame features (B, T, d) and the usable mask (B, T)."""
+        return in_temporal_order(*self._steps(raw, usable, self.pick_count(k)))
+
+    def _steps(self, raw: torch.Tensor, usable: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``k`` steps: (rows (B, k, T) straight-through, picks (B, k)) in step order."""
         features = FrameDescriptor.from_raw(raw, usable)  # (B, T, d)
         b = raw.shape[0]
         state = (features.new_zeros(b, self.hidden), features.new_zeros(b, self.hidden))
@@ -195,7 +266,7 @@ class ADPSSampler(Sampler):
         picked_sum = torch.zeros_like(features[:, 0])
         taken = torch.zeros_like(usable)
         rows, picks = [], []
-        for step, head in enumerate(self.heads):
+        for step, head in enumerate(self.heads[:k]):
             state = self.lstm(step_input, state)
             logits = head(state[0])
             logits = self.explore(logits)
@@ -207,4 +278,4 @@ class ADPSSampler(Sampler):
             picks.append(index)
             picked_sum = picked_sum + torch.einsum("bt,btd->bd", row, features)
             step_input = self.embed(picked_sum / (step + 1))
-        return in_temporal_order(torch.stack(rows, dim=1), torch.stack(picks, dim=1))
+        return torch.stack(rows, dim=1), torch.stack(picks, dim=1)

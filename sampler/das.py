@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import SamplerError
+from core.order import by_priority
 
-from .base import Sampler, check_window
+from .base import Sampler, as_order, check_window, prefix_picks
 from .features import NUM_FEATURES, frame_features, frame_validity, masked_pool, standardize_over_time
 from .gumbel import (
     in_temporal_order,
@@ -195,27 +196,58 @@ class DASSampler(Sampler):
         tau = self.tau0 * (0.5 + torch.sigmoid(self.temperature(pooled).squeeze(1)))
         return DASAttention(base=base, scales=scales, scores=scores, tau=tau, valid=usable)
 
-    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> SamplerOutput:
-        return self._select(self.attention(x, valid))
+    def select(self, x: torch.Tensor, valid: torch.Tensor | None = None, k: int | None = None) -> SamplerOutput:
+        return self._select(self.attention(x, valid), self.pick_count(k))
 
-    def select_features(self, raw: torch.Tensor, usable: torch.Tensor) -> SamplerOutput:
+    def select_features(self, raw: torch.Tensor, usable: torch.Tensor, k: int | None = None) -> SamplerOutput:
         """:meth:`select` from precomputed frame features: what a streaming runtime calls when it
         has computed each frame's features as the frame arrived (the same picks, tested)."""
-        return self._select(self.attention_from_features(raw, usable))
+        return self._select(self.attention_from_features(raw, usable), self.pick_count(k))
 
-    def _select(self, att: DASAttention) -> SamplerOutput:
+    def order(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """The usable frames by descending frame score a_base (the inference picks of every k are
+        its prefixes); with ``selection="segments"`` each segment's best usable frame comes first."""
+        return self._order(self.attention(x, valid))
+
+    def order_features(self, raw: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+        """:meth:`order` from precomputed frame features (as :meth:`select_features`)."""
+        return self._order(self.attention_from_features(raw, usable))
+
+    def _order(self, att: DASAttention) -> torch.Tensor:
+        first = None
+        if self.selection == "segments":
+            winners = self._segment_winners(att.base, att.valid)
+            first = (torch.zeros_like(att.valid).scatter_(1, winners, True) & att.valid).cpu().numpy()
+        order = by_priority(att.base.detach().float().cpu().numpy(), att.valid.cpu().numpy(), first=first)
+        return as_order(order, att.base)
+
+    def _segment_winners(self, base: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, k) the best frame of each segment (valid frames before invalid ones)."""
+        scaled = penalize_invalid(base.unsqueeze(1).expand(-1, self.k, -1), ~valid)
+        return scaled.masked_fill(self.outside_segment, float("-inf")).argmax(dim=2)
+
+    def _select(self, att: DASAttention, k: int) -> SamplerOutput:
+        inference = not (self.training or self.paper_exact or att.scores.requires_grad)
+        if self.selection == "segments" and inference:
+            return prefix_picks(self._order(att), k, self.num_frames)
         if self.selection == "segments":
             logits = self.explore(att.scores)
             scaled = penalize_invalid(logits / att.tau[:, None, None], ~att.valid)
             matrix, indices = select_independent(scaled.masked_fill(self.outside_segment, float("-inf")))
+            if k < self.k:  # the k segments whose picks score highest (in the relaxation's terms)
+                best = scaled.gather(2, indices.unsqueeze(2)).squeeze(2)
+                keep = best.argsort(dim=1, descending=True, stable=True)[:, :k]
+                return in_temporal_order(
+                    matrix.gather(1, keep.unsqueeze(2).expand(-1, -1, matrix.shape[2])), indices.gather(1, keep)
+                )
             return SamplerOutput(matrix=matrix, indices=indices)  # segment j precedes segment j + 1
-        if not (self.training or self.paper_exact or att.scores.requires_grad):
+        if inference:
             # Inference: every row of A ranks the frames as a_base does (positive scales, no
             # noise), so the k rows' picks without replacement are the top k of a_base, with
             # the invalid frames ranked after every valid one. One top-k instead of k passes.
             spread = att.base.amax(dim=1, keepdim=True) - att.base.amin(dim=1, keepdim=True) + 1.0
-            return top_k_priority(att.base + spread * att.valid, self.k)
-        logits = self.explore(att.scores)
+            return top_k_priority(att.base + spread * att.valid, k)
+        logits = self.explore(att.scores[:, :k])
         scaled = penalize_invalid(logits / att.tau[:, None, None], ~att.valid)
         choose = select_independent if self.paper_exact else select_without_replacement
         matrix, indices = choose(scaled)

@@ -190,19 +190,21 @@ class SampledClassifier(nn.Module):
     def class_names(self) -> tuple[str, ...]:
         return self.config.class_names
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, SamplerOutput]:
+    def forward(
+        self, x: torch.Tensor, valid: torch.Tensor | None = None, k: int | None = None
+    ) -> tuple[torch.Tensor, SamplerOutput]:
         """Classify windows ``x`` (B, T, C, H, W) (uint8 or float [0, 1]).
 
         Returns:
             (logits (B, num_classes), the sampler's output). Picked frames that are padding
             (invalid or empty) are left out of the attention pooling.
         """
-        picks = self.sampler(x if x.is_floating_point() else x.float() / 255.0, valid)
+        picks = self.sampler(x if x.is_floating_point() else x.float() / 255.0, valid, k)
         mask = frame_validity(x, valid).gather(1, picks.indices)
         return self.classifier(picks.frames, mask), picks
 
     def forward_embedded(
-        self, x: torch.Tensor, emb: torch.Tensor, valid: torch.Tensor | None = None
+        self, x: torch.Tensor, emb: torch.Tensor, valid: torch.Tensor | None = None, k: int | None = None
     ) -> tuple[torch.Tensor, SamplerOutput]:
         """Classify windows whose frames were embedded beforehand by this model's (frozen) backbone.
 
@@ -221,7 +223,7 @@ class SampledClassifier(nn.Module):
             raise SamplerError(
                 f"embeddings must have shape (B, T, D) with (B, T)={tuple(x.shape[:2])}, got {tuple(emb.shape)}"
             )
-        out = self.sampler.select(x if x.is_floating_point() else x.float() / 255.0, valid)
+        out = self.sampler.select(x if x.is_floating_point() else x.float() / 255.0, valid, k)
         mask = frame_validity(x, valid).gather(1, out.indices)
         return self.classifier.classify(self.classifier.project(out.pick(emb)), mask), out
 

@@ -29,6 +29,9 @@ from sampler.model import METHODS, ModelConfig
 DATA_KINDS = ("medmnist3d", "videos", "synthetic")
 
 
+K_SCHEDULES = ("fixed", "random")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where the samples come from and how they are shaped.
@@ -165,6 +168,11 @@ class TrainSettings:
             ``max(0, 1 - (epoch - 1) / explore_epochs)``, full in epoch 1 and none from epoch
             ``explore_epochs + 1`` on, so training ends on the picks inference makes. 0 (the
             default): full noise in every epoch, as the paper trains.
+        k_schedule: ``fixed`` (every batch picks k frames) or ``random`` (each batch draws k
+            from 1..k, so one model is good at every prefix of its sampler's order: what
+            best-first embedding with an early exit needs; Uniform then picks coarse to fine,
+            ``nested``). Validation then scores the mean loss over k = 1, 2, 4, ..., k. Full
+            keeps every frame either way.
         out: folder for run outputs.
         progress: show a progress bar per epoch.
     """
@@ -183,6 +191,7 @@ class TrainSettings:
     freeze_backbone: bool = False
     init_from: str = ""
     explore_epochs: int = 0
+    k_schedule: str = "fixed"
     out: str = "runs"
     progress: bool = True
 
@@ -424,6 +433,11 @@ def _validate(c: ExperimentConfig, where: _Origin) -> None:
     need(is_device_name(t.device), "train.device", f"must be one of {DEVICE_FORMS}, got {t.device!r}")
     need(t.threads >= 0, "train.threads", f"must be >= 0, got {t.threads}")
     need(t.bn_stats in ("epoch", "ema"), "train.bn_stats", f"must be epoch or ema, got {t.bn_stats!r}")
+    need(
+        t.k_schedule in K_SCHEDULES,
+        "train.k_schedule",
+        f"must be one of {', '.join(K_SCHEDULES)}, got {t.k_schedule!r}",
+    )
     need(0 <= t.bn_momentum <= 1, "train.bn_momentum", f"must be in [0, 1], got {t.bn_momentum}")
     need(
         t.class_weights in ("balanced", "none"),

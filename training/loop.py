@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import sys
@@ -120,13 +121,33 @@ def batch_to_device(
     return x.to(device, non_blocking=True).float().div_(255.0), valid.to(device), y.to(device)
 
 
-def forward_batch(model: SampledClassifier, batch: tuple[torch.Tensor, ...], device: torch.device):
+def forward_batch(
+    model: SampledClassifier, batch: tuple[torch.Tensor, ...], device: torch.device, k: int | None = None
+):
     """``model``'s (logits, picks) for a batch of ``(x, valid, y)``, or of ``(x, emb, valid, y)``
-    from a set of pre-embedded windows (:mod:`.frozen`); also returns ``y`` on ``device``."""
+    from a set of pre-embedded windows (:mod:`.frozen`), picking ``k`` frames (None: the model's
+    k); also returns ``y`` on ``device``."""
     x, valid, y = batch_to_device(batch, device)
     if len(batch) == 4:
-        return (*model.forward_embedded(x, batch[1].to(device, non_blocking=True).float(), valid), y)
-    return (*model(x, valid), y)
+        return (*model.forward_embedded(x, batch[1].to(device, non_blocking=True).float(), valid, k), y)
+    return (*model(x, valid, k), y)
+
+
+def k_ladder(k_max: int) -> tuple[int, ...]:
+    """k = 1, 2, 4, ... below ``k_max``, and ``k_max``: the frame counts a model for every k is
+    validated and scored at."""
+    ks = [1]
+    while ks[-1] * 2 < k_max:
+        ks.append(ks[-1] * 2)
+    return tuple(dict.fromkeys([*ks, k_max]))
+
+
+def scheduled_k(schedule: str, k_max: int, seed: int, epoch: int, batch: int) -> int | None:
+    """The k a training batch picks under ``train.k_schedule`` (None: the model's own k). Drawn
+    from (seed, epoch, batch) alone, so a resumed run draws the same ks."""
+    if schedule == "fixed":
+        return None
+    return int(np.random.default_rng([seed, epoch, batch, 23]).integers(1, k_max + 1))
 
 
 @torch.inference_mode()
@@ -137,14 +158,16 @@ def evaluate(
     device: torch.device,
     batch_size: int = 64,
     weight: torch.Tensor | None = None,
+    k: int | None = None,
 ) -> Evaluation:
-    """Run ``model`` in eval mode over ``clips`` (in order) and score it."""
+    """Run ``model`` in eval mode over ``clips`` (in order), picking ``k`` frames (None: the
+    model's k), and score it."""
     model.eval()
     loader = DataLoader(clips, batch_size=batch_size, shuffle=False)
     weight = None if weight is None else weight.to(device)
     total, probs, indices = 0.0, [], []
     for batch in loader:
-        logits, out, y = forward_batch(model, batch, device)
+        logits, out, y = forward_batch(model, batch, device, k)
         total += F.cross_entropy(logits.float(), y, weight=weight, reduction="sum").item()
         probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
         indices.append(out.indices.cpu().numpy())
@@ -196,6 +219,7 @@ def fit(
     order = torch.Generator().manual_seed(settings.seed)
     loader = DataLoader(data.train, batch_size=settings.batch_size, shuffle=True, generator=order)
     k = model.sampler.k
+    schedule = settings.k_schedule if model.config.method != "full" else "fixed"
     history: list[EpochLog] = []
     best_loss, best_epoch, best_state = math.inf, 0, None
     start, first, before = time.perf_counter(), 1, 0.0
@@ -229,8 +253,8 @@ def fit(
             file=sys.stderr,
             disable=not settings.progress or not sys.stderr.isatty(),
         )
-        for batch in bar:
-            logits, _, y = forward_batch(model, batch, device)
+        for i, batch in enumerate(bar):
+            logits, _, y = forward_batch(model, batch, device, scheduled_k(schedule, k, settings.seed, epoch, i))
             loss = F.cross_entropy(logits, y, weight=weight_dev)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -239,6 +263,13 @@ def fit(
             count += len(y)
             bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
         val = evaluate(model, data.val, device=device, batch_size=settings.eval_batch_size, weight=weight)
+        if schedule != "fixed":  # a model for every k: keep the weights that are best over the ladder
+            losses = [
+                evaluate(model, data.val, device=device, batch_size=settings.eval_batch_size, weight=weight, k=j).loss
+                for j in k_ladder(k)
+                if j != k
+            ]
+            val = dataclasses.replace(val, loss=float(np.mean([val.loss, *losses])))
         entry = EpochLog(epoch, total / count, val.loss, val.scores, val.unique_frames, time.perf_counter() - t0)
         history.append(entry)
         improved = val.loss < best_loss or best_state is None

@@ -53,6 +53,15 @@ def run_name(method: str, keep: float, seed: int) -> str:
     return f"{method}-keep{keep_of(method, keep):g}-seed{seed}"
 
 
+def sampler_options(config: ExperimentConfig) -> dict:
+    """The sampler's options: the config's, and Uniform's nested (coarse-to-fine) picks when one
+    model is trained for every k (``train.k_schedule: random``)."""
+    options = dict(config.model.sampler)
+    if config.train.k_schedule != "fixed" and config.model.method == "uniform":
+        options.setdefault("nested", True)
+    return options
+
+
 def model_config(config: ExperimentConfig, data: DatasetSplits) -> ModelConfig:
     """The model an experiment config asks for, sized to the data (T, classes)."""
     m = config.model
@@ -67,7 +76,7 @@ def model_config(config: ExperimentConfig, data: DatasetSplits) -> ModelConfig:
         input_size=m.input_size,
         backbone=m.backbone,
         backbone_weights=m.backbone_weights,
-        sampler_kwargs=dict(m.sampler),
+        sampler_kwargs=sampler_options(config),
         classifier_kwargs=dict(m.classifier),
         name=f"{config.name}-{m.method}",
     )

@@ -67,10 +67,10 @@ def test_explore_epochs_anneal_the_gumbel_noise_to_zero_and_leave_the_model_as_b
     seen: list[float] = []
     original = net.sampler.select
 
-    def spy(x, valid=None):  # what each training batch ran with
+    def spy(x, valid=None, k=None):  # what each training batch ran with
         if net.training:
             seen.append(net.sampler.noise_scale)
-        return original(x, valid)
+        return original(x, valid, k)
 
     net.sampler.select = spy
     fit(net, data, dataclasses.replace(SETTINGS, epochs=3, patience=3, explore_epochs=2), device=CPU, log=lines.append)
@@ -89,3 +89,41 @@ def test_explore_epochs_scale_the_samplers_own_noise_level_and_restore_it(data):
     fit(net, data, dataclasses.replace(SETTINGS, epochs=3, patience=3, explore_epochs=2), device=CPU, log=lines.append)
     assert [line.rsplit(" noise ", 1)[1] for line in lines] == ["0.50", "0.25", "0.00"]
     assert net.sampler.noise_scale == 0.5
+
+
+def test_k_ladder_and_the_scheduled_k_are_reproducible_and_in_range():
+    from training.loop import k_ladder, scheduled_k
+
+    assert k_ladder(8) == (1, 2, 4, 8) and k_ladder(6) == (1, 2, 4, 6) and k_ladder(1) == (1,)
+    assert scheduled_k("fixed", 8, 0, 1, 0) is None
+    draws = [scheduled_k("random", 8, 0, e, b) for e in range(1, 4) for b in range(20)]
+    assert set(draws) <= set(range(1, 9)) and len(set(draws)) >= 6
+    assert draws == [scheduled_k("random", 8, 0, e, b) for e in range(1, 4) for b in range(20)]
+    assert draws != [scheduled_k("random", 8, 1, e, b) for e in range(1, 4) for b in range(20)]
+
+
+def test_k_schedule_random_trains_every_k_and_validates_over_the_ladder(data):
+    net = model("das", "tiny_cnn")
+    train_ks: list[int | None] = []
+    eval_ks: list[int | None] = []
+    original = net.sampler.select
+
+    def spy(x, valid=None, k=None):
+        (train_ks if net.training else eval_ks).append(k)
+        return original(x, valid, k)
+
+    net.sampler.select = spy
+    settings = dataclasses.replace(SETTINGS, epochs=2, patience=2, batch_size=2, k_schedule="random")
+    fit(net, data, settings, device=CPU, log=lambda _: None)
+    assert set(train_ks) <= {1, 2, 3, 4} and len(set(train_ks)) >= 2
+    assert {None, 1, 2} <= set(eval_ks), "validation scores k = 1, 2 and the model's own k"
+
+
+def test_k_schedule_random_makes_uniform_pick_coarse_to_fine():
+    from training.config import config_from_dict
+    from training.runs import sampler_options
+
+    raw = {"data": {"kind": "synthetic"}, "model": {"method": "uniform"}, "train": {"k_schedule": "random"}}
+    cfg = config_from_dict(raw)
+    assert sampler_options(cfg) == {"nested": True}
+    assert sampler_options(cfg.replace(train={"k_schedule": "fixed"})) == {}
