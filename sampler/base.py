@@ -14,6 +14,8 @@ picks in eval mode, for every j <= k.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -62,7 +64,12 @@ class Sampler(nn.Module):
     training picks the inference picks (the gradient still flows through the relaxation). The
     trainer scales it down over epochs with ``train.explore_epochs`` and puts it back after
     training; it is not saved with the model.
+
+    ``keeps_all`` (a class attribute) is True for a sampler that keeps every frame whatever k it is
+    asked for (Full): the one place that rule lives (:meth:`check_k`, :meth:`frames_to_keep`).
     """
+
+    keeps_all: ClassVar[bool] = False
 
     def __init__(self, num_frames: int, k: int) -> None:
         super().__init__()
@@ -77,11 +84,27 @@ class Sampler(nn.Module):
             return logits
         return logits + self.noise_scale * gumbel_like(logits)
 
-    @staticmethod
-    def check_k(num_frames: int, k: int) -> None:
+    @classmethod
+    def check_k(cls, num_frames: int, k: int) -> None:
         """Raise SamplerError when this sampler cannot pick ``k`` of ``num_frames`` frames
         (``ModelConfig`` asks the sampler's class, so each rule is written once)."""
-        check_k(num_frames, k)
+        check_k(num_frames, num_frames if cls.keeps_all else k)
+        if cls.keeps_all and k != num_frames:
+            raise SamplerError(
+                f"the {cls.__name__} keeps every frame, so k must equal num_frames={num_frames}, got k={k}; "
+                f"set k equal to num_frames={num_frames}"
+            )
+
+    @classmethod
+    def frames_to_keep(cls, num_frames: int, keep: float) -> int:
+        """k for a keep ratio ``keep`` of ``num_frames``: ``round(keep * T)``, at least 1 and at
+        most T; all T when the sampler keeps every frame."""
+        return num_frames if cls.keeps_all else max(1, min(num_frames, round(keep * num_frames)))
+
+    @classmethod
+    def keep_ratio(cls, keep: float) -> float:
+        """The keep ratio the sampler really uses when asked for ``keep`` (1 when it keeps all)."""
+        return 1.0 if cls.keeps_all else keep
 
     def pick_count(self, k: int | None) -> int:
         """``k`` (None: the sampler's own k) after checking 1 <= k <= the sampler's k."""

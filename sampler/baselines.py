@@ -20,7 +20,7 @@ from torch import nn
 from core.errors import SamplerError
 from core.order import by_priority, coarse_to_fine, put_first
 
-from .base import Sampler, as_order, check_k, check_window, prefix_picks
+from .base import Sampler, as_order, check_window, prefix_picks
 from .das import FrameDescriptor, mlp
 from .features import frame_features, frame_validity
 from .gumbel import in_temporal_order, penalize_invalid, select_row, select_without_replacement, top_k_priority
@@ -35,18 +35,10 @@ class FullSampler(Sampler):
         k: must be T when given (it exists so every sampler is built the same way).
     """
 
-    def __init__(self, *, num_frames: int, k: int | None = None) -> None:
-        self.check_k(num_frames, num_frames if k is None else k)
-        super().__init__(num_frames, num_frames)
+    keeps_all = True
 
-    @staticmethod
-    def check_k(num_frames: int, k: int) -> None:
-        check_k(num_frames, num_frames)
-        if k != num_frames:
-            raise SamplerError(
-                f"the full sampler keeps every frame, so k must equal num_frames={num_frames}, got k={k}; "
-                f"set k equal to num_frames={num_frames}"
-            )
+    def __init__(self, *, num_frames: int, k: int | None = None) -> None:
+        super().__init__(num_frames, num_frames if k is None else k)
 
     def select(self, x: torch.Tensor, valid: torch.Tensor | None = None, k: int | None = None) -> SamplerOutput:
         check_window(x, self.num_frames, valid)

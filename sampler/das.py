@@ -55,9 +55,9 @@ from .learned_features import LearnedDescriptor
 from .output import SamplerOutput
 
 
-def mlp(in_features: int, hidden: int, out_features: int) -> nn.Sequential:
-    """A two-layer perceptron: Linear, ReLU, Linear."""
-    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
+def mlp(in_features: int, hidden: int, out_features: int, *, out_bias: bool = True) -> nn.Sequential:
+    """A two-layer perceptron: Linear, ReLU, Linear (``out_bias``: whether the last one has a bias)."""
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features, bias=out_bias))
 
 
 class FrameDescriptor(nn.Module):
@@ -161,7 +161,10 @@ class DASSampler(Sampler):
         d = (FrameDescriptor.dim if features != "learned" else 0) + (
             self.learned.dim if self.learned is not None else 0
         )
-        self.base = mlp(d, hidden, 1)
+        # No bias at the end: a constant added to every frame's score cancels in the softmax over
+        # the frames (and in the top-k), so it could never learn (model files that have it load
+        # without it, sampler/model_file.py).
+        self.base = mlp(d, hidden, 1, out_bias=False)
         self.heads = nn.ModuleList(mlp(2 * d, hidden, k) for _ in range(heads))
         self.temperature = mlp(2 * d, hidden, 1)
         self.tau0 = float(tau0)

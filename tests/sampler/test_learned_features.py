@@ -45,7 +45,7 @@ def test_learned_features_get_gradients_end_to_end(features):
             feature_size=16,
             input_size=32,
             backbone="tiny_cnn",
-            sampler_kwargs={"features": features},
+            sampler={"features": features},
         )
     )
     model.train()
@@ -68,7 +68,7 @@ def test_learned_features_round_trip_and_bad_option(tmp_path):
             feature_size=16,
             input_size=32,
             backbone="tiny_cnn",
-            sampler_kwargs={"features": "both"},
+            sampler={"features": "both"},
         )
     ).eval()
     model.save(tmp_path / "m.pt")

@@ -62,7 +62,7 @@ def train_and_evaluate(method: str, *, seed: int, steps: int = 200) -> tuple[Out
         feature_size=SIZE,
         input_size=16,
         backbone="tiny_cnn",  # MobileNetV3-Small trains ~10x slower here for the same result
-        classifier_kwargs={"hidden": 32, "dropout": 0.0},
+        classifier={"hidden": 32, "dropout": 0.0},
     )
     model = build_model(config)
     if method == "das":  # an uninformed start: a_base is the same for every frame, so picks start at chance

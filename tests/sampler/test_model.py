@@ -50,13 +50,11 @@ def test_padding_picked_for_short_windows_is_left_out_of_the_pooling():
 
 def test_save_and_load_round_trip(tmp_path):
     torch.manual_seed(0)
-    model = build_model(
-        config(sampler_kwargs={"heads": 2, "hidden": 16}, classifier_kwargs={"hidden": 32}, name="demo")
-    ).eval()
+    model = build_model(config(sampler={"heads": 2, "hidden": 16}, classifier={"hidden": 32}, name="demo")).eval()
     path = tmp_path / "model.pt"
     model.save(path)
     raw = torch.load(path, weights_only=True)
-    assert raw["format"] == "das-stream-model" and raw["version"] == 1
+    assert raw["format"] == "das-stream-model" and raw["version"] == 2
     assert raw["config"]["class_names"] == ["normal", "abnormal"]
     loaded = SampledClassifier.load(path).eval()
     assert loaded.config == model.config
@@ -64,6 +62,30 @@ def test_save_and_load_round_trip(tmp_path):
     x = torch.rand(3, 8, 1, 20, 20)
     (la, pa), (lb, pb) = model(x), loaded(x)
     assert torch.equal(la, lb) and torch.equal(pa.indices, pb.indices)
+
+
+def test_version_1_files_load_and_their_das_base_bias_was_inert(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(config(sampler={"heads": 2}, backbone_weights="none")).eval()
+    assert "sampler.base.2.bias" not in model.state_dict()
+    old_config = {**model.config.to_dict(), "sampler_kwargs": {"heads": 2}, "classifier_kwargs": {}}
+    del old_config["sampler"], old_config["classifier"]
+    bias = torch.tensor([3.0])
+    v1 = {"format": "das-stream-model", "version": 1, "config": old_config, "state_dict": model.state_dict()}
+    v1["state_dict"]["sampler.base.2.bias"] = bias  # what DAS files of version 1 hold
+    torch.save(v1, tmp_path / "v1.pt")
+    loaded = SampledClassifier.load(tmp_path / "v1.pt").eval()
+    assert loaded.config == model.config
+    x = torch.rand(3, 8, 1, 20, 20)
+    assert torch.equal(loaded(x)[0], model(x)[0])
+    # The bias was inert: the old scores (a_base + b) * s give the soft picks the new ones give.
+    att = loaded.sampler.attention(x)
+    old = ((att.base + bias)[:, None, None, :] * att.scales.unsqueeze(3)).mean(dim=1)
+    tau = att.tau[:, None, None]
+    assert torch.allclose((old / tau).softmax(dim=2), (att.scores / tau).softmax(dim=2), atol=1e-6)
+    # The same file as bytes (what a cluster ships to its replicas) loads the same model.
+    from_bytes = SampledClassifier.load((tmp_path / "v1.pt").read_bytes()).eval()
+    assert torch.equal(from_bytes(x)[0], model(x)[0])
 
 
 def test_load_errors_name_the_file(tmp_path):
@@ -132,7 +154,7 @@ def test_bad_configs_raise_config_errors():
     with pytest.raises(ConfigError, match="num_frames must be an integer, got '32'"):
         config(num_frames="32")
     with pytest.raises(ConfigError, match="unknown classifier option"):
-        config(classifier_kwargs={"depth": 3})
+        config(classifier={"depth": 3})
 
 
 def test_windows_that_do_not_fit_the_model_raise_value_errors():

@@ -20,6 +20,7 @@ import numpy as np
 from scipy.stats import bootstrap
 
 from ..report import METHOD_LABELS, RunResult, SummaryRow
+from ..runs import keep_of
 
 PAIRED_COLUMNS = ("dataset", "keep", "method", "baseline", "metric", "diff_mean", "ci_low", "ci_high", "pairs", "wins")
 
@@ -73,7 +74,7 @@ def paired_diff(
     """The paired difference ``method(keep) - baseline`` (Full: keep 1) over shared (fold, seed)."""
 
     def pick(m: str) -> dict[tuple[int, int], RunResult]:
-        k = 1.0 if m == "full" else keep
+        k = keep_of(m, keep)
         return {(getattr(r, "fold", -1), r.seed): r for r in results if r.method == m and math.isclose(r.keep, k)}
 
     a, b = pick(method), pick(baseline)
