@@ -31,7 +31,11 @@ def read_yaml(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
             f"{what} {p} not found (the file does not exist); pass an existing YAML file, examples are in configs/"
         )
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{what} {p} is not a text (UTF-8) YAML file (a binary file?); pass a YAML file, examples are in configs/"
+        ) from None
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "invalid YAML"
         raise ConfigError(f"{what} {p} is not valid YAML ({first}); fix the syntax") from None

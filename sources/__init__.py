@@ -10,12 +10,13 @@ from core.errors import SourceError
 
 from .dicom import DicomSource
 from .frame import Frame
+from .guard import BadMessage
 from .igtl import IgtlSource
 from .probe import ProbeSource
 from .spec import SPEC_FORMS, parse_source
 from .synthetic import CLASSES, SyntheticSource, make_clip, render_clip
 from .video import VideoSource, read_video
-from .wire import BadMessage, FrameSender, decode_message, encode_array, encode_jpg
+from .wire import FrameSender, decode_message, encode_array, encode_jpg
 from .zmq_source import ZmqSource
 
 __all__ = [

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from core.bounds import check
 from core.errors import SourceError
 
 from .frame import Frame
@@ -151,8 +152,7 @@ class Pacer:
     """
 
     def __init__(self, *, speed: float = 1.0) -> None:
-        if not (isinstance(speed, (int, float)) and speed > 0 and np.isfinite(speed)):
-            raise SourceError(f"speed must be a positive number (1.0 = real time), got {speed!r}")
+        check("speed", speed, context=" (1.0 = real time)", error=SourceError)
         self.speed = float(speed)
         self._t0: float | None = None
 

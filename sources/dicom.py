@@ -15,10 +15,20 @@ replayed as a stream through pydicom, paced like a video file.
   pydicom handler decodes, go through PyAV like ``video:`` (photometric YBR_PARTIAL_420, as
   the standard asks, is accepted for them). Anything else (JPEG Lossless, JPEG-LS, HTJ2K, ...)
   is refused on open with the packages that would decode it.
-- A folder replays its cine files one after another (recursively), ordered by Series Number,
-  then Instance Number, then path. Files in it that are not cine loops (not DICOM, no pixel
-  data, single-frame) are skipped, logged and counted in ``counters["skipped_files"]``; a cine
-  loop it cannot decode is an error, as for a single file.
+- Before anything is decoded, a file's declared frame size (Rows x Columns x samples) must fit
+  ``max_frame_bytes`` (a decompression bomb is refused on open), and every compressed JPEG or
+  JPEG 2000 frame must declare that same size. JPEG frames are decoded by libjpeg-turbo in strict
+  mode (``guard.decode_jpeg``): corrupt data is detected, not classified as garbage. A frame that
+  cannot be used is a counted bad message (``counters["bad_messages"]``, logged) and skipped.
+- A folder is an exam: its cine files (instances) play one after another (recursively), ordered
+  by Series Number, then Instance Number, then path. Each file is its own segment of the stream
+  (``Frame.segment``: the file and its SOP Instance UID), so no window spans two files and every
+  prediction names its file. Files that are not cine loops (not DICOM, no pixel data,
+  single-frame) are skipped, logged and counted in ``counters["skipped_files"]``; corrupt files
+  (truncated, Number of Frames 0, undecodable data) are reported as corrupt, counted in
+  ``counters["corrupt_files"]``, and the exam goes on with the next file; a cine loop of a kind
+  the source cannot decode (transfer syntax, photometric interpretation) is an error, as for a
+  single file. When the last file has played the stream ends, and says so.
 """
 
 from __future__ import annotations
@@ -28,7 +38,8 @@ import io
 import itertools
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,19 +48,34 @@ import av
 import cv2
 import numpy as np
 import pydicom
+from PIL import Image
 from pydicom import uid
-from pydicom.encaps import generate_fragments, parse_basic_offsets
+from pydicom.encaps import generate_fragments, generate_frames, parse_basic_offsets
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder, iter_pixels, pixel_array
 
+from core.bounds import bound, within
 from core.errors import SourceError
 
 from .base import PacedSource, derive_name
+from .frame import Frame, Segment
+from .guard import DEFAULT_MAX_FRAME_BYTES, BadCounter, BadMessage, check_limit, decode_jpeg
 from .image import OutputFormat, normalise_size
-from .options import typed
+from .options import merge_query, typed
 from .video import FALLBACK_RATE, FrameConverter
 
 log = logging.getLogger(__name__)
+
+
+class _NoTraceback(logging.Filter):
+    """pydicom logs every plugin failure with its traceback (``LOGGER.exception``) before it
+    raises; the source reports the failure itself, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None
+
+
+logging.getLogger("pydicom.pixels.decoders.base").addFilter(_NoTraceback())
 
 PHOTOMETRIC = ("MONOCHROME2", "MONOCHROME1", "RGB", "YBR_FULL", "YBR_FULL_422")
 # (keyword, frames per second from its value), in the order they are looked up.
@@ -82,11 +108,19 @@ _VIDEO_FORMATS = {
 _VIDEO_PHOTOMETRIC = ("YBR_PARTIAL_420", *PHOTOMETRIC)  # what the standard asks of MPEG data, and more
 _CB_CR_SWAP = [0, 2, 1]  # DICOM YBR is Y, Cb, Cr; OpenCV's YCrCb is Y, Cr, Cb
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Compressed syntaxes whose frames the source decodes itself, each frame checked first.
+_JPEG = frozenset((uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit))
+_J2K = frozenset((uid.JPEG2000, uid.JPEG2000Lossless))
 
 
 class NotCine(SourceError):
     """A file that is not a cine loop at all (not DICOM, no pixel data, one frame); a folder
     skips such files, a file given on its own is refused."""
+
+
+class CorruptFile(SourceError):
+    """A cine file that is broken (truncated, impossible header values, undecodable data); a
+    folder reports it and goes on with its next file, a file given on its own is an error."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +138,9 @@ class CineFile:
         series, instance: Series Number and Instance Number (None when absent).
         video_format: FFmpeg's format name for a video transfer syntax (MPEG-2, H.264, HEVC),
             decoded with PyAV; None for pydicom's syntaxes.
+        rows, columns: the declared frame size.
+        instance_uid: SOP Instance UID (None when absent).
+        codec: "jpeg" or "j2k" for frames the source decodes itself, else None.
     """
 
     path: Path
@@ -116,6 +153,10 @@ class CineFile:
     series: int | None
     instance: int | None
     video_format: str | None = None
+    rows: int = 0
+    columns: int = 0
+    instance_uid: str | None = None
+    codec: str | None = None
 
     @property
     def order(self) -> tuple:
@@ -123,18 +164,29 @@ class CineFile:
         return (self.series is None, self.series or 0, self.instance is None, self.instance or 0, str(self.path))
 
 
-def frame_rate(ds: pydicom.Dataset) -> tuple[float, str]:
-    """(frames per second, the tag it came from) by ``RATE_TAGS`` order; (30, "default") if none."""
+def frame_rate(ds: pydicom.Dataset, path: Path | None = None) -> tuple[float, str]:
+    """(frames per second, the tag it came from) by ``RATE_TAGS`` order; (30, "default") if none.
+
+    A rate outside ``core.bounds``' ``frame_rate`` (0.01 to 100,000 frames/s: a Frame Time of
+    1e9 ms, or of 1e-9 ms) is not believed: it is logged and the next tag is tried."""
     for keyword, to_rate in RATE_TAGS:
         value = ds.get(keyword)
         if value in (None, ""):
             continue
         try:
             rate = to_rate(value)
-        except (TypeError, ValueError, ZeroDivisionError):
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError):
             continue
-        if np.isfinite(rate) and rate > 0:
+        if within("frame_rate", rate):
             return rate, keyword
+        log.warning(
+            "%s: %s %s gives %.3g frames/s, outside %s; ignored",
+            path or "DICOM file",
+            keyword,
+            str(value)[:30],
+            rate,
+            bound("frame_rate").describe(),
+        )
     return FALLBACK_RATE, "default"
 
 
@@ -146,12 +198,23 @@ def _number(ds: pydicom.Dataset, keyword: str) -> int | None:
         return None
 
 
-def inspect(path: Path) -> CineFile:
+def _sop_class(ds: pydicom.Dataset) -> str:
+    """The name of the file's SOP class (from the dataset, else the file meta information)."""
+    meta = getattr(ds, "file_meta", pydicom.Dataset())
+    for value in (ds.get("SOPClassUID"), meta.get("MediaStorageSOPClassUID")):
+        if value:
+            return uid.UID(str(value)).name
+    return "unknown SOP class"
+
+
+def inspect(path: Path, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> CineFile:
     """Read one file's header and check that it can be replayed.
 
     Raises:
         NotCine: not DICOM, no pixel data, or a single frame.
-        SourceError: an unsupported photometric interpretation, bit depth or transfer syntax.
+        CorruptFile: cut short, impossible values (Number of Frames 0, no rows), unreadable.
+        SourceError: an unsupported photometric interpretation, bit depth or transfer syntax, or
+            frames declared larger than ``max_frame_bytes``.
     """
     try:
         ds = pydicom.dcmread(path, defer_size="1 KB")
@@ -159,14 +222,27 @@ def inspect(path: Path) -> CineFile:
         raise NotCine(
             f"{path} is not a DICOM file (no DICM preamble); give a DICOM Part 10 file or a folder of them"
         ) from None
-    except (OSError, EOFError, ValueError) as exc:
-        raise SourceError(f"cannot read DICOM file {path}: {exc}; the file is corrupt or truncated") from None
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a broken header
+        raise CorruptFile(
+            f"cannot read DICOM file {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+            "the file is corrupt or truncated"
+        ) from None
     if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
-        kind = getattr(ds.get("SOPClassUID"), "name", None) or "unknown SOP class"
+        kind = _sop_class(ds)
+        if "Image Storage" in kind:  # an image without its pixels: cut short
+            raise CorruptFile(
+                f"{path} is an image ({kind}) but ends before its pixel data ({path.stat().st_size} bytes); "
+                "the file is truncated or corrupt"
+            )
         raise NotCine(
             f"{path} holds no pixel data ({kind}); give a multi-frame image such as US Multi-frame Image Storage"
         )
-    frames = _number(ds, "NumberOfFrames") or 1
+    declared = _number(ds, "NumberOfFrames")
+    if declared is not None and declared < 1:
+        raise CorruptFile(
+            f"{path} declares Number of Frames {declared}; the file is corrupt (a cine loop has 2 or more)"
+        )
+    frames = declared or 1
     if frames < 2:
         raise NotCine(
             f"{path} is a single-frame image; dicom: replays cine loops, give a multi-frame file "
@@ -188,20 +264,33 @@ def inspect(path: Path) -> CineFile:
         raise SourceError(
             f"{path} has no transfer syntax in its file meta information; the file is not valid DICOM Part 10"
         )
-    rate, tag = frame_rate(ds)
-    numbers = dict(series=_number(ds, "SeriesNumber"), instance=_number(ds, "InstanceNumber"))
-    if video_format:
-        return CineFile(
-            path=path,
-            frames=frames,
-            rate=rate,
-            rate_tag=tag,
-            photometric=photometric,
-            syntax=syntax.name,
-            compressed=True,
-            video_format=video_format,
-            **numbers,
+    rows, columns = _number(ds, "Rows") or 0, _number(ds, "Columns") or 0
+    if rows < 1 or columns < 1:
+        raise CorruptFile(f"{path} declares frames of {columns}x{rows} pixels; the file is corrupt")
+    samples = 1 if photometric.startswith("MONOCHROME") else 3
+    if rows * columns * samples > max_frame_bytes:
+        raise SourceError(
+            f"{path} declares frames of {columns}x{rows}x{samples} ({rows * columns * samples} bytes), over "
+            f"max_frame_bytes={max_frame_bytes}; refused before decoding (raise ?max_frame_bytes= if the file is genuine)"
         )
+    rate, tag = frame_rate(ds, path)
+    uid_value = ds.get("SOPInstanceUID")
+    common = dict(
+        path=path,
+        frames=frames,
+        rate=rate,
+        rate_tag=tag,
+        photometric=photometric,
+        series=_number(ds, "SeriesNumber"),
+        instance=_number(ds, "InstanceNumber"),
+        rows=rows,
+        columns=columns,
+        instance_uid=str(uid_value) if uid_value else None,
+    )
+    if video_format:
+        return CineFile(syntax=syntax.name, compressed=True, video_format=video_format, **common)
+    if syntax in _JPEG or syntax in _J2K:
+        return CineFile(syntax=syntax.name, compressed=True, codec="jpeg" if syntax in _JPEG else "j2k", **common)
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
@@ -215,52 +304,59 @@ def inspect(path: Path) -> CineFile:
             f"{path} uses transfer syntax {syntax.name}, which no installed handler decodes; install {needs}, "
             "or transcode the file (e.g. `gdcmconv --raw`)"
         )
-    return CineFile(
-        path=path,
-        frames=frames,
-        rate=rate,
-        rate_tag=tag,
-        photometric=photometric,
-        syntax=syntax.name,
-        compressed=syntax.is_compressed,
-        **numbers,
-    )
+    return CineFile(syntax=syntax.name, compressed=syntax.is_compressed, **common)
 
 
-def scan(path: Path) -> tuple[list[CineFile], list[tuple[Path, str]]]:
-    """The cine files to replay for a file or folder, in order, and the folder's skipped files
-    with the reason.
+@dataclass(frozen=True)
+class Scan:
+    """What a file or folder holds: the cine files to play, in order, and the files left out,
+    each with its one-line reason (``skipped``: not cine loops; ``corrupt``: broken)."""
+
+    cines: list[CineFile]
+    skipped: list[tuple[Path, str]]
+    corrupt: list[tuple[Path, str]]
+
+
+def scan(path: Path, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Scan:
+    """The cine files to replay for a file or folder, in order, and the folder's files left out.
 
     Raises:
-        SourceError: a missing path, a single file that is not a playable cine loop, a folder
-            without one, or a cine loop that cannot be decoded.
+        SourceError: a missing path, a single file that is not a playable cine loop (or corrupt),
+            a folder without one, or a cine loop that cannot be decoded.
     """
     if path.is_file():
-        return [inspect(path)], []
+        return Scan([inspect(path, max_frame_bytes=max_frame_bytes)], [], [])
     if not path.is_dir():
         raise SourceError(f"DICOM path {path} does not exist; give a multi-frame DICOM file or a folder of them")
-    cines, skipped = [], []
+    found = Scan([], [], [])
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         try:
-            cines.append(inspect(file))
+            found.cines.append(inspect(file, max_frame_bytes=max_frame_bytes))
         except NotCine as exc:
-            skipped.append((file, str(exc)))
-    if not cines:
+            found.skipped.append((file, str(exc)))
+        except CorruptFile as exc:
+            found.corrupt.append((file, str(exc)))
+    if not found.cines:
         raise SourceError(
-            f"folder {path} holds no multi-frame DICOM image ({len(skipped)} files skipped as not DICOM, "
-            "without pixel data or single-frame); give a folder of cine loops"
+            f"folder {path} holds no multi-frame DICOM image ({len(found.skipped)} files skipped as not DICOM, "
+            f"without pixel data or single-frame; {len(found.corrupt)} corrupt); give a folder of cine loops"
         )
-    for _file, reason in skipped:
+    for _file, reason in found.skipped:
         log.warning("skipping %s", reason)
-    return sorted(cines, key=lambda c: c.order), skipped
+    for _file, reason in found.corrupt:
+        log.error("corrupt file left out: %s", reason)
+    found.cines.sort(key=lambda c: c.order)
+    return found
 
 
 class DicomSource(PacedSource):
-    """Replays a DICOM cine loop (or a folder of them) as if it were live.
+    """Replays a DICOM cine loop (or a folder of them, an exam) as if it were live.
 
     Frame i of a file is released at ``t0 + (offset + i / rate) / speed``; the files of a folder
     follow each other one frame interval apart, each at its own rate. Frames are decoded one by
-    one in the reader thread (``pydicom.pixels.iter_pixels``), straight to the output format.
+    one in the reader thread, straight to the output format. Every frame carries its file as
+    ``Frame.segment`` (the path relative to the folder, and the SOP Instance UID), so the
+    pipeline closes a window at each file boundary and each prediction names its file.
 
     Args:
         path: a multi-frame DICOM file, or a folder of them.
@@ -270,11 +366,16 @@ class DicomSource(PacedSource):
         loop: replay forever (a folder restarts at its first file); ``seq`` keeps increasing.
         gray: (H, W) frames when True, (H, W, 3) RGB when False.
         size: output size, int (square) or (width, height); None keeps the source size.
+        max_frame_bytes: the largest decoded frame accepted (Rows x Columns x samples), checked
+            on the header before anything is decoded.
 
     Attributes:
         files: the cine files replayed, in order (known once open).
         rate: the first file's frame rate; ``files[i].rate_tag`` says which tag gave it.
-        counters: ``skipped_files``, the folder's files that are not cine loops.
+        counters: ``skipped_files`` (not cine loops), ``corrupt_files`` (broken files a folder
+            left out or stopped early: truncated, undecodable), ``bad_messages`` (frames that could
+            not be used: corrupt JPEG data, a frame of another size than declared; skipped), and
+            ``files_played``.
     """
 
     def __init__(
@@ -287,15 +388,19 @@ class DicomSource(PacedSource):
         loop: bool = False,
         gray: bool = True,
         size: int | tuple[int, int] | None = None,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         self.path = Path(path).expanduser()
         super().__init__(name=name or derive_name(self.path.stem or self.path.name), pacing=pacing, speed=speed)
         self._loop_forever = loop
-        self._output = OutputFormat(gray=gray, size=normalise_size(size))
+        self._max_frame_bytes = check_limit("max_frame_bytes", max_frame_bytes)
+        self._output = OutputFormat(gray=gray, size=normalise_size(size), max_bytes=self._max_frame_bytes)
         self.files: list[CineFile] = []
         self.rate = FALLBACK_RATE
-        self.counters["skipped_files"] = 0
-        self._pending: tuple[np.ndarray, Iterator[np.ndarray]] | None = None
+        self.counters.update(skipped_files=0, corrupt_files=0, files_played=0)
+        self._count_bad = BadCounter(self.name, self.counters, log, "DICOM frame")
+        self._folder = self.path.is_dir()
+        self._pending: tuple[np.ndarray | None, Iterator[np.ndarray | None]] | None = None
 
     @classmethod
     def from_spec(
@@ -310,16 +415,19 @@ class DicomSource(PacedSource):
         size: int | tuple[int, int] | None = None,
         **options: Any,
     ) -> DicomSource:
-        """``dicom:PATH`` (no options; speed, pacing and loop are keyword arguments)."""
-        scheme, _, path = spec.partition(":")
+        """``dicom:PATH[?max_frame_bytes=N]`` (speed, pacing and loop are keyword arguments)."""
+        scheme, _, rest = spec.partition(":")
+        path, _, query = rest.partition("?")
         if scheme != "dicom" or not path:
             raise SourceError(f"source spec {spec!r} needs a path: dicom:FILE or dicom:FOLDER")
-        typed(spec, options, {})
-        return cls(path, name=name, speed=speed, pacing=pacing, loop=loop, gray=gray, size=size)
+        given = typed(spec, merge_query(spec, query, options), {"max_frame_bytes": int})
+        return cls(path, name=name, speed=speed, pacing=pacing, loop=loop, gray=gray, size=size, **given)
 
     def _open(self) -> None:
-        self.files, skipped = scan(self.path)
-        self.counters["skipped_files"] = len(skipped)
+        found = scan(self.path, max_frame_bytes=self._max_frame_bytes)
+        self.files = found.cines
+        self.counters["skipped_files"] = len(found.skipped)
+        self.counters["corrupt_files"] = len(found.corrupt)
         self.rate = self.files[0].rate
         for cine in self.files:
             if cine.rate_tag == "default":
@@ -329,13 +437,24 @@ class DicomSource(PacedSource):
                     cine.path,
                     FALLBACK_RATE,
                 )
-        # Decode the first frame now, so a file with broken pixel data fails at 'async with'.
-        frames = self._decode(self.files[0])
-        self._pending = (next(frames), frames)
+        if not self._folder:  # decode the first frame now: a broken file fails at 'async with'
+            frames = self._decode(self.files[0])
+            self._pending = (next(frames), frames)
 
-    def _decode(self, cine: CineFile) -> Iterator[np.ndarray]:
-        """The file's frames, converted; SourceError (after the good ones) on broken pixel data."""
-        frames = self._decode_video(cine) if cine.video_format else self._decode_pixels(cine)
+    def segment(self, cine: CineFile) -> Segment:
+        """The segment of ``cine``'s frames: its path (relative to the folder) and SOP Instance UID."""
+        name = cine.path.relative_to(self.path).as_posix() if self._folder else cine.path.name
+        return Segment(name, cine.instance_uid)
+
+    def _decode(self, cine: CineFile) -> Iterator[np.ndarray | None]:
+        """The file's frames, converted (None for a frame that could not be used: counted and
+        logged); CorruptFile (after the good ones) when the file's data breaks off."""
+        if cine.video_format:
+            frames = self._decode_video(cine)
+        elif cine.codec:
+            frames = self._decode_each(cine)
+        else:
+            frames = self._decode_pixels(cine)
         index = 0
         try:
             for image in frames:
@@ -344,16 +463,54 @@ class DicomSource(PacedSource):
         except (SourceError, GeneratorExit):
             raise
         except Exception as exc:  # pydicom, its plugins and FFmpeg raise many types for bad data
-            raise SourceError(
+            reason = " ".join(str(exc).split())[:160]  # one line, whatever the decoder's text
+            raise CorruptFile(
                 f"DICOM file {cine.path}: frame {index} of {cine.frames} cannot be decoded "
-                f"({type(exc).__name__}: {exc}); the file is corrupt or truncated"
+                f"({type(exc).__name__}: {reason}); the file is corrupt or truncated"
             ) from None
         if index < cine.frames:
-            raise SourceError(
+            raise CorruptFile(
                 f"DICOM file {cine.path} ends after {index} of its {cine.frames} frames; the file is truncated"
             )
 
-    def _decode_pixels(self, cine: CineFile) -> Iterator[np.ndarray]:
+    def _decode_each(self, cine: CineFile) -> Iterator[np.ndarray | None]:
+        """JPEG and JPEG 2000 frames, each decoded on its own after its declared size was checked
+        against the header's (and ``max_frame_bytes``); JPEG by libjpeg-turbo in strict mode, so
+        corrupt data is a bad frame, not garbage pixels."""
+        pixels = pydicom.dcmread(cine.path)["PixelData"].value
+        gray = self._output.gray
+        for data in generate_frames(pixels, number_of_frames=cine.frames):
+            try:
+                if cine.codec == "jpeg":
+                    array = decode_jpeg(
+                        data, max_bytes=self._max_frame_bytes, gray=gray, shape=(cine.rows, cine.columns)
+                    )
+                else:
+                    array = self._decode_j2k(data, cine)
+            except BadMessage as exc:
+                self._count_bad(f"{cine.path.name}: {exc}")
+                yield None
+                continue
+            if cine.photometric == "MONOCHROME1":
+                array = np.invert(array)
+            yield self._checked(array, cine, self._output.apply)
+
+    def _decode_j2k(self, data: bytes, cine: CineFile) -> np.ndarray:
+        try:
+            with Image.open(io.BytesIO(data), formats=("JPEG2000",)) as image:
+                width, height = image.size
+                if (height, width) != (cine.rows, cine.columns):
+                    raise BadMessage(
+                        f"JPEG 2000 frame of {width}x{height} where {cine.columns}x{cine.rows} is declared"
+                    )
+                image.load()
+                return np.asarray(image if image.mode in ("L", "RGB") else image.convert("RGB"))
+        except BadMessage:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Pillow/OpenJPEG raise OSError, ValueError, ...
+            raise BadMessage(f"corrupt JPEG 2000 frame ({' '.join(str(exc).split())[:80]})") from None
+
+    def _decode_pixels(self, cine: CineFile) -> Iterator[np.ndarray | None]:
         """Frames pydicom decodes, one at a time. They stay as stored (``raw``): the Y plane of
         YBR is the gray image, and for RGB OpenCV converts YBR (the same full-range BT.601 matrix
         as pydicom's, several times faster than its numpy code)."""
@@ -371,9 +528,9 @@ class DicomSource(PacedSource):
                 array = cv2.cvtColor(np.ascontiguousarray(array[:, :, _CB_CR_SWAP]), cv2.COLOR_YCrCb2RGB)
             elif cine.photometric == "MONOCHROME1":
                 array = np.invert(array)
-            yield self._output.apply(np.ascontiguousarray(array, dtype=np.uint8))
+            yield self._checked(np.ascontiguousarray(array), cine, self._output.apply)
 
-    def _decode_video(self, cine: CineFile) -> Iterator[np.ndarray]:
+    def _decode_video(self, cine: CineFile) -> Iterator[np.ndarray | None]:
         """An MPEG-2 / H.264 / HEVC cine loop's frames through PyAV, converted as ``video:`` does
         (gray straight from the luma plane, limited range expanded)."""
         pixels = io.BytesIO(pydicom.dcmread(cine.path).PixelData)
@@ -383,9 +540,17 @@ class DicomSource(PacedSource):
         with av.open(stream, format=cine.video_format) as container:
             container.streams.video[0].codec_context.options = {"err_detect": "explode"}
             for frame in container.decode(video=0):
-                yield convert(frame)
+                yield self._checked(frame, cine, convert)
 
-    def _produce(self, stop: threading.Event) -> Iterator[tuple[int, float, np.ndarray]]:
+    def _checked(self, frame: Any, cine: CineFile, convert: Callable[[Any], np.ndarray]) -> np.ndarray | None:
+        """``convert(frame)``, or None when the frame guard refuses it (counted and logged)."""
+        try:
+            return convert(frame)
+        except BadMessage as exc:
+            self._count_bad(f"{cine.path.name}: {exc}")
+            return None
+
+    def _produce(self, stop: threading.Event) -> Iterator[tuple[int, float, np.ndarray, Segment]]:
         seq, offset = 0, 0.0
         for lap in itertools.count():
             for number, cine in enumerate(self.files):
@@ -395,15 +560,40 @@ class DicomSource(PacedSource):
                     frames = itertools.chain([first], rest)
                 else:
                     rest = frames = self._decode(cine)
+                segment = self.segment(cine)
+                log.info("%s: playing %s (%d frames at %.3g frames/s)", self.name, segment.name, cine.frames, cine.rate)
                 with contextlib.closing(rest):
-                    for i, image in enumerate(frames):
-                        if stop.is_set():
-                            return
-                        yield seq, offset + i / cine.rate, image
-                        seq += 1
+                    try:
+                        for i, image in enumerate(frames):
+                            if stop.is_set():
+                                return
+                            if image is not None:  # a bad frame leaves a jump in seq
+                                yield seq + i, offset + i / cine.rate, image, segment
+                    except CorruptFile as exc:
+                        if not self._folder:
+                            raise
+                        self.counters["corrupt_files"] += 1
+                        log.error("%s: %s; going on with the next file", self.name, exc)
+                seq += cine.frames
                 offset += cine.frames / cine.rate
+                self.counters["files_played"] += 1
             if not self._loop_forever:
+                log.info(
+                    "%s: ended after %d file(s) (%d skipped as not cine loops, %d corrupt, %d bad frames)",
+                    self.name,
+                    len(self.files),
+                    self.counters["skipped_files"],
+                    self.counters["corrupt_files"],
+                    self.counters["bad_messages"],
+                )
                 return
+
+    async def _frames(self, items: AsyncIterator[tuple[int, float, np.ndarray, Segment]]) -> AsyncIterator[Frame]:
+        async for seq, t, image, segment in items:
+            if self._pacer is not None:
+                await self._pacer.wait(t)
+            self.media_time = t
+            yield Frame(self.name, seq, time.time(), image, segment)
 
     def _close(self) -> None:
         if self._pending is not None:

@@ -32,10 +32,10 @@ from core.errors import SourceError
 
 from .base import derive_name
 from .frame import Frame
+from .guard import DEFAULT_MAX_FRAME_BYTES, BadCounter, BadMessage, check_limit
 from .image import OutputFormat, normalise_size
 from .options import boolean, live_only, merge_query, optional_int, typed
 from .probe import ProbeSource, _FeedLost
-from .wire import DEFAULT_MAX_FRAME_BYTES, BadMessage
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ DEFAULT_PORT = 18944  # the port IANA assigned to OpenIGTLink
 _HEADER = MessageBase.IGTL_HEADER_SIZE  # 58 bytes
 _CRC = struct.Struct(">Q")  # the header's last field
 _POLL = 0.2  # seconds between checks of the stop flag while the socket is silent
-_LOG_FIRST = 10
 
 
 def image_of(message: ImageMessage) -> np.ndarray:
@@ -131,16 +130,13 @@ class _IgtlFeed:
             message = ImageMessage()
             try:
                 message.unpack(fields, body)
-                image = image_of(message)
-            except BadMessage as exc:
-                source.count_bad(str(exc))
-                continue
-            except (ValueError, KeyError, IndexError, NotImplementedError, struct.error) as exc:
-                source.count_bad(f"IMAGE {fields['device_name']!r} cannot be unpacked ({type(exc).__name__}: {exc})")
+                image = source.output.apply(image_of(message))  # the frame guard runs first
+            except Exception as exc:  # noqa: BLE001 - nothing one message does may end the stream
+                source.count_bad(exc)
                 continue
             if source.device_name is None:
                 source.lock(fields["device_name"])
-            return source.output.apply(image)
+            return image
 
     def close(self) -> None:
         self._sock.close()
@@ -195,8 +191,7 @@ class IgtlSource(ProbeSource):
             raise SourceError(f"OpenIGTLink server must be HOST and a port 1-65535, got {host!r}:{port!r}")
         if device is not None and not (isinstance(device, str) and device and len(device.encode()) <= 20):
             raise SourceError(f"OpenIGTLink device name {device!r} must be 1-20 bytes; give the name the server sends")
-        if not (isinstance(max_message_bytes, int) and max_message_bytes > 0):
-            raise SourceError(f"max_message_bytes must be a positive integer, got {max_message_bytes!r}")
+        check_limit("max_message_bytes", max_message_bytes)
         default = derive_name(device) if device else f"igtl-{port}"
         super().__init__(
             f"igtl://{host}:{port}",
@@ -214,10 +209,11 @@ class IgtlSource(ProbeSource):
         self.device_name = device  # ProbeSource's ``device`` is the server's URL
         self.check_crc = check_crc
         self.max_message_bytes = max_message_bytes
-        self.output = OutputFormat(gray=gray, size=normalise_size(size))
+        self.output = OutputFormat(gray=gray, size=normalise_size(size), max_bytes=max_message_bytes)
         self.stopping = threading.Event()  # the reader thread's stop flag, once it runs
         self.counters.pop("decode_errors", None)
         self.counters.update(bad_messages=0, ignored_messages=0)
+        self.count_bad = BadCounter(self.name, self.counters, log, "OpenIGTLink message")
         self._new_feed = lambda: _IgtlFeed(self)
 
     @classmethod
@@ -266,11 +262,6 @@ class IgtlSource(ProbeSource):
             self.name,
             device,
         )
-
-    def count_bad(self, reason: str) -> None:
-        count = self.counters["bad_messages"] = self.counters["bad_messages"] + 1
-        if count <= _LOG_FIRST or count % 100 == 0:
-            log.warning("%s: bad OpenIGTLink message skipped (%s); %d so far", self.name, reason, count)
 
     def _produce(self, stop: threading.Event) -> Iterator[Frame]:
         self.stopping = stop

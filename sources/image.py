@@ -1,4 +1,5 @@
-"""Output image format shared by all sources: gray or RGB, optional resize (cv2, INTER_AREA)."""
+"""Output image format shared by all sources: the frame guard, then gray or RGB, optional resize
+(cv2, INTER_AREA)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import cv2
 import numpy as np
 
 from core.errors import SourceError
+
+from .guard import DEFAULT_MAX_FRAME_BYTES, check_frame, check_limit, to_uint8
 
 
 def normalise_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -30,18 +33,27 @@ class OutputFormat:
     Args:
         gray: produce (H, W) gray when True, (H, W, 3) RGB when False.
         size: (width, height) to resize to, or None to keep the input size.
+        max_bytes: the source's limit on one incoming frame (see :func:`guard.check_frame`).
     """
 
     gray: bool = True
     size: tuple[int, int] | None = None
+    max_bytes: int = DEFAULT_MAX_FRAME_BYTES
+
+    def __post_init__(self) -> None:
+        check_limit("max_frame_bytes", self.max_bytes)
 
     def apply(self, image: np.ndarray, *, bgr: bool = False) -> np.ndarray:
-        """Convert a uint8 (H, W), (H, W, 1) or (H, W, 3) image (RGB, or BGR when ``bgr``).
+        """Check, then convert a (H, W), (H, W, 1) or (H, W, 3) image (RGB, or BGR when ``bgr``).
 
-        Channels are reduced before resizing and expanded after it, so the resize always
-        touches as few bytes as possible. The result is a new C-contiguous array unless the
-        input already matched (then the input itself is returned).
+        Every frame of every source comes through here: :func:`guard.check_frame` runs first
+        (BadMessage for an empty, oversized, non-finite or otherwise unusable frame), then
+        uint16 and float32 become uint8 (:func:`guard.to_uint8`). Channels are reduced before
+        resizing and expanded after it, so the resize always touches as few bytes as possible.
+        The result is a new C-contiguous array unless the input already matched (then the input
+        itself is returned).
         """
+        image = to_uint8(check_frame(image, max_bytes=self.max_bytes))
         if image.ndim == 3 and image.shape[2] == 1:
             image = np.ascontiguousarray(image[:, :, 0])
         if self.gray and image.ndim == 3:

@@ -32,6 +32,7 @@ from core.errors import SourceError
 
 from .base import Source, derive_name
 from .frame import Frame
+from .guard import BadCounter, BadMessage
 from .image import OutputFormat, normalise_size
 from .options import live_only, optional_int, typed
 from .video import FALLBACK_RATE, FrameConverter, ffmpeg_reason
@@ -75,9 +76,11 @@ class _OpenCvFeed:
 
 class _PyAvFeed:
     """A network stream opened by FFmpeg as one connection; undecodable packets are skipped
-    and counted in ``counters["decode_errors"]``."""
+    and counted in ``counters["decode_errors"]``, frames the guard refuses in ``bad``."""
 
-    def __init__(self, url: str, output: OutputFormat, timeout: float, counters: dict[str, int]) -> None:
+    def __init__(
+        self, url: str, output: OutputFormat, timeout: float, counters: dict[str, int], bad: BadCounter
+    ) -> None:
         options = dict(_NETWORK_OPTIONS)
         scheme = urlsplit(url).scheme
         options.update(_UDP_OPTIONS if scheme == "udp" else _RTSP_OPTIONS if scheme == "rtsp" else {})
@@ -92,6 +95,7 @@ class _PyAvFeed:
         self.rate = float(stream.average_rate) if stream.average_rate else None
         self._convert = FrameConverter(output)
         self._counters = counters
+        self._bad = bad
         self._offsets: collections.deque[float] = collections.deque(maxlen=64)  # arrival - pts, recent frames
         self._frames = self._decode(stream)
 
@@ -104,7 +108,12 @@ class _PyAvFeed:
                 continue
             arrived = time.time()
             for frame in frames:
-                yield self._convert(frame), self._stamp(frame.time, arrived)
+                try:
+                    image = self._convert(frame)
+                except BadMessage as exc:  # the frame guard: counted, never the end of the feed
+                    self._bad(exc)
+                    continue
+                yield image, self._stamp(frame.time, arrived)
 
     def _stamp(self, pts: float | None, arrived: float) -> float:
         """Capture time of a frame with presentation time ``pts`` that came out at ``arrived``:
@@ -163,7 +172,8 @@ class ProbeSource(Source):
             (counted in ``counters["overflow"]``).
 
     Counters: ``reconnects`` (successful reconnections), ``gaps``, ``gap_frames`` (estimated
-    missed frames), ``decode_errors`` (skipped undecodable packets), ``overflow``.
+    missed frames), ``decode_errors`` (skipped undecodable packets), ``bad_messages`` (frames the
+    frame guard refused, see ``sources.guard``), ``overflow``.
     """
 
     # What a failed open names, and the hint it gives (subclasses with another kind of feed).
@@ -198,10 +208,11 @@ class ProbeSource(Source):
         super().__init__(name=name or _default_name(device), queue_size=queue_size, live=True)
         self.device = device
         self.counters.update(reconnects=0, gaps=0, gap_frames=0, decode_errors=0)
+        self.count_bad = BadCounter(self.name, self.counters, log, "frame")
         output = OutputFormat(gray=gray, size=normalise_size(size))
         self._new_feed: Callable[[], _OpenCvFeed | _PyAvFeed]
         if isinstance(device, str) and "://" in device:
-            self._new_feed = lambda: _PyAvFeed(device, output, timeout, self.counters)
+            self._new_feed = lambda: _PyAvFeed(device, output, timeout, self.counters, self.count_bad)
         else:
             self._new_feed = lambda: _OpenCvFeed(device, output)
         self._initial, self._max_wait = reconnect_initial, reconnect_max
@@ -265,6 +276,9 @@ class ProbeSource(Source):
             try:
                 got = self._feed.read()  # (image, capture time), or an image stamped now (e.g. IgtlSource's feed)
                 image, now = got if isinstance(got, tuple) else (got, time.time())
+            except BadMessage as exc:  # the frame guard refused it: counted, the feed goes on
+                self.count_bad(exc)
+                continue
             except _FeedLost as exc:
                 if stop.is_set():  # closing, not a lost feed
                     return

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from core.bounds import check
 from core.errors import SourceError
 
 from .base import PacedSource
@@ -281,17 +282,15 @@ class SyntheticSource(PacedSource):
         frames: int | None = None,
         clip_frames: int = 64,
     ) -> None:
+        where = " (synthetic: source)"
+        check("fps", fps, context=where, error=SourceError)
+        check("frames", frames, context=f"{where}; omit frames for an endless stream", error=SourceError)
+        check("clip_frames", clip_frames, context=where, error=SourceError)
         super().__init__(name=name, queue_size=2 * clip_frames, pacing=pacing, speed=speed)
-        if not fps > 0:
-            raise SourceError(f"synthetic fps must be > 0, got {fps}")
-        if frames is not None and frames < 0:
-            raise SourceError(f"synthetic frames must be >= 0 (or omitted for an endless stream), got {frames}")
-        if clip_frames < 1:
-            raise SourceError(f"synthetic clip_frames must be >= 1, got {clip_frames}")
         self._label = None if label is None else class_index(label)
         self._fps = float(fps)
         out_size = normalise_size(size)
-        self._side = 224 if out_size is None else max(out_size)
+        self._side = check("clip_size", 224 if out_size is None else max(out_size), context=where, error=SourceError)
         self._output = OutputFormat(gray=gray, size=out_size)
         self._seed = seed
         self._total = frames

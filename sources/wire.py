@@ -26,7 +26,6 @@ float). Whatever goes wrong while decoding a message raises ``BadMessage``, neve
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -37,29 +36,16 @@ from typing import Any
 import cv2
 import numpy as np
 import zmq
-from PIL import Image
 
 from core.errors import SourceError
 
-DEFAULT_MAX_FRAME_BYTES = 64 * 2**20
+from .guard import DEFAULT_MAX_FRAME_BYTES, BadMessage, decode_jpeg, short
+
 MAX_HEADER_BYTES = 64 * 2**10
-SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
 MAX_HEADER_DEPTH = 8  # {"shape": [...]} needs 2
 MAX_INT_DIGITS = 20  # any 64-bit integer
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers (not DHT, JPG, DAC)
-_STANDALONE_MARKERS = frozenset(range(0xD0, 0xD8)) | {0x01, 0xD8}  # RSTn, TEM, SOI: no length field
-
-
-class BadMessage(SourceError):
-    """A message that does not follow the wire format; the text says what is wrong."""
-
-
-def short(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters: sender-controlled text in logs stays short."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 15]}...({len(text)} chars)"
 
 
 def _bounded_int(text: str) -> int:
@@ -185,7 +171,7 @@ def _decode_message(
         raise BadMessage(f"header must be a JSON object, got {type(header).__name__}")
     _check_optional_fields(header)
     if is_jpeg(header):
-        return header, _decode_jpeg(payload, max_frame_bytes)
+        return header, decode_jpeg(payload, max_bytes=max_frame_bytes)
     return header, _array_view(header, payload, max_frame_bytes, allowed_dtypes)
 
 
@@ -223,53 +209,6 @@ def _array_view(header: dict[str, Any], payload: bytes, max_frame_bytes: int, al
     if nbytes != len(payload):
         raise BadMessage(f"payload has {len(payload)} bytes but shape {shape} of {dtype} needs {nbytes}")
     return np.frombuffer(payload, dtype=dtype).reshape(shape)
-
-
-def jpeg_shape(data: bytes) -> tuple[int, int, int]:
-    """(height, width, components) from a JPEG's frame header, without decoding anything."""
-    if data[:2] != b"\xff\xd8":
-        raise BadMessage("payload is not a JPEG (no start-of-image marker)")
-    i = 2
-    while i + 4 <= len(data):
-        if data[i] != 0xFF:
-            raise BadMessage(f"corrupt JPEG: marker expected at byte {i}")
-        marker = data[i + 1]
-        if marker == 0xFF or marker in _STANDALONE_MARKERS:
-            i += 1 if marker == 0xFF else 2
-            continue
-        if marker in _SOF_MARKERS and i + 10 <= len(data):
-            height, width = int.from_bytes(data[i + 5 : i + 7], "big"), int.from_bytes(data[i + 7 : i + 9], "big")
-            return height, width, data[i + 9]
-        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
-            break
-        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-    raise BadMessage("corrupt JPEG: no frame header (SOF) before the image data")
-
-
-def _decode_jpeg(payload: bytes, max_frame_bytes: int) -> np.ndarray:
-    height, width, components = jpeg_shape(payload)
-    if components not in (1, 3) or height == 0 or width == 0:
-        raise BadMessage(f"JPEG of {width}x{height} with {components} components; send gray or colour JPEG")
-    if height * width * components > max_frame_bytes:
-        raise BadMessage(f"JPEG of {width}x{height}x{components} decodes over max_frame_bytes={max_frame_bytes}")
-    # Pillow, not cv2.imdecode: libjpeg's warnings ("Corrupt JPEG data: ...") go nowhere instead
-    # of one stderr line per message, whatever the log settings.
-    try:
-        with Image.open(io.BytesIO(payload), formats=("JPEG",)) as jpeg:
-            jpeg.load()
-            image = np.asarray(jpeg if jpeg.mode in ("L", "RGB") else jpeg.convert("RGB"))
-    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, ValueError, SyntaxError, ...
-        raise BadMessage(f"JPEG could not be decoded (corrupt data: {str(exc)[:80]})") from None
-    return image
-
-
-def to_uint8(array: np.ndarray) -> np.ndarray:
-    """uint8 as is; uint16 keeps its high byte; float32 is taken as [0, 1] and scaled to 0-255."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.uint16:
-        return (array >> 8).astype(np.uint8)
-    return np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _now_if_none(timestamp: float | None) -> float:

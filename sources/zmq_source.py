@@ -33,24 +33,14 @@ from core.errors import SourceError
 
 from .base import Source
 from .frame import Frame
+from .guard import DEFAULT_MAX_FRAME_BYTES, SUPPORTED_DTYPES, BadCounter, BadMessage, check_limit, short
 from .image import OutputFormat, normalise_size
 from .options import boolean, live_only, merge_query, names, typed
-from .wire import (
-    DEFAULT_MAX_FRAME_BYTES,
-    MAX_HEADER_BYTES,
-    SUPPORTED_DTYPES,
-    BadMessage,
-    decode_message,
-    is_jpeg,
-    short,
-    to_uint8,
-)
+from .wire import MAX_HEADER_BYTES, decode_message, is_jpeg
 
 log = logging.getLogger(__name__)
 
 _TCP = re.compile(r"tcp://(?P<host>\[[^\]]+\]|[^:/\s]+):(?P<port>\d{1,5})")
-_LOG_FIRST = 10  # bad messages logged one by one; after that one line per _LOG_EVERY
-_LOG_EVERY = 100
 _PATTERNS = {"sub": zmq.SUB, "pull": zmq.PULL, "rep": zmq.REP}
 _REPLY = b"OK"  # what imagezmq's ImageHub answers each request with
 
@@ -135,20 +125,19 @@ class ZmqSource(Source):
         unknown = [d for d in allowed_dtypes if d not in SUPPORTED_DTYPES]
         if unknown or not allowed_dtypes:
             raise SourceError(f"allowed_dtypes {list(allowed_dtypes)} must be taken from {', '.join(SUPPORTED_DTYPES)}")
-        if not (isinstance(max_frame_bytes, int) and max_frame_bytes > 0):
-            raise SourceError(f"max_frame_bytes must be a positive integer, got {max_frame_bytes!r}")
         self.url = url
         self.pattern = pattern
         self.bind = bind
         self.topic = topic.encode() if isinstance(topic, str) else bytes(topic)
-        self._max_frame_bytes = max_frame_bytes
+        self._max_frame_bytes = check_limit("max_frame_bytes", max_frame_bytes)
         self._allowed = tuple(allowed_dtypes)
-        self._output = OutputFormat(gray=gray, size=normalise_size(size))
+        self._output = OutputFormat(gray=gray, size=normalise_size(size), max_bytes=self._max_frame_bytes)
         self.rgb = bool(rgb)
         self._rcvhwm, self._backlog, self._backlog_bytes = rcvhwm, backlog, backlog_bytes
         self._waiting_bytes = 0
         self._max_seq_jump, self._max_skew = max_seq_jump, float(max_clock_skew)
         self.counters.update(bad_messages=0, missed_frames=0, socket_dropped=0)
+        self._count_bad = BadCounter(self.name, self.counters, log, "message")
         self._count_lock = threading.Lock()  # "overflow" is counted by the reader and the loop
         self._context: zmq.Context | None = None
         self._socket: zmq.Socket | None = None
@@ -261,7 +250,7 @@ class ZmqSource(Source):
             t_capture = self._capture_time(header, received)
             missed = self._missed(header.get("seq"))
             bgr = array.ndim == 3 and array.shape[2] == 3 and not self.rgb and not is_jpeg(header)
-            image = self._output.apply(to_uint8(array), bgr=bgr)
+            image = self._output.apply(array, bgr=bgr)
         except Exception as exc:  # noqa: BLE001 - nothing one message does may end the stream
             self._count_bad(exc)
             return None
@@ -295,12 +284,6 @@ class ZmqSource(Source):
                 "numbering restarts from it"
             )
         return sender_seq - last - 1
-
-    def _count_bad(self, exc: Exception) -> None:
-        count = self.counters["bad_messages"] = self.counters["bad_messages"] + 1
-        if count <= _LOG_FIRST or count % _LOG_EVERY == 0:
-            text = str(exc) if isinstance(exc, BadMessage) else f"{type(exc).__name__}: {exc}"
-            log.warning("%s: bad message skipped (%s); %d so far", self.name, text[:200], count)
 
     def _close(self) -> None:
         if self._socket is not None:

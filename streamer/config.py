@@ -11,16 +11,31 @@ pipeline's and the MQTT sink's knobs are theirs (:class:`PipelineSettings`,
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from core.bounds import check_fields
 from core.errors import ConfigError
 from core.settings import DEVICE_FORMS, coerce_fields, defaults, is_device_name, load_flat
 from sinks.mqtt import MqttSettings
 
 from .pipeline import PipelineSettings
+
+# The numbers a user gives, checked against their bounds in core.bounds.
+_BOUNDED = (
+    "frame_queue",
+    "window_queue",
+    "max_batch_windows",
+    "mqtt_buffer",
+    "window",
+    "stride",
+    "threads",
+    "speed",
+    "stats_interval",
+    "duration",
+    "gap",
+)
 
 
 @dataclass(frozen=True)
@@ -90,19 +105,7 @@ class RunConfig:
         if isinstance(self.sources, str):  # one spec; not split at commas like other lists
             object.__setattr__(self, "sources", (self.sources,))
         coerce_fields(self, context=f" (in {self._origin})")
-        positive = ("frame_queue", "window_queue", "max_batch_windows", "mqtt_buffer", "window", "stride", "threads")
-        for name in positive:
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value} (in {self._origin})")
-        for name in ("speed", "stats_interval", "duration"):
-            value = getattr(self, name)
-            if value is not None and not 0 < value < float("inf"):  # also refuses NaN
-                raise ConfigError(f"{name} must be a finite number > 0, got {value} (in {self._origin})")
-        if not math.isfinite(self.gap) or self.gap < 0:
-            raise ConfigError(
-                f"gap must be a number of seconds >= 0 (0 turns it off), got {self.gap} (in {self._origin})"
-            )
+        check_fields(self, _BOUNDED, context=f" (in {self._origin})")
         if not self.sources:
             raise ConfigError(f"no source given (in {self._origin}); add --source SPEC, e.g. --source synthetic:")
         if not is_device_name(self.device):

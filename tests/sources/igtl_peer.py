@@ -50,6 +50,9 @@ def bad() -> list[tuple[bytes, int | None]]:
         (TransformMessage(np.eye(4), device_name="Probe").pack(), None),  # not an IMAGE
         (gray(14, device="Other").pack(), None),  # another device
         (ImageMessage(np.full((H, W), 15, np.uint8), device_name="US").pack(), 15),  # plain 2-D array
+        (ImageMessage(np.zeros((1, 0, 0), np.uint8), device_name="US").pack(), None),  # 0x0 (issue #21)
+        (ImageMessage(np.zeros((1, 0, W), np.uint8), device_name="US").pack(), None),  # no rows
+        (ImageMessage(np.zeros((1, H, 0, 3), np.uint8), device_name="US").pack(), None),  # no columns, RGB
         (gray(16).pack(), 16),
     ]
 

@@ -4,10 +4,14 @@ series and Instance Number, and the one-line SourceError for each kind of bad fi
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import pydicom
 import pytest
 from dicom_help import frames_rgb, gray_of, write_cine, write_mpeg4_cine
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -150,8 +154,14 @@ async def test_folder_plays_series_then_instance_number_and_skips_non_cine_files
     expected = np.concatenate([gray_of(clips[n]) for n in order])
     assert len(frames) == 12 and [f.seq for f in frames] == list(range(12))
     assert all(np.array_equal(f.image, e) for f, e in zip(frames, expected))
-    assert source.counters == {"skipped_files": 2} and source.name == "exam"
+    assert source.counters == {"skipped_files": 2, "corrupt_files": 0, "bad_messages": 0, "files_played": 4}
+    assert source.name == "exam"
     assert [c.rate for c in source.files] == [20.0, 10.0, 10.0, 10.0]
+    # each file is its own segment, named by its path in the folder and its SOP Instance UID
+    names = [f.segment.name for f in frames]
+    assert names == [n for n in ("sub/c.dcm", "d.dcm", "a.dcm", "b.dcm") for _ in range(3)]
+    uids = [str(pydicom.dcmread(folder / n).SOPInstanceUID) for n in ("sub/c.dcm", "d.dcm", "a.dcm", "b.dcm")]
+    assert [f.segment.instance for f in frames[::3]] == uids
 
 
 async def test_spec_and_options(tmp_path):
@@ -241,3 +251,107 @@ async def test_truncated_file_delivers_good_frames_then_fails(tmp_path):
             async for frame in source:
                 frames.append(frame)
     assert 1 <= len(frames) <= 3
+
+
+def _cut(path, size):
+    data = path.read_bytes()
+    path.write_bytes(data[:size])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: write_cine(p, frames_rgb(3), tags={"NumberOfFrames": 0}), r"declares Number of Frames 0; .*corrupt"),
+        (
+            lambda p: _cut(write_cine(p, frames_rgb(3)), 300),
+            r"is an image \(Ultrasound Multi-frame Image Storage\) but ends before its pixel data \(300 bytes\); .*truncated",
+        ),
+        (
+            lambda p: write_cine(p, frames_rgb(3), tags={"Rows": 0}),
+            r"declares frames of 24x0 pixels; the file is corrupt",
+        ),
+    ],
+    ids=["zero-frames", "cut-to-300-bytes", "no-rows"],
+)
+async def test_corrupt_files_are_called_corrupt_alone_and_in_a_folder(tmp_path, make, message):
+    # Before issue #21: NumberOfFrames=0 was "a single-frame image" and a file cut to 300 bytes
+    # "held no pixel data", so a folder skipped both as not being cine loops.
+    bad = make(tmp_path / "exam" / "bad.dcm")
+    with pytest.raises(SourceError, match=message) as info:
+        await collect(DicomSource(bad))
+    assert "\n" not in str(info.value)
+    good = write_cine(tmp_path / "exam" / "good.dcm", frames_rgb(2))
+    source = DicomSource(tmp_path / "exam", pacing=False)
+    frames = await collect(source)
+    assert [f.segment.name for f in frames] == [good.name] * 2  # the exam goes on without it
+    assert source.counters["corrupt_files"] == 1 and source.counters["skipped_files"] == 0
+
+
+async def test_a_declared_decompression_bomb_is_refused_before_decoding(tmp_path):
+    # issue #21: a valid RLE file declaring 2 frames of 65535x65535 took RSS past 6 GB.
+    path = write_cine(tmp_path / "bomb.dcm", frames_rgb(2), syntax=RLELossless, tags={"Rows": 65535, "Columns": 65535})
+    with pytest.raises(
+        SourceError, match=r"declares frames of 65535x65535x1 \(4294836225 bytes\), over max_frame_bytes"
+    ) as info:
+        await collect(DicomSource(path))
+    assert "\n" not in str(info.value)
+    small = write_cine(tmp_path / "big.dcm", frames_rgb(2))  # 16x24: within a limit of 384 bytes, not of 383
+    assert len(await collect(parse_source(f"dicom:{small}?max_frame_bytes=384", pacing=False))) == 2
+    with pytest.raises(SourceError, match="over max_frame_bytes=383"):
+        await collect(parse_source(f"dicom:{small}", max_frame_bytes=383))
+
+
+def _spoil_jpeg_frame(path, index, seed=0):
+    """Overwrite 200 bytes inside the entropy-coded data of JPEG frame ``index`` with random bytes."""
+    ds = pydicom.dcmread(path)
+    frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    data = bytearray(frames[index])
+    start = data.index(b"\xff\xda") + 12
+    data[start : start + 200] = np.random.default_rng(seed).integers(0, 256, 200, dtype=np.uint8).tobytes()
+    frames[index] = bytes(data)
+    ds.PixelData = encapsulate(frames)
+    ds.save_as(path, enforce_file_format=True)
+
+
+async def test_corrupt_jpeg_data_is_a_counted_bad_frame_not_garbage(tmp_path, caplog):
+    # issue #21: 200 random bytes inside frame 5's compressed data decoded to garbage, silently.
+    rgb = np.stack([frames_rgb(1, seed=s)[0] for s in range(8)])
+    rgb = np.stack([np.kron(f, np.ones((8, 8, 1), np.uint8)) for f in rgb])  # 128x192: room for 200 bytes
+    path = write_cine(tmp_path / "jpeg.dcm", rgb, photometric="YBR_FULL_422", syntax=JPEGBaseline8Bit)
+    _spoil_jpeg_frame(path, 5)
+    source = DicomSource(path, pacing=False)
+    frames = await collect(source)
+    assert [f.seq for f in frames] == [0, 1, 2, 3, 4, 6, 7]  # frame 5 is left out, visibly
+    assert source.counters["bad_messages"] == 1
+    assert any("jpeg.dcm: corrupt JPEG" in r.getMessage() for r in caplog.records)
+    for frame in frames:  # the others are right
+        assert np.abs(frame.image.astype(int) - gray_of(rgb[frame.seq : frame.seq + 1])[0]).mean() < 3
+
+
+async def test_an_undecodable_rle_file_is_one_line_without_pydicom_traceback(tmp_path, caplog):
+    path = write_cine(tmp_path / "rle.dcm", frames_rgb(3), syntax=RLELossless)
+    ds = pydicom.dcmread(path)
+    frames = list(generate_frames(ds.PixelData, number_of_frames=3))
+    frames[1] = b"\x01" + b"\xff" * (len(frames[1]) - 1)  # a header claiming 1 segment at a wild offset
+    ds.PixelData = encapsulate(frames)
+    ds.save_as(path, enforce_file_format=True)
+    caplog.set_level(logging.DEBUG)
+    got = []
+    with pytest.raises(SourceError, match=r"rle.dcm: frame 1 of 3 cannot be decoded") as info:
+        async with DicomSource(path, pacing=False) as source:
+            async for frame in source:
+                got.append(frame)
+    assert len(got) == 1 and "\n" not in str(info.value)
+    assert not [r for r in caplog.records if r.exc_info]  # pydicom's own traceback is not printed
+
+
+@pytest.mark.parametrize(("frame_time", "rate", "tag"), [("1e9", 20.0, "CineRate"), ("1e-9", 20.0, "CineRate")])
+async def test_frame_rates_outside_the_bounds_are_not_believed(tmp_path, caplog, frame_time, rate, tag):
+    # issue #21: Frame Time 1e9 ms replayed at 0.001 frames/s, 1e-9 ms was taken as 1e12 frames/s.
+    path = write_cine(tmp_path / "loop.dcm", frames_rgb(2), tags={"FrameTime": frame_time, "CineRate": 20})
+    source = DicomSource(path)
+    async with source:
+        pass
+    assert (source.files[0].rate, source.files[0].rate_tag) == (rate, tag)
+    assert any("FrameTime" in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)

@@ -15,9 +15,9 @@ from pyigtl.messages import MessageBase
 from sources_help import free_port
 
 from core.errors import SourceError
+from sources.guard import BadMessage
 from sources.igtl import IgtlSource, image_of
 from sources.spec import parse_source
-from sources.wire import BadMessage
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -88,14 +88,18 @@ async def test_without_a_device_the_first_device_is_kept(spawn):
     assert all(f.image.shape == (H, W, 3) and (f.image[..., 0] == f.image[..., 2]).all() for f in frames)  # gray ones
 
 
-async def test_unusable_messages_are_counted_and_skipped(spawn):
+@pytest.mark.parametrize("size", [None, (8, 6)])
+async def test_unusable_messages_are_counted_and_skipped(spawn, size):
+    # Before issue #21's fix a 0x0 IMAGE ended the stream: with a size, OpenCV's resize assertion
+    # came out of the source; without one, the empty frame reached the pipeline.
     port = free_port()
     await start(spawn, port, "bad")
     expected = [v for _, v in bad() if v is not None]
-    async with IgtlSource("127.0.0.1", port, device="US") as source:
+    async with IgtlSource("127.0.0.1", port, device="US", size=size) as source:
         frames = await take(source, len(expected))
     assert values(frames) == expected == [10, 15, 16]
-    assert source.counters["bad_messages"] == 4  # CRC, uint16, volume, 4 components
+    assert all(f.image.shape == ((H, W) if size is None else (6, 8)) for f in frames)
+    assert source.counters["bad_messages"] == 7  # CRC, uint16, volume, 4 components, 0x0, 0 rows, 0 columns
     assert source.counters["ignored_messages"] == 3  # STRING, TRANSFORM, another device
 
 

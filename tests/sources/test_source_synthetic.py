@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from core.errors import SourceError
+from sources.spec import parse_source
 from sources.synthetic import CLASSES, SyntheticSource, make_clip, render_clip
 
 
@@ -110,3 +111,24 @@ async def test_source_paces_at_its_frame_rate():
 def test_source_rejects_bad_settings(kwargs):
     with pytest.raises(SourceError):
         SyntheticSource(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            "synthetic:?fps=1e309",
+            r"fps must be a number from 0.01 to 100000 \(frames/s\), got inf \(synthetic: source\)",
+        ),
+        ("synthetic:?fps=nan", r"fps must be a number from 0.01 to 100000"),
+        ("synthetic:?frames=99999999999999999999", r"frames must be an integer from 0 to 1000000000000"),
+        ("synthetic:?size=100000", r"clip_size must be an integer from 16 to 4096 \(pixels\), got 100000"),
+    ],
+)
+def test_numbers_in_a_spec_are_bounded_with_one_line(spec, message):
+    # issue #21: synthetic:?fps=1e309 was accepted (an infinite frame rate) where flags refuse it
+    with pytest.raises(SourceError, match=message) as info:
+        parse_source(spec)
+    assert "\n" not in str(info.value)
+    with pytest.raises(SourceError, match=r"speed must be a number > 0 and at most 1000"):
+        parse_source("synthetic:", speed=1e309)

@@ -9,7 +9,8 @@ import pytest
 from zmq_peer import _imagezmq_array, _imagezmq_jpg, _jpeg_claiming, _rgb_jpeg
 
 from core.errors import SourceError
-from sources.wire import BadMessage, decode_message, encode_array, encode_jpg, jpeg_shape, to_uint8
+from sources.guard import BadMessage, jpeg_shape, to_uint8
+from sources.wire import decode_message, encode_array, encode_jpg
 
 
 def test_array_round_trip_keeps_values_and_optional_fields():
@@ -88,8 +89,8 @@ GOOD_HEADER = {"msg": "m", "dtype": "uint8", "shape": [4, 5]}
         ([_header(**GOOD_HEADER), bytes(100)], "payload of 100 bytes is over max_frame_bytes=64"),
         ([_header(msg="m", jpg=True), b"not a jpeg at all"], "not a JPEG"),
         ([_header(msg="m", jpg=True), b"\xff\xd8\x00\x00garbage"], "marker expected"),
-        ([_header(msg="m", jpg=True), _jpeg_claiming(60000, 60000)], "decodes over max_frame_bytes"),
-        ([_header(msg="m", jpg=True), _rgb_jpeg(0)[:200]], "could not be decoded"),
+        ([_header(msg="m", jpg=True), _jpeg_claiming(60000, 60000)], "decodes over the limit of 1048576 bytes"),
+        ([_header(msg="m", jpg=True), _rgb_jpeg(0)[:200]], "corrupt JPEG"),
     ],
 )
 def test_bad_messages_are_rejected_with_the_reason(parts, reason):

@@ -36,7 +36,7 @@ async def test_fuzz_never_ends_the_stream_and_every_message_is_counted(spawn, ca
         peer = spawn("zmq_peer.py", f"tcp://127.0.0.1:{port}", "push", "connect", "fuzz")
         frames = await take(source, len(good))
     assert await asyncio.to_thread(peer.wait, 30) == 0
-    assert len(frames) == len(good) > 700
+    assert len(frames) == len(good) > 600
     for frame, value in zip(frames, good, strict=True):  # in order, and BGR arrays read as BGR
         assert abs(float(frame.image.mean()) - value) <= 2, (frame.seq, value)
     assert source.counters["bad_messages"] == len(messages) - len(good) > 2000

@@ -23,7 +23,12 @@ def test_flags_override_file(tmp_path):
     "text,needle",
     [
         ("strid: 4\n", "unknown key 'strid'"),
-        ("stride: 0\n", "stride must be >= 1"),
+        ("stride: 0\n", "stride must be an integer from 1 to 4096"),
+        ("max_batch_windows: 99999999999999999999\n", "max_batch_windows must be an integer from 1 to 1024"),
+        ("threads: 99999999999999999999\n", "threads must be an integer from 1 to 1024"),
+        ("duration: .inf\n", "duration must be a number > 0 and at most 31536000 (s), got inf"),
+        ("speed: .nan\n", "speed must be a number > 0"),
+        ("gap: -1\n", "gap must be a number from 0 to"),
         ("stride: four\n", "stride must be an integer"),
         ("overload: drop_newest\n", "overload must be one of"),
         ("pacing: 3\n", "pacing must be true or false"),
@@ -53,6 +58,14 @@ def test_run_and_training_configs_read_values_by_the_same_rules(tmp_path):
     assert cfg.stats_interval == 0.5 and cfg.device == "cuda:1"
     exp = config_from_dict({"data": {"kind": "synthetic"}, "train": {"lr": "5e-1", "device": "cuda:1"}})
     assert exp.train.lr == 0.5 and exp.train.device == "cuda:1"
+
+
+def test_a_binary_config_file_is_a_one_line_error(tmp_path):
+    f = tmp_path / "model.pt"
+    f.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ConfigError, match=r"model.pt is not a text \(UTF-8\) YAML file") as err:
+        RunConfig.load(f)
+    assert "\n" not in str(err.value)
 
 
 def test_missing_config_file(tmp_path):
