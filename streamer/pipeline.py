@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 Policy = Literal["drop_oldest", "block"]
 
 
-class Observer(Protocol):
+class PipelineObserver(Protocol):
     """Watches the pipeline without slowing it (the web view, the metrics): every method is called
     on the event loop, must return at once, and must never raise."""
 
@@ -112,10 +112,7 @@ class FrameQueue:
             if timeout is None or self._items:  # a frame waiting: no timer (the per-frame path)
                 await ready
             else:
-                try:
-                    await asyncio.wait_for(ready, timeout)
-                except TimeoutError:  # the builtin TimeoutError only from Python 3.11 on
-                    raise TimeoutError from None
+                await asyncio.wait_for(ready, timeout)
             if not self._items:
                 return None
             frame = self._items.popleft()
@@ -187,7 +184,7 @@ class Pipeline:
         engine: the inference engine.
         sinks: where predictions and stats go (published to in the order given).
         settings: pipeline knobs.
-        observers: watchers of frames, windows and stats (see :class:`Observer`).
+        observers: watchers of frames, windows and stats (see :class:`PipelineObserver`).
     """
 
     def __init__(
@@ -197,7 +194,7 @@ class Pipeline:
         engine: InferenceEngine,
         sinks: Sequence[Sink],
         settings: PipelineSettings,
-        observers: Sequence[Observer] = (),
+        observers: Sequence[PipelineObserver] = (),
     ) -> None:
         names = [s.name for s, _ in sources]
         if len(set(names)) != len(names):
@@ -269,7 +266,7 @@ class Pipeline:
     async def _stop_when_asked(self, ingest: list[asyncio.Task]) -> None:
         try:
             await asyncio.wait_for(self._stop.wait(), self.settings.duration)
-        except TimeoutError:  # distinct classes before Python 3.11
+        except TimeoutError:
             self._stop.set()
         for st, task in zip(self.streams, ingest):
             if st.reading:  # waiting on the source: interrupt it; a frame being queued is kept
@@ -339,7 +336,7 @@ class Pipeline:
             await windows.put(window)
 
     async def _infer(self, windows: asyncio.Queue, results: asyncio.Queue) -> None:
-        """Batches of windows -> engine (in a thread) -> the publish queue."""
+        """Batches of windows -> engine (its worker thread; the loop awaits the future) -> the publish queue."""
         open_streams = len(self.streams)
         stats = {st.source.name: st.stats for st in self.streams}
         try:
@@ -351,7 +348,7 @@ class Pipeline:
                 todo = [w for w in batch if w is not _END]
                 if not todo:
                     continue
-                for res in await asyncio.to_thread(self.engine.process, todo):
+                for res in await asyncio.wrap_future(self.engine.submit(todo)):
                     w = res.window
                     stats[w.stream].window_done(w, res.selected, res.frames_embedded)
                     if w.frames:

@@ -20,10 +20,6 @@ from .embedders import (
 )
 from .engine import InferenceEngine, WindowResult, resolve_device
 
-# The names these classes had before the split, for code written against them.
-TorchEmbedder = TorchEager
-OnnxEmbedder = Onnx
-
 __all__ = [
     "BACKENDS",
     "EMBEDDERS",
@@ -32,10 +28,8 @@ __all__ = [
     "FrameCache",
     "InferenceEngine",
     "Onnx",
-    "OnnxEmbedder",
     "TorchCudaGraph",
     "TorchEager",
-    "TorchEmbedder",
     "WindowResult",
     "batch_buckets",
     "fold_batchnorm",

@@ -2,8 +2,9 @@
 
 All the work runs on the engine's own worker thread, which also owns the per-frame cache
 (:class:`~streamer.inference.cache.FrameCache`): :meth:`InferenceEngine.accept` (frames as they
-arrive) only enqueues, and :meth:`InferenceEngine.process` (a batch of closed windows) hands the
-batch to that thread and waits. One call is three steps:
+arrive) only enqueues, :meth:`InferenceEngine.submit` (a batch of closed windows) queues the batch
+on that thread and returns a future (the pipeline's event loop awaits it, no thread parked), and
+:meth:`InferenceEngine.process` does the same and waits. One call is three steps:
 
 1. sampler: the windows' feature-size copies -> ``sampler.select`` (one call for the batch); for
    samplers that look at frame features (DAS, ADPS) the per-frame part of the features was
@@ -23,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -59,11 +60,6 @@ class WindowResult:
     probs: tuple[float, ...]
     frames_embedded: int
 
-    @property
-    def backbone_calls(self) -> int:
-        """The old name of ``frames_embedded`` (it counts frames, not calls)."""
-        return self.frames_embedded
-
 
 class InferenceEngine:
     """Runs a :class:`SampledClassifier` on windows, embedding each frame at most once.
@@ -75,7 +71,6 @@ class InferenceEngine:
             on the CPU when installed, else eager torch) or a name of ``EMBEDDERS``.
         max_embed_batch: the largest backbone batch (the top bucket).
         max_windows: windows per call warmed at start (the pipeline's ``max_batch_windows``).
-        engine: the old name of ``backend``.
         embedder: a ready :class:`Embedder` to use instead of building one (e.g. the Ray Serve
             pool of ``streamer.cluster``); ``backend`` and ``max_embed_batch`` are then unused.
     """
@@ -88,7 +83,6 @@ class InferenceEngine:
         backend: str = "auto",
         max_embed_batch: int = 64,
         max_windows: int = 8,
-        engine: str | None = None,
         embedder: Embedder | None = None,
     ) -> None:
         self.device = resolve_device(device)
@@ -102,7 +96,7 @@ class InferenceEngine:
         if embedder is not None:  # a backbone served elsewhere (streamer.cluster)
             self.backend, self.embedder = embedder.name, embedder
         else:
-            self.backend = resolve_backend(engine or backend, self.device)
+            self.backend = resolve_backend(backend, self.device)
             self.embedder = EMBEDDERS[self.backend](self.model, self.device, max_batch=max_embed_batch)
         self.cache = FrameCache(cfg.feature_size)
         # Wall time of each call's steps in ms (recent calls only): "sampler" (feature-size copies
@@ -150,8 +144,6 @@ class InferenceEngine:
             self._drain_queued = True
             self._worker.submit(self._drain)
 
-    prepare = accept  # the old name
-
     def _drain(self) -> None:
         self._drain_queued = False  # before reading: a frame appended from now on queues a new drain
         keys = []
@@ -190,6 +182,12 @@ class InferenceEngine:
         A failed call empties the cache (its windows never retire their frames) and raises.
         """
         return self.on_worker(self._process, windows)
+
+    def submit(self, windows: list[Window]) -> Future[list[WindowResult]]:
+        """:meth:`process` without blocking: the batch is queued on the worker and the future holds
+        its results (an event loop awaits ``asyncio.wrap_future(engine.submit(...))``; no thread
+        waits on it)."""
+        return self._worker.submit(self._process, windows)
 
     @torch.inference_mode()
     def _process(self, windows: list[Window]) -> list[WindowResult]:

@@ -151,7 +151,6 @@ def test_backend_names(model):
         resolve_backend("tensorrt", cpu)
     with pytest.raises(EngineError, match="needs a CUDA device"):
         InferenceEngine(model, device="cpu", backend="torch-cudagraph")
-    assert InferenceEngine(model, device="cpu", engine="torch").backend == "torch"  # the old keyword
 
 
 def _has_ort():

@@ -57,7 +57,7 @@ def test_each_frame_embedded_at_most_once_with_overlap(das_model):
     picked = set()
     for i in range(0, len(ws), 3):  # several batches, as the pipeline sends them
         for r in eng.process(ws[i : i + 3]):
-            calls += r.backbone_calls
+            calls += r.frames_embedded
             picked.update(r.selected)
     assert calls == len(picked)  # one backbone call per distinct picked frame
     assert eng.cached == 0  # everything retired was evicted
@@ -84,7 +84,7 @@ def test_padded_and_empty_frames_are_not_embedded(das_model):
     (res,) = eng.process(windows(fs, 8, 8))
     assert res.window.padded == 5
     assert set(res.selected) <= {0, 1, 2}
-    assert res.backbone_calls == len(set(res.selected) - {1})
+    assert res.frames_embedded == len(set(res.selected) - {1})
     assert abs(sum(res.probs) - 1) < 1e-5
 
 
@@ -97,10 +97,10 @@ def synthetic_frames(n, size, seed=3):
 
 
 def test_prepared_backbone_computes_the_same_embeddings(das_model):
-    from streamer.inference import TorchEmbedder
+    from streamer.inference import TorchEager
 
     batch = np.stack([f.image for f in synthetic_frames(6, 32)])
-    fast = TorchEmbedder(das_model, torch.device("cpu"))(batch)
+    fast = TorchEager(das_model, torch.device("cpu"))(batch)
     with torch.no_grad():
         ref = das_model.classifier.embed(torch.from_numpy(batch)[:, None])
     assert ref.abs().max() > 1e-2  # a calibrated backbone: real activations, not ~0

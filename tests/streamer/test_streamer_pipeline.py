@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from streamer_help import ListSink, make_model_file
@@ -103,3 +104,32 @@ async def test_copies_made_on_arrival_are_all_released(engine, stride):
     assert final.frames_in == 101 and accounted(final)
     assert final.windows == len(sink.predictions) > 0
     assert engine.held_copies == 0 and engine.cached == 0
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """The loop's default executor, counting what is handed to it (asyncio.to_thread lands here)."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.submitted = 0
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_the_loop_awaits_the_engine_without_parking_a_thread(engine):
+    """The loop's default executor (where asyncio.to_thread runs) sees the sources open and close,
+    never a batch: a run of 4x the windows hands it no more work."""
+    executor = CountingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    handed = []
+    for frames in (64, 256):
+        before = executor.submitted
+        src = SyntheticSource(name="s", pacing=False, size=32, frames=frames, clip_frames=16)
+        sink = ListSink()
+        settings = PipelineSettings(stride=8, max_batch_windows=1)
+        summary = await Pipeline(sources=[(src, "block")], engine=engine, sinks=[sink], settings=settings).run()
+        assert summary.final["s"].windows == len(sink.predictions) >= frames // 8
+        handed.append(executor.submitted - before)
+    assert handed[0] == handed[1]  # with asyncio.to_thread(engine.process, ...): one more per batch
