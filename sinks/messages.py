@@ -105,7 +105,7 @@ class Stats:
         fps_in: input frame rate over the whole run so far.
         latency_ms: {"p50", "p95", "p99"} capture-to-published latency of predictions.
         compute_saved: fraction of classifier (backbone) work avoided against running it on
-            every frame of every window: 1 - backbone_calls / (windows * T).
+            every frame of every window: 1 - frames_embedded / (windows * T).
         final: true for the last stats message of a stream.
         frames_resampled_out: frames left out because the stream runs faster than the model's
             frame rate (the stream is resampled to it before windowing; 0 for models that

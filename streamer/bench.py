@@ -11,7 +11,7 @@ docs/performance.md):
 3. throughput: the whole pipeline replaying a video file with no pacing (decode, window, sampler,
    classifier, MQTT publish), input frames per second, DAS at 0.5 against the full sequence;
 4. latency: the same replay paced at 30 fps: capture -> published and window close -> published;
-5. overlap: stride T/2, backbone calls per input frame and the time the embedding cache saves;
+5. overlap: stride T/2, frames embedded per input frame and the time the embedding cache saves;
 6. memory: peak RSS over a long no-pacing stream and its growth after warm-up (full mode only);
 7. streams: 4 synthetic streams at 30 fps in one process: per-stream p99 latency and drops;
 8. capacity: the most concurrent 30 fps streams one process holds with no frame dropped and
@@ -354,7 +354,7 @@ def bench_overlap(engine: InferenceEngine, s: BenchSettings) -> dict[str, Any]:
         embedded = sum(r.frames_embedded for r in _process_each(engine, windows, reuse=reuse))
         out["cache" if reuse else "recompute"] = {
             "seconds": round(time.perf_counter() - t0, 3),
-            "backbone_calls_per_frame": round(embedded / n, 3),
+            "frames_embedded_per_frame": round(embedded / n, 3),
         }
     out["time_saved"] = round(1 - out["cache"]["seconds"] / out["recompute"]["seconds"], 3)
     return out

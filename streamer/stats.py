@@ -50,7 +50,7 @@ class StreamStats:
         self.frames_dropped = 0
         self.frames_resampled_out = 0
         self.windows = 0
-        self.backbone_calls = 0
+        self.frames_embedded = 0
         self._picked: set[int] = set()
         self._t_start: float | None = None
         self._t_last_in: float | None = None
@@ -70,11 +70,11 @@ class StreamStats:
     def resampled_out(self, n: int = 1) -> None:
         self.frames_resampled_out += n
 
-    def window_done(self, window: Window, picked: Iterable[int], backbone_calls: int) -> None:
+    def window_done(self, window: Window, picked: Iterable[int], frames_embedded: int) -> None:
         """Record a classified window (or a retire-only one: no frames, nothing picked)."""
         if window.frames:
             self.windows += 1
-        self.backbone_calls += backbone_calls
+        self.frames_embedded += frames_embedded
         self._picked.update(picked)
         for seq in window.retire:
             if seq in self._picked:
@@ -115,7 +115,7 @@ class StreamStats:
             elapsed = self._t_last_in - self._t_start
         fps = (self.frames_in - 1) / elapsed if elapsed > 0 else 0.0
         full_work = self.windows * self.num_frames
-        saved = 1.0 - self.backbone_calls / full_work if full_work else 0.0
+        saved = 1.0 - self.frames_embedded / full_work if full_work else 0.0
         return Stats(
             stream=self.stream,
             frames_in=self.frames_in + upstream_dropped,
@@ -132,7 +132,7 @@ class StreamStats:
             frames_resampled_out=self.frames_resampled_out,
             extra={
                 "latency_close_ms": percentiles(self.close_latency_ms),
-                "backbone_calls": self.backbone_calls,
+                "frames_embedded": self.frames_embedded,
                 **(extra or {}),
             },
         )

@@ -135,7 +135,7 @@ class ClusterPipeline(Pipeline):
         self.base["frames_dropped"] += int(self.restart_extra.get("lost_in_restart", 0)) - int(
             self.resume.get("lost_in_restart", 0)
         )
-        self.base["backbone_calls"] = int(self.resume.get("backbone_calls", 0))
+        self.base["frames_embedded"] = int(self.resume.get("frames_embedded", 0))
         self.base["retries"] = int(self.resume.get("retries", 0))
         self.replicas: dict[str, int] = dict(self.resume.get("replicas", {}))
         self.rtt_ms: list[float] = []
@@ -160,7 +160,7 @@ class ClusterPipeline(Pipeline):
         s = super()._snapshot(st, final=final)
         emb: RemoteEmbedder = self.engine.embedder
         extra = dict(s.extra)
-        extra["backbone_calls"] = extra.get("backbone_calls", 0) + self.base["backbone_calls"]
+        extra["frames_embedded"] = extra.get("frames_embedded", 0) + self.base["frames_embedded"]
         extra.update(
             self.restart_extra,
             retries=emb.retries_done + self.base["retries"],
@@ -176,7 +176,7 @@ class ClusterPipeline(Pipeline):
         counts = {k: getattr(st.stats, k) + self.base[k] for k in _COUNTS}
         ckpt = {
             **counts,
-            "backbone_calls": st.stats.backbone_calls + self.base["backbone_calls"],
+            "frames_embedded": st.stats.frames_embedded + self.base["frames_embedded"],
             "retries": self.engine.embedder.retries_done + self.base["retries"],
             "next_seq": self.next_seq,
             "replicas": dict(self.replicas),

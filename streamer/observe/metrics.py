@@ -51,10 +51,10 @@ class _StatsCollector(Collector):
         )
         windows = CounterMetricFamily("das_stream_windows", "Windows classified", labels=["stream"])
         backbone = CounterMetricFamily(
-            "das_stream_backbone_calls", "Frames embedded by the classifier backbone", labels=["stream"]
+            "das_stream_frames_embedded", "Frames embedded by the classifier backbone", labels=["stream"]
         )
         saved = GaugeMetricFamily(
-            "das_stream_compute_saved_ratio", "1 - backbone calls / (windows * T)", labels=["stream"]
+            "das_stream_compute_saved_ratio", "1 - frames embedded / (windows * T)", labels=["stream"]
         )
         fps = GaugeMetricFamily("das_stream_input_fps", "Input frame rate over the run so far", labels=["stream"])
         for name, s in sorted(self.m.stats.items()):
@@ -63,7 +63,7 @@ class _StatsCollector(Collector):
             pending.add_metric([name], s.frames_pending)
             bad.add_metric([name], s.bad_messages)
             windows.add_metric([name], s.windows)
-            backbone.add_metric([name], float(s.extra.get("backbone_calls", 0)))
+            backbone.add_metric([name], float(s.extra.get("frames_embedded", 0)))
             saved.add_metric([name], s.compute_saved)
             fps.add_metric([name], s.fps_in)
         yield from (frames, pending, bad, windows, backbone, saved, fps)

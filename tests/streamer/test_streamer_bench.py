@@ -33,8 +33,8 @@ def test_bench_reports_headline_keys_and_consistent_details(tmp_path, mqtt_broke
     assert runs["full"]["compute_saved"] < 0.3 < runs["das@0.5"]["compute_saved"]
     ov = result["overlap"]
     # stride T/2: each frame is in two windows; the cache embeds each picked frame once
-    assert ov["cache"]["backbone_calls_per_frame"] < ov["recompute"]["backbone_calls_per_frame"]
-    assert ov["recompute"]["backbone_calls_per_frame"] <= 1.0 + 1e-9
+    assert ov["cache"]["frames_embedded_per_frame"] < ov["recompute"]["frames_embedded_per_frame"]
+    assert ov["recompute"]["frames_embedded_per_frame"] <= 1.0 + 1e-9
 
 
 def test_capacity_point_counts_every_stream_and_reports_warm_up():

@@ -105,6 +105,8 @@ async def test_metrics_during_a_run_match_the_final_stats(engine):
             labels = (("stream", stream),)
             assert final_m[("das_stream_windows_total", labels)] == final.windows > 0
             assert final_m[("das_stream_bad_messages_total", labels)] == final.bad_messages == 0
+            embedded = final.extra["frames_embedded"]
+            assert final_m[("das_stream_frames_embedded_total", labels)] == embedded == final.frames_forwarded
             # every published prediction was observed once in each latency histogram
             published = sum(1 for p in sink.predictions if p.stream == stream)
             assert published == final.windows

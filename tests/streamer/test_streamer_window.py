@@ -79,10 +79,10 @@ def test_stats_account_forwarded_skipped_dropped():
         if win is not None:
             picked = win.seqs[::2]  # pick every other frame
             picked_total.update(picked)
-            st.window_done(win, picked, backbone_calls=len(picked))
+            st.window_done(win, picked, frames_embedded=len(picked))
             assert st.pending >= 0
     last = w.flush()
-    st.window_done(last, last.seqs[:1] if last.frames else (), backbone_calls=1 if last.frames else 0)
+    st.window_done(last, last.seqs[:1] if last.frames else (), frames_embedded=1 if last.frames else 0)
     if last.frames:
         picked_total.update(last.seqs[:1])
     s = st.snapshot(final=True)
