@@ -18,6 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from core.exit import rounds
 from sampler.model import SampledClassifier
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -131,15 +132,6 @@ def forward_batch(
     if len(batch) == 4:
         return (*model.forward_embedded(x, batch[1].to(device, non_blocking=True).float(), valid, k), y)
     return (*model(x, valid, k), y)
-
-
-def k_ladder(k_max: int) -> tuple[int, ...]:
-    """k = 1, 2, 4, ... below ``k_max``, and ``k_max``: the frame counts a model for every k is
-    validated and scored at."""
-    ks = [1]
-    while ks[-1] * 2 < k_max:
-        ks.append(ks[-1] * 2)
-    return tuple(dict.fromkeys([*ks, k_max]))
 
 
 def scheduled_k(schedule: str, k_max: int, seed: int, epoch: int, batch: int) -> int | None:
@@ -266,7 +258,7 @@ def fit(
         if schedule != "fixed":  # a model for every k: keep the weights that are best over the ladder
             losses = [
                 evaluate(model, data.val, device=device, batch_size=settings.eval_batch_size, weight=weight, k=j).loss
-                for j in k_ladder(k)
+                for j in rounds(k)
                 if j != k
             ]
             val = dataclasses.replace(val, loss=float(np.mean([val.loss, *losses])))

@@ -92,9 +92,10 @@ def test_explore_epochs_scale_the_samplers_own_noise_level_and_restore_it(data):
 
 
 def test_k_ladder_and_the_scheduled_k_are_reproducible_and_in_range():
-    from training.loop import k_ladder, scheduled_k
+    from core.exit import rounds
+    from training.loop import scheduled_k
 
-    assert k_ladder(8) == (1, 2, 4, 8) and k_ladder(6) == (1, 2, 4, 6) and k_ladder(1) == (1,)
+    assert rounds(8) == (1, 2, 4, 8) and rounds(6) == (1, 2, 4, 6) and rounds(1) == (1,)
     assert scheduled_k("fixed", 8, 0, 1, 0) is None
     draws = [scheduled_k("random", 8, 0, e, b) for e in range(1, 4) for b in range(20)]
     assert set(draws) <= set(range(1, 9)) and len(set(draws)) >= 6

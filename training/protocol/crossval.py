@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,8 +45,9 @@ from ..loop import evaluate
 from ..report import RunResult, SummaryRow, markdown_table, plot_auc, summarize
 from ..runs import MODEL_FILE, RESULT_FILE, RunLog, grid, run_name, set_threads, train_run
 from ..video_eval import RandomWindowSet, evaluate_videos, load_whole_videos
+from .curves import CURVE_FILE, Windows, run_curve, write_curve_summaries
 from .folds import fold_splits, groups_from_regex
-from .frozen import FrozenVideos, evaluate_embedded_videos
+from .frozen import FrozenVideos, embedded_windows, evaluate_embedded_videos
 from .paired import paired_markdown, paired_table, write_paired_csv, write_summary_with_diffs
 
 CORRUPTED_RESULT = "result-corrupted.json"
@@ -96,6 +98,7 @@ def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) 
     d = config.data
     corruption = StreamCorruption.from_options(d.corruption_options) if d.corruption != "none" else None
     start = time.perf_counter()
+    vs = pool = base = None
     if d.kind == "videos":
         vs = load_whole_videos(d)
         labels, groups, class_names = vs.labels, _groups(d, vs.names), vs.class_names
@@ -137,6 +140,15 @@ def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) 
                     results.append(r)
                     if corruption is not None:
                         corrupted.append(RunResult.load(run_dir / CORRUPTED_RESULT))
+                    if not (run_dir / CURVE_FILE).is_file():
+                        _write_curve(
+                            config.replace(model={"method": method, "keep": keep}, train={"seed": seed}),
+                            run_dir,
+                            (frozen, vs, pool),
+                            (tr, va, te),
+                            corruption,
+                            base,
+                        )
                     continue
             progress(f"[{i}/{total}] fold{f}/{run_dir.name} (after {(time.perf_counter() - start) / 60:.1f} min)")
             run_config = config.replace(model={"method": method, "keep": keep}, train={"seed": seed})
@@ -190,13 +202,64 @@ def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) 
                     corrupted.append(rc)
             r.save(run_dir / RESULT_FILE)
             results.append(r)
+            _write_curve(run_config, run_dir, (frozen, vs, pool), (tr, va, te), corruption, base)
     progress(
         f"compare --folds {d.folds}: {total} runs done in {(time.perf_counter() - start) / 60:.1f} min of wall-clock time"
     )
     rows = _write_summaries(config, results, out, suffix="", progress=progress)
     if corrupted:
         _write_summaries(config, corrupted, out, suffix="-corrupted", progress=progress)
+    for path in write_curve_summaries(out, config.name):
+        progress(f"curves: {path}")
     return rows
+
+
+def _write_curve(run_config: ExperimentConfig, run_dir: Path, inputs, split, corruption, base) -> None:
+    """``curve.json`` of one run: its scores at every k of its order and at the early exit
+    calibrated on its validation windows (:mod:`.curves`), on the clean and corrupted test sets."""
+    frozen, vs, pool = inputs
+    tr, va, te = split
+    d, t = run_config.data, run_config.data.num_frames
+    stride = _stride(run_config)
+    device = resolve_device(run_config.train.device)
+    model = SampledClassifier.load(run_dir / MODEL_FILE, map_location=device)
+
+    def video_windows(videos, labels, names):
+        clips, owner = windows_of_videos(videos, labels, names, t, stride)
+        return clips, Windows(owner, np.asarray(labels))
+
+    def embedded(ev):
+        clips, owner = embedded_windows(ev, t, stride)
+        return clips, Windows(owner, np.asarray(ev.labels))
+
+    def volumes(clips):
+        return clips, Windows(np.arange(len(clips)), np.asarray(clips.labels))
+
+    tests = {}
+    if frozen is not None:
+        val = embedded((frozen.train_bad or frozen.clean).take(va))
+        tests["clean"] = embedded(frozen.clean.take(te))
+        if frozen.test_bad is not None:
+            tests["corrupted"] = embedded(frozen.test_bad.take(te))
+    elif vs is not None:
+        val_v = vs.take(va)
+        if corruption is not None and d.corruption == "both":
+            val_v = (corrupt_videos(val_v[0], corruption, seed=d.corruption_seed + 2, ids=va.tolist()), *val_v[1:])
+        val = video_windows(*val_v)
+        test_v = vs.take(te)
+        tests["clean"] = video_windows(*test_v)
+        if corruption is not None:
+            bad = corrupt_videos(test_v[0], corruption, seed=d.corruption_seed, ids=te.tolist())
+            tests["corrupted"] = video_windows(bad, *test_v[1:])
+    else:
+        val = volumes(pool.subset(va))
+        test = pool.subset(te) if te is not None else base.test
+        tests["clean"] = volumes(test)
+        if corruption is not None:
+            bad = corrupt_videos(list(test.x), corruption, seed=d.corruption_seed)
+            tests["corrupted"] = volumes(ClipSet(np.stack(bad), test.valid, test.labels, test.names))
+    curve = run_curve(model, val, tests, device=device)
+    (run_dir / CURVE_FILE).write_text(json.dumps(curve, indent=1) + "\n")
 
 
 def _frozen_run(run_config: ExperimentConfig, frozen: FrozenVideos, split, class_names, run_dir: Path, fold: int):
