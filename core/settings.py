@@ -13,7 +13,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -21,6 +21,23 @@ from .errors import ConfigError
 
 DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    """A closed choice whose names live in a registry: ``engine: Annotated[str, OneOf(BACKENDS)]``
+    (a ``Literal`` would write the registry's names a second time)."""
+
+    names: tuple[str, ...]
+
+
+def choices_of(cls: type, key: str) -> tuple[Any, ...]:
+    """The values the field ``key`` of the settings class ``cls`` may take (its ``Literal`` or
+    :class:`OneOf`), e.g. for a flag's ``choices``; () when it is not a closed choice."""
+    hint = typing.get_type_hints(cls, include_extras=True)[key]
+    if typing.get_origin(hint) is Annotated:
+        return next((m.names for m in typing.get_args(hint)[1:] if isinstance(m, OneOf)), ())
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
 
 
 def read_yaml(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
@@ -57,7 +74,8 @@ def parse_scalar(text: str) -> Any:
 def coerce(value: Any, hint: Any, key: str, *, context: str = "") -> Any:
     """Check ``value`` against a field's type hint and return it in that type.
 
-    Rules (the same for every config): ``X | None`` accepts None; ``Literal[...]`` one of its
+    Rules (the same for every config): ``X | None`` accepts None; ``Literal[...]`` (or
+    ``Annotated[str, OneOf(names)]``) one of its
     values; ``tuple[X, ...]`` a list or tuple, a single value, or a comma-separated string
     (``0,1,2`` from a flag); ``Mapping`` a mapping; ``bool`` only
     true/false; ``int`` only integers; ``float`` numbers and numeric text (YAML 1.1 reads
@@ -77,6 +95,12 @@ def coerce(value: Any, hint: Any, key: str, *, context: str = "") -> Any:
         return ConfigError(f"{key} must be {expected}, got {value!r}{context}")
 
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        value = coerce(value, args[0], key, context=context)
+        for names in (m.names for m in args[1:] if isinstance(m, OneOf)):
+            if value not in names:
+                raise bad("one of " + ", ".join(repr(n) for n in names))
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -124,7 +148,7 @@ def coerce(value: Any, hint: Any, key: str, *, context: str = "") -> Any:
 
 def coerce_fields(obj: Any, key: typing.Callable[[str], str] = str, *, context: str = "") -> None:
     """Coerce every public field of the frozen dataclass ``obj`` in place (call from __post_init__)."""
-    hints = typing.get_type_hints(type(obj))
+    hints = typing.get_type_hints(type(obj), include_extras=True)
     for f in dataclasses.fields(obj):
         if not f.name.startswith("_"):
             object.__setattr__(obj, f.name, coerce(getattr(obj, f.name), hints[f.name], key(f.name), context=context))

@@ -59,9 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- streaming commands (run, subscribe, bench) ---
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
-    import typing
-
-    from core.settings import DEVICE_FORMS
+    from core.settings import DEVICE_FORMS, choices_of
     from sinks.mqtt import MqttSettings
     from sources.spec import spec_usage
     from streamer.config import RunConfig
@@ -69,7 +67,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     d = RunConfig.defaults()  # help text shows the defaults from where they are defined
 
     def choices(key: str) -> list:
-        return list(typing.get_args(typing.get_type_hints(RunConfig)[key]))
+        return list(choices_of(RunConfig, key))
 
     run = sub.add_parser(
         "run",

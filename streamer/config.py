@@ -13,14 +13,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from core.bounds import check_fields
 from core.errors import ConfigError
-from core.settings import DEVICE_FORMS, coerce_fields, defaults, is_device_name, load_flat
+from core.settings import DEVICE_FORMS, OneOf, coerce_fields, defaults, is_device_name, load_flat
 from sinks.mqtt import MqttSettings
 
-from .pipeline import PipelineSettings
+from .inference.embedders import BACKENDS
+from .pipeline import PipelineSettings, Policy
 
 # The numbers a user gives, checked against their bounds in core.bounds.
 _BOUNDED = (
@@ -75,12 +76,12 @@ class RunConfig:
     speed: float = 1.0
     pacing: bool = True
     loop: bool = False
-    overload: Literal["auto", "drop_oldest", "block"] = "auto"
+    overload: Literal["auto", Policy] = "auto"
     frame_queue: int = PipelineSettings.frame_queue
     window_queue: int = PipelineSettings.window_queue
     max_batch_windows: int = PipelineSettings.max_batch_windows
     device: str = "auto"
-    engine: Literal["auto", "torch", "torch-cudagraph", "onnx"] = "auto"
+    engine: Annotated[str, OneOf(BACKENDS)] = "auto"
     threads: int | None = None
     mqtt: str | None = None
     topic_prefix: str = MqttSettings.topic_prefix

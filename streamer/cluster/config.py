@@ -16,6 +16,7 @@ from typing import Any, Literal
 from core.errors import ConfigError
 from core.settings import coerce_fields, load_flat
 from streamer.config import RunConfig
+from streamer.pipeline import Policy
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class ClusterConfig:
     speed: float = 1.0
     pacing: bool = True
     loop: bool = False
-    overload: Literal["auto", "drop_oldest", "block"] = "auto"
+    overload: Literal["auto", Policy] = "auto"
     frame_queue: int = 256
     window_queue: int = 16
     max_batch_windows: int = 8

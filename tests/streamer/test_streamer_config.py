@@ -1,3 +1,5 @@
+import typing
+
 import pytest
 
 from core.errors import ConfigError
@@ -30,7 +32,8 @@ def test_flags_override_file(tmp_path):
         ("speed: .nan\n", "speed must be a number > 0"),
         ("gap: -1\n", "gap must be a number from 0 to"),
         ("stride: four\n", "stride must be an integer"),
-        ("overload: drop_newest\n", "overload must be one of"),
+        ("overload: drop_newest\n", "overload must be one of 'auto', 'drop_oldest', 'block'"),
+        ("engine: tensorrt\n", "engine must be one of 'auto', 'torch', 'torch-cudagraph', 'onnx'"),
         ("pacing: 3\n", "pacing must be true or false"),
         ("sources: []\n", "no source given"),
         ("- a\n- b\n", "must hold a mapping"),
@@ -71,3 +74,13 @@ def test_a_binary_config_file_is_a_one_line_error(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         RunConfig.load(tmp_path / "nope.yaml")
+
+
+def test_closed_choices_come_from_their_registries():
+    from core.settings import choices_of
+    from streamer.inference import BACKENDS
+    from streamer.pipeline import Policy
+
+    assert choices_of(RunConfig, "engine") == BACKENDS
+    assert choices_of(RunConfig, "overload") == ("auto", *typing.get_args(Policy))
+    assert choices_of(RunConfig, "stride") == ()
