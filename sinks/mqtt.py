@@ -109,7 +109,7 @@ class MqttSettings:
     tls_insecure: bool = False
     timeout: float = 10.0
     reconnect_min: float = 0.25
-    reconnect_max: float = 10.0
+    reconnect_max: float = 2.0  # a broker back is found within 2 s (/healthz recovers as fast)
     drain_timeout: float = 5.0
     max_inflight: int = 20
     clean_session: bool = False

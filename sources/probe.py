@@ -171,9 +171,11 @@ class ProbeSource(Source):
         queue_size: frames buffered for a slow consumer before the oldest are dropped
             (counted in ``counters["overflow"]``).
 
-    Counters: ``reconnects`` (successful reconnections), ``gaps``, ``gap_frames`` (estimated
-    missed frames), ``decode_errors`` (skipped undecodable packets), ``bad_messages`` (frames the
-    frame guard refused, see ``sources.guard``), ``overflow``.
+    Counters: ``reconnects`` (recoveries: frames flowing again after the feed was lost, however
+    many connections that took), ``gaps``, ``gap_frames`` (estimated missed frames),
+    ``decode_errors`` (skipped undecodable packets), ``bad_messages`` (frames the frame guard
+    refused, see ``sources.guard``), ``overflow``. :attr:`reconnecting` is True from the loss of
+    the feed until frames flow again.
     """
 
     # What a failed open names, and the hint it gives (subclasses with another kind of feed).
@@ -218,6 +220,7 @@ class ProbeSource(Source):
         self._initial, self._max_wait = reconnect_initial, reconnect_max
         self._max_reconnects, self._open_attempts = max_reconnects, open_attempts
         self._feed: _OpenCvFeed | _PyAvFeed | None = None
+        self.reconnecting = False  # the feed was lost and no frame has come back yet
 
     @classmethod
     def from_spec(
@@ -286,15 +289,17 @@ class ProbeSource(Source):
                 self._feed.close()
                 self._feed = None
                 lost_since = lost_since or last
+                self.reconnecting = True
                 self._feed = self._connect(self._max_reconnects, stop)
                 if self._feed is None:
                     return
-                self.counters["reconnects"] += 1
                 continue
             now = max(now, last)  # capture times never go back
-            if lost_since is not None:
+            if lost_since is not None:  # recovered: counted once, however many connections it took
                 seq += self._report_gap(now - lost_since, interval)
                 lost_since = None
+                self.counters["reconnects"] += 1
+                self.reconnecting = False
             elif seq:
                 step = now - last
                 interval = step if interval is None else 0.9 * interval + 0.1 * step

@@ -117,7 +117,7 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
     if cfg.web or cfg.metrics:
         from .observe import Observer
 
-        observer = Observer(streams=[s.name for s in sources], sinks=sinks, web=web, metrics=metrics)
+        observer = Observer(sources=sources, sinks=sinks, web=web, metrics=metrics)
         observer.attach_engine(engine)
         observers.append(observer)
     settings = PipelineSettings(

@@ -63,6 +63,9 @@ class PipelineObserver(Protocol):
     def on_frame(self, stream: str, frame: Frame) -> None: ...
     def on_window(self, result: WindowResult, prediction: Prediction) -> None: ...
     def on_stats(self, stats: Stats) -> None: ...
+    def on_stream_end(self, stream: str, error: BaseException | None) -> None:
+        """The stream's source ended (``error``: why it failed, None when it ended cleanly); its
+        last windows are still to come."""
 
 
 class FrameQueue:
@@ -300,6 +303,8 @@ class Pipeline:
             st.error = exc
         finally:
             await st.queue.close()
+            for obs in self.observers:
+                obs.on_stream_end(st.source.name, st.error)
 
     async def _window(self, st: _Stream, windows: asyncio.Queue) -> None:
         """Frame queue -> windows; an open window is closed early when the stream pauses, and the
@@ -360,13 +365,18 @@ class Pipeline:
 
     async def _publish(self, results: asyncio.Queue) -> None:
         """The publish queue -> predictions to the sinks and observers."""
-        stats = {st.source.name: st.stats for st in self.streams}
+        streams = {st.source.name: st for st in self.streams}
         while (res := await results.get()) is not _END:
             pred = self._prediction(res)
             await self.sinks.publish_prediction(pred)
-            stats[pred.stream].published(t_capture_last=pred.t_last, t_close=res.window.t_close)
-            for obs in self.observers:
-                obs.on_window(res, pred)
+            streams[pred.stream].stats.published(
+                t_capture_last=pred.t_last, t_close=res.window.t_close, padded=pred.padded
+            )
+            if self.observers:  # the counters as of this window, with it (a dashboard's strip and counters agree)
+                snapshot = self._snapshot(streams[pred.stream], final=False)
+                for obs in self.observers:
+                    obs.on_window(res, pred)
+                    obs.on_stats(snapshot)
 
     def _prediction(self, res: WindowResult) -> Prediction:
         w = res.window

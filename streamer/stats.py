@@ -7,13 +7,22 @@ A frame is *dropped* when the overload policy throws it away before it reaches t
 others wait (``pending``) until the last window that contains them has been classified (the
 window's ``retire`` list); then they are *forwarded* if any window picked them for the classifier,
 else *skipped*.
+
+Latency is the pipeline's: capture of a window's last frame (and the window's close) to its
+prediction handed to the sinks, over the windows that closed full. A window closed early and
+padded (the stream paused for ``--gap`` seconds, or ended) waited for the pause before it closed,
+so its capture -> published time measures the pause, not the pipeline: those windows are counted
+(``windows_flushed``) and their latency is reported apart (``latency_flushed_ms``).
+
+``fps_in`` is the input rate over the whole run; ``fps_recent`` the rate over the last
+``RECENT_S`` seconds (0 once a stream has stalled that long), what a dashboard should show.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -22,6 +31,8 @@ from sinks.messages import Stats
 from .window import Window
 
 _LATENCY_SAMPLES = 4096  # recent predictions kept for the percentiles
+RECENT_S = 5.0  # seconds of arrivals behind ``fps_recent``
+_RECENT_MAX = 8192  # arrival times kept for it (above 1,600 fps the span shrinks to these)
 
 
 def percentiles(samples: Iterable[float]) -> dict[str, float]:
@@ -39,9 +50,10 @@ class StreamStats:
     Args:
         stream: stream id.
         num_frames: window length T (for ``compute_saved``).
+        clock: the monotonic clock behind the frame rates (a parameter for tests).
     """
 
-    def __init__(self, *, stream: str, num_frames: int) -> None:
+    def __init__(self, *, stream: str, num_frames: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream
         self.num_frames = num_frames
         self.frames_in = 0
@@ -50,19 +62,40 @@ class StreamStats:
         self.frames_dropped = 0
         self.frames_resampled_out = 0
         self.windows = 0
+        self.windows_flushed = 0  # closed early and padded (a pause, the stream's end)
         self.frames_embedded = 0
         self._picked: set[int] = set()
         self._t_start: float | None = None
         self._t_last_in: float | None = None
+        self._clock = clock
+        self._recent: deque[float] = deque(maxlen=_RECENT_MAX)  # arrival times of the last RECENT_S s
+        # full windows only (see the module docstring)
         self.latency_ms: deque[float] = deque(maxlen=_LATENCY_SAMPLES)  # capture -> published
         self.close_latency_ms: deque[float] = deque(maxlen=_LATENCY_SAMPLES)  # window close -> published
+        self.flushed_latency_ms: deque[float] = deque(maxlen=_LATENCY_SAMPLES)  # early-closed: capture -> published
 
     def frame_in(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         if self._t_start is None:
             self._t_start = now
         self._t_last_in = now
+        self._recent.append(now)
         self.frames_in += 1
+
+    def fps_recent(self) -> float:
+        """Frames per second over the last ``RECENT_S`` seconds (over the time since the first
+        frame when the stream is younger; 0 when no frame came in that long)."""
+        now = self._clock()
+        while self._recent and self._recent[0] < now - RECENT_S:
+            self._recent.popleft()
+        if not self._recent or self._t_start is None:
+            return 0.0
+        span = RECENT_S
+        if len(self._recent) == _RECENT_MAX:  # faster than the deque holds: its own span
+            span = now - self._recent[0]
+        elif now - self._t_start < RECENT_S:
+            span = now - self._t_start
+        return len(self._recent) / span if span > 0 else 0.0
 
     def dropped(self, n: int = 1) -> None:
         self.frames_dropped += n
@@ -83,8 +116,13 @@ class StreamStats:
             else:
                 self.frames_skipped += 1
 
-    def published(self, *, t_capture_last: float, t_close: float, now: float | None = None) -> None:
+    def published(self, *, t_capture_last: float, t_close: float, padded: int = 0, now: float | None = None) -> None:
+        """A prediction handed to the sinks; ``padded`` > 0: its window closed early (reported apart)."""
         now = time.time() if now is None else now
+        if padded:
+            self.windows_flushed += 1
+            self.flushed_latency_ms.append((now - t_capture_last) * 1000.0)
+            return
         self.latency_ms.append((now - t_capture_last) * 1000.0)
         self.close_latency_ms.append((now - t_close) * 1000.0)
 
@@ -132,6 +170,9 @@ class StreamStats:
             frames_resampled_out=self.frames_resampled_out,
             extra={
                 "latency_close_ms": percentiles(self.close_latency_ms),
+                "latency_flushed_ms": percentiles(self.flushed_latency_ms),
+                "windows_flushed": self.windows_flushed,
+                "fps_recent": round(self.fps_recent(), 2),
                 "frames_embedded": self.frames_embedded,
                 **(extra or {}),
             },

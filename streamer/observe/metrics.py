@@ -4,12 +4,18 @@ Two kinds of numbers:
 
 - the frame counters belong to the pipeline (``streamer.stats.StreamStats``, published as
   :class:`~sinks.messages.Stats`); a custom collector reports the latest Stats of each stream at
-  scrape time (prometheus_client's documented way to expose counts another object owns), so
-  ``das_stream_frames_total`` always satisfies in = forwarded + skipped + dropped + pending and
-  equals the final stats at the end of a run;
+  scrape time (prometheus_client's documented way to expose counts another object owns). The
+  outcomes of ``das_stream_frames_total`` partition the decided frames, so ``sum by (stream)``
+  of it plus ``das_stream_frames_pending`` is ``das_stream_frames_received_total``, and at the end
+  of a run they equal the final stats;
 - per-event observations (latencies, engine stage times, predictions per label) are prometheus_client
   Histograms and Counters fed as the events happen. The MQTT sink's counters are read from the
   sink at scrape time.
+
+Rates are left to PromQL (``rate()`` of the counters); the one rate exported, ``das_stream_input_fps``,
+is a gauge of the last few seconds (``streamer.stats.RECENT_S``), not a whole-run average. No
+``_created`` series are exported (``disable_created_metrics``: they double the series and carry
+nothing a scrape's own time does not).
 """
 
 from __future__ import annotations
@@ -18,77 +24,109 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sinks.messages import Prediction, Stats
 
+disable_created_metrics()  # process-wide: das-stream's are the only prometheus_client metrics it serves
+
 # Seconds; from a few ms (engine stages on a GPU) to tens of seconds (a stalled sink).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-OUTCOMES = ("in", "forwarded", "skipped", "dropped")
+# What became of the frames received; with the pending gauge they add up to the frames received.
+OUTCOMES = ("forwarded", "skipped", "dropped", "resampled_out")
+# A stream's state (see streamer.observe.observer.Observer.states); exactly one is 1 at a time.
+STATES = ("starting", "running", "stalled", "reconnecting", "ended", "failed")
+
+
+def _count(extra: Mapping[str, Any], *keys: str) -> float:
+    return float(sum(v for k in keys if isinstance(v := extra.get(k, 0), (int, float)) and not isinstance(v, bool)))
 
 
 class _StatsCollector(Collector):
-    """Reports the latest Stats of every stream, the MQTT sinks' counters and the health."""
+    """Reports the latest Stats of every stream, the stream states and the MQTT sinks' counters."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
 
     def collect(self) -> Iterable[Any]:
-        frames = CounterMetricFamily(
+        def family(kind: type, name: str, doc: str, labels: Sequence[str] = ("stream",)) -> Any:
+            return kind(name, doc, labels=list(labels))
+
+        received = family(CounterMetricFamily, "das_stream_frames_received", "Frames received from the source")
+        frames = family(
+            CounterMetricFamily,
             "das_stream_frames",
-            "Frames per stream by outcome: in = forwarded + skipped + dropped + pending",
-            labels=["stream", "outcome"],
+            "Decided frames by outcome; sum by stream + pending = received",
+            ("stream", "outcome"),
         )
-        pending = GaugeMetricFamily(
-            "das_stream_frames_pending", "Frames in a window that has not closed yet", labels=["stream"]
+        pending = family(GaugeMetricFamily, "das_stream_frames_pending", "Frames in a window not classified yet")
+        bad = family(CounterMetricFamily, "das_stream_bad_messages", "Malformed messages or frames the source rejected")
+        windows = family(
+            CounterMetricFamily,
+            "das_stream_windows",
+            "Windows classified, by how they closed (full, or flushed early and padded: a pause or the end)",
+            ("stream", "closed"),
         )
-        bad = CounterMetricFamily(
-            "das_stream_bad_messages", "Malformed messages the source rejected", labels=["stream"]
+        embedded = family(CounterMetricFamily, "das_stream_frames_embedded", "Frames embedded by the backbone")
+        saved = family(GaugeMetricFamily, "das_stream_compute_saved_ratio", "1 - frames embedded / (windows * T)")
+        fps = family(GaugeMetricFamily, "das_stream_input_fps", "Frames received per second over the last 5 s")
+        reconnects = family(
+            CounterMetricFamily, "das_stream_source_reconnects", "Recoveries of a lost feed (frames flowing again)"
         )
-        windows = CounterMetricFamily("das_stream_windows", "Windows classified", labels=["stream"])
-        backbone = CounterMetricFamily(
-            "das_stream_frames_embedded", "Frames embedded by the classifier backbone", labels=["stream"]
+        missed = family(
+            CounterMetricFamily,
+            "das_stream_source_missed_frames",
+            "Frames the source knows it never received (sequence jumps; estimated over a lost feed)",
         )
-        saved = GaugeMetricFamily(
-            "das_stream_compute_saved_ratio", "1 - frames embedded / (windows * T)", labels=["stream"]
-        )
-        fps = GaugeMetricFamily("das_stream_input_fps", "Input frame rate over the run so far", labels=["stream"])
+        pauses = family(CounterMetricFamily, "das_stream_pauses", "Pauses longer than --gap that closed a window early")
+        wait_s = 0.0
         for name, s in sorted(self.m.stats.items()):
-            for outcome, value in zip(OUTCOMES, (s.frames_in, s.frames_forwarded, s.frames_skipped, s.frames_dropped)):
-                frames.add_metric([name, outcome], value)
+            received.add_metric([name], s.frames_in)
+            for outcome in OUTCOMES:
+                frames.add_metric([name, outcome], getattr(s, f"frames_{outcome}"))
             pending.add_metric([name], s.frames_pending)
             bad.add_metric([name], s.bad_messages)
-            windows.add_metric([name], s.windows)
-            backbone.add_metric([name], float(s.extra.get("frames_embedded", 0)))
+            flushed = _count(s.extra, "windows_flushed")
+            windows.add_metric([name, "full"], s.windows - flushed)
+            windows.add_metric([name, "flushed"], flushed)
+            embedded.add_metric([name], _count(s.extra, "frames_embedded"))
             saved.add_metric([name], s.compute_saved)
-            fps.add_metric([name], s.fps_in)
-        yield from (frames, pending, bad, windows, backbone, saved, fps)
+            fps.add_metric([name], _count(s.extra, "fps_recent"))
+            reconnects.add_metric([name], _count(s.extra, "reconnects"))
+            missed.add_metric([name], _count(s.extra, "gap_frames", "missed_frames"))
+            pauses.add_metric([name], _count(s.extra, "gaps_closed"))
+            wait_s = max(wait_s, _count(s.extra, "publish_wait_ms") / 1000.0)
+        yield from (received, frames, pending, bad, windows, embedded, saved, fps, reconnects, missed, pauses)
+        yield CounterMetricFamily(
+            "das_stream_publish_wait_seconds",
+            "Time the classifier waited for room in the publish queue (a slow sink)",
+            value=wait_s,
+        )
 
-        up = GaugeMetricFamily("das_stream_source_up", "1 while the stream's source delivers frames", labels=["stream"])
-        for name, ok in sorted(self.m.source_up().items()):
-            up.add_metric([name], 1.0 if ok else 0.0)
-        yield up
+        state = family(GaugeMetricFamily, "das_stream_state", "1 for the stream's current state", ("stream", "state"))
+        for name, current in sorted(self.m.states().items()):
+            for one in STATES:
+                state.add_metric([name, one], 1.0 if one == current else 0.0)
+        yield state
 
         mqtt = [s for s in self.m.sinks if isinstance(getattr(s, "counters", None), Mapping) and hasattr(s, "settings")]
         if mqtt:
-            buffered = GaugeMetricFamily(
-                "das_stream_mqtt_buffered", "Messages waiting or in flight to the broker", labels=["broker"]
+            buffered = family(
+                GaugeMetricFamily, "das_stream_mqtt_buffered", "Messages waiting or in flight", ("broker",)
             )
-            connected = GaugeMetricFamily(
-                "das_stream_mqtt_connected", "1 while connected to the broker", labels=["broker"]
+            connected = family(GaugeMetricFamily, "das_stream_mqtt_connected", "1 while connected", ("broker",))
+            published = family(
+                CounterMetricFamily, "das_stream_mqtt_published", "Messages acknowledged by the broker", ("broker",)
             )
-            published = CounterMetricFamily(
-                "das_stream_mqtt_published", "Messages acknowledged by the broker", labels=["broker"]
+            overflow = family(
+                CounterMetricFamily, "das_stream_mqtt_overflow", "Messages dropped: the buffer was full", ("broker",)
             )
-            overflow = CounterMetricFamily(
-                "das_stream_mqtt_overflow", "Messages dropped because the buffer was full", labels=["broker"]
-            )
-            reconnects = CounterMetricFamily(
-                "das_stream_mqtt_reconnects", "Connections to the broker after the first", labels=["broker"]
+            reconnected = family(
+                CounterMetricFamily, "das_stream_mqtt_reconnects", "Connections after the first", ("broker",)
             )
             for sink in mqtt:
                 broker = getattr(sink.settings, "url", type(sink).__name__)  # the URL without the password
@@ -97,8 +135,8 @@ class _StatsCollector(Collector):
                 connected.add_metric([broker], 1.0 if getattr(sink, "connected", True) else 0.0)
                 published.add_metric([broker], c.get("published", 0))
                 overflow.add_metric([broker], c.get("overflow", 0))
-                reconnects.add_metric([broker], c.get("reconnects", 0))
-            yield from (buffered, connected, published, overflow, reconnects)
+                reconnected.add_metric([broker], c.get("reconnects", 0))
+            yield from (buffered, connected, published, overflow, reconnected)
 
 
 class Metrics:
@@ -107,25 +145,32 @@ class Metrics:
     Args:
         sinks: the pipeline's sinks; those with ``counters`` and ``settings`` (the MQTT sink) are
             reported as ``das_stream_mqtt_*``.
-        source_up: returns ``{stream: delivering?}`` (the health check's view), reported as
-            ``das_stream_source_up``.
+        states: returns ``{stream: state}`` (one of :data:`STATES`), reported as ``das_stream_state``.
     """
 
-    def __init__(self, *, sinks: Sequence[Any] = (), source_up: Callable[[], dict[str, bool]] = dict) -> None:
+    def __init__(self, *, sinks: Sequence[Any] = (), states: Callable[[], dict[str, str]] = dict) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.sinks = list(sinks)
-        self.source_up = source_up
+        self.states = states
         self.stats: dict[str, Stats] = {}
         self.capture_latency = Histogram(
             "das_stream_capture_to_publish_seconds",
-            "Capture of a window's last frame -> its prediction handed to every sink",
+            "Capture of a full window's last frame -> its prediction handed to every sink",
             ["stream"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         self.close_latency = Histogram(
             "das_stream_close_to_publish_seconds",
-            "Window close -> its prediction handed to every sink",
+            "A full window's close -> its prediction handed to every sink",
+            ["stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.flushed_latency = Histogram(
+            "das_stream_flushed_capture_to_publish_seconds",
+            "Capture of a flushed window's last frame -> its prediction handed to every sink "
+            "(includes the pause that closed the window; not the pipeline's latency)",
             ["stream"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
@@ -144,15 +189,23 @@ class Metrics:
             ["stream", "label"],
             registry=self.registry,
         )
+        # Per-window engine figures (frames used, why the engine stopped, k_max) belong here as
+        # histograms/counters by stream, fed from on_prediction's ``result`` once WindowResult
+        # carries them.
         self.registry.register(_StatsCollector(self))
 
     def on_stats(self, stats: Stats) -> None:
         self.stats[stats.stream] = stats
 
     def on_prediction(self, prediction: Prediction, *, t_close: float, now: float | None = None) -> None:
+        """A published prediction; a flushed window's (``padded``) latency goes to its own histogram."""
         now = time.time() if now is None else now
-        self.capture_latency.labels(prediction.stream).observe(max(0.0, now - prediction.t_last))
-        self.close_latency.labels(prediction.stream).observe(max(0.0, now - t_close))
+        capture = max(0.0, now - prediction.t_last)
+        if prediction.padded:
+            self.flushed_latency.labels(prediction.stream).observe(capture)
+        else:
+            self.capture_latency.labels(prediction.stream).observe(capture)
+            self.close_latency.labels(prediction.stream).observe(max(0.0, now - t_close))
         self.predictions.labels(prediction.stream, prediction.label).inc()
 
     def on_stage(self, stage: str, seconds: float) -> None:

@@ -5,7 +5,15 @@ never raises into the pipeline:
 
 - :meth:`Observer.on_frame` for every frame that comes in (a reference is kept, nothing copied),
 - :meth:`Observer.on_window` for every published prediction (with its :class:`WindowResult`),
-- :meth:`Observer.on_stats` for every stats snapshot (the pipeline also sends one every second).
+- :meth:`Observer.on_stats` for every stats snapshot (the pipeline sends one with every window and
+  one every second),
+- :meth:`Observer.on_stream_end` when a stream's source has ended (cleanly or with an error).
+
+Every stream is in one of :data:`~streamer.observe.metrics.STATES` (:meth:`Observer.states`):
+``starting`` (no frame yet), ``running``, ``stalled`` (no frame for ``stall_s``), ``reconnecting``
+(the source lost its feed and is getting it back), ``ended`` (the source ended) or ``failed`` (it
+ended with an error). ``/healthz`` is 200 while every stream runs and every sink is connected;
+``/healthz/STREAM`` is 200 while that stream runs, 410 once it has ended, 503 otherwise.
 
 ``async with Observer(...)`` (or :meth:`start` / :meth:`stop`) serves, with aiohttp on the same
 event loop, the web view on ``web`` and ``/metrics`` + ``/healthz`` on ``metrics``. When both
@@ -27,6 +35,7 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web import AppRunner
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.errors import ConfigError
@@ -41,6 +50,7 @@ log = logging.getLogger(__name__)
 
 WEB_PORT = 8080
 METRICS_PORT = 9108
+IDLE_TIMEOUT_S = 15.0  # an HTTP connection with no complete request for this long is closed
 STATIC = resources.files(__package__) / "static"
 
 
@@ -49,25 +59,31 @@ class Observer:
 
     Args:
         streams: the stream ids the run starts with (the health check waits for each of them).
+        sources: the run's sources (their names join ``streams``); one whose ``reconnecting``
+            attribute is true (a probe that lost its feed) is reported as reconnecting.
         sinks: the pipeline's sinks; one with a ``connected`` attribute (MQTT) must be connected
             for the run to be healthy, and the MQTT sink's counters become metrics.
         web: ``HOST:PORT`` of the web view, or None for none.
         metrics: ``HOST:PORT`` of ``/metrics`` and ``/healthz``, or None for none.
         live_fps: most live-image updates per second per stream.
         history_s: seconds of class probabilities on the chart.
-        stall_s: a stream with no frame for this long is reported as not delivering.
+        stall_s: a stream with no frame for this long is reported as stalled.
+        idle_timeout: seconds after which the servers close a connection that has not sent a
+            complete request (an idle keep-alive, or a client sending its request too slowly).
     """
 
     def __init__(
         self,
         *,
         streams: Sequence[str] = (),
+        sources: Sequence[Any] = (),
         sinks: Sequence[Any] = (),
         web: str | Address | None = None,
         metrics: str | Address | None = None,
         live_fps: float = 4.0,
         history_s: float = 300.0,
         stall_s: float = 5.0,
+        idle_timeout: float = IDLE_TIMEOUT_S,
     ) -> None:
         self.web = _address(web, "--web", WEB_PORT)
         self.metrics_address = _address(metrics, "--metrics", METRICS_PORT)
@@ -78,13 +94,15 @@ class Observer:
                     flag,
                     address,
                 )
-        self.expected = list(streams)
+        self.sources = {s.name: s for s in sources}
+        self.expected = list(dict.fromkeys([*streams, *self.sources]))
         self.sinks = list(sinks)
         self.stall_s = stall_s
+        self.idle_timeout = idle_timeout
         self.view = ViewState(live_fps=live_fps, history_s=history_s)
-        self._final: dict[str, Stats] = {}
-        self.metrics = Metrics(sinks=self.sinks, source_up=self._source_up)
-        self._runners: list[web.AppRunner] = []
+        self._ended: dict[str, str | None] = {}  # stream -> its error, None when it ended cleanly
+        self.metrics = Metrics(sinks=self.sinks, states=self.states)
+        self._runners: list[AppRunner] = []
         self.urls: dict[str, str] = {}  # "web" / "metrics" -> http://host:port the server bound
         self._failed: set[str] = set()
 
@@ -109,10 +127,16 @@ class Observer:
         try:
             self.metrics.on_stats(stats)
             self.view.stats(stats)
-            if stats.final:
-                self._final[stats.stream] = stats
+            if stats.final and stats.stream not in self._ended:
+                self._ended[stats.stream] = stats.extra.get("error")
         except Exception:  # noqa: BLE001
             self._failed_once("on_stats")
+
+    def on_stream_end(self, stream: str, error: BaseException | None) -> None:
+        try:
+            self._ended[stream] = None if error is None else str(error)
+        except Exception:  # noqa: BLE001
+            self._failed_once("on_stream_end")
 
     def attach_engine(self, engine: Any) -> None:
         """Record the inference engine's stage times as ``das_stream_engine_stage_seconds``."""
@@ -126,37 +150,42 @@ class Observer:
             log.exception("observer: %s failed (the pipeline goes on; logged once)", where)
 
     # --- health ---
-    def _source_up(self) -> dict[str, bool]:
+    def names(self) -> list[str]:
+        """Every stream: those the run started with, then any other that sent something."""
+        return list(dict.fromkeys([*self.expected, *self.view.streams]))
+
+    def state(self, name: str, now: float | None = None) -> tuple[str, str]:
+        """``(state, detail)`` of one stream (see the module docstring); detail may be empty."""
+        if name in self._ended:
+            error = self._ended[name]
+            return ("failed", error) if error else ("ended", "")
+        source = self.sources.get(name)
+        if getattr(source, "reconnecting", False) is True:
+            return "reconnecting", "the source lost its feed"
+        view = self.view.streams.get(name)
+        if view is None or view.t_latest is None:
+            return "starting", "no frame yet"
+        age = (time.monotonic() if now is None else now) - view.t_latest
+        if age > self.stall_s:
+            return "stalled", f"no frame for {age:.1f} s"
+        return "running", ""
+
+    def states(self) -> dict[str, str]:
+        """``{stream: state}`` of every stream."""
         now = time.monotonic()
-        names = dict.fromkeys([*self.expected, *self.view.streams])
-        out = {}
-        for name in names:
-            view = self.view.streams.get(name)
-            out[name] = (
-                name not in self._final
-                and view is not None
-                and view.t_latest is not None
-                and now - view.t_latest <= self.stall_s
-            )
-        return out
+        return {name: self.state(name, now)[0] for name in self.names()}
 
     def health(self) -> list[str]:
         """Why the run is unhealthy (an empty list: healthy)."""
         now = time.monotonic()
         reasons = []
-        names = list(dict.fromkeys([*self.expected, *self.view.streams]))
+        names = self.names()
         if not names:
             reasons.append("no source yet")
         for name in names:
-            view = self.view.streams.get(name)
-            final = self._final.get(name)
-            if final is not None:
-                error = final.extra.get("error")
-                reasons.append(f"stream {name} ended" + (f": {error}" if error else ""))
-            elif view is None or view.t_latest is None:
-                reasons.append(f"stream {name}: no frame yet")
-            elif now - view.t_latest > self.stall_s:
-                reasons.append(f"stream {name}: no frame for {now - view.t_latest:.1f} s")
+            state, detail = self.state(name, now)
+            if state != "running":
+                reasons.append(f"stream {name} {state}" + (f": {detail}" if detail else ""))
         for sink in self.sinks:
             if getattr(sink, "connected", True) is False:
                 where = getattr(getattr(sink, "settings", None), "url", type(sink).__name__)
@@ -186,12 +215,13 @@ class Observer:
             else:
                 app, roles = web.Application(), []
                 app.router.add_get("/healthz", self._healthz)
+                app.router.add_get("/healthz/{stream}", self._healthz_stream)
                 servers.append((address, app, roles))
             add_routes(app)
             roles.append(role)
         try:
             for address, app, roles in servers:
-                runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+                runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, keepalive_timeout=self.idle_timeout)
                 await runner.setup()
                 self._runners.append(runner)
                 site = web.TCPSite(runner, address.host, address.port)
@@ -215,6 +245,14 @@ class Observer:
         runners, self._runners = self._runners, []
         for runner in runners:
             await runner.cleanup()
+
+    async def _healthz_stream(self, request: web.Request) -> web.Response:
+        name = request.match_info["stream"]
+        if name not in self.names():
+            raise web.HTTPNotFound(text=f"no stream {name!r}; streams: {', '.join(self.names()) or 'none yet'}\n")
+        state, detail = self.state(name)
+        status = {"running": 200, "ended": 410}.get(state, 503)
+        return web.Response(status=status, text=state + (f": {detail}" if detail else "") + "\n")
 
     def _metrics_routes(self, app: web.Application) -> None:
         app.router.add_get("/metrics", self._metrics)
@@ -246,6 +284,10 @@ class Observer:
             raise web.HTTPBadRequest(text="since must be a number (seconds since the epoch)") from None
         state = self.view.state(since=since)
         state["health"] = self.health()
+        now = time.monotonic()
+        for name in self.names():
+            entry = state["streams"].setdefault(name, self.view.empty_state())
+            entry["state"], entry["state_detail"] = self.state(name, now)
         return web.json_response(state, headers={"Cache-Control": "no-store"})
 
     async def _window(self, request: web.Request) -> web.Response:

@@ -156,6 +156,11 @@ class ViewState:
         return out
 
     @staticmethod
+    def empty_state() -> dict[str, Any]:
+        """What :meth:`state` says of a stream that has sent nothing yet."""
+        return {"frames_seen": 0, "latest_seq": None, "stats": None, "window": None, "history": []}
+
+    @staticmethod
     def window_summary(w: _LastWindow) -> dict[str, Any]:
         p = w.prediction
         return {

@@ -46,6 +46,8 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> dict[tuple[str, tu
 
 
 def frames(m: dict, stream: str, outcome: str) -> float:
+    if outcome == "in":
+        return m.get(("das_stream_frames_received_total", (("stream", stream),)), 0.0)
     return m.get(("das_stream_frames_total", (("outcome", outcome), ("stream", stream))), 0.0)
 
 
@@ -72,7 +74,9 @@ async def test_metrics_during_a_run_match_the_final_stats(engine):
     async with observer, aiohttp.ClientSession() as session:
         url = observer.urls["metrics"]
         status, text = await health(session, url)
-        assert status == 503 and "stream s0: no frame yet" in text and "stream s1: no frame yet" in text
+        assert (
+            status == 503 and "stream s0 starting: no frame yet" in text and "stream s1 starting: no frame yet" in text
+        )
 
         run = asyncio.create_task(pipe.run())
         scrapes, statuses = [], []
@@ -103,15 +107,18 @@ async def test_metrics_during_a_run_match_the_final_stats(engine):
             assert frames(final_m, stream, "skipped") == final.frames_skipped > 0
             assert frames(final_m, stream, "dropped") == final.frames_dropped
             labels = (("stream", stream),)
-            assert final_m[("das_stream_windows_total", labels)] == final.windows > 0
+            windows = sum(final_m[("das_stream_windows_total", (("closed", c), *labels))] for c in ("full", "flushed"))
+            assert windows == final.windows > 0
             assert final_m[("das_stream_bad_messages_total", labels)] == final.bad_messages == 0
             embedded = final.extra["frames_embedded"]
             assert final_m[("das_stream_frames_embedded_total", labels)] == embedded == final.frames_forwarded
             # every published prediction was observed once in each latency histogram
             published = sum(1 for p in sink.predictions if p.stream == stream)
             assert published == final.windows
-            assert final_m[("das_stream_capture_to_publish_seconds_count", labels)] == published
-            assert final_m[("das_stream_close_to_publish_seconds_count", labels)] == published
+            flushed = final.extra["windows_flushed"]  # the last window, padded: reported apart
+            assert final_m[("das_stream_capture_to_publish_seconds_count", labels)] == published - flushed
+            assert final_m[("das_stream_close_to_publish_seconds_count", labels)] == published - flushed
+            assert final_m.get(("das_stream_flushed_capture_to_publish_seconds_count", labels), 0) == flushed
             by_label = sum(
                 v
                 for (name, lab), v in final_m.items()
@@ -119,7 +126,7 @@ async def test_metrics_during_a_run_match_the_final_stats(engine):
             )
             assert by_label == published
             inf = final_m[("das_stream_close_to_publish_seconds_bucket", (("le", "+Inf"), ("stream", stream)))]
-            assert inf == published
+            assert inf == published - flushed
         for stage in ("sampler", "embed", "head"):
             assert final_m[("das_stream_engine_stage_seconds_count", (("stage", stage),))] >= 1
         status, text = await health(session, url)
@@ -133,8 +140,8 @@ async def test_two_observers_do_not_collide_on_metric_names():
     b.on_stats(_stats("x", 20))
     from prometheus_client import generate_latest
 
-    assert b'das_stream_frames_total{outcome="in",stream="x"} 10.0' in generate_latest(a.metrics.registry)
-    assert b'das_stream_frames_total{outcome="in",stream="x"} 20.0' in generate_latest(b.metrics.registry)
+    assert b'das_stream_frames_received_total{stream="x"} 10.0' in generate_latest(a.metrics.registry)
+    assert b'das_stream_frames_received_total{stream="x"} 20.0' in generate_latest(b.metrics.registry)
 
 
 def _stats(stream: str, n: int, **kw):
@@ -163,20 +170,20 @@ async def test_healthz_reports_a_stalled_stream_and_an_ended_one():
         url = observer.urls["metrics"]
         observer.on_frame("a", Frame("a", 0, time.time(), img))
         status, text = await health(session, url)
-        assert status == 503 and "stream b: no frame yet" in text and "stream a" not in text
+        assert status == 503 and "stream b starting: no frame yet" in text and "stream a" not in text
         observer.on_frame("b", Frame("b", 0, time.time(), img))
         assert await health(session, url) == (200, "ok\n")
         await asyncio.sleep(0.4)
         observer.on_frame("b", Frame("b", 1, time.time(), img))
         status, text = await health(session, url)
-        assert status == 503 and "stream a: no frame for" in text and "stream b" not in text
+        assert status == 503 and "stream a stalled: no frame for" in text and "stream b" not in text
         m = await scrape(session, url)
-        assert m[("das_stream_source_up", (("stream", "a"),))] == 0.0
-        assert m[("das_stream_source_up", (("stream", "b"),))] == 1.0
+        assert m[("das_stream_state", (("state", "stalled"), ("stream", "a")))] == 1.0
+        assert m[("das_stream_state", (("state", "running"), ("stream", "b")))] == 1.0
         observer.on_frame("a", Frame("a", 1, time.time(), img))
         observer.on_stats(_stats("b", 2, final=True, extra={"error": "video clip.mp4 is truncated"}))
         status, text = await health(session, url)
-        assert status == 503 and text == "unhealthy: stream b ended: video clip.mp4 is truncated\n"
+        assert status == 503 and text == "unhealthy: stream b failed: video clip.mp4 is truncated\n"
 
 
 async def test_healthz_503_while_the_broker_is_down_and_200_again_after(engine, mqtt_broker):

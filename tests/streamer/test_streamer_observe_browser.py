@@ -249,14 +249,19 @@ def test_live_view_in_chromium(run_with_web, browser, tmp_path):
     label = (("stream", "synthetic"),)
     counted = {
         o: during[("das_stream_frames_total", (("outcome", o), *label))]
-        for o in ("in", "forwarded", "skipped", "dropped")
+        for o in ("forwarded", "skipped", "dropped", "resampled_out")
     }
+    counted["in"] = during[("das_stream_frames_received_total", label)]
     assert 0 < counted["in"] <= final["frames_in"]
     assert counted["forwarded"] <= final["frames_forwarded"] and counted["skipped"] <= final["frames_skipped"]
     assert counted["in"] == (
-        counted["forwarded"] + counted["skipped"] + counted["dropped"] + during[("das_stream_frames_pending", label)]
+        counted["forwarded"]
+        + counted["skipped"]
+        + counted["dropped"]
+        + counted["resampled_out"]
+        + during[("das_stream_frames_pending", label)]
     )
-    assert 0 < during[("das_stream_windows_total", label)] <= final["windows"]
+    assert 0 < during[("das_stream_windows_total", (("closed", "full"), *label))] <= final["windows"]
     assert 0 < during[("das_stream_capture_to_publish_seconds_count", label)] <= len(predictions)
     assert during[("das_stream_engine_stage_seconds_count", (("stage", "embed"),))] > 0
     for shown in (first, second):  # the view marked exactly the frames the run published as picked
