@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from streamer.bench import BenchSettings, _FrameMaker, _models, _windows
+from streamer.bench import FrameMaker, bench_models, windows_of
 from streamer.inference import InferenceEngine
 
 
@@ -27,13 +27,13 @@ def main() -> None:
     p.add_argument("--backend", default="auto")
     p.add_argument("--windows", type=int, default=25)
     args = p.parse_args()
-    model = _models(BenchSettings())["das@0.5"]
+    model = bench_models()["das@0.5"]
     engines = {
         "on_arrival": InferenceEngine(model, device="cpu", backend=args.backend),
         "at_close": InferenceEngine(model, device="cpu", backend=args.backend),
     }
     engines["at_close"].features_on_arrival = False
-    maker = _FrameMaker(model.config.input_size)
+    maker = FrameMaker(model.config.input_size)
     T = model.config.num_frames
     for _ in range(args.windows + 1):
         for eng in engines.values():
@@ -42,7 +42,7 @@ def main() -> None:
                 eng.accept("bench", f)
             eng.on_worker(lambda: None)  # the frames have arrived and been handled
             time.sleep(0.05)
-            eng.process(_windows(frames, T, T))
+            eng.process(windows_of(frames, T, T))
     out = {}
     for name, eng in engines.items():
         ms = list(eng.stage_ms["sampler"])[1:]  # the first window warms up

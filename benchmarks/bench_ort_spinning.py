@@ -20,11 +20,11 @@ import time
 import numpy as np
 import torch
 
-from streamer.bench import BenchSettings, _models
-from streamer.inference import OnnxEmbedder
+from streamer.bench import bench_models
+from streamer.inference import Onnx
 
 
-def run(embedder: OnnxEmbedder, batch: np.ndarray, *, calls: int, gap: float) -> dict[str, float]:
+def run(embedder: Onnx, batch: np.ndarray, *, calls: int, gap: float) -> dict[str, float]:
     embedder(batch)  # warm-up
     times = []
     cpu0 = time.process_time()
@@ -49,13 +49,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
-    model = _models(BenchSettings())["full"]  # MobileNetV3-Small at 224 px, as in the streaming bench
+    model = bench_models()["full"]  # MobileNetV3-Small at 224 px, as in the streaming bench
     size = model.config.input_size
     batch = np.random.default_rng(0).integers(0, 256, (args.batch, size, size), dtype=np.uint8)
     cpu = torch.device("cpu")
-    embedders = {
-        name: OnnxEmbedder(model, cpu, threads=args.threads, spinning=name == "spin") for name in ("spin", "no_spin")
-    }
+    embedders = {name: Onnx(model, cpu, threads=args.threads, spinning=name == "spin") for name in ("spin", "no_spin")}
     out: dict[str, list] = {name: [] for name in embedders}
     for _ in range(args.rounds):
         for name, emb in embedders.items():

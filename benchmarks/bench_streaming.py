@@ -1,12 +1,12 @@
 """The streaming benchmark suite (issue "Performance"): prints one JSON object and writes a
-markdown summary. A thin wrapper over ``das-stream bench`` (``streamer/bench.py``) that also runs
+markdown summary. A thin wrapper over ``das-stream bench`` (``streamer/bench/``) that also runs
 the ONNX engine beside eager torch, so both land in one report from one run.
 
     .venv/bin/python benchmarks/bench_streaming.py [--quick] [--engines torch,onnx] [--device cpu]
         [--model PATH] [--threads N] [--markdown docs/performance-cpu.md] [--json out.json]
 
 Each engine's run compares DAS and the full sequence inside the same process (see
-streamer/bench.py), so the ratios hold on a noisy machine.
+streamer/bench/), so the ratios hold on a noisy machine.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
 """The benchmark machinery runs and reports consistent figures (no timing assertions)."""
 
 import json
+import socket
 
-from streamer.bench import BenchSettings, make_video, run_bench, to_json
+import pytest
+
+from streamer.bench import BenchSettings, find_mosquitto, local_broker, make_video, run_bench, to_json
 
 
 def test_bench_reports_headline_keys_and_consistent_details(tmp_path, mqtt_broker):
@@ -60,3 +63,19 @@ def test_capacity_point_counts_every_stream_and_reports_warm_up():
         assert point["windows"] >= point["frames"] // 8 - 3  # every stream's windows closed (T = 8)
         assert result[key] == (3 if point["holds"] else 0)
         assert run["warm_up_s"] > 0 and result["warm_up_s"][name] == run["warm_up_s"]
+
+
+def test_the_bench_broker_is_a_throwaway_mosquitto():
+    """Without --mqtt the bench publishes to a Mosquitto of its own (the tests' launcher), gone after."""
+    if find_mosquitto() is None:
+        with local_broker() as url:
+            assert url is None  # the bench then runs without MQTT ("mqtt": "none")
+        return
+    with local_broker() as url:
+        host, port = url.removeprefix("mqtt://").split(":")
+        with socket.create_connection((host, int(port)), timeout=2):
+            pass
+    with pytest.raises(OSError):
+        socket.create_connection((host, int(port)), timeout=2).close()
+    with local_broker("mqtt://10.0.0.1:1883") as given:
+        assert given == "mqtt://10.0.0.1:1883"

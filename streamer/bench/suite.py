@@ -20,42 +20,38 @@ docs/performance.md):
    run, so making them costs no more CPU than real decoding would (less: nothing is decoded).
 
 Models: ``--model PATH`` times that model (and a full-sequence twin with the same T and input
-size); without it, untrained models with T = 32 at 224 px (timing does not depend on weights).
+size); without it, untrained models with T = 32 at 224 px (timing does not depend on weights);
+see :func:`.inputs.bench_models`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import platform
 import resource
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from sampler.model import SAMPLERS, ModelConfig, SampledClassifier, build_model
 from sinks.mqtt import MqttSettings, MqttSink
-from sources.base import SourceCounts
-from sources.frame import Frame
-from sources.synthetic import CLASSES, SyntheticSource, encode_video, make_clip
+from sources.synthetic import SyntheticSource
 from sources.video import VideoSource
 
-from .inference import InferenceEngine, resize_gray
-from .pipeline import Pipeline, PipelineSettings
-from .stats import percentiles
-from .window import Window, Windower
+from ..inference import InferenceEngine, resize_gray
+from ..pipeline import Pipeline, PipelineSettings
+from ..stats import percentiles
+from ..window import Window
+from .broker import local_broker
+from .inputs import FrameMaker, ReplaySource, bench_models, headline, make_video, windows_of
 
 
 @dataclass(frozen=True)
@@ -94,114 +90,6 @@ class BenchSettings:
 
 
 ITEMS = ("compute", "sampler", "throughput", "latency", "overlap", "memory", "streams", "capacity")
-
-
-# --- models ----------------------------------------------------------------------------------
-def _models(s: BenchSettings) -> dict[str, SampledClassifier]:
-    """The DAS model(s) and their full-sequence twin, keyed "das@0.5", "full", ..."""
-    if s.model:
-        das = SampledClassifier.load(s.model)
-        base = das.config
-        models = {f"{base.method}@{base.k / base.num_frames:g}": das}
-    else:
-        base = ModelConfig(
-            method="das",
-            num_frames=s.num_frames,
-            k=s.num_frames // 2,
-            class_names=CLASSES,
-            input_size=s.input_size,
-            feature_size=s.feature_size,
-            backbone_weights="none",
-            name="bench",
-        )
-        models = {}
-        for keep in (0.25, 0.5, 0.75):
-            torch.manual_seed(0)
-            models[f"das@{keep:g}"] = build_model(
-                replace(base, k=SAMPLERS["das"].frames_to_keep(base.num_frames, keep))
-            )
-    torch.manual_seed(0)
-    models["full"] = build_model(replace(base, method="full", k=base.num_frames, sampler={}))
-    return models
-
-
-def _headline(models: dict[str, Any]) -> str:
-    """The DAS variant the headline ratios use: k/T = 0.5 when there is one."""
-    das = [k for k in models if k != "full"]
-    return "das@0.5" if "das@0.5" in das else das[0]
-
-
-# --- inputs ----------------------------------------------------------------------------------
-class _FrameMaker:
-    """Fresh frames (new sequence numbers, so nothing is cached) of ultrasound-like content."""
-
-    def __init__(self, size: int, seed: int = 0) -> None:
-        rng = np.random.default_rng(seed)
-        clip = np.concatenate([make_clip(c, 32, size=size, rng=rng) for c in range(len(CLASSES))])
-        self.images = list(clip)
-        self.seq = 0
-
-    def frames(self, n: int, stream: str = "bench") -> list[Frame]:
-        out = [
-            Frame(stream, self.seq + i, time.time(), self.images[(self.seq + i) % len(self.images)]) for i in range(n)
-        ]
-        self.seq += n
-        return out
-
-
-def _windows(frames: list[Frame], num_frames: int, stride: int) -> list[Window]:
-    w = Windower(stream=frames[0].stream, num_frames=num_frames, stride=stride)
-    out = [x for f in frames if (x := w.push(f)) is not None]
-    if (last := w.flush()) is not None:
-        out.append(last)
-    return out
-
-
-def make_video(path: Path, *, frames: int, fps: int = 30, width: int = 640, height: int = 480) -> Path:
-    """A synthetic ultrasound-like H.264 clip at a typical probe resolution."""
-    rng = np.random.default_rng(1)
-
-    def images() -> Iterator[np.ndarray]:
-        made = 0
-        while True:
-            for image in make_clip(made // 32 % len(CLASSES), 32, size=height, rng=rng):
-                if made == frames:
-                    return
-                canvas = np.zeros((height, width), np.uint8)
-                x0 = (width - height) // 2
-                canvas[:, x0 : x0 + height] = image
-                yield canvas
-                made += 1
-
-    return encode_video(path, images(), fps=fps, options={"preset": "veryfast"})
-
-
-@contextlib.contextmanager
-def _broker(url: str | None) -> Iterator[str | None]:
-    """The given broker, or a throwaway local mosquitto on a free port, or None."""
-    if url:
-        yield url
-        return
-    binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
-    if binary is None:
-        yield None
-        return
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        conf = Path(tmp) / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-        proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            for _ in range(100):
-                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
-                    break
-                time.sleep(0.05)
-            yield f"mqtt://127.0.0.1:{port}"
-        finally:
-            proc.terminate()
-            proc.wait(5)
 
 
 # --- timing helpers --------------------------------------------------------------------------
@@ -243,13 +131,13 @@ def bench_compute(engines: dict[str, InferenceEngine], s: BenchSettings) -> dict
     repeats = 10 if s.quick else 25
     any_engine = next(iter(engines.values()))
     T, size = any_engine.num_frames, any_engine.input_size
-    maker = _FrameMaker(size)
+    maker = FrameMaker(size)
     times: dict[str, list[float]] = {name: [] for name in engines}
     for eng in engines.values():
         _clear_stage_times(eng)
     for r in range(repeats + 1):  # variants interleaved, so a slow spell of the machine hits them all
         for name, eng in engines.items():
-            windows = _windows(maker.frames(T), T, T)
+            windows = windows_of(maker.frames(T), T, T)
             t0 = time.perf_counter()
             eng.process(windows)
             if r:  # the first round warms up
@@ -269,7 +157,7 @@ def bench_compute(engines: dict[str, InferenceEngine], s: BenchSettings) -> dict
     }
 
     # Item 2: what DAS adds per window: feature-resolution copies of T frames, features, attention, top-k.
-    das = engines[_headline(engines)]
+    das = engines[headline(engines)]
     frames = maker.frames(T)
 
     def sampler_only() -> None:
@@ -319,7 +207,7 @@ async def _replay(
 
 def bench_throughput(engines: dict[str, InferenceEngine], video: Path, mqtt: str | None) -> dict[str, Any]:
     """Item 3: no-pacing replay through the whole pipeline, DAS against the full sequence."""
-    head = _headline(engines)
+    head = headline(engines)
     runs = {}
     for name in (head, "full"):
         eng = engines[name]
@@ -345,11 +233,11 @@ def bench_overlap(engine: InferenceEngine, s: BenchSettings) -> dict[str, Any]:
     """Item 5: stride T/2; the embedding cache against recomputing every window's picks."""
     T = engine.num_frames
     n = (8 if s.quick else 24) * T
-    maker = _FrameMaker(engine.input_size, seed=2)
+    maker = FrameMaker(engine.input_size, seed=2)
     out = {}
     for reuse in (True, False):
         frames = maker.frames(n)
-        windows = _windows(frames, T, T // 2)
+        windows = windows_of(frames, T, T // 2)
         t0 = time.perf_counter()
         embedded = sum(r.frames_embedded for r in _process_each(engine, windows, reuse=reuse))
         out["cache" if reuse else "recompute"] = {
@@ -434,43 +322,6 @@ def bench_streams(engine: InferenceEngine, streams: int, seconds: float) -> dict
     }
 
 
-class _ReplaySource:
-    """A live stream of frames rendered before the run, released at ``fps`` from ``start`` on.
-
-    Like a probe, it does not wait for a slow reader: a frame whose slot has passed before the
-    pipeline asked for it is lost and counted (``overflow``, which the pipeline reports as dropped).
-    """
-
-    def __init__(self, name: str, images: list[np.ndarray], *, fps: float, start: float) -> None:
-        self.name, self.images, self.fps, self.start = name, images, fps, start
-        self.counters = {"overflow": 0}
-        self._seq = 0
-
-    async def __aenter__(self) -> _ReplaySource:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-    def __aiter__(self) -> _ReplaySource:
-        return self
-
-    def counts(self) -> SourceCounts:
-        return SourceCounts(overflow=self.counters["overflow"])
-
-    async def __anext__(self) -> Frame:
-        due = self.start + self._seq / self.fps
-        now = time.monotonic()
-        if now < due:
-            await asyncio.sleep(due - now)
-        elif (late := int((now - due) * self.fps)) > 0:
-            self.counters["overflow"] += late
-            self._seq += late
-        seq = self._seq
-        self._seq += 1
-        return Frame(self.name, seq, time.time(), self.images[seq % len(self.images)])
-
-
 def capacity_point(
     engine: InferenceEngine, streams: int, seconds: float, images: list[np.ndarray], fps: float = 30.0
 ) -> dict[str, Any]:
@@ -481,7 +332,7 @@ def capacity_point(
     async def main() -> dict[str, Any]:
         t0 = time.monotonic() + 0.2
         period = engine.num_frames / fps
-        sources = [_ReplaySource(f"probe{i}", images, fps=fps, start=t0 + period * i / streams) for i in range(streams)]
+        sources = [ReplaySource(f"probe{i}", images, fps=fps, start=t0 + period * i / streams) for i in range(streams)]
         pipe = Pipeline(
             sources=[(src, "drop_oldest") for src in sources],
             engine=engine,
@@ -514,7 +365,7 @@ def bench_capacity(engines: dict[str, InferenceEngine], s: BenchSettings, log: C
     """
     seconds = s.capacity_seconds or (8.0 if s.quick else 20.0)
     any_engine = next(iter(engines.values()))
-    images = _FrameMaker(any_engine.input_size, seed=5).images  # rendered once, replayed by every stream
+    images = FrameMaker(any_engine.input_size, seed=5).images  # rendered once, replayed by every stream
     runs = {}
     for name, eng in engines.items():
         points: dict[int, dict[str, Any]] = {}
@@ -567,11 +418,11 @@ def machine() -> dict[str, Any]:
 def run_bench(s: BenchSettings, *, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Run the selected items; return one JSON-ready dict with the headline keys first."""
     wanted = set(s.only or ITEMS)
-    models = _models(s)
+    models = bench_models(s.model, num_frames=s.num_frames, input_size=s.input_size, feature_size=s.feature_size)
     if not wanted & {"compute", "sampler"}:  # the other items use the headline variant and the full sequence
-        models = {name: models[name] for name in (_headline(models), "full")}
+        models = {name: models[name] for name in (headline(models), "full")}
     engines = {name: InferenceEngine(m, device=s.device, backend=s.engine) for name, m in models.items()}
-    head = _headline(engines)
+    head = headline(engines)
     result: dict[str, Any] = {}
     details: dict[str, Any] = {
         "settings": {**s.__dict__, "only": list(s.only)},
@@ -585,7 +436,7 @@ def run_bench(s: BenchSettings, *, log: Callable[[str], None] = lambda m: None) 
         details["compute"] = c = bench_compute(engines, s)
         result["compute_ratio"] = c["ratio_vs_full"][head]
         result["sampler_overhead"] = c["sampler_overhead"]
-    with tempfile.TemporaryDirectory() as tmp, _broker(s.mqtt) as mqtt:
+    with tempfile.TemporaryDirectory() as tmp, local_broker(s.mqtt) as mqtt:
         video = Path(s.video) if s.video else None
         if wanted & {"throughput", "latency"} and video is None:
             log("making a 640x480 H.264 test clip")
