@@ -60,6 +60,20 @@ class ExitRule:
         """Whether the rule can stop before k_max frames."""
         return self.threshold <= 1.0
 
+    def describe(self) -> str:
+        """One line: the rule and, when calibrated, what it cost on validation."""
+        if not self.early:
+            return "none (fixed k: every window embeds k_max frames)"
+        text = f"stop when the top class probability >= {self.threshold:.4f}"
+        c = self.calibration or {}
+        if c:
+            text += (
+                f"; on validation {c.get('val_mean_frames', math.nan):.2f} frames/window of k_max "
+                f"{c.get('k_max')}, AUC {c.get('val_auc', math.nan):.3f} vs {c.get('val_auc_k_max', math.nan):.3f} "
+                f"at k_max (tolerance {self.tolerance:g})"
+            )
+        return text
+
     def settled(self, probs: np.ndarray) -> np.ndarray:
         """(N, C) probabilities -> (N,) bool: the predictions that are settled."""
         return np.asarray(probs).max(axis=-1) >= self.threshold

@@ -372,6 +372,24 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", help="output folder (default: the model's folder)")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
+    calibrate = sub.add_parser(
+        "calibrate",
+        parents=[settings],
+        help="choose a model's early-exit rule on its validation split",
+        description="Embed each validation window's frames in the sampler's best-first order, check "
+        "the prediction after 1, 2, 4, ... frames, and keep the cheapest exit threshold whose "
+        "video-level AUC stays within --tolerance of the AUC at k; the rule is written into the "
+        "model file (das-stream info shows it, das-stream run uses it).",
+    )
+    calibrate.add_argument("model", help="model file written by `das-stream train`")
+    calibrate.add_argument("--config", help="experiment YAML (default: the config.yaml saved next to the model)")
+    calibrate.add_argument(
+        "--tolerance", type=float, default=0.005, help="AUC the exit may lose against k (default 0.005)"
+    )
+    calibrate.add_argument("--split", choices=["val", "test"], default="val", help="default val")
+    calibrate.add_argument("--out", help="write the calibrated model here instead of updating MODEL")
+    calibrate.set_defaults(handler=_cmd_calibrate)
+
     compare = sub.add_parser(
         "compare",
         parents=[settings],
@@ -450,6 +468,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             f"videos {report.videos} (windows as `das-stream run` cuts them, mean probability per video)"
         )
     print("wrote " + ", ".join(report.files))
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from training.commands import calibrate_model, run_config_path
+    from training.config import load_config
+
+    config = load_config(args.config or run_config_path(args.model), overrides=_training_overrides(args))
+    rule = calibrate_model(args.model, config=config, tolerance=args.tolerance, split=args.split, out=args.out)
+    print(f"early exit: {rule.describe()}")
+    print(f"wrote {args.out or args.model}")
     return 0
 
 

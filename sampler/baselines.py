@@ -37,6 +37,8 @@ class FullSampler(Sampler):
 
     keeps_all = True
 
+    order_rule = "coarse to fine (every frame is kept)"
+
     def __init__(self, *, num_frames: int, k: int | None = None) -> None:
         super().__init__(num_frames, num_frames if k is None else k)
 
@@ -73,6 +75,11 @@ class UniformSampler(Sampler):
     def __init__(self, *, num_frames: int, k: int, nested: bool = False) -> None:
         super().__init__(num_frames, k)
         self.nested = bool(nested)
+        self.order_rule = (
+            "coarse to fine (the middle frame, the quarter points, the eighths, ...)"
+            if self.nested
+            else "the k segment middles, then coarse to fine"
+        )
 
     def select(self, x: torch.Tensor, valid: torch.Tensor | None = None, k: int | None = None) -> SamplerOutput:
         check_window(x, self.num_frames, valid)
@@ -113,6 +120,8 @@ class RandomSampler(Sampler):
             torch's global generator.
     """
 
+    order_rule = "random, a fresh draw per window"
+
     def __init__(self, *, num_frames: int, k: int, seed: int | None = None) -> None:
         super().__init__(num_frames, k)
         self.seed = seed
@@ -149,6 +158,8 @@ class DPSSampler(Sampler):
         init_std: standard deviation of the initial logits.
         logit_lr_multiplier: learning-rate factor of the logits.
     """
+
+    order_rule = "learned position logits (the same order for every window)"
 
     def __init__(
         self,
@@ -205,6 +216,8 @@ class ADPSSampler(Sampler):
         hidden: width of the LSTM state and of the embedding.
         temperature: the constant softmax temperature of the relaxation.
     """
+
+    order_rule = "the LSTM's sequential picks, then the other frames in time order"
 
     def __init__(
         self,

@@ -149,6 +149,11 @@ class DASSampler(Sampler):
             )
         self.features = features
         self.selection = selection
+        self.order_rule = (
+            "frame score a_base, input-adaptive"
+            if selection == "top_k"
+            else "each segment's best frame by frame score a_base, then the rest by score"
+        )
         # (k, T) True where frame t lies outside segment j (used by selection="segments")
         segment = torch.arange(num_frames) * k // num_frames
         self.register_buffer("outside_segment", segment.unsqueeze(0) != torch.arange(k).unsqueeze(1), persistent=False)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.exit import ExitRule
 from sampler.model import SampledClassifier
 
 from .clips import SPLITS, DatasetSplits
@@ -119,6 +120,7 @@ def training_meta(
             "clips": clip_counts(data),
             "padded": padded_counts(data),
             "seed": config.train.seed,
+            "k_schedule": config.train.k_schedule,
             "backbone_weights_requested": requested_weights,
             "backbone_weights_used": model.classifier.weights_source,
         },
@@ -177,6 +179,8 @@ def model_card(path: str | Path) -> str:
         if any(v.get("padded") for v in padded.values()):
             lines.append("  padded clips: " + ", ".join(f"{k} {v['padded']}/{v['clips']}" for k, v in padded.items()))
         lines.append(f"  seed {tr.get('seed')}")
+    lines.append(f"best-first order: {model.sampler.order_rule}; k_max {c.k}")
+    lines.append(f"early exit: {ExitRule.from_dict(meta.get('exit')).describe()}")
     metrics = meta.get("metrics") or {}
     if metrics:
         parts = [

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import ConfigError, DataError, ModelFileError
+from core.exit import ExitRule
 from sampler.device import resolve_device
 from sampler.model import SampledClassifier
 
@@ -30,6 +31,7 @@ from .clips import DatasetSplits
 from .config import ExperimentConfig, load_config
 from .confusion import per_class, write_confusion
 from .datasets import load_dataset
+from .exits import DEFAULT_TOLERANCE, calibrate_clips
 from .loop import Evaluation, class_weights, evaluate
 from .report import RunResult, SummaryRow, markdown_table, plot_auc, summarize, write_summary_csv
 from .runs import CONFIG_FILE, RESULT_FILE, RunLog, grid, plot_picks, run_name, set_threads, train_run
@@ -105,12 +107,7 @@ def evaluate_model(
     data = load_dataset(config.data)
     clips = data.split(split)
     mc = model.config
-    if mc.num_frames != data.num_frames or tuple(mc.class_names) != data.class_names:
-        raise DataError(
-            f"model {model_path} expects T={mc.num_frames} and classes {list(mc.class_names)}, but the data of "
-            f"{config.source} has T={data.num_frames} and classes {list(data.class_names)}; pass the config it was trained with"
-        )
-    check_input_size(model, config, data, model_path)
+    check_model_fits(model, config, data, model_path)
     weight = class_weights(data.train.labels, len(data.class_names), config.train.class_weights)
     ev = evaluate(model, clips, device=device, batch_size=config.train.eval_batch_size, weight=weight)
     out = Path(out) if out is not None else model_path.parent
@@ -193,6 +190,48 @@ def _video_level(
         + "\n"
     )
     return figures
+
+
+def check_model_fits(model: SampledClassifier, config: ExperimentConfig, data: DatasetSplits, model_path: Path) -> None:
+    """DataError in one line when the model was trained on other inputs than ``config`` gives."""
+    mc = model.config
+    if mc.num_frames != data.num_frames or tuple(mc.class_names) != data.class_names:
+        raise DataError(
+            f"model {model_path} expects T={mc.num_frames} and classes {list(mc.class_names)}, but the data of "
+            f"{config.source} has T={data.num_frames} and classes {list(data.class_names)}; pass the config it was trained with"
+        )
+    check_input_size(model, config, data, model_path)
+
+
+def calibrate_model(
+    model_path: str | os.PathLike,
+    *,
+    config: ExperimentConfig | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    split: str = "val",
+    out: str | os.PathLike | None = None,
+) -> ExitRule:
+    """``das-stream calibrate``: choose a model's early-exit rule on a split of its dataset (the
+    cheapest threshold whose video-level AUC stays within ``tolerance`` of k_max's) and write it
+    into the model file (``out``: another file instead)."""
+    model_path = Path(model_path)
+    if config is None:
+        config = load_config(run_config_path(model_path))
+    if not (0.0 <= tolerance < 1.0):
+        raise ConfigError(f"--tolerance must be an AUC difference in [0, 1), got {tolerance!r}")
+    set_threads(config)
+    device = resolve_device(config.train.device)
+    model = SampledClassifier.load(model_path, map_location=device)
+    if model.sampler.keeps_all:
+        raise ConfigError(
+            f"model {model_path} keeps every frame ({model.config.method}); there is no order to stop early on"
+        )
+    data = load_dataset(config.data)
+    check_model_fits(model, config, data, model_path)
+    rule = calibrate_clips(model, data.split(split), device=device, tolerance=tolerance)
+    model.meta["exit"] = rule.to_dict()
+    model.save(Path(out) if out is not None else model_path)
+    return rule
 
 
 def check_input_size(model: SampledClassifier, config: ExperimentConfig, data: DatasetSplits, model_path: Path) -> None:

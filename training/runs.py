@@ -22,6 +22,7 @@ from .card import duration, padding_notes, training_meta
 from .checkpoint import CHECKPOINT_FILE
 from .clips import DatasetSplits
 from .config import ExperimentConfig
+from .exits import calibrate_clips
 from .loop import EpochLog, Evaluation, class_weights, evaluate, fit, seed_everything
 from .report import RunResult, plot_selection
 
@@ -154,6 +155,10 @@ def train_run(
         "test_acc": test.scores.acc,
         "test_clips": len(data.test),
     }
+    if config.train.k_schedule != "fixed" and not model.sampler.keeps_all:
+        rule = calibrate_clips(model, data.val, device=device)
+        model.meta["exit"] = rule.to_dict()
+        log(f"early exit calibrated on validation: {rule.describe()}")
     model.save(run_dir / MODEL_FILE)
     (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
     result = RunResult(

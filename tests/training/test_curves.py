@@ -14,7 +14,7 @@ from core.errors import ConfigError
 from core.exit import NEVER, ExitRule, exit_round, frames_used, rounds
 from sampler.model import ModelConfig, build_model
 from training.clips import ClipSet
-from training.protocol.curves import PrefixProbs, Windows, calibrate, fixed_k, operating_point, prefix_probs
+from training.exits import PrefixProbs, Windows, calibrate, fixed_k, operating_point, prefix_probs
 
 
 def test_rounds_double_up_to_k_max():
@@ -163,3 +163,33 @@ def test_compare_folds_writes_a_curve_per_run_and_the_curve_summaries(tmp_path):
     (out / "fold0" / "das-keep0.5-seed0" / "curve.json").unlink()
     assert main([*args, "--resume"]) == 0  # a resumed grid fills in the missing curve
     assert (out / "fold0" / "das-keep0.5-seed0" / "curve.json").is_file()
+
+
+def test_train_for_every_k_calibrates_the_exit_and_calibrate_and_info_show_it(tmp_path, capsys):
+    from das_stream.cli import main
+    from sampler.model import SampledClassifier
+
+    npz = write_npz(tmp_path / "m.npz", depth=8, size=16)
+    config = write_config(tmp_path / "m.yaml", {"kind": "medmnist3d", "path": str(npz), "classes": ["a", "b"]})
+    run = tmp_path / "run"
+    args = ["train", "--config", str(config), "--method", "das", "--keep", "0.5", "--out", str(run)]
+    assert main([*args, "--set", "train.k_schedule=random"]) == 0
+    rule = ExitRule.from_dict(SampledClassifier.load(run / "model.pt").meta["exit"])
+    assert rule.tolerance == 0.005 and rule.calibration["k_max"] == 4
+    assert "early exit calibrated on validation" in (run / "train.log").read_text()
+
+    capsys.readouterr()
+    assert main(["calibrate", str(run / "model.pt"), "--tolerance", "0", "--out", str(tmp_path / "strict.pt")]) == 0
+    assert capsys.readouterr().out.startswith("early exit: ")
+    strict = ExitRule.from_dict(SampledClassifier.load(tmp_path / "strict.pt").meta["exit"])
+    assert strict.tolerance == 0.0 and strict.calibration["val_auc"] >= strict.calibration["val_auc_k_max"]
+
+    assert main(["info", str(tmp_path / "strict.pt")]) == 0
+    card = capsys.readouterr().out
+    assert "best-first order: frame score a_base, input-adaptive; k_max 4" in card and "early exit: " in card
+
+    assert main(["calibrate", str(run / "model.pt"), "--tolerance", "1.5"]) == 2
+    assert "--tolerance must be an AUC difference in [0, 1), got 1.5" in capsys.readouterr().err
+    fixed = tmp_path / "fixed"
+    assert main([*args[:-1], str(fixed)]) == 0
+    assert "exit" not in SampledClassifier.load(fixed / "model.pt").meta  # fixed k: no rule, no calibration

@@ -41,11 +41,12 @@ from ..clips import ClipSet, DatasetSplits, cut_windows, windows_of_videos
 from ..config import DataConfig, ExperimentConfig
 from ..corruptions import StreamCorruption, corrupt_videos
 from ..datasets import load_medmnist3d
+from ..exits import Windows
 from ..loop import evaluate
 from ..report import RunResult, SummaryRow, markdown_table, plot_auc, summarize
 from ..runs import MODEL_FILE, RESULT_FILE, RunLog, grid, run_name, set_threads, train_run
 from ..video_eval import RandomWindowSet, evaluate_videos, load_whole_videos
-from .curves import CURVE_FILE, Windows, run_curve, write_curve_summaries
+from .curves import CURVE_FILE, run_curve, write_curve_summaries
 from .folds import fold_splits, groups_from_regex
 from .frozen import FrozenVideos, embedded_windows, evaluate_embedded_videos
 from .paired import paired_markdown, paired_table, write_paired_csv, write_summary_with_diffs

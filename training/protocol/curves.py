@@ -1,18 +1,10 @@
 """Curves, not one point: a model's score at every frame count of its best-first order, and the
-operating point of a calibrated early exit.
+operating point of a calibrated early exit, for every run of ``compare --folds``.
 
-For each window the sampler's order is computed once (eval mode, :meth:`Sampler.order`); the
-pooled prediction after the first j frames, for every j of the round ladder
-(:func:`core.exit.rounds`: 1, 2, 4, ..., k_max), is what the runtime would publish if it stopped
-there. From those predictions, with no further model call:
-
-- **fixed k**: the video-level AUC and balanced accuracy at k = 1, 2, 4, ... (one model, every
-  k: train it with ``train.k_schedule: random``);
-- **calibration** (:func:`calibrate`): on the validation windows, the cheapest exit threshold
-  (fewest frames per window) whose video-level AUC stays within ``tolerance`` of the AUC at
-  k_max;
-- **early exit**: that rule applied to the test windows: the mean frames embedded per window
-  and the video-level AUC it gives.
+From each window's predictions after every round (:mod:`training.exits`): the video-level AUC and
+balanced accuracy at fixed k = 1, 2, 4, ... (one model, every k: ``train.k_schedule: random``),
+the exit rule calibrated on the run's validation windows, and its operating point on the test
+windows (mean frames embedded per window, video-level AUC).
 
 Each run folder of ``compare --folds`` gets a ``curve.json``; :func:`write_curve_summaries`
 tabulates them per method (mean over folds x seeds), pairs methods by (fold, seed) with
@@ -25,139 +17,20 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from core.exit import NEVER, ExitRule, exit_round, frames_used, rounds
-from sampler.features import frame_validity
+from core.exit import rounds
 from sampler.model import SampledClassifier
 
-from ..metrics import classification_scores
+from ..exits import DEFAULT_TOLERANCE, Windows, calibrate, fixed_k, operating_point, prefix_probs
 from ..report import METHOD_LABELS
-from ..video_eval import aggregate_video_probs
 from .paired import bootstrap_mean_ci
 
 CURVE_FILE = "curve.json"
-DEFAULT_TOLERANCE = 0.005
-"""The AUC an early exit may lose against k_max on validation (issue #23's default)."""
-
-
-@dataclass(frozen=True, eq=False)
-class PrefixProbs:
-    """Class probabilities of every window after each round of its best-first order.
-
-    Attributes:
-        probs: (W, R, C), round r pooling the first ``ladder[r]`` frames of the order.
-        usable: (W,) usable (real, non-empty) frames per window.
-        ladder: the prefix sizes (1, 2, 4, ..., k_max).
-    """
-
-    probs: np.ndarray
-    usable: np.ndarray
-    ladder: tuple[int, ...]
-
-
-@torch.inference_mode()
-def prefix_probs(
-    model: SampledClassifier, clips: Any, *, device: torch.device | str = "cpu", batch_size: int = 64
-) -> PrefixProbs:
-    """:class:`PrefixProbs` of ``clips``: a ``ClipSet`` (items ``(x, valid, label)``, frames
-    embedded here by the model's backbone) or an ``EmbeddedClipSet`` (``(x, emb, valid, label)``,
-    the frozen backbone's embeddings)."""
-    model.eval().to(device)
-    ladder = rounds(model.sampler.k)
-    probs, usable_counts = [], []
-    for batch in DataLoader(clips, batch_size=batch_size, shuffle=False):
-        x = batch[0].to(device).float().div_(255.0)
-        valid = batch[-2].to(device)
-        usable = frame_validity(x, valid)
-        order = model.sampler.order(x, valid)
-        if len(batch) == 4:
-            emb = model.classifier.project(batch[1].to(device).float())
-        else:
-            b, t = x.shape[:2]
-            emb = model.classifier.embed(x.flatten(0, 1)).view(b, t, -1)
-        rows = []
-        for j in ladder:
-            idx = order[:, :j]
-            picked = emb.gather(1, idx.unsqueeze(2).expand(-1, -1, emb.shape[2]))
-            logits = model.classifier.classify(picked, usable.gather(1, idx))
-            rows.append(torch.softmax(logits.float(), dim=1))
-        probs.append(torch.stack(rows, dim=1).cpu().numpy())
-        usable_counts.append(usable.sum(dim=1).cpu().numpy())
-    return PrefixProbs(np.concatenate(probs), np.concatenate(usable_counts), ladder)
-
-
-@dataclass(frozen=True)
-class Windows:
-    """Windows scored at video level: which video each window belongs to, and the videos' labels."""
-
-    owner: np.ndarray  # (W,) video index of each window
-    labels: np.ndarray  # (V,) class of each video
-
-
-def video_scores(window_probs: np.ndarray, w: Windows) -> tuple[float, float]:
-    """(AUC, balanced accuracy %) of the videos whose probabilities are their windows' means."""
-    s = classification_scores(w.labels, aggregate_video_probs(window_probs, w.owner, len(w.labels)))
-    return s.auc, s.acc
-
-
-def operating_point(pp: PrefixProbs, w: Windows, rule: ExitRule) -> dict[str, float]:
-    """Video-level AUC and accuracy and the mean frames per window under ``rule``."""
-    at = exit_round(pp.probs, rule)
-    used = frames_used(pp.ladder, at, pp.usable)
-    auc, acc = video_scores(pp.probs[np.arange(len(at)), at], w)
-    return {
-        "auc": auc,
-        "acc": acc,
-        "mean_frames": float(used.mean()) if len(used) else 0.0,
-        "exited_early": float((at < len(pp.ladder) - 1).mean()) if len(at) else 0.0,
-    }
-
-
-def fixed_k(pp: PrefixProbs, w: Windows) -> list[dict[str, float]]:
-    """Video-level scores at every round of the ladder (the frames actually usable counted)."""
-    out = []
-    for r, j in enumerate(pp.ladder):
-        auc, acc = video_scores(pp.probs[:, r], w)
-        out.append({"k": j, "auc": auc, "acc": acc, "mean_frames": float(np.minimum(j, pp.usable).mean())})
-    return out
-
-
-def calibrate(pp: PrefixProbs, w: Windows, *, tolerance: float = DEFAULT_TOLERANCE, candidates: int = 200) -> ExitRule:
-    """The cheapest ``max_prob`` rule whose validation AUC is within ``tolerance`` of k_max's.
-
-    Candidate thresholds are quantiles of the top probabilities seen after every round (and
-    "never", which always qualifies); the one with the fewest mean frames per window wins, ties
-    going to the higher AUC. The rule records the tolerance and the validation figures."""
-    ref_auc, ref_acc = video_scores(pp.probs[:, -1], w)
-    tops = pp.probs.max(axis=2).ravel()
-    grid = np.unique(np.quantile(tops, np.linspace(0.0, 1.0, candidates))) if tops.size else np.array([])
-    best = ExitRule(threshold=NEVER)
-    best_point = operating_point(pp, w, best)
-    for t in grid:
-        if not 0.0 < t <= 1.0:
-            continue
-        rule = ExitRule(threshold=float(t))
-        point = operating_point(pp, w, rule)
-        ok = math.isnan(ref_auc) or point["auc"] >= ref_auc - tolerance
-        if ok and (point["mean_frames"], -point["auc"]) < (best_point["mean_frames"], -best_point["auc"]):
-            best, best_point = rule, point
-    figures = {
-        "val_auc_k_max": ref_auc,
-        "val_acc_k_max": ref_acc,
-        "val_auc": best_point["auc"],
-        "val_acc": best_point["acc"],
-        "val_mean_frames": best_point["mean_frames"],
-        "k_max": pp.ladder[-1],
-        "windows": len(pp.usable),
-    }
-    return ExitRule(threshold=best.threshold, tolerance=tolerance, calibration=figures)
 
 
 def run_curve(
