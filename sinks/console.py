@@ -43,11 +43,11 @@ def _delivery(s: Stats) -> str:
     mqtt = s.extra.get("MqttSink") if isinstance(s.extra, dict) else None
     if not isinstance(mqtt, dict):
         return ""
-    figures = {k: mqtt.get(k) for k in ("published", "undelivered", "overflow", "reconnects")}
+    figures = {k: mqtt.get(k) for k in ("published", "buffered", "overflow", "reconnects")}
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in figures.values()):
         return ""
     return (
-        f" | mqtt published {figures['published']} waiting {figures['undelivered']}"
+        f" | mqtt published {figures['published']} waiting {figures['buffered']}"
         f" lost {figures['overflow']} reconnects {figures['reconnects']}"
     )
 

@@ -28,16 +28,19 @@ _PORT_ATTEMPTS = 5
 
 @dataclass(frozen=True)
 class MosquittoOptions:
-    """Extra Mosquitto listener settings for TLS and password tests.
+    """Extra Mosquitto listener settings for TLS, password and limit tests.
 
     Args:
         certfile, keyfile: server certificate and key (PEM); both given turns TLS on.
         password_file: a file made by ``mosquitto_passwd``; given, anonymous access is off.
+        max_packet_size: the largest packet the broker accepts (it disconnects a client that
+            sends a larger one); None: Mosquitto's default (no limit).
     """
 
     certfile: Path | None = None
     keyfile: Path | None = None
     password_file: Path | None = None
+    max_packet_size: int | None = None
 
     @property
     def tls(self) -> bool:
@@ -174,6 +177,8 @@ class MosquittoBroker(BrokerProcess):
             lines.append(f"password_file {opts.password_file}")
         if opts.tls:
             lines += [f"certfile {opts.certfile}", f"keyfile {opts.keyfile}"]
+        if opts.max_packet_size is not None:
+            lines.append(f"max_packet_size {opts.max_packet_size}")
         return "\n".join(lines) + "\n"
 
     def _command(self) -> list[str]:

@@ -81,7 +81,7 @@ async def test_an_unsendable_message_is_dropped_counted_and_the_rest_delivered(m
         received = await collector.wait_for(3)
     assert [m["window"] for _, m in received] == [0, 2, 3]
     assert sink.sender_failures == 1
-    assert sink.predictions == {"accepted": 4, "published": 3, "overflow": 0, "failed": 1}
+    assert sink.predictions == {"accepted": 4, "published": 3, "overflow": 0, "refused": 0, "failed": 1}
     assert any("could not be sent and is dropped" in r.getMessage() for r in caplog.records)
     error = sink.delivery_error()
     assert str(error).startswith(
@@ -104,7 +104,7 @@ async def test_a_broker_never_reached_is_a_delivery_error(caplog):
         for w in range(5):
             await sink.publish_prediction(prediction(w))
         await sink.publish_stats(stats())
-        assert sink.counters["overflow"] == 4 and sink.counters["undelivered"] == 2
+        assert sink.counters["overflow"] == 4 and sink.counters["buffered"] == 2
     error = sink.delivery_error()
     assert str(error).startswith(
         f"5 of 5 predictions never reached the MQTT broker mqtt://127.0.0.1:{port} "
@@ -128,7 +128,8 @@ async def test_subscribe_shows_gaps_and_delivery_counters(mqtt_broker):
     task = asyncio.create_task(subscribe(settings, out=out, max_messages=4, ready=ready))
     await ready.wait()
     delivered = dataclasses.replace(
-        stats(), extra={"MqttSink": {"published": 7, "buffered": 0, "overflow": 3, "reconnects": 1, "undelivered": 0}}
+        stats(),
+        extra={"MqttSink": {"published": 7, "buffered": 0, "overflow": 3, "refused": 0, "failed": 0, "reconnects": 1}},
     )
     async with MqttSink(MqttSettings.from_url(mqtt_broker.url, client_id="test-gaps-pub")) as sink:
         for w in (0, 1, 4):

@@ -56,7 +56,7 @@ async def test_broker_outage_loses_nothing_and_keeps_order(mqtt_broker):
     assert buffered_during_outage >= len(OUTAGE)
     assert sink.counters["published"] == WINDOWS
     assert sink.counters["reconnects"] >= 1
-    assert sink.counters["overflow"] == 0 and sink.counters["undelivered"] == 0
+    assert sink.counters["overflow"] == 0 and sink.counters["buffered"] == 0
 
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     firsts = [m for m in lines if not m.get("duplicate")]

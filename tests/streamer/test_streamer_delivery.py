@@ -66,7 +66,7 @@ def test_outage_longer_than_the_buffer_is_logged_counted_and_fails_the_run(mqtt_
     assert final["final"] and final["windows"] == len(predictions) == 50
     delivery = final["extra"]["MqttSink"]
     accepted = len(predictions) + len(stats) - 1  # everything handed to the sink before the final stats
-    assert delivery["published"] + delivery["overflow"] + delivery["undelivered"] == accepted
+    assert delivery["published"] + delivery["overflow"] + delivery["buffered"] == accepted
     assert delivery["overflow"] >= 17
 
     assert run.returncode == 1, err
