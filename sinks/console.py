@@ -15,27 +15,47 @@ from core.errors import SinkError
 from sinks.messages import Prediction, Stats
 
 
+def printable(text: object, limit: int = 120) -> str:
+    """``text`` safe to print on a terminal, as one line: cut to ``limit`` characters, and every
+    character that is not printable (ANSI escapes, BEL, CR, LF, other controls, bidi overrides)
+    written as its escape (``\\x1b``, ``\\u202e``), so a sender can neither forge lines nor drive
+    the terminal."""
+    text = str(text)
+    if len(text) > limit:
+        text = f"{text[:limit]}...({len(text)} chars)"
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _num(value: float | None, spec: str) -> str:
+    """A figure as ``spec`` formats it, or "?" for a missing one (null in the payload)."""
+    return "?" if value is None else format(value, spec)
+
+
 def format_prediction(p: Prediction) -> str:
-    """One line: stream, window, seq range, label, top probability, frames picked, latency."""
-    top = max(p.probs.values(), default=math.nan)
+    """One line: stream, window, seq range, label, top probability, frames picked, latency, and
+    the segment (a DICOM file) when there is one. Sender text is made :func:`printable`."""
+    top = max((v for v in p.probs.values() if v is not None), default=math.nan)
     padded = f" (+{p.padded} padded)" if p.padded else ""
+    segment = f" | {printable(p.segment, 80)}" if p.segment else ""
     return (
-        f"{p.stream} #{p.window} seq {p.first_seq}-{p.last_seq}{padded}: {p.label} {top:.2f}"
-        f" | picked {len(p.selected)} | {p.latency_ms:.1f} ms"
+        f"{printable(p.stream, 60)} #{p.window} seq {p.first_seq}-{p.last_seq}{padded}: {printable(p.label, 60)}"
+        f" {top:.2f} | picked {len(p.selected)} | {_num(p.latency_ms, '.1f')} ms{segment}"
     )
 
 
 def format_stats(s: Stats) -> str:
     """One line with the counters, input rate, latency percentiles and compute saved, and the
     MQTT sink's delivery counters when the stats carry them (``extra.MqttSink``)."""
-    p50, p95, p99 = (float(s.latency_ms.get(k, math.nan)) for k in ("p50", "p95", "p99"))
+    p50, p95, p99 = (_num(s.latency_ms.get(k), ".1f") for k in ("p50", "p95", "p99"))
     final = " (final)" if s.final else ""
     return (
-        f"{s.stream} stats{final}: in {s.frames_in} forwarded {s.frames_forwarded}"
+        f"{printable(s.stream, 60)} stats{final}: in {s.frames_in} forwarded {s.frames_forwarded}"
         f" skipped {s.frames_skipped} dropped {s.frames_dropped} bad {s.bad_messages}"
         + (f" resampled out {s.frames_resampled_out}" if s.frames_resampled_out else "")
-        + f" windows {s.windows} | {s.fps_in:.1f} fps | latency p50/p95/p99"
-        f" {p50:.1f}/{p95:.1f}/{p99:.1f} ms | compute saved {s.compute_saved:.0%}{_delivery(s)}"
+        + f" windows {s.windows} | {_num(s.fps_in, '.1f')} fps | latency p50/p95/p99"
+        f" {p50}/{p95}/{p99} ms | compute saved {_num(s.compute_saved, '.0%')}{_delivery(s)}"
     )
 
 

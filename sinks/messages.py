@@ -56,6 +56,10 @@ class Prediction:
             window and this one; the previous window was closed early, padded.
         gap_ms: how long that pause was, from the capture time of the last frame before it to the
             first frame after it (0.0 when ``gap_before`` is false).
+        segment: the part of the stream the window's frames come from, for sources that have
+            parts: a DICOM folder's file (its path in the folder); None otherwise. A window
+            never spans two segments.
+        instance: the DICOM SOP Instance UID of that file (None when not DICOM or absent).
     """
 
     stream: str
@@ -72,6 +76,8 @@ class Prediction:
     padded: int = 0
     gap_before: bool = False
     gap_ms: float = 0.0
+    segment: str | None = None
+    instance: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -19,55 +19,39 @@ import dataclasses
 import hashlib
 import json
 import sys
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, TextIO
 
 import aiomqtt
 
-from sinks.console import LineWriter, format_prediction, format_stats
+from sinks.console import LineWriter, format_prediction, format_stats, printable
 from sinks.messages import Prediction, Stats, dumps
 from sinks.mqtt import MqttSettings, keep_connected
+from sinks.schema import Refused, check
 
 _MAX_TRACKED_GAP = 1000  # windows of one gap remembered for late arrivals
 _RECORDS: dict[str, type[Prediction] | type[Stats]] = {"prediction": Prediction, "stats": Stats}
 
 
 def decode(topic: str, payload: bytes) -> Prediction | Stats:
-    """The record a payload on ``<prefix>/<stream>/prediction|stats`` carries.
-
-    Unknown fields are ignored (newer schema versions may add some).
+    """The record a payload on ``<prefix>/<stream>/prediction|stats`` carries, checked against
+    the one schema (:mod:`sinks.schema`: types, ranges, sizes). Unknown fields are ignored (newer
+    schema versions may add some).
 
     Raises:
-        ValueError: not JSON, not an object, a required field missing, or a wrong type.
+        ValueError: (:class:`sinks.schema.Refused`) not JSON, over the size limit, a required
+            field missing, a wrong type or a value out of range.
     """
-    cls = _RECORDS.get(topic.rsplit("/", 1)[-1])
+    kind = topic.rsplit("/", 1)[-1]
+    cls = _RECORDS.get(kind)
     if cls is None:
-        raise ValueError("topic is neither .../prediction nor .../stats")
-    try:
-        data = json.loads(payload.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"not UTF-8 JSON ({exc})") from None
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"not strict JSON ({str(exc)[:80]})") from None
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    known = {f.name: f for f in fields(cls)}
-    missing = [n for n, f in known.items() if n not in data and f.default is MISSING and f.default_factory is MISSING]
-    if missing:
-        raise ValueError(f"missing {', '.join(missing)}")
+        raise Refused("topic is neither .../prediction nor .../stats")
+    data = check(kind, payload)
+    known = {f.name for f in fields(cls)}
     values = {k: v for k, v in data.items() if k in known}
     if cls is Prediction:
         values["selected"] = tuple(values["selected"])
-    record = cls(**values)
-    try:  # the formatters touch every numeric field: a wrong type fails here, not later
-        format_prediction(record) if isinstance(record, Prediction) else format_stats(record)
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"bad field type ({exc})") from None
-    return record
-
-
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
+    return cls(**values)
 
 
 class GapTracker:
@@ -158,7 +142,7 @@ class _Printer:
             record = decode(topic, payload)
         except ValueError as exc:
             self.tally["malformed"] += 1
-            topic, error = _cut(topic), _cut(str(exc), 200)
+            topic, error = printable(topic, 120), printable(exc, 200)
             await self._writer.write(
                 self._line(
                     {"type": "malformed", "topic": topic, "error": error},
@@ -192,7 +176,7 @@ class _Printer:
                         "last_window": last,
                         "missing": last - first + 1,
                     },
-                    f"gap: {record.stream} windows {first}-{last} missing ({last - first + 1}; "
+                    f"gap: {printable(record.stream, 60)} windows {first}-{last} missing ({last - first + 1}; "
                     "predictions lost or still to come)",
                 )
             )
@@ -200,11 +184,6 @@ class _Printer:
 
     def _line(self, obj: dict[str, Any], text: str) -> str:
         return dumps(obj).decode() if self._raw else text
-
-
-def _cut(text: str, limit: int = 120) -> str:
-    """Sender-controlled text cut to ``limit`` characters for one output line."""
-    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
 
 
 async def subscribe(

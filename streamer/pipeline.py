@@ -23,7 +23,9 @@ Every stage is one task and every connection one queue with an explicit policy, 
 
 A stream that pauses (no frame for ``gap`` seconds while a window is open, or a capture-time jump
 larger than ``gap``) has its open window closed at once, padded, and the first window after the
-pause says so (``gap_before``, ``gap_ms`` in the prediction).
+pause says so (``gap_before``, ``gap_ms`` in the prediction). A stream made of segments (the files
+of a DICOM exam, ``Frame.segment``) has its window closed the same way at each segment boundary,
+and each prediction names its segment.
 
 Shutdown (:meth:`Pipeline.stop`, wired to SIGINT/SIGTERM by the CLI, or the sources ending): the
 sources stop, every frame already accepted is windowed, the last partial window of each stream is
@@ -44,7 +46,7 @@ from typing import Any, Literal, Protocol
 from sinks import FanOut, Sink
 from sinks.messages import Prediction, Stats
 from sources.base import Source
-from sources.frame import Frame
+from sources.frame import Frame, Segment
 
 from .inference import InferenceEngine, WindowResult
 from .resample import FrameResampler, make_resampler
@@ -311,6 +313,7 @@ class Pipeline:
         last, partial window when the stream ends."""
         gap = self.settings.gap or None
         last_t: float | None = None
+        segment: Segment | None = None
         while True:
             try:
                 frame = await st.queue.get(timeout=gap if st.windower.open else None)
@@ -322,7 +325,9 @@ class Pipeline:
             if last_t is not None and gap is not None and frame.t_capture - last_t > gap:
                 await self._put_window(windows, st.windower.flush())  # before and after never share a window
                 self._paused(st, (frame.t_capture - last_t) * 1000.0)
-            last_t = frame.t_capture
+            elif last_t is not None and frame.segment != segment:  # a new file of an exam: its own windows
+                await self._put_window(windows, st.windower.flush())
+            last_t, segment = frame.t_capture, frame.segment
             if st.windower.next_in_window:  # its sampler copy now, on the engine's thread, off the window-close path
                 self.engine.accept(st.windower.stream, frame)
             await self._put_window(windows, st.windower.push(frame))
@@ -397,6 +402,8 @@ class Pipeline:
             padded=w.padded,
             gap_before=w.gap_before_ms > 0,
             gap_ms=round(w.gap_before_ms, 2),
+            segment=w.frames[0].segment.name if w.frames[0].segment else None,
+            instance=w.frames[0].segment.instance if w.frames[0].segment else None,
         )
 
     async def _publish_stats(self, stats: Stats) -> None:

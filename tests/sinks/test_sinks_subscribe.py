@@ -89,10 +89,14 @@ def test_decode_builds_records_and_ignores_unknown_fields():
 @pytest.mark.parametrize(
     ("topic", "payload", "reason"),
     [
-        ("das/us1/prediction", b"[1, 2]", "not a JSON object"),
+        ("das/us1/prediction", b"[1, 2]", "the message must be of type object, got a list"),
         ("das/us1/prediction", b'{"stream": "\xff"}', "not UTF-8 JSON"),
-        ("das/us1/prediction", json.dumps({**prediction(0).to_dict(), "probs": [0.5]}).encode(), "bad field type"),
-        ("das/us1/stats", json.dumps({**stats().to_dict(), "fps_in": "fast"}).encode(), "bad field type"),
+        (
+            "das/us1/prediction",
+            json.dumps({**prediction(0).to_dict(), "probs": [0.5]}).encode(),
+            "probs must be of type object",
+        ),
+        ("das/us1/stats", json.dumps({**stats().to_dict(), "fps_in": "fast"}).encode(), "fps_in must be of type"),
         ("das/us1/stats", b'{"stream": "us1"}', "missing frames_in"),
         ("das/us1/other", prediction(0).to_json(), "neither"),
     ],

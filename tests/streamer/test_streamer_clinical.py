@@ -4,6 +4,7 @@ and a real pyigtl OpenIGTLink server in another process, side by side."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from streamer.config import RunConfig
 
 SOURCES_TESTS = Path(__file__).parents[1] / "sources"
 sys.path.insert(0, str(SOURCES_TESTS))
+import pydicom  # noqa: E402
 from dicom_help import frames_rgb, write_cine  # noqa: E402
 from pydicom.uid import RLELossless  # noqa: E402
 from sources_help import free_port  # noqa: E402
@@ -51,6 +53,7 @@ async def test_dicom_folder_and_openigtlink_stream_side_by_side(tmp_path):
             console=False,
             duration=2.0,
             device="cpu",
+            jsonl=str(tmp_path / "out.jsonl"),
         )
         summary = await build_pipeline(cfg).run()
     finally:
@@ -58,8 +61,20 @@ async def test_dicom_folder_and_openigtlink_stream_side_by_side(tmp_path):
         server.communicate(timeout=10)
     assert summary.errors == [] and set(summary.final) == {"exam", "US"}
     dicom, igtl = summary.final["exam"], summary.final["US"]
-    assert dicom.frames_in == 21 and dicom.windows == 3  # 21 frames in windows of 8: 2 full + 1 padded
-    assert dicom.extra["skipped_files"] == 1
+    # each file is its own segment (issue #21): a's 9 frames make 8 + 1 padded, b's 12 make 8 + 4 padded;
+    # before, the folder was one stream of 21 frames and a window mixed the two files
+    assert dicom.frames_in == 21 and dicom.windows == 4
+    assert dicom.extra["skipped_files"] == 1 and dicom.extra["files_played"] == 2
+    lines = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    windows = [m for m in lines if m["type"] == "prediction" and m["stream"] == "exam"]
+    assert [(w["segment"], w["first_seq"], w["last_seq"], w["padded"]) for w in windows] == [
+        ("a.dcm", 0, 7, 0),
+        ("a.dcm", 8, 8, 7),
+        ("b.dcm", 9, 16, 0),
+        ("b.dcm", 17, 20, 4),
+    ]
+    uids = {name: str(pydicom.dcmread(exam / name).SOPInstanceUID) for name in ("a.dcm", "b.dcm")}
+    assert all(w["instance"] == uids[w["segment"]] for w in windows)
     assert igtl.frames_in > 20 and igtl.bad_messages == 0
     assert igtl.extra["ignored_messages"] > 0 and igtl.extra["reconnects"] == 0
     for stats in (dicom, igtl):
