@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- streaming commands (run, subscribe, bench) ---
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    from core.bounds import flag
     from core.settings import DEVICE_FORMS, choices_of
     from sinks.mqtt import MqttSettings
     from sources.spec import spec_usage
@@ -195,7 +196,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
         "--only", help="comma-separated items: compute,sampler,throughput,latency,overlap,memory,streams,capacity"
     )
     bench.add_argument("--streams", type=int, help="capacity item: run this one number of 30 fps streams, no sweep")
-    bench.add_argument("--threads", type=int, help="torch intra-op threads")
+    bench.add_argument("--threads", type=flag("threads"), help="torch intra-op threads")
     bench.add_argument(
         "--feature-size",
         type=int,

@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from core.errors import SourceError
 
@@ -43,6 +44,11 @@ log = logging.getLogger(__name__)
 _TCP = re.compile(r"tcp://(?P<host>\[[^\]]+\]|[^:/\s]+):(?P<port>\d{1,5})")
 _PATTERNS = {"sub": zmq.SUB, "pull": zmq.PULL, "rep": zmq.REP}
 _REPLY = b"OK"  # what imagezmq's ImageHub answers each request with
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+_PEER_EVENTS = (
+    zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+) | sum(_HANDSHAKE_FAILED)
+_WHICH_SENDER = "REQ senders such as imagezmq's default ImageSender need zmq+rep://, PUB zmq+sub://, PUSH zmq+pull://"
 
 
 def tcp_port(url: str) -> int:
@@ -141,6 +147,10 @@ class ZmqSource(Source):
         self._count_lock = threading.Lock()  # "overflow" is counted by the reader and the loop
         self._context: zmq.Context | None = None
         self._socket: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None
+        self._poller: zmq.Poller | None = None
+        self._unshaken: set[int] = set()  # connections (fds) whose handshake has not succeeded yet
+        self.counters["handshake_failures"] = 0
         self._seq = 0
         self._sender_seq: int | None = None
 
@@ -189,6 +199,7 @@ class ZmqSource(Source):
         sock.setsockopt(zmq.RCVHWM, self._rcvhwm)
         if self.pattern == "sub":
             sock.setsockopt(zmq.SUBSCRIBE, self.topic)
+        self._monitor = sock.get_monitor_socket(_PEER_EVENTS)
         try:
             (sock.bind if self.bind else sock.connect)(self.url)
         except zmq.ZMQError as exc:
@@ -197,13 +208,49 @@ class ZmqSource(Source):
             raise SourceError(
                 f"cannot {action} ZeroMQ {self.pattern} socket to {self.url}: {exc}; check the address and port"
             ) from None
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+
+    def _watch_peers(self) -> None:
+        """Read the socket's monitor: a connection that ends before its ZeroMQ handshake succeeded
+        is a peer that cannot talk to this socket (a REQ sender aimed at zmq+sub:// or zmq+pull://,
+        which libzmq disconnects without a word while the sender waits forever, or not ZeroMQ at
+        all). It is counted in ``counters["handshake_failures"]`` and logged (rate-limited)."""
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind, fd = event["event"], event["value"]
+            if kind in (zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED):
+                self._unshaken.add(fd)
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._unshaken.discard(fd)
+            elif kind == zmq.EVENT_DISCONNECTED and fd in self._unshaken or kind in _HANDSHAKE_FAILED:
+                self._unshaken.discard(fd)
+                count = self.counters["handshake_failures"] = self.counters["handshake_failures"] + 1
+                if count <= 3 or count % 100 == 0:
+                    log.warning(
+                        "%s: a peer connected to %s and was dropped before the ZeroMQ handshake completed: its "
+                        "socket type cannot talk to %s (%s), or it does not speak ZeroMQ; %d so far",
+                        self.name,
+                        self.url,
+                        self.pattern.upper(),
+                        _WHICH_SENDER,
+                        count,
+                    )
 
     def _produce(self, stop: threading.Event) -> Iterator[Frame]:
         waiting: collections.deque[tuple[list[zmq.Frame], float, int]] = collections.deque()
         self._waiting_bytes = 0
         while not stop.is_set():
-            if not waiting and not self._socket.poll(100):
-                continue
+            if not waiting:
+                ready = dict(self._poller.poll(100))
+                if self._monitor in ready:
+                    self._watch_peers()
+                if self._socket not in ready:
+                    continue
             if self.pattern == "rep":  # one request at a time; the sender waits for the answer
                 parts = self._socket.recv_multipart(copy=False)
                 self._socket.send(_REPLY)
@@ -286,6 +333,10 @@ class ZmqSource(Source):
         return sender_seq - last - 1
 
     def _close(self) -> None:
+        if self._monitor is not None:
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None

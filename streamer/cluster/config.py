@@ -13,10 +13,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from core.bounds import check_fields
 from core.errors import ConfigError
 from core.settings import coerce_fields, load_flat
 from streamer.config import RunConfig
 from streamer.pipeline import Policy
+
+
+# The numbers a user gives, checked against their bounds in core.bounds.
+_BOUNDED = (
+    "frame_queue",
+    "window_queue",
+    "max_batch_windows",
+    "replicas",
+    "max_batch_frames",
+    "mqtt_buffer",
+    "stride",
+    "threads",
+    "speed",
+    "stats_interval",
+    "duration",
+    "request_timeout",
+    "connect_timeout",
+)
 
 
 @dataclass(frozen=True)
@@ -98,23 +117,7 @@ class ClusterConfig:
         where = f"(in {self._origin})"
         if not self.sources:
             raise ConfigError(f"no sources {where}; list at least one under 'sources:', e.g. - synthetic:")
-        for name in (
-            "frame_queue",
-            "window_queue",
-            "max_batch_windows",
-            "replicas",
-            "max_batch_frames",
-            "mqtt_buffer",
-            "stride",
-            "threads",
-        ):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value} {where}")
-        for name in ("speed", "stats_interval", "duration", "request_timeout", "connect_timeout"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value} {where}")
+        check_fields(self, _BOUNDED, context=f" {where}")
         for name in (
             "replica_cpus",
             "replica_gpus",

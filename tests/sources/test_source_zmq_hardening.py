@@ -88,6 +88,26 @@ async def test_imagezmq_req_senders_get_an_answer_for_every_message(spawn):
     assert source.counters["bad_messages"] == len(mixed()) - len(good)
 
 
+@pytest.mark.parametrize("scheme", ["zmq+pull", "zmq+sub"])
+async def test_a_req_sender_aimed_at_sub_or_pull_is_reported(spawn, caplog, scheme):
+    # issue #21: a REQ sender aimed at zmq+sub:// or zmq+pull:// blocked forever, nothing logged
+    port = free_port()
+    async with parse_source(f"{scheme}://127.0.0.1:{port}?bind=1") as source:
+        spawn("zmq_peer.py", f"tcp://127.0.0.1:{port}", "req", "connect", "mixed")
+
+        async def reported() -> None:
+            while source.counters["handshake_failures"] < 2:  # the REQ socket retries, failing each time
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(reported(), 20)
+        if scheme == "zmq+pull":  # a matching sender still gets through
+            good = spawn("zmq_peer.py", f"tcp://127.0.0.1:{port}", "push", "connect", "mixed")
+            assert len(await take(source, 3)) == 3
+            assert await asyncio.to_thread(good.wait, 30) == 0
+    warnings = [r.getMessage() for r in caplog.records if "handshake" in r.getMessage()]
+    assert warnings and "REQ senders such as imagezmq's default ImageSender need zmq+rep://" in warnings[0]
+
+
 def test_overload_with_large_frames_stays_within_the_documented_memory_bound(spawn):
     """4 MiB frames pushed as fast as ZeroMQ takes them (hundreds per second) for 2 s at a
     receiver whose consumer takes 20 ms a frame: the receiver's RSS stays within

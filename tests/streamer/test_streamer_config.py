@@ -84,3 +84,42 @@ def test_closed_choices_come_from_their_registries():
     assert choices_of(RunConfig, "engine") == BACKENDS
     assert choices_of(RunConfig, "overload") == ("auto", *typing.get_args(Policy))
     assert choices_of(RunConfig, "stride") == ()
+
+
+@pytest.mark.parametrize("text", ["duration: .inf\n", "max_batch_windows: 99999999999999999999\n", "threads: 0\n"])
+def test_the_cluster_config_checks_the_same_bounds(tmp_path, text):
+    # issue #21: `duration: .inf` was accepted by the cluster's YAML where the run's refused it
+    from streamer.cluster.config import ClusterConfig
+
+    f = tmp_path / "ward.yaml"
+    f.write_text('sources: ["synthetic:"]\n' + text)
+    with pytest.raises(ConfigError, match=rf"{text.split(':')[0]} must be .* \(in {f}\)"):
+        ClusterConfig.load(f)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--max-batch-windows", "99999999999999999999"], "max_batch_windows must be an integer from 1 to 1024"),
+        (["run", "--threads", "99999999999999999999"], "threads must be an integer from 1 to 1024"),
+        (
+            ["bench", "--threads", "99999999999999999999"],
+            "argument --threads: '99999999999999999999' is not an integer",
+        ),
+    ],
+)
+def test_huge_numbers_on_the_command_line_are_one_line_errors(capsys, argv, message):
+    # issue #21: --max-batch-windows 1e20 never finished start-up; --threads 1e20 ended in a traceback
+    import signal
+
+    from das_stream.cli import main
+
+    handler = signal.getsignal(signal.SIGINT)  # `run` installs its start-up handler
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors
+        code = exc.code
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and message in err[-1] and "Traceback" not in "\n".join(err)
