@@ -19,7 +19,6 @@ from core.settings import coerce_fields, load_flat
 from streamer.config import RunConfig
 from streamer.pipeline import Policy
 
-
 # The numbers a user gives, checked against their bounds in core.bounds.
 _BOUNDED = (
     "frame_queue",
