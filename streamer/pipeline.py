@@ -29,7 +29,10 @@ and each prediction names its segment.
 
 Shutdown (:meth:`Pipeline.stop`, wired to SIGINT/SIGTERM by the CLI, or the sources ending): the
 sources stop, every frame already accepted is windowed, the last partial window of each stream is
-classified and published, final stats are published, then the sinks are closed.
+classified and published, final stats are published, then the sinks are closed. A stream whose
+source ends while others go on (a DICOM exam played to its end) is ended on its own: its final
+stats (``final: true``) are published as soon as its last window is, it is logged (``stream NAME
+ended``), and no periodic stats follow, so observers see it ended, not stalled.
 """
 
 from __future__ import annotations
@@ -167,6 +170,7 @@ class _Stream:
     gaps: int = 0  # pauses that closed a window early
     longest_gap_ms: float = 0.0
     resampler: FrameResampler | None = None
+    final: Stats | None = None  # published when the stream ended (its last window published)
 
 
 @dataclass
@@ -178,7 +182,14 @@ class RunSummary:
     errors: list[BaseException] = field(default_factory=list)
 
 
-_END = object()  # a stream's windower is done
+_END = object()  # every stream's windows are classified
+
+
+@dataclass(frozen=True)
+class _StreamEnd:
+    """A stream's windower is done: follows its last window through inference and publishing."""
+
+    stream: str
 
 
 class Pipeline:
@@ -257,9 +268,10 @@ class Pipeline:
             await asyncio.gather(*helpers, *stages, return_exceptions=True)
         summary = RunSummary()
         for st in self.streams:
-            final = self._snapshot(st, final=True)
-            await self._publish_stats(final)
-            summary.final[st.source.name] = final
+            if st.final is None:  # not ended through the publish stage (the run was cut short)
+                await self._end_stream(st)
+            assert st.final is not None
+            summary.final[st.source.name] = st.final
             if st.error is not None:
                 summary.errors.append(st.error)
         return summary
@@ -332,7 +344,7 @@ class Pipeline:
                 self.engine.accept(st.windower.stream, frame)
             await self._put_window(windows, st.windower.push(frame))
         await self._put_window(windows, st.windower.flush())
-        await windows.put(_END)
+        await windows.put(_StreamEnd(st.source.name))
 
     def _paused(self, st: _Stream, ms: float) -> None:
         st.windower.mark_gap(ms)
@@ -354,9 +366,12 @@ class Pipeline:
                 batch = [await windows.get()]
                 while len(batch) < self.settings.max_batch_windows and not windows.empty():
                     batch.append(windows.get_nowait())
-                open_streams -= sum(1 for w in batch if w is _END)
-                todo = [w for w in batch if w is not _END]
+                ended = [w for w in batch if isinstance(w, _StreamEnd)]
+                open_streams -= len(ended)
+                todo = [w for w in batch if not isinstance(w, _StreamEnd)]
                 if not todo:
+                    for end in ended:
+                        await results.put(end)
                     continue
                 for res in await asyncio.wrap_future(self.engine.submit(todo)):
                     w = res.window
@@ -365,6 +380,8 @@ class Pipeline:
                         t0 = time.monotonic()
                         await results.put(res)
                         self._publish_wait_s += time.monotonic() - t0
+                for end in ended:  # after the stream's last results
+                    await results.put(end)
         finally:
             await results.put(_END)
 
@@ -372,6 +389,9 @@ class Pipeline:
         """The publish queue -> predictions to the sinks and observers."""
         streams = {st.source.name: st for st in self.streams}
         while (res := await results.get()) is not _END:
+            if isinstance(res, _StreamEnd):  # the stream is over: its final stats now, not at the run's end
+                await self._end_stream(streams[res.stream])
+                continue
             pred = self._prediction(res)
             await self.sinks.publish_prediction(pred)
             streams[pred.stream].stats.published(
@@ -382,6 +402,17 @@ class Pipeline:
                 for obs in self.observers:
                     obs.on_window(res, pred)
                     obs.on_stats(snapshot)
+
+    async def _end_stream(self, st: _Stream) -> None:
+        st.final = self._snapshot(st, final=True)
+        log.info(
+            "stream %s ended: %d frames in, %d windows%s",
+            st.source.name,
+            st.final.frames_in,
+            st.final.windows,
+            f" ({st.error})" if st.error is not None else "",
+        )
+        await self._publish_stats(st.final)
 
     def _prediction(self, res: WindowResult) -> Prediction:
         w = res.window
@@ -432,6 +463,8 @@ class Pipeline:
         while self.observers:
             await asyncio.sleep(1.0)
             for st in self.streams:
+                if st.final is not None:
+                    continue
                 stats = self._snapshot(st, final=False)
                 for obs in self.observers:
                     obs.on_stats(stats)
@@ -440,4 +473,5 @@ class Pipeline:
         while True:
             await asyncio.sleep(self.settings.stats_interval)
             for st in self.streams:
-                await self._publish_stats(self._snapshot(st, final=False))
+                if st.final is None:  # an ended stream has said its last word
+                    await self._publish_stats(self._snapshot(st, final=False))

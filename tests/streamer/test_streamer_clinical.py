@@ -54,6 +54,7 @@ async def test_dicom_folder_and_openigtlink_stream_side_by_side(tmp_path):
             duration=2.0,
             device="cpu",
             jsonl=str(tmp_path / "out.jsonl"),
+            stats_interval=0.25,
         )
         summary = await build_pipeline(cfg).run()
     finally:
@@ -75,6 +76,11 @@ async def test_dicom_folder_and_openigtlink_stream_side_by_side(tmp_path):
     ]
     uids = {name: str(pydicom.dcmread(exam / name).SOPInstanceUID) for name in ("a.dcm", "b.dcm")}
     assert all(w["instance"] == uids[w["segment"]] for w in windows)
+    # the exam ends on its own while the OpenIGTLink stream goes on: its final stats come at once,
+    # and no stats after them (issue #21: "no frame for N s" until the whole run ended)
+    exam_stats = [i for i, m in enumerate(lines) if m["type"] == "stats" and m["stream"] == "exam"]
+    assert lines[exam_stats[-1]]["final"] and not any(lines[i]["final"] for i in exam_stats[:-1])
+    assert any(m["type"] == "prediction" and m["stream"] == "US" for m in lines[exam_stats[-1] + 1 :])
     assert igtl.frames_in > 20 and igtl.bad_messages == 0
     assert igtl.extra["ignored_messages"] > 0 and igtl.extra["reconnects"] == 0
     for stats in (dicom, igtl):
