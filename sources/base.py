@@ -30,7 +30,7 @@ import numpy as np
 from core.bounds import check
 from core.errors import SourceError
 
-from .frame import Frame
+from .frame import Frame, Segment
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -249,8 +249,10 @@ class Source:
     def _count_overflow(self) -> None:
         self.counters["overflow"] += 1
 
-    def _frame(self, seq: int, image: np.ndarray, t_capture: float | None = None) -> Frame:
-        return Frame(self.name, seq, time.time() if t_capture is None else t_capture, image)
+    def _frame(
+        self, seq: int, image: np.ndarray, t_capture: float | None = None, segment: Segment | None = None
+    ) -> Frame:
+        return Frame(self.name, seq, time.time() if t_capture is None else t_capture, image, segment)
 
     # --- to be provided by subclasses -------------------------------------------------------
     def _open(self) -> None:
@@ -270,8 +272,9 @@ class Source:
 
 class PacedSource(Source):
     """A replayed source (file, generator): the reader thread yields ``(seq, t, image)`` with
-    ``t`` the item's time in seconds, and frames are released at their time (see ``Pacer``)
-    unless pacing is off. ``t_capture`` is the release time.
+    ``t`` the item's time in seconds (or ``(seq, t, image, segment)``, see ``Frame.segment``), and
+    frames are released at their time (see ``Pacer``) unless pacing is off. ``t_capture`` is the
+    release time.
 
     Args:
         name: stream id.
@@ -285,9 +288,9 @@ class PacedSource(Source):
         self._pacer = Pacer(speed=speed) if pacing else None
         self.media_time: float | None = None  # the item time ``t`` of the frame released last
 
-    async def _frames(self, items: AsyncIterator[tuple[int, float, np.ndarray]]) -> AsyncIterator[Frame]:
-        async for seq, t, image in items:
+    async def _frames(self, items: AsyncIterator[tuple[Any, ...]]) -> AsyncIterator[Frame]:
+        async for seq, t, image, *segment in items:  # (seq, t, image) or (seq, t, image, segment)
             if self._pacer is not None:
                 await self._pacer.wait(t)
             self.media_time = t
-            yield self._frame(seq, image)
+            yield self._frame(seq, image, segment=segment[0] if segment else None)

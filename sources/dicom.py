@@ -38,8 +38,7 @@ import io
 import itertools
 import logging
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ from core.bounds import bound, within
 from core.errors import SourceError
 
 from .base import PacedSource, derive_name
-from .frame import Frame, Segment
+from .frame import Segment
 from .guard import DEFAULT_MAX_FRAME_BYTES, BadCounter, BadMessage, check_limit, decode_jpeg
 from .image import OutputFormat, normalise_size
 from .options import merge_query, typed
@@ -274,37 +273,40 @@ def inspect(path: Path, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Ci
             f"max_frame_bytes={max_frame_bytes}; refused before decoding (raise ?max_frame_bytes= if the file is genuine)"
         )
     rate, tag = frame_rate(ds, path)
+    codec = "jpeg" if syntax in _JPEG else "j2k" if syntax in _J2K else None
+    compressed = True
+    if not video_format and not codec:
+        try:
+            decoder = get_decoder(syntax)
+        except NotImplementedError:
+            raise SourceError(
+                f"{path} uses transfer syntax {syntax.name} ({syntax}), which pydicom cannot decode; "
+                "transcode it, e.g. `gdcmconv --raw` or dcmtk `dcmdjpeg`/`dcmdrle`"
+            ) from None
+        if not decoder.is_available:
+            needs = "; or ".join(decoder.missing_dependencies) or "a decoding plugin"
+            raise SourceError(
+                f"{path} uses transfer syntax {syntax.name}, which no installed handler decodes; install {needs}, "
+                "or transcode the file (e.g. `gdcmconv --raw`)"
+            )
+        compressed = syntax.is_compressed
     uid_value = ds.get("SOPInstanceUID")
-    common = dict(
+    return CineFile(
         path=path,
         frames=frames,
         rate=rate,
         rate_tag=tag,
         photometric=photometric,
+        syntax=syntax.name,
+        compressed=compressed,
         series=_number(ds, "SeriesNumber"),
         instance=_number(ds, "InstanceNumber"),
+        video_format=video_format,
         rows=rows,
         columns=columns,
         instance_uid=str(uid_value) if uid_value else None,
+        codec=codec,
     )
-    if video_format:
-        return CineFile(syntax=syntax.name, compressed=True, video_format=video_format, **common)
-    if syntax in _JPEG or syntax in _J2K:
-        return CineFile(syntax=syntax.name, compressed=True, codec="jpeg" if syntax in _JPEG else "j2k", **common)
-    try:
-        decoder = get_decoder(syntax)
-    except NotImplementedError:
-        raise SourceError(
-            f"{path} uses transfer syntax {syntax.name} ({syntax}), which pydicom cannot decode; "
-            "transcode it, e.g. `gdcmconv --raw` or dcmtk `dcmdjpeg`/`dcmdrle`"
-        ) from None
-    if not decoder.is_available:
-        needs = "; or ".join(decoder.missing_dependencies) or "a decoding plugin"
-        raise SourceError(
-            f"{path} uses transfer syntax {syntax.name}, which no installed handler decodes; install {needs}, "
-            "or transcode the file (e.g. `gdcmconv --raw`)"
-        )
-    return CineFile(syntax=syntax.name, compressed=syntax.is_compressed, **common)
 
 
 @dataclass(frozen=True)
@@ -587,13 +589,6 @@ class DicomSource(PacedSource):
                     self.counters["bad_messages"],
                 )
                 return
-
-    async def _frames(self, items: AsyncIterator[tuple[int, float, np.ndarray, Segment]]) -> AsyncIterator[Frame]:
-        async for seq, t, image, segment in items:
-            if self._pacer is not None:
-                await self._pacer.wait(t)
-            self.media_time = t
-            yield Frame(self.name, seq, time.time(), image, segment)
 
     def _close(self) -> None:
         if self._pending is not None:

@@ -217,9 +217,11 @@ class ZmqSource(Source):
         is a peer that cannot talk to this socket (a REQ sender aimed at zmq+sub:// or zmq+pull://,
         which libzmq disconnects without a word while the sender waits forever, or not ZeroMQ at
         all). It is counted in ``counters["handshake_failures"]`` and logged (rate-limited)."""
+        monitor = self._monitor
+        assert monitor is not None
         while True:
             try:
-                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
             kind, fd = event["event"], event["value"]
@@ -246,6 +248,7 @@ class ZmqSource(Source):
         self._waiting_bytes = 0
         while not stop.is_set():
             if not waiting:
+                assert self._poller is not None
                 ready = dict(self._poller.poll(100))
                 if self._monitor in ready:
                     self._watch_peers()
@@ -333,7 +336,7 @@ class ZmqSource(Source):
         return sender_seq - last - 1
 
     def _close(self) -> None:
-        if self._monitor is not None:
+        if self._monitor is not None and self._socket is not None:
             self._socket.disable_monitor()
             self._monitor.close(linger=0)
             self._monitor = None
