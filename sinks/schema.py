@@ -15,14 +15,27 @@ escapes terminal controls (ANSI escapes, BEL, CR/LF).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import jsonschema
 
+from sinks.messages import Prediction, Stats
+
 MAX_PAYLOAD_BYTES = 256 * 2**10  # a prediction is about 400 bytes, stats about 600
 MAX_SEQ = 2**53 - 1  # the largest integer every JSON reader holds exactly
 MAX_WINDOW = 2**31 - 1
+
+
+def _required(record: type) -> list[str]:
+    """The fields of a record without a default: every message carries them (later ones may not)."""
+    return [
+        f.name
+        for f in dataclasses.fields(record)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+
 
 _COUNT = {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}
 _TIME = {"type": ["number", "null"], "minimum": 0, "maximum": 1e11}  # seconds since the epoch
@@ -35,19 +48,7 @@ PREDICTION: dict[str, Any] = {
     "$id": "das-stream/prediction",
     "title": "das-stream prediction",
     "type": "object",
-    "required": [
-        "stream",
-        "window",
-        "first_seq",
-        "last_seq",
-        "t_first",
-        "t_last",
-        "selected",
-        "probs",
-        "label",
-        "model",
-        "latency_ms",
-    ],
+    "required": _required(Prediction),
     "properties": {
         "type": {"const": "prediction"},
         "schema": _VERSION,
@@ -80,19 +81,7 @@ STATS: dict[str, Any] = {
     "$id": "das-stream/stats",
     "title": "das-stream stats",
     "type": "object",
-    "required": [
-        "stream",
-        "frames_in",
-        "frames_forwarded",
-        "frames_skipped",
-        "frames_dropped",
-        "frames_pending",
-        "bad_messages",
-        "windows",
-        "fps_in",
-        "latency_ms",
-        "compute_saved",
-    ],
+    "required": _required(Stats),
     "properties": {
         "type": {"const": "stats"},
         "schema": _VERSION,

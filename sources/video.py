@@ -14,6 +14,7 @@ delivered.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,8 +29,11 @@ from core.errors import SourceError
 from core.resample import FrameGrid
 
 from .base import PacedSource, derive_name
+from .guard import DEFAULT_MAX_FRAME_BYTES, BadCounter, BadMessage
 from .image import OutputFormat, normalise_size
 from .options import typed
+
+log = logging.getLogger(__name__)
 
 VIDEO_KINDS = "mp4, avi, mov, mpeg, gif"
 FALLBACK_RATE = 30.0  # frames per second assumed for a file that states no frame rate
@@ -127,6 +131,13 @@ class VideoFile:
             self._container.close()
             raise SourceError(f"gif {self.path} is truncated (no trailer byte); re-export or re-download it")
         self._stream = self._container.streams.video[0]
+        width, height = self._stream.codec_context.width or 0, self._stream.codec_context.height or 0
+        if width * height > DEFAULT_MAX_FRAME_BYTES:  # declared size first: no decompression bomb
+            self._container.close()
+            raise SourceError(
+                f"video {self.path} declares {width}x{height} frames, over {DEFAULT_MAX_FRAME_BYTES} pixels; "
+                "refused before decoding (re-encode it smaller)"
+            )
         self._stream.thread_type = "AUTO" if threads else "SLICE"
         self._stream.codec_context.options = {"err_detect": "explode"}
         rate = self._stream.average_rate or self._stream.guessed_rate
@@ -273,6 +284,7 @@ class VideoSource(PacedSource):
         self._loop_forever = loop
         self._convert = FrameConverter(OutputFormat(gray=gray, size=normalise_size(size)))
         self.rate = FALLBACK_RATE
+        self._count_bad = BadCounter(self.name, self.counters, log, "video frame")
         self._video: VideoFile | None = None
         self._decoded: Iterator[tuple[float, av.VideoFrame]] | None = None
         self._first: tuple[float, av.VideoFrame] | None = None
@@ -317,7 +329,10 @@ class VideoSource(PacedSource):
             for t, frame in decoded:
                 if stop.is_set():
                     return
-                yield seq, offset + t, self._convert(frame)
+                try:
+                    yield seq, offset + t, self._convert(frame)
+                except BadMessage as exc:  # the frame guard refused it: counted, the file plays on
+                    self._count_bad(exc)
                 seq += 1
             if not self._loop_forever:
                 return
