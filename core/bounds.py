@@ -94,6 +94,17 @@ BOUNDS: dict[str, Bound] = {
     "connect_timeout": _SECONDS,
     "timeout": _SECONDS,
     "gap": Bound(0.0, YEAR_S, unit="s"),
+    # live sources: reconnection and buffers
+    "reconnect_initial": Bound(0.0, 3600.0, unit="s", lo_open=True),
+    "reconnect_max": Bound(0.0, 3600.0, unit="s", lo_open=True),
+    "open_attempts": Bound(1, 1_000_000, integer=True),
+    "max_reconnects": Bound(1, 10**9, integer=True),
+    "queue_size": Bound(1, 100_000, integer=True, unit="frames"),
+    "rcvhwm": Bound(1, 100_000, integer=True, unit="messages"),
+    "backlog": Bound(1, 100_000, integer=True, unit="messages"),
+    "backlog_bytes": Bound(1, 2**40, integer=True, unit="bytes"),
+    "max_seq_jump": Bound(1, 2**53, integer=True, unit="frames"),
+    "max_clock_skew": _SECONDS,
 }
 
 

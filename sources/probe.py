@@ -28,6 +28,7 @@ import av
 import cv2
 import numpy as np
 
+from core.bounds import check
 from core.errors import SourceError
 
 from .base import Source, derive_name
@@ -200,13 +201,20 @@ class ProbeSource(Source):
             device = int(device)
         if not (isinstance(device, int) and device >= 0 or isinstance(device, str) and device):
             raise SourceError(f"probe device must be an index >= 0, a device path or a stream URL, got {device!r}")
-        if not (timeout > 0 and 0 < reconnect_initial <= reconnect_max and open_attempts >= 1):
+        numbers = {
+            "timeout": timeout,
+            "reconnect_initial": reconnect_initial,
+            "reconnect_max": reconnect_max,
+            "open_attempts": open_attempts,
+            "max_reconnects": max_reconnects,  # None: forever
+            "queue_size": queue_size,
+        }
+        for key, value in numbers.items():
+            check(key, value, context=f" (source {device!r})", error=SourceError)
+        if reconnect_initial > reconnect_max:
             raise SourceError(
-                "probe needs timeout > 0, 0 < reconnect_initial <= reconnect_max and open_attempts >= 1; "
-                f"got {timeout}, {reconnect_initial}, {reconnect_max}, {open_attempts}"
+                f"reconnect_initial {reconnect_initial} s is over reconnect_max {reconnect_max} s (source {device!r})"
             )
-        if max_reconnects is not None and max_reconnects < 1:
-            raise SourceError(f"max_reconnects must be >= 1 or None (forever), got {max_reconnects}")
         super().__init__(name=name or _default_name(device), queue_size=queue_size, live=True)
         self.device = device
         self.counters.update(reconnects=0, gaps=0, gap_frames=0, decode_errors=0)

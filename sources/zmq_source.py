@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import re
 import threading
 import time
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from core.bounds import check
 from core.errors import SourceError
 
 from .base import Source
@@ -120,12 +120,16 @@ class ZmqSource(Source):
         super().__init__(name=name or f"zmq-{port}", queue_size=queue_size, live=True)
         if pattern not in _PATTERNS:
             raise SourceError(f"ZeroMQ pattern must be 'sub', 'pull' or 'rep', got {pattern!r}")
-        limits = {"rcvhwm": rcvhwm, "backlog": backlog, "backlog_bytes": backlog_bytes, "max_seq_jump": max_seq_jump}
-        for key, value in limits.items():
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise SourceError(f"{key} must be an integer >= 1, got {short(value)}")
-        if not (isinstance(max_clock_skew, (int, float)) and max_clock_skew > 0 and math.isfinite(max_clock_skew)):
-            raise SourceError(f"max_clock_skew must be a positive number of seconds, got {short(max_clock_skew)}")
+        numbers = {
+            "rcvhwm": rcvhwm,
+            "backlog": backlog,
+            "backlog_bytes": backlog_bytes,
+            "max_seq_jump": max_seq_jump,
+            "max_clock_skew": max_clock_skew,
+            "queue_size": queue_size,
+        }
+        for key, value in numbers.items():
+            check(key, value, context=f" (source {url})", error=SourceError)
         if topic and pattern != "sub":
             raise SourceError("a ZeroMQ topic only applies to pattern 'sub'; drop the topic for 'pull'")
         unknown = [d for d in allowed_dtypes if d not in SUPPORTED_DTYPES]

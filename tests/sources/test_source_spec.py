@@ -99,3 +99,21 @@ async def test_synthetic_spec_size_overrides_the_callers_default():
     async with parse_source("synthetic:?size=48&frames=1", size=224, pacing=False) as src:
         frames = [f async for f in src]
     assert [f.image.shape for f in frames] == [(48, 48)]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("igtl://127.0.0.1:18944?timeout=inf", r"timeout must be a number > 0 and at most 31536000 \(s\), got inf"),
+        ("igtl://127.0.0.1:18944?reconnect_initial=5&reconnect_max=1", r"reconnect_initial 5.0 s is over"),
+        ("zmq+pull://127.0.0.1:5555?rcvhwm=99999999999", r"rcvhwm must be an integer from 1 to 100000"),
+        ("zmq+sub://127.0.0.1:5555?max_clock_skew=nan", r"max_clock_skew must be a number > 0"),
+        ("zmq+pull://127.0.0.1:5555?queue_size=0", r"queue_size must be an integer from 1 to 100000"),
+    ],
+)
+def test_numbers_of_live_sources_are_bounded_with_one_line(spec, message):
+    with pytest.raises(SourceError, match=message) as info:
+        parse_source(spec)
+    assert "\n" not in str(info.value)
+    with pytest.raises(SourceError, match=r"open_attempts must be an integer from 1"):
+        parse_source("probe:0", open_attempts=10**12)
