@@ -1,8 +1,14 @@
 """The `das-stream` command line: the only place that parses arguments.
 
-Subcommands: run, subscribe, train, evaluate, compare, bench. Errors a user can cause are printed
-as one line (``das-stream: error: ...``) with a non-zero exit status; programming errors stay
-tracebacks.
+Subcommands: run, subscribe, bench, train, info, export, evaluate, compare, cluster. Errors a user
+can cause are printed as one line (``das-stream: error: ...``) with a non-zero exit status;
+programming errors stay tracebacks.
+
+The parser is built lazily: ``das-stream --help`` lists the commands from :data:`COMMANDS` alone,
+and only the chosen subcommand's arguments are added (their help texts import the settings they
+show), so ``--help``, ``subscribe``, ``info PACKAGE`` and ``cluster status`` import no torch,
+OpenCV or PyAV. A command that needs an optional part of das-stream that is not installed says
+which extra to install, in one line (:func:`need`).
 """
 
 from __future__ import annotations
@@ -10,11 +16,31 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 # Nothing heavy (torch, OpenCV, PyAV) is imported at module level: a Ctrl-C during the seconds
 # those imports take then lands inside main(), which exits 130 without a traceback.
+
+# The extras of pyproject.toml, by what a command needs: module -> extra.
+EXTRAS = {"torch": "torch", "sklearn": "train", "matplotlib": "train", "onnx": "train", "ray": "cluster"}
+
+
+def need(what: str, *modules: str, extra: str | None = None) -> None:
+    """Raise a one-line ConfigError naming the extra to install (``extra``, else the module's own)
+    when a module ``what`` needs is missing."""
+    import importlib.util
+
+    from core.errors import ConfigError
+
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:  # a finder that refuses it
+            found = False
+        if not found:
+            wanted = extra or EXTRAS.get(module, "dev")
+            raise ConfigError(f"{what} needs {module}, which this install lacks: pip install 'das-stream[{wanted}]'")
 
 
 def is_user_error(exc: BaseException) -> bool:
@@ -45,38 +71,37 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; the arguments of ``commands`` only (None: every command's)."""
     parser = argparse.ArgumentParser(
         prog="das-stream",
         description="Real-time adaptive frame selection for ultrasound streams (DAS).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_run_commands(sub)
-    _add_training_commands(sub)
-    _add_cluster_command(sub)
+    for name, (add, options) in COMMANDS.items():
+        command = sub.add_parser(name, **options)
+        if commands is None or name in commands:
+            add(command)
     return parser
 
 
 # --- streaming commands (run, subscribe, bench) ---
-def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+def _run_choices(key: str) -> list:
+    """The values a RunConfig key takes, for a flag's choices."""
+    from core.settings import choices_of
+    from streamer.config import RunConfig
+
+    return list(choices_of(RunConfig, key))
+
+
+def _add_run(run: argparse.ArgumentParser) -> None:
     from core.bounds import flag
-    from core.settings import DEVICE_FORMS, choices_of
-    from sinks.mqtt import MqttSettings
+    from core.settings import DEVICE_FORMS
     from sources.spec import spec_usage
     from streamer.config import RunConfig
 
     d = RunConfig.defaults()  # help text shows the defaults from where they are defined
-
-    def choices(key: str) -> list:
-        return list(choices_of(RunConfig, key))
-
-    run = sub.add_parser(
-        "run",
-        help="stream frames through the sampler and classifier (default command)",
-        description="Attach to a stream, pick k frames per window with the sampler, classify them, publish "
-        "predictions and stats. With no arguments: the synthetic source through the bundled demo model, "
-        "printed to the console until Ctrl-C.",
-    )
+    choices = _run_choices
     run.add_argument("--config", help="YAML file with run settings (flags override it); see configs/")
     run.add_argument(
         "--source",
@@ -85,7 +110,11 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
         metavar="SPEC",
         help=f"{spec_usage()} (repeat for several streams; default {' '.join(d['sources'])})",
     )
-    run.add_argument("--model", help="model file from `das-stream train` (default: bundled demo model)")
+    run.add_argument(
+        "--model",
+        help="model package from `das-stream export` (runs without torch) or model file from `das-stream train` "
+        "(default: the bundled demo, its package unless a torch engine or CUDA device is asked for)",
+    )
     run.add_argument("--window", type=int, help="window length T (must match the model; default: the model's)")
     run.add_argument("--stride", type=int, help="frames between window starts (default: the window length)")
     run.add_argument(
@@ -113,10 +142,10 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--engine",
         choices=choices("engine"),
-        help=f"backbone engine (default {d['engine']}): auto = CUDA graphs on a GPU, ONNX Runtime on the "
-        "CPU when installed, else torch; torch (eager), torch-cudagraph, onnx",
+        help=f"backbone engine (default {d['engine']}): auto = ONNX Runtime for a package; for a torch model "
+        "CUDA graphs on a GPU, else ONNX Runtime; torch (eager), torch-cudagraph, onnx",
     )
-    run.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    run.add_argument("--threads", type=int, help="intra-op threads of ONNX Runtime (and torch) (default: theirs)")
     run.add_argument("--mqtt", metavar="URL", help="publish to mqtt://[user:pass@]HOST:PORT or mqtts://...")
     run.add_argument(
         "--topic-prefix", help=f"MQTT topic prefix (default {d['topic_prefix']}): PREFIX/STREAM/prediction|stats"
@@ -159,7 +188,10 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     )
     run.set_defaults(handler=_cmd_run)
 
-    subscribe = sub.add_parser("subscribe", help="print predictions and stats arriving over MQTT")
+
+def _add_subscribe(subscribe: argparse.ArgumentParser) -> None:
+    from sinks.mqtt import MqttSettings
+
     subscribe.add_argument("--mqtt", metavar="URL", required=True, help="mqtt://[user:pass@]HOST:PORT or mqtts://...")
     subscribe.add_argument(
         "--topic-prefix", default=MqttSettings.topic_prefix, help="topic prefix (default %(default)s)"
@@ -175,15 +207,16 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     )
     subscribe.set_defaults(handler=_cmd_subscribe)
 
-    bench = sub.add_parser(
-        "bench",
-        help="measure compute saved, sampler overhead, throughput and latency on this machine",
-        description="Runs the benchmark suite (see docs/performance.md) and prints one JSON object. Keys: "
-        "compute_ratio, sampler_overhead, throughput_ratio, throughput_fps, latency_p99_ms, capacity_streams, "
-        "capacity_streams_full, then details.",
-    )
+
+def _add_bench(bench: argparse.ArgumentParser) -> None:
+    from core.bounds import flag
+
+    choices = _run_choices
     bench.add_argument("--quick", action="store_true", help="short runs: under 5 minutes on 2 CPU cores")
-    bench.add_argument("--model", help="model file to time (default: untrained T=32, 224 px DAS/full models)")
+    bench.add_argument(
+        "--model",
+        help="model package or model file to time (default: untrained T=32, 224 px DAS/full models, which need torch)",
+    )
     bench.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     bench.add_argument(
         "--engine", default="auto", choices=choices("engine"), help="backbone engine (default auto, as `run`)"
@@ -196,7 +229,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
         "--only", help="comma-separated items: compute,sampler,throughput,latency,overlap,memory,streams,capacity"
     )
     bench.add_argument("--streams", type=int, help="capacity item: run this one number of 30 fps streams, no sweep")
-    bench.add_argument("--threads", type=flag("threads"), help="torch intra-op threads")
+    bench.add_argument("--threads", type=flag("threads"), help="intra-op threads of ONNX Runtime (and torch)")
     bench.add_argument(
         "--feature-size",
         type=int,
@@ -224,8 +257,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import logging
 
-    import torch
-
+    if not args.model:
+        need("das-stream bench without --model (it builds untrained torch models)", "torch")
     from streamer.bench import ITEMS, BenchSettings, run_bench, to_json
 
     only = tuple(x.strip() for x in args.only.split(",")) if args.only else ()
@@ -234,8 +267,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from core.errors import ConfigError
 
         raise ConfigError(f"unknown bench item {unknown[0]!r}; choose from {', '.join(ITEMS)}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     settings = BenchSettings(
         quick=args.quick,
@@ -247,6 +278,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         only=only,
         feature_size=args.feature_size,
         streams=args.streams,
+        threads=args.threads,
     )
     result = run_bench(settings, log=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
     text = to_json(result)
@@ -313,11 +345,11 @@ _TRAIN_FLAGS = {
 }
 
 
-def _add_training_commands(sub: argparse._SubParsersAction) -> None:
+def _training_settings(settings: argparse.ArgumentParser) -> None:
+    """The flags train, evaluate and compare share."""
     from core.settings import DEVICE_FORMS
-    from training.config import METHODS, ModelSettings, TrainSettings
+    from training.config import TrainSettings
 
-    settings = argparse.ArgumentParser(add_help=False)
     settings.add_argument(
         "--set",
         action="append",
@@ -328,12 +360,12 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     )
     settings.add_argument("--device", help=f"{DEVICE_FORMS} (default: the config's, else {TrainSettings.device})")
 
-    train = sub.add_parser(
-        "train",
-        parents=[settings],
-        help="train one method on one dataset",
-        description="Train one sampler + classifier; writes model.pt, result.json and figures.",
-    )
+
+def _add_train(train: argparse.ArgumentParser) -> None:
+    need("das-stream train", "torch", "sklearn", "matplotlib", extra="train")
+    from training.config import METHODS, ModelSettings, TrainSettings
+
+    _training_settings(train)
     train.add_argument("--config", required=True, help="experiment YAML, e.g. configs/train_adrenal28.yaml")
     train.add_argument("--method", help=" | ".join(METHODS))
     train.add_argument("--keep", type=float, help=f"keep ratio k/T (default {ModelSettings.keep})")
@@ -346,42 +378,39 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     )
     train.set_defaults(handler=_cmd_train)
 
-    info = sub.add_parser("info", help="print a model file's card (method, T, k, fps, classes, data, metrics)")
-    info.add_argument("model", help="model file")
+
+def _add_info(info: argparse.ArgumentParser) -> None:
+    info.add_argument("model", help="model package or model file")
     info.set_defaults(handler=_cmd_info)
 
-    export = sub.add_parser(
-        "export",
-        help="export a model (sampler, backbone, head) to ONNX",
-        description="Write the whole window model as one ONNX graph, its preprocessing in the "
-        "metadata, and check it against the torch model on a window.",
+
+def _add_export(export: argparse.ArgumentParser) -> None:
+    export.add_argument("model", help="model file from `das-stream train`")
+    export.add_argument("--out", required=True, metavar="PACKAGE", help="package file to write, e.g. model.dasp")
+    export.add_argument(
+        "--check-video",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="check the package on windows of this video, read with the model's preprocessing "
+        "(repeatable; default: windows of the synthetic generator)",
     )
-    export.add_argument("model", help="model file")
-    export.add_argument("--onnx", required=True, metavar="PATH", help="ONNX file to write")
     export.set_defaults(handler=_cmd_export)
 
-    evaluate = sub.add_parser(
-        "evaluate",
-        parents=[settings],
-        help="score a trained model on one split",
-        description="Score a model on val or test; writes eval-<split>.json, predictions and "
-        "a figure of the frames it picks.",
-    )
+
+def _add_evaluate(evaluate: argparse.ArgumentParser) -> None:
+    need("das-stream evaluate", "torch", "sklearn", "matplotlib", extra="train")
+    _training_settings(evaluate)
     evaluate.add_argument("--model", required=True, help="model file written by `das-stream train`")
     evaluate.add_argument("--config", help="experiment YAML (default: the config.yaml saved next to the model)")
     evaluate.add_argument("--split", choices=["val", "test"], default="test", help="default test")
     evaluate.add_argument("--out", help="output folder (default: the model's folder)")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
-    calibrate = sub.add_parser(
-        "calibrate",
-        parents=[settings],
-        help="choose a model's early-exit rule on its validation split",
-        description="Embed each validation window's frames in the sampler's best-first order, check "
-        "the prediction after 1, 2, 4, ... frames, and keep the cheapest exit threshold whose "
-        "video-level AUC stays within --tolerance of the AUC at k; the rule is written into the "
-        "model file (das-stream info shows it, das-stream run uses it).",
-    )
+
+def _add_calibrate(calibrate: argparse.ArgumentParser) -> None:
+    need("das-stream calibrate", "torch", "sklearn", "matplotlib", extra="train")
+    _training_settings(calibrate)
     calibrate.add_argument("model", help="model file written by `das-stream train`")
     calibrate.add_argument("--config", help="experiment YAML (default: the config.yaml saved next to the model)")
     calibrate.add_argument(
@@ -391,12 +420,10 @@ def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--out", help="write the calibrated model here instead of updating MODEL")
     calibrate.set_defaults(handler=_cmd_calibrate)
 
-    compare = sub.add_parser(
-        "compare",
-        parents=[settings],
-        help="run methods x seeds on one dataset, write the table",
-        description="Train every method x keep x seed of the grid and write <name>.csv, <name>.md and <name>-auc.png.",
-    )
+
+def _add_compare(compare: argparse.ArgumentParser) -> None:
+    need("das-stream compare", "torch", "sklearn", "matplotlib", extra="train")
+    _training_settings(compare)
     compare.add_argument("--config", required=True, help="experiment YAML, e.g. configs/train_adrenal28.yaml")
     compare.add_argument("--methods", help="comma list (default: the config's grid.methods)")
     compare.add_argument("--seeds", help="comma list, e.g. 0,1,2")
@@ -430,6 +457,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from sampler.package import package_text
+    from sampler.package_file import is_package
+
+    if is_package(args.model):
+        print(package_text(args.model), end="")
+        return 0
+    need(f"das-stream info on {args.model} (a torch model file)", "torch")
     from training.card import model_card
 
     print(model_card(args.model), end="")
@@ -437,18 +471,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import torch
+    need("das-stream export", "torch", "onnx", extra="train")
+    from sampler.export import export_package
+    from sampler.torch_model import load_torch_model
+    from training.export_check import check_windows
 
-    from sampler.export import check_export, export_onnx, frame_size
-    from sampler.model import SampledClassifier
-
-    model = SampledClassifier.load(args.model)
-    path = export_onnx(model, args.onnx)
-    size, t = frame_size(model), model.config.num_frames
-    frames = torch.rand(1, t, 1, size, size, generator=torch.Generator().manual_seed(0))
-    diff = check_export(model, path, frames, torch.ones(1, t, dtype=torch.bool))
+    model = load_torch_model(args.model)
+    windows, what = check_windows(model, args.check_video)
+    path, check = export_package(model, args.out, windows, what, source=args.model)
     print(
-        f"wrote {path}: frames (1,{t},1,{size},{size}) -> probs, indices; max |p_onnx - p_torch| = {diff:.2e} on a check window"
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): checked on {check['windows']} windows of the {check['source']}: "
+        f"picks identical in {check['picks_identical']}, top class in {check['top_class_agree']}, "
+        f"max |p_package - p_torch| = {check['max_abs_prob_diff']:.1e} (probabilities spread {check['prob_spread']:.2f})"
     )
     return 0
 
@@ -497,14 +531,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 # --- cluster command (streamer/cluster, docs/scale-out.md) ---
-def _add_cluster_command(sub: argparse._SubParsersAction) -> None:
-    cluster = sub.add_parser(
-        "cluster",
-        help="run many streams on Ray: one actor per stream, a Ray Serve pool of embedder replicas",
-        description="Start (or join with --address / RAY_ADDRESS) a Ray cluster, deploy the embedder replicas, run "
-        "one actor per source, publish as `das-stream run` does. `das-stream cluster status` prints per-stream and "
-        "per-replica figures of the running cluster.",
-    )
+def _add_cluster(cluster: argparse.ArgumentParser) -> None:
     cluster.add_argument(
         "action", nargs="?", choices=["start", "status"], default="start", help="start (default) or status"
     )
@@ -525,12 +552,14 @@ def _add_cluster_command(sub: argparse._SubParsersAction) -> None:
 def _cmd_cluster(args: argparse.Namespace) -> int:
     import os
 
-    from streamer.cluster.config import ClusterConfig
+    need("das-stream cluster", "ray")
     from streamer.cluster.driver import run, status
 
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     if args.action == "status":
         return status(address, timeout=args.connect_timeout or 10.0)
+    from streamer.cluster.config import ClusterConfig
+
     overrides = {
         "sources": args.sources,
         "replicas": args.replicas,
@@ -543,6 +572,83 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
 
 
 # --- end cluster command ---
+
+
+# name -> (adds the command's arguments, add_parser's options); the order of `das-stream --help`.
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], dict[str, str]]] = {
+    "run": (
+        _add_run,
+        {
+            "help": "stream frames through the sampler and classifier (default command)",
+            "description": "Attach to a stream, pick k frames per window with the sampler, classify them, publish "
+            "predictions and stats. With no arguments: the synthetic source through the bundled demo model, "
+            "printed to the console until Ctrl-C.",
+        },
+    ),
+    "subscribe": (_add_subscribe, {"help": "print predictions and stats arriving over MQTT"}),
+    "bench": (
+        _add_bench,
+        {
+            "help": "measure compute saved, sampler overhead, throughput and latency on this machine",
+            "description": "Runs the benchmark suite (see docs/performance.md) and prints one JSON object. Keys: "
+            "compute_ratio, sampler_overhead, throughput_ratio, throughput_fps, latency_p99_ms, capacity_streams, "
+            "capacity_streams_full, then details.",
+        },
+    ),
+    "train": (
+        _add_train,
+        {
+            "help": "train one method on one dataset",
+            "description": "Train one sampler + classifier; writes model.pt, result.json and figures.",
+        },
+    ),
+    "info": (_add_info, {"help": "print a model's card (method, T, k, fps, classes, data, metrics, export check)"}),
+    "export": (
+        _add_export,
+        {
+            "help": "export a model file to a model package (ONNX graphs + card) that runs without torch",
+            "description": "Write the sampler's features and scores, the backbone and the pooling head as ONNX "
+            "graphs with the model card (classes, preprocessing, T, k, order rule, provenance) into one package "
+            "file, after checking it against the torch model on real windows (picks identical, probabilities "
+            "within 1e-4; the export fails otherwise).",
+        },
+    ),
+    "evaluate": (
+        _add_evaluate,
+        {
+            "help": "score a trained model on one split",
+            "description": "Score a model on val or test; writes eval-<split>.json, predictions and "
+            "a figure of the frames it picks.",
+        },
+    ),
+    "calibrate": (
+        _add_calibrate,
+        {
+            "help": "choose a model's early-exit rule on its validation split",
+            "description": "Embed each validation window's frames in the sampler's best-first order, check "
+            "the prediction after 1, 2, 4, ... frames, and keep the cheapest exit threshold whose "
+            "video-level AUC stays within --tolerance of the AUC at k; the rule is written into the "
+            "model file (das-stream info shows it, das-stream run uses it).",
+        },
+    ),
+    "compare": (
+        _add_compare,
+        {
+            "help": "run methods x seeds on one dataset, write the table",
+            "description": "Train every method x keep x seed of the grid and write <name>.csv, <name>.md and "
+            "<name>-auc.png.",
+        },
+    ),
+    "cluster": (
+        _add_cluster,
+        {
+            "help": "run many streams on Ray: one actor per stream, a Ray Serve pool of embedder replicas",
+            "description": "Start (or join with --address / RAY_ADDRESS) a Ray cluster, deploy the embedder "
+            "replicas, run one actor per source, publish as `das-stream run` does. `das-stream cluster status` "
+            "prints per-stream and per-replica figures of the running cluster.",
+        },
+    ),
+}
 
 
 def _exit_during_start_up(signum: int, frame: Any) -> None:
@@ -572,7 +678,14 @@ def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
         argv = ["run"]
-    parser = build_parser()  # imports torch, OpenCV, ... for the help text: seconds
+    command = argv[0] if argv[0] in COMMANDS else None
+    try:
+        parser = build_parser([command] if command else [])  # only the chosen command's arguments
+    except Exception as exc:  # a missing extra, said in one line
+        if not is_user_error(exc):
+            raise
+        print(f"das-stream: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
-from sampler.model import SampledClassifier
+from sampler.package import WindowModel, load_window_model
+from sampler.package_file import SUFFIX, is_package
 from sinks import Sink
 from sinks.console import ConsoleSink
 from sinks.jsonl import JsonlSink
@@ -26,18 +26,31 @@ from .pipeline import Pipeline, PipelineSettings, RunSummary
 log = logging.getLogger(__name__)
 
 
-def demo_model_path() -> Path:
-    """The small DAS model bundled with the package (trained on the synthetic generator)."""
-    return Path(__file__).resolve().parent / "assets" / "demo.pt"
+def demo_model_path(package: bool = False) -> Path:
+    """The small DAS model bundled with das-stream (trained on the synthetic generator): the torch
+    model file, or (``package``) its model package, exported from it."""
+    return Path(__file__).resolve().parent / "assets" / ("demo" + (SUFFIX if package else ".pt"))
 
 
-def load_model(cfg: RunConfig) -> SampledClassifier:
-    path = Path(cfg.model) if cfg.model else demo_model_path()
-    model = SampledClassifier.load(path)
-    if cfg.window is not None and cfg.window != model.config.num_frames:
+def default_model_path(cfg: RunConfig) -> Path:
+    """The demo for ``run`` without --model: its package (ONNX Runtime, no torch needed), unless a
+    torch engine is asked for, or a CUDA device where torch is installed and the engine is not onnx."""
+    on_cuda = cfg.device.startswith("cuda") and cfg.engine != "onnx" and importlib.util.find_spec("torch") is not None
+    return demo_model_path(package=not (cfg.engine in ("torch", "torch-cudagraph") or on_cuda))
+
+
+def load_model(cfg: RunConfig) -> WindowModel:
+    """The window model of --model (a package or a torch model file; default the demo), placed on --device."""
+    path = Path(cfg.model) if cfg.model else default_model_path(cfg)
+    if not is_package(path) and cfg.threads:
+        import torch  # a torch model: torch's own threads too
+
+        torch.set_num_threads(cfg.threads)
+    model = load_window_model(path, device=cfg.device)
+    if cfg.window is not None and cfg.window != model.num_frames:
         raise ConfigError(
             f"window={cfg.window} but model {path.name} was trained on windows of "
-            f"{model.config.num_frames} frames; drop --window or retrain with that length"
+            f"{model.num_frames} frames; drop --window or retrain with that length"
         )
     return model
 
@@ -105,14 +118,12 @@ def observe_addresses(cfg: RunConfig) -> tuple:
 
 def build_pipeline(cfg: RunConfig) -> Pipeline:
     sinks = build_sinks(cfg)  # first: a bad broker URL fails before the model loads
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     web, metrics = observe_addresses(cfg)  # a bad address fails before the model loads
     model = load_model(cfg)
-    engine = InferenceEngine(model, device=cfg.device, backend=cfg.engine, max_windows=cfg.max_batch_windows)
+    engine = InferenceEngine(model, backend=cfg.engine, max_windows=cfg.max_batch_windows, threads=cfg.threads)
     policy = overload_policy(cfg)
     pre = model.preprocessing  # what training did to its clips ({} for older model files)
-    sources = build_sources(cfg, size=int(pre.get("size") or model.config.input_size))
+    sources = build_sources(cfg, size=int(pre.get("size") or model.input_size))
     observers = []
     if cfg.web or cfg.metrics:
         from .observe import Observer
@@ -122,7 +133,7 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
         observers.append(observer)
     settings = PipelineSettings(
         fps=pre.get("fps"),
-        stride=cfg.stride or model.config.num_frames,
+        stride=cfg.stride or model.num_frames,
         frame_queue=cfg.frame_queue,
         window_queue=cfg.window_queue,
         max_batch_windows=cfg.max_batch_windows,

@@ -7,7 +7,7 @@
 
 from .broker import MosquittoBroker, MosquittoOptions, find_mosquitto, free_port, local_broker
 from .inputs import FrameMaker, ReplaySource, bench_models, headline, make_video, windows_of
-from .suite import ITEMS, BenchSettings, capacity_point, machine, run_bench, to_json
+from .suite import ITEMS, BenchSettings, capacity_point, machine, replay, run_bench, to_json
 
 __all__ = [
     "ITEMS",
@@ -24,6 +24,7 @@ __all__ = [
     "local_broker",
     "machine",
     "make_video",
+    "replay",
     "run_bench",
     "to_json",
     "windows_of",

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from sampler.model import SAMPLERS, ModelConfig, SampledClassifier, build_model
+from sampler.package import PackageModel
+from sampler.package_file import is_package
 from sources.base import SourceCounts
 from sources.frame import Frame
 from sources.synthetic import CLASSES, encode_video, make_clip
@@ -22,17 +22,32 @@ from ..window import Window, Windower
 
 
 def bench_models(
-    model: str | None = None, *, num_frames: int = 32, input_size: int = 224, feature_size: int = 56
-) -> dict[str, SampledClassifier]:
+    model: str | None = None,
+    *,
+    num_frames: int = 32,
+    input_size: int = 224,
+    feature_size: int = 56,
+    device: str = "auto",
+) -> dict[str, Any]:
     """The DAS model(s) and their full-sequence twin, keyed "das@0.5", "full", ...
 
     Args:
-        model: a model file: that model and a full-sequence twin of the same T and input size.
-            None: untrained DAS models at k/T = 0.25, 0.5 and 0.75 (timing does not depend on
-            weights) of ``num_frames`` frames at ``input_size`` px.
+        model: a model package (no torch needed; its full twin is the same graphs embedding every
+            frame, :meth:`PackageModel.full_twin`) or a model file: that model and a full-sequence
+            twin of the same T and input size. None: untrained torch DAS models at k/T = 0.25,
+            0.5 and 0.75 (timing does not depend on weights) of ``num_frames`` frames at
+            ``input_size`` px.
         num_frames, input_size, feature_size: the untrained models' T, frame side and sampler
             feature resolution.
+        device: where a package runs (torch models are placed by the engine).
     """
+    if model and is_package(model):
+        package = PackageModel(model, device=device)
+        return {f"{package.method}@{package.k / package.num_frames:g}": package, "full": package.full_twin()}
+    import torch  # the torch models: torch only when they are asked for
+
+    from sampler.model import SAMPLERS, ModelConfig, SampledClassifier, build_model
+
     if model:
         das = SampledClassifier.load(model)
         base = das.config

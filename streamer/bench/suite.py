@@ -19,8 +19,9 @@ docs/performance.md):
    sequence), and the engines' warm-up time. The streams replay frames rendered once before the
    run, so making them costs no more CPU than real decoding would (less: nothing is decoded).
 
-Models: ``--model PATH`` times that model (and a full-sequence twin with the same T and input
-size); without it, untrained models with T = 32 at 224 px (timing does not depend on weights);
+Models: ``--model PATH`` times that model, a package or a torch model file (and a full-sequence
+twin with the same T and input size: for a package, the same graphs embedding every frame);
+without it, untrained torch models with T = 32 at 224 px (timing does not depend on weights);
 see :func:`.inputs.bench_models`.
 """
 
@@ -32,6 +33,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from sampler.package import describe
 from sinks.mqtt import MqttSettings, MqttSink
 from sources.synthetic import SyntheticSource
 from sources.video import VideoSource
@@ -87,6 +89,7 @@ class BenchSettings:
     streams: int | None = None
     capacity_p99_ms: float = 50.0
     capacity_seconds: float | None = None
+    threads: int | None = None
 
 
 ITEMS = ("compute", "sampler", "throughput", "latency", "overlap", "memory", "streams", "capacity")
@@ -160,13 +163,9 @@ def bench_compute(engines: dict[str, InferenceEngine], s: BenchSettings) -> dict
     das = engines[headline(engines)]
     frames = maker.frames(T)
 
-    def sampler_only() -> None:
-        small = np.stack([resize_gray(f.image, das.feature_size) for f in frames])
-        x = torch.from_numpy(small)[None, :, None].to(das.device)  # uint8, as the engine passes it
-        with torch.inference_mode():
-            das.model.sampler.select(x)
-        if das.device.type == "cuda":
-            torch.cuda.synchronize()
+    def sampler_only() -> None:  # the order from the window's copies alone (features made now)
+        small = np.stack([resize_gray(f.image, das.feature_size) for f in frames])[None]
+        das.model.order(small, None, small.reshape(1, T, -1).max(axis=2) > 0)
 
     sampler_ms = _median_ms(sampler_only, 4 * repeats)
     out["sampler_ms"] = sampler_ms
@@ -174,7 +173,7 @@ def bench_compute(engines: dict[str, InferenceEngine], s: BenchSettings) -> dict
     return out
 
 
-async def _replay(
+async def replay(
     engine: InferenceEngine, video: Path, *, pacing: bool, mqtt: str | None, stride: int, duration: float | None = None
 ) -> dict[str, Any]:
     src = VideoSource(video, pacing=pacing, loop=duration is not None, gray=True, size=engine.input_size)
@@ -211,7 +210,7 @@ def bench_throughput(engines: dict[str, InferenceEngine], video: Path, mqtt: str
     runs = {}
     for name in (head, "full"):
         eng = engines[name]
-        runs[name] = asyncio.run(_replay(eng, video, pacing=False, mqtt=mqtt, stride=eng.num_frames))
+        runs[name] = asyncio.run(replay(eng, video, pacing=False, mqtt=mqtt, stride=eng.num_frames))
     return {
         "video": str(video),
         "mqtt": mqtt or "none",
@@ -223,7 +222,7 @@ def bench_throughput(engines: dict[str, InferenceEngine], video: Path, mqtt: str
 def bench_latency(engine: InferenceEngine, video: Path, mqtt: str | None, seconds: float) -> dict[str, Any]:
     """Item 4: real-time replay at the file's rate (30 fps) for ``seconds``."""
     _clear_stage_times(engine)
-    run = asyncio.run(_replay(engine, video, pacing=True, mqtt=mqtt, stride=engine.num_frames, duration=seconds))
+    run = asyncio.run(replay(engine, video, pacing=True, mqtt=mqtt, stride=engine.num_frames, duration=seconds))
     # Where window close -> published goes: the engine's stages (the rest is queueing and publishing).
     stages = {name: percentiles(samples) for name, samples in engine.stage_ms.items()}
     return {"seconds": seconds, **run, "stages_ms": stages}
@@ -404,13 +403,17 @@ def bench_capacity(engines: dict[str, InferenceEngine], s: BenchSettings, log: C
 
 
 def machine() -> dict[str, Any]:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    import onnxruntime
+
+    torch = sys.modules.get("torch")  # only when a torch model was loaded
+    gpu = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else None
     return {
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__ if torch is not None else None,
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
         "gpu": gpu,
     }
 
@@ -418,10 +421,16 @@ def machine() -> dict[str, Any]:
 def run_bench(s: BenchSettings, *, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     """Run the selected items; return one JSON-ready dict with the headline keys first."""
     wanted = set(s.only or ITEMS)
-    models = bench_models(s.model, num_frames=s.num_frames, input_size=s.input_size, feature_size=s.feature_size)
+    models = bench_models(
+        s.model, num_frames=s.num_frames, input_size=s.input_size, feature_size=s.feature_size, device=s.device
+    )
     if not wanted & {"compute", "sampler"}:  # the other items use the headline variant and the full sequence
         models = {name: models[name] for name in (headline(models), "full")}
-    engines = {name: InferenceEngine(m, device=s.device, backend=s.engine) for name, m in models.items()}
+    if s.threads and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(s.threads)
+    engines = {
+        name: InferenceEngine(m, device=s.device, backend=s.engine, threads=s.threads) for name, m in models.items()
+    }
     head = headline(engines)
     result: dict[str, Any] = {}
     details: dict[str, Any] = {
@@ -429,6 +438,7 @@ def run_bench(s: BenchSettings, *, log: Callable[[str], None] = lambda m: None) 
         "machine": machine(),
         "device": str(engines[head].device),
         "engine": engines[head].backend,
+        "model": describe(engines[head].model),
         "warm_up_s": {name: round(e.warm_up_s, 2) for name, e in engines.items()},
     }
     if wanted & {"compute", "sampler"}:

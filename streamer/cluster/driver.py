@@ -17,12 +17,13 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from core.errors import ConfigError, DasStreamError, ModelFileError, SourceError
 
-from .config import ClusterConfig
+if TYPE_CHECKING:  # `cluster status` imports no sources (OpenCV, PyAV): only `run` reads a config
+    from .config import ClusterConfig
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ def status(address: str | None, *, timeout: float = 10.0, out=print) -> int:
     """``das-stream cluster status``: per-stream and per-replica figures of the running cluster."""
     import ray
 
-    from .serve import NAMESPACE, STATE_ACTOR
+    from .names import NAMESPACE, STATE_ACTOR  # not .serve: status loads no torch
 
     address = address or "auto"
     check_address(address, timeout)
@@ -366,4 +367,4 @@ def format_status(snap: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["Cluster", "ClusterConfig", "ModelFileError", "check_address", "format_status", "run", "status"]
+__all__ = ["Cluster", "ModelFileError", "check_address", "format_status", "run", "status"]

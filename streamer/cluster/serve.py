@@ -30,12 +30,9 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 from sampler.model import SampledClassifier
 from streamer.inference.embedders import Embedder
 
-log = logging.getLogger(__name__)
+from .names import APP_NAME, DEPLOYMENT_NAME, NAMESPACE, STATE_ACTOR  # noqa: F401 - APP_NAME re-exported
 
-APP_NAME = "das-stream"
-DEPLOYMENT_NAME = "embedder"
-NAMESPACE = "das-stream"
-STATE_ACTOR = "das-stream-state"
+log = logging.getLogger(__name__)
 
 
 def load_model_bytes(data: bytes) -> SampledClassifier:

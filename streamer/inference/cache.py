@@ -16,7 +16,6 @@ from collections.abc import Iterable
 
 import cv2
 import numpy as np
-import torch
 
 from sources.image import area_resize
 
@@ -44,8 +43,8 @@ class FrameCache:
     def __init__(self, feature_size: int) -> None:
         self.feature_size = feature_size
         self.small: dict[Key, np.ndarray] = {}
-        self.emb: dict[Key, torch.Tensor] = {}
-        self.stats: dict[Key, torch.Tensor] = {}
+        self.emb: dict[Key, np.ndarray] = {}
+        self.stats: dict[Key, np.ndarray] = {}
 
     def small_copy(self, stream: str, frame) -> np.ndarray:
         """The frame's feature-size gray copy, made now if it is not held yet."""

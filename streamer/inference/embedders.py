@@ -1,4 +1,4 @@
-"""Backbone embedders: gray uint8 frames (N, S, S) -> float32 embeddings (N, E) on the CPU.
+"""Backbone embedders: gray uint8 frames (N, S, S) -> float32 embeddings (N, E), numpy.
 
 Every backend sees only a small fixed set of batch sizes, the *buckets* (1, 2, 4, ... up to the
 largest batch). A request of N frames is cut into bucket-sized calls, the last one padded with
@@ -11,26 +11,24 @@ binary split of N (little padding); on a GPU, where a call costs about the same 
 one padded call.
 
 A new backend (TensorRT, OpenVINO) is one file with a subclass that implements ``_forward`` for
-a (b, 1, S, S) uint8 batch, plus one line in :data:`EMBEDDERS`.
+a (b, 1, S, S) uint8 batch, plus one line in :data:`EMBEDDERS`. This module imports no torch:
+the torch backends live in :mod:`.torch_embedders`, loaded when one of them is chosen.
 """
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import logging
-import tempfile
+import os
 import time
-import warnings
-from pathlib import Path
-from typing import Protocol
+from collections.abc import Iterator, Mapping
+from importlib import import_module
+from typing import Any, Protocol
 
 import numpy as np
-import torch
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from core.errors import EngineError
-from sampler.model import SampledClassifier
+from sampler.package import ort_session
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +40,7 @@ class Embedder(Protocol):
     buckets: tuple[int, ...]
     shapes_seen: set[tuple[int, ...]]  # every input shape the backend was called with
 
-    def embed(self, frames: np.ndarray) -> torch.Tensor: ...  # uint8 (N, S, S) -> float32 (N, E), CPU
+    def embed(self, frames: np.ndarray) -> Any: ...  # uint8 (N, S, S) -> float32 (N, E): numpy or a CPU tensor
     def warm_up(self) -> float: ...  # seconds
 
 
@@ -73,11 +71,11 @@ class BucketedEmbedder:
         self.measured: dict[int, float] = {}  # seconds per call, as timed in warm-up
         self._plans: dict[int, tuple[int, ...]] = {}
 
-    def _forward(self, x: np.ndarray) -> torch.Tensor:  # pragma: no cover - every backend has one
-        """(b, 1, S, S) uint8 with b a bucket -> float32 (b, E) on the CPU."""
+    def _forward(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - every backend has one
+        """(b, 1, S, S) uint8 with b a bucket -> float32 (b, E) numpy."""
         raise NotImplementedError
 
-    def _run(self, x: np.ndarray) -> torch.Tensor:
+    def _run(self, x: np.ndarray) -> np.ndarray:
         self.shapes_seen.add(tuple(x.shape))
         return self._forward(x)
 
@@ -136,8 +134,8 @@ class BucketedEmbedder:
         top = self.buckets[-1]
         return (top,) * (n // top) + (self._plan(n % top) if n % top else ())
 
-    def embed(self, frames: np.ndarray) -> torch.Tensor:
-        """Embed gray uint8 frames (N, S, S) -> float32 (N, E) on the CPU."""
+    def embed(self, frames: np.ndarray) -> np.ndarray:
+        """Embed gray uint8 frames (N, S, S) -> float32 (N, E)."""
         out, i = [], 0
         for b in self.plan(len(frames)):
             chunk = frames[i : i + b]
@@ -145,109 +143,9 @@ class BucketedEmbedder:
             x = np.zeros((b, 1, *frames.shape[1:]), np.uint8)
             x[: len(chunk), 0] = chunk
             out.append(self._run(x)[: len(chunk)])
-        return torch.cat(out) if out else torch.zeros(0, 0)
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     __call__ = embed
-
-
-def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``module`` (eval mode) with every Conv2d -> BatchNorm2d pair of a Sequential folded
-    into one convolution: the same function, one pass over the activations less."""
-    module = copy.deepcopy(module).eval()
-    for parent in module.modules():
-        if not isinstance(parent, torch.nn.Sequential):
-            continue
-        names = list(parent._modules)
-        for a, b in zip(names, names[1:]):
-            conv, bn = parent._modules[a], parent._modules[b]
-            if isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d):
-                parent._modules[a] = fuse_conv_bn_eval(conv, bn)
-                parent._modules[b] = torch.nn.Identity()
-    return module
-
-
-class TorchEager(BucketedEmbedder):
-    """The classifier's backbone in eager PyTorch, prepared for inference: batch norm folded into
-    the convolutions and channels-last memory layout (about 1.8x faster on CPU than the training
-    layout, see docs/performance.md); CUDA autocast (float16) on a GPU."""
-
-    name = "torch"
-
-    def __init__(self, model: SampledClassifier, device: torch.device, *, max_batch: int = 64) -> None:
-        super().__init__(input_size=model.config.input_size, max_batch=max_batch)
-        self.classifier = fold_batchnorm(model.classifier).to(device, memory_format=torch.channels_last)
-        self.device = device
-
-    @torch.inference_mode()
-    def _forward(self, x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(x).to(self.device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
-            emb = self.classifier.embed(t)  # channels-last weights make the convolutions channels-last
-        return emb.float().cpu()
-
-
-class TorchCudaGraph(BucketedEmbedder):
-    """The backbone captured once per bucket in a CUDA graph: float16 weights, channels-last,
-    a pinned host buffer per bucket and non-blocking copies each way. A replay launches the whole
-    backbone at once, so a call no longer costs a kernel launch per layer."""
-
-    name = "torch-cudagraph"
-
-    def __init__(self, model: SampledClassifier, device: torch.device, *, max_batch: int = 64) -> None:
-        if device.type != "cuda":
-            raise EngineError(
-                f"engine torch-cudagraph needs a CUDA device, got {device}; "
-                "use --device cuda, or --engine torch or auto"
-            )
-        super().__init__(input_size=model.config.input_size, max_batch=max_batch)
-        self.device = device
-        self.classifier = fold_batchnorm(model.classifier).to(device).half().to(memory_format=torch.channels_last)
-        self._pool = torch.cuda.graph_pool_handle()
-        self._graphs: dict[
-            int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-        ] = {}
-
-    def _capture(self, b: int) -> None:
-        """One graph for batches of b (called by _forward, whose context makes plain tensors)."""
-        S = self.input_size
-        dev_in = torch.zeros(b, 1, S, S, dtype=torch.uint8, device=self.device)
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):  # warm-up iterations off the default stream, as capture requires
-            for _ in range(3):
-                self.classifier.embed(dev_in)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            dev_out = self.classifier.embed(dev_in).float()
-        host_in = torch.zeros(b, 1, S, S, dtype=torch.uint8).pin_memory()
-        host_out = torch.zeros(dev_out.shape, dtype=torch.float32).pin_memory()
-        self._graphs[b] = (graph, dev_in, dev_out, host_in, host_out)
-
-    def _forward(self, x: np.ndarray) -> torch.Tensor:
-        # Plain tensors even when the caller is in inference mode: the static buffers are
-        # written in place on every call, which inference tensors allow only inside that mode.
-        with torch.cuda.device(self.device), torch.inference_mode(False), torch.no_grad():
-            if len(x) not in self._graphs:  # captured in warm-up, largest first (they share one pool)
-                self._capture(len(x))
-            graph, dev_in, dev_out, host_in, host_out = self._graphs[len(x)]
-            host_in.numpy()[:] = x
-            dev_in.copy_(host_in, non_blocking=True)
-            graph.replay()
-            host_out.copy_(dev_out, non_blocking=True)
-            torch.cuda.current_stream(self.device).synchronize()
-            return host_out.clone()
-
-
-class _EmbedGraph(torch.nn.Module):
-    """uint8 (N, 1, S, S) -> embeddings, the graph exported to ONNX."""
-
-    def __init__(self, classifier: torch.nn.Module) -> None:
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier.embed(x)
 
 
 def onnx_available() -> bool:
@@ -255,11 +153,15 @@ def onnx_available() -> bool:
 
 
 class Onnx(BucketedEmbedder):
-    """The same backbone exported once to ONNX (from a CPU copy of the model) and run with
-    ONNX Runtime: the CPU provider, or on ``cuda:N`` the CUDA provider on GPU N.
+    """The backbone as an ONNX graph run with ONNX Runtime: the CPU provider, or on ``cuda:N``
+    the CUDA provider on GPU N. The graph is a package's ``backbone`` graph, or exported once from
+    a torch model (a CPU copy; :func:`sampler.export.backbone_graph`).
 
     Args:
-        threads: intra-op threads of the CPU provider (None: torch's count).
+        model: a :class:`~sampler.package.PackageModel` or a ``SampledClassifier``.
+        device: "cpu", "cuda[:N]" (a string or a torch.device).
+        threads: intra-op threads of the CPU provider (None: torch's count for a torch model,
+            the usable cores for a package).
         spinning: let the pool threads busy-wait between runs (off: the engine runs in bursts,
             and spinning threads take the cores from decoding; benchmarks/bench_ort_spinning.py).
     """
@@ -268,68 +170,97 @@ class Onnx(BucketedEmbedder):
 
     def __init__(
         self,
-        model: SampledClassifier,
-        device: torch.device,
+        model: Any,
+        device: Any = "cpu",
         *,
         max_batch: int = 64,
         threads: int | None = None,
         spinning: bool = False,
     ) -> None:
-        super().__init__(input_size=model.config.input_size, max_batch=max_batch)
-        if not onnx_available():  # an optional dependency
-            raise EngineError("--engine onnx needs onnxruntime; install it with: pip install 'das-stream[onnx]'")
-        import onnxruntime as ort
+        if not onnx_available():
+            raise EngineError("--engine onnx needs onnxruntime; install das-stream with: pip install -e .")
+        device = str(device)
+        if getattr(model, "kind", None) == "package":
+            input_size, graph = model.input_size, model.graph("backbone")
+            threads = threads or len(os.sched_getaffinity(0))
+        else:  # a torch model: export its backbone (torch is loaded already)
+            import torch
 
-        providers: list = ["CPUExecutionProvider"]
-        if device.type == "cuda":
+            from sampler.export import backbone_graph
+
+            input_size, graph = model.config.input_size, backbone_graph(model)
+            threads = threads or torch.get_num_threads()
+        super().__init__(input_size=input_size, max_batch=max_batch)
+        if device.startswith("cuda"):
+            import onnxruntime as ort
+
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise EngineError(
                     "this onnxruntime has no CUDA provider; install onnxruntime-gpu, "
                     "or use --engine torch-cudagraph (or auto) on a GPU"
                 )
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
-        S = self.input_size
-        graph = _EmbedGraph(copy.deepcopy(model.classifier).cpu().eval())  # export never touches the GPU
-        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            path = Path(tmp) / "embed.onnx"
-            torch.onnx.export(
-                graph,
-                (torch.zeros(2, 1, S, S, dtype=torch.uint8),),
-                str(path),
-                dynamo=False,
-                input_names=["frames"],
-                output_names=["embedding"],
-                dynamic_axes={"frames": {0: "n"}, "embedding": {0: "n"}},
-                opset_version=17,
-            )
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads or torch.get_num_threads()
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-            self.session = ort.InferenceSession(str(path), opts, providers=providers)
+            if device == "cuda":
+                device = f"cuda:{_current_cuda_device(model)}"
+        self.session = ort_session(graph, device=device, threads=threads, spinning=spinning)
         self.providers = self.session.get_providers()
 
-    def _forward(self, x: np.ndarray) -> torch.Tensor:
+    def _forward(self, x: np.ndarray) -> np.ndarray:
         (emb,) = self.session.run(None, {"frames": x})
-        return torch.from_numpy(emb)
+        return emb
+
+
+def _current_cuda_device(model: Any) -> int:
+    """torch's current CUDA device for a torch model (``cuda`` alone), else 0."""
+    if getattr(model, "kind", None) == "package":
+        return 0
+    import torch
+
+    return torch.cuda.current_device()
+
+
+class _Registry(Mapping):
+    """name -> embedder class, the torch ones imported on first use (they load torch)."""
+
+    def __init__(self, entries: dict[str, str | type]) -> None:
+        self._entries = entries
+
+    def __getitem__(self, name: str) -> Any:
+        entry = self._entries[name]
+        if isinstance(entry, str):  # "module:Class", the module relative to this package
+            module, _, cls = entry.partition(":")
+            entry = getattr(import_module(module, __package__), cls)
+        return entry
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 # name -> class built as cls(model, device, max_batch=...); a new backend is one line here.
-EMBEDDERS: dict[str, type[BucketedEmbedder]] = {
-    "torch": TorchEager,
-    "torch-cudagraph": TorchCudaGraph,
-    "onnx": Onnx,
-}
+EMBEDDERS: Mapping[str, Any] = _Registry(
+    {"torch": ".torch_embedders:TorchEager", "torch-cudagraph": ".torch_embedders:TorchCudaGraph", "onnx": Onnx}
+)
 BACKENDS = ("auto", *EMBEDDERS)
+TORCH_BACKENDS = ("torch", "torch-cudagraph")
 
 
-def resolve_backend(name: str, device: torch.device) -> str:
-    """``auto``: the CUDA-graph embedder on a GPU; ONNX Runtime on the CPU when installed, else torch."""
+def resolve_backend(name: str, device: Any, *, package: bool = False) -> str:
+    """``auto``: a package runs on ONNX Runtime; a torch model on the CUDA-graph embedder on a
+    GPU, else on ONNX Runtime when installed, else on eager torch."""
+    if name not in BACKENDS:
+        raise EngineError(f"unknown engine {name!r}; use one of {', '.join(BACKENDS)}")
+    on_gpu = str(getattr(device, "type", device)).startswith("cuda")
+    if package:
+        if name in TORCH_BACKENDS:
+            raise EngineError(
+                f"engine {name} runs torch model files; a model package runs on ONNX Runtime "
+                "(--engine onnx or auto), or pass the torch model file"
+            )
+        return "onnx"
     if name == "auto":
-        if device.type == "cuda":
+        if on_gpu:
             return "torch-cudagraph"
         return "onnx" if onnx_available() else "torch"
-    if name not in EMBEDDERS:
-        raise EngineError(f"unknown engine {name!r}; use one of {', '.join(BACKENDS)}")
     return name

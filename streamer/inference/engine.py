@@ -6,11 +6,16 @@ arrive) only enqueues, :meth:`InferenceEngine.submit` (a batch of closed windows
 on that thread and returns a future (the pipeline's event loop awaits it, no thread parked), and
 :meth:`InferenceEngine.process` does the same and waits. One call is three steps:
 
-1. sampler: the windows' feature-size copies -> ``sampler.select`` (one call for the batch); for
-   samplers that look at frame features (DAS, ADPS) the per-frame part of the features was
-   computed as each frame arrived, so only the motion, attention and top-k are left for the close;
+1. sampler: the windows' feature-size copies -> the window model's ``order`` (one call for the
+   batch), whose first k positions are the picks; for samplers that look at frame features (DAS,
+   ADPS) the per-frame part of the features was computed as each frame arrived, so only the
+   motion, attention and ranking are left for the close;
 2. embed: the usable picks that have no embedding yet -> the :class:`Embedder` (fixed buckets);
 3. head: attention pooling + MLP + softmax over each window's picks.
+
+The model is a *window model* (:class:`sampler.package.WindowModel`): a model package run with
+ONNX Runtime and numpy (this module imports no torch), or a torch ``SampledClassifier`` (wrapped
+in :class:`sampler.torch_model.TorchWindowModel`, which loads torch).
 
 Every backbone batch size and every sampler/head batch of 1..``max_windows`` windows is run once
 when the engine is built (one log line says how long), so no live window pays a first-shape cost.
@@ -18,7 +23,6 @@ when the engine is built (one log line says how long), so no live window pays a 
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -29,11 +33,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-import torch
 
-from sampler.device import resolve_device  # the one device rule, shared with training
-from sampler.features import frame_stats, with_motion
-from sampler.model import SampledClassifier
+from sampler.package import WindowModel, describe, picks
 
 from ..window import Window
 from .cache import FrameCache, Key, resize_gray
@@ -61,44 +62,61 @@ class WindowResult:
     frames_embedded: int
 
 
+def as_window_model(model: Any, device: str) -> WindowModel:
+    """A window model as it is, or a ``SampledClassifier`` wrapped (loading torch)."""
+    if hasattr(model, "card"):
+        return model
+    from sampler.torch_model import TorchWindowModel  # a torch model: torch is loaded already
+
+    return TorchWindowModel(model, device)
+
+
 class InferenceEngine:
-    """Runs a :class:`SampledClassifier` on windows, embedding each frame at most once.
+    """Runs a window model on windows, embedding each frame at most once.
 
     Args:
-        model: the trained model (put in eval mode here).
-        device: "auto", "cpu" or "cuda[:N]".
-        backend: the backbone's embedder: "auto" (the CUDA-graph embedder on a GPU, ONNX Runtime
-            on the CPU when installed, else eager torch) or a name of ``EMBEDDERS``.
+        model: a window model (:class:`sampler.package.PackageModel`, a TorchWindowModel) or a
+            trained ``SampledClassifier`` (put in eval mode here).
+        device: "auto", "cpu" or "cuda[:N]" (for a SampledClassifier; a window model is placed
+            when it is built).
+        backend: the backbone's embedder: "auto" (a package: ONNX Runtime; a torch model: the
+            CUDA-graph embedder on a GPU, ONNX Runtime on the CPU when installed, else eager
+            torch) or a name of ``EMBEDDERS``.
         max_embed_batch: the largest backbone batch (the top bucket).
         max_windows: windows per call warmed at start (the pipeline's ``max_batch_windows``).
         embedder: a ready :class:`Embedder` to use instead of building one (e.g. the Ray Serve
             pool of ``streamer.cluster``); ``backend`` and ``max_embed_batch`` are then unused.
+        threads: intra-op threads of the ONNX Runtime embedder (None: its default).
     """
 
     def __init__(
         self,
-        model: SampledClassifier,
+        model: Any,
         *,
         device: str = "auto",
         backend: str = "auto",
         max_embed_batch: int = 64,
         max_windows: int = 8,
         embedder: Embedder | None = None,
+        threads: int | None = None,
     ) -> None:
-        self.device = resolve_device(device)
-        self.model = model.eval().to(self.device)
-        cfg = model.config
-        self.num_frames, self.k = cfg.num_frames, cfg.k
-        self.feature_size, self.input_size = cfg.feature_size, cfg.input_size
-        self.class_names = tuple(cfg.class_names)
-        self.embed_dim = model.classifier.embed_dim
-        self.model_name = f"{cfg.name} ({cfg.method})"
+        self.model = as_window_model(model, device)
+        self.device = self.model.device
+        m = self.model
+        self.num_frames, self.k = m.num_frames, m.k
+        self.feature_size, self.input_size = m.feature_size, m.input_size
+        self.class_names = tuple(m.class_names)
+        self.embed_dim = m.embed_dim
+        self.model_name = f"{m.name} ({m.card['method']})"
         if embedder is not None:  # a backbone served elsewhere (streamer.cluster)
             self.backend, self.embedder = embedder.name, embedder
         else:
-            self.backend = resolve_backend(backend, self.device)
-            self.embedder = EMBEDDERS[self.backend](self.model, self.device, max_batch=max_embed_batch)
-        self.cache = FrameCache(cfg.feature_size)
+            package = m.kind == "package"
+            self.backend = resolve_backend(backend, self.device, package=package)
+            options = {"threads": threads} if self.backend == "onnx" else {}
+            source = m if package else m.model
+            self.embedder = EMBEDDERS[self.backend](source, self.device, max_batch=max_embed_batch, **options)
+        self.cache = FrameCache(m.feature_size)
         # Wall time of each call's steps in ms (recent calls only): "sampler" (feature-size copies
         # still missing, features, attention, selection), "embed" (backbone on the new picks), "head".
         self.stage_ms: dict[str, deque[float]] = {name: deque(maxlen=4096) for name in ("sampler", "embed", "head")}
@@ -109,21 +127,17 @@ class InferenceEngine:
         self._drain_queued = False
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._worker_id = self._worker.submit(threading.get_ident).result()
-        # Sampler + head run where they are faster for a given number of windows (a GPU is
-        # launch-bound for one window); the backbone always runs on self.device.
-        self._step_models = {self.device: self.model}
-        if self.device.type != "cpu":
-            self._step_models[torch.device("cpu")] = copy.deepcopy(self.model).cpu()
-        self._step_device: dict[int, torch.device] = {}
-        # Per-frame features on arrival for samplers with select_features (DAS, ADPS).
-        self.features_on_arrival = callable(getattr(self.model.sampler, "select_features", None))
-        self._empty_stats = frame_stats(torch.zeros(1, 1, self.feature_size, self.feature_size), self.feature_size)[0]
+        # Per-frame features on arrival for samplers that read them (DAS, ADPS).
+        self.features_on_arrival = m.uses_stats
+        fs = self.feature_size
+        self._empty_stats = m.frame_stats(np.zeros((1, fs, fs), np.uint8))[0] if m.uses_stats else None
         self.warm_up_s = self.on_worker(self._warm_up, max_windows)
         log.info(
-            "inference engine %s on %s warmed up in %.2f s: backbone batches %s, 1-%d windows per call",
+            "inference engine %s on %s warmed up in %.2f s: %s, backbone batches %s, 1-%d windows per call",
             self.backend,
             self.device,
             self.warm_up_s,
+            describe(m),
             "/".join(map(str, self.embedder.buckets)),
             max_windows,
         )
@@ -159,8 +173,7 @@ class InferenceEngine:
 
     def _frame_stats(self, keys: list[Key]) -> None:
         """The sampler's per-frame features of these held copies, in one call."""
-        small = torch.from_numpy(np.stack([self.cache.small[k] for k in keys])).unsqueeze(1)
-        self.cache.stats.update(zip(keys, frame_stats(small, self.feature_size)))
+        self.cache.stats.update(zip(keys, self.model.frame_stats(np.stack([self.cache.small[k] for k in keys]))))
 
     def close(self) -> None:
         self._worker.shutdown(wait=True)
@@ -189,7 +202,6 @@ class InferenceEngine:
         waits on it)."""
         return self._worker.submit(self._process, windows)
 
-    @torch.inference_mode()
     def _process(self, windows: list[Window]) -> list[WindowResult]:
         try:
             self._drain()
@@ -207,23 +219,16 @@ class InferenceEngine:
 
     def _classify(self, windows: list[Window]) -> list[WindowResult]:
         t0 = time.perf_counter()
-        step = self._step_device.get(len(windows), self.device)
-        model = self._step_models[step]
         small, valid = self._sampler_input(windows)
         # As in SampledClassifier.forward: picks that are padding or empty (lost probe contact)
         # are left out of the pooling, so they need no embedding either.
-        usable = valid.numpy() & (small.reshape(len(windows), self.num_frames, -1).max(axis=2) > 0)
-        if self.features_on_arrival:
-            raw = with_motion(self._window_stats(windows), torch.from_numpy(small))
-            picks = model.sampler.select_features(raw.to(step), torch.from_numpy(usable).to(step))
-        else:
-            x = torch.from_numpy(small).unsqueeze(2).to(step)  # uint8: the sampler scales it
-            picks = model.sampler.select(x, valid.to(step))
-        indices = picks.indices.cpu().numpy()
+        usable = valid & (small.reshape(len(windows), self.num_frames, -1).max(axis=2) > 0)
+        stats = self._window_stats(windows) if self.features_on_arrival else None
+        indices = picks(self.model.order(small, stats, usable), self.k)
         t1 = time.perf_counter()
         embedded = self._embed_picks(windows, indices, usable)
-        t2 = time.perf_counter()  # the embedders return CPU tensors, so CUDA work is done here
-        probs, selected = self._head(model, step, windows, indices, usable)
+        t2 = time.perf_counter()  # the embedders return CPU arrays, so CUDA work is done here
+        probs, selected = self._head(windows, indices, usable)
         t3 = time.perf_counter()
         for name, s in (("sampler", t1 - t0), ("embed", t2 - t1), ("head", t3 - t2)):
             self.stage_ms[name].append(1000.0 * s)
@@ -236,26 +241,26 @@ class InferenceEngine:
             for b, w in enumerate(windows)
         ]
 
-    def _sampler_input(self, windows: list[Window]) -> tuple[np.ndarray, torch.Tensor]:
+    def _sampler_input(self, windows: list[Window]) -> tuple[np.ndarray, np.ndarray]:
         """The windows' feature-size copies (B, T, fs, fs) uint8, zero-padded, and the (B, T) mask of real frames."""
         B, T, fs = len(windows), self.num_frames, self.feature_size
         small = np.zeros((B, T, fs, fs), np.uint8)
-        valid = torch.zeros(B, T, dtype=torch.bool)
+        valid = np.zeros((B, T), bool)
         for b, w in enumerate(windows):
             for t, frame in enumerate(w.frames):
                 small[b, t] = self.cache.small_copy(w.stream, frame)
             valid[b, : len(w.frames)] = True
         return small, valid
 
-    def _window_stats(self, windows: list[Window]) -> torch.Tensor:
-        """(B, T, d - 1): the frames' per-frame features (made now for frames that lack them)."""
+    def _window_stats(self, windows: list[Window]) -> np.ndarray:
+        """(B, T, d): the frames' per-frame features (made now for frames that lack them)."""
         missing = [(w.stream, f.seq) for w in windows for f in w.frames if (w.stream, f.seq) not in self.cache.stats]
         if missing:
             self._frame_stats(list(dict.fromkeys(missing)))
-        out = self._empty_stats.repeat(len(windows), self.num_frames, 1)  # padding: empty frames
+        out = np.tile(self._empty_stats, (len(windows), self.num_frames, 1))  # padding: empty frames
         for b, w in enumerate(windows):
             if w.frames:
-                out[b, : len(w.frames)] = torch.stack([self.cache.stats[(w.stream, f.seq)] for f in w.frames])
+                out[b, : len(w.frames)] = np.stack([self.cache.stats[(w.stream, f.seq)] for f in w.frames])
         return out
 
     def _embed_picks(self, windows: list[Window], indices: np.ndarray, usable: np.ndarray) -> list[int]:
@@ -270,20 +275,15 @@ class InferenceEngine:
                     counts[b] += 1
         if new:
             batch = np.stack([resize_gray(image, self.input_size) for image in new.values()])
-            self.cache.emb.update(zip(new, self.embedder.embed(batch)))
+            self.cache.emb.update(zip(new, np.asarray(self.embedder.embed(batch), np.float32)))
         return counts
 
     def _head(
-        self,
-        model: SampledClassifier,
-        step: torch.device,
-        windows: list[Window],
-        indices: np.ndarray,
-        usable: np.ndarray,
+        self, windows: list[Window], indices: np.ndarray, usable: np.ndarray
     ) -> tuple[np.ndarray, list[tuple[int, ...]]]:
         """Class probabilities (B, C) from the picks' embeddings, and the picked real frames' seqs."""
-        picked = torch.zeros(len(windows), self.k, self.embed_dim)
-        mask = torch.zeros(len(windows), self.k, dtype=torch.bool)
+        picked = np.zeros((len(windows), self.k, self.embed_dim), np.float32)
+        mask = np.zeros((len(windows), self.k), bool)
         selected: list[tuple[int, ...]] = []
         for b, w in enumerate(windows):
             selected.append(tuple(w.frames[t].seq for t in indices[b] if t < len(w.frames)))
@@ -291,31 +291,12 @@ class InferenceEngine:
                 if usable[b, t]:
                     picked[b, j] = self.cache.emb[(w.stream, w.frames[t].seq)]
                     mask[b, j] = True
-        logits = model.classifier.classify(picked.to(step), mask.to(step))
-        return torch.softmax(logits.float(), dim=-1).cpu().numpy(), selected
+        return self.model.head(picked, mask), selected
 
-    @torch.inference_mode()
     def _warm_up(self, max_windows: int) -> float:
-        """Run every backbone bucket, and sampler + head for 1..max_windows windows on each
-        candidate device (keeping the faster one per count). Returns the seconds taken."""
+        """Run every backbone bucket, and order + head for 1..max_windows windows (a torch model
+        on a GPU also picks the faster device per count). Returns the seconds taken."""
         t0 = time.perf_counter()
         self.embedder.warm_up()
-        T, fs = self.num_frames, self.feature_size
-        for B in range(1, max_windows + 1):
-            x = torch.zeros(B, T, 1, fs, fs, dtype=torch.uint8)
-            emb, mask = torch.zeros(B, self.k, self.embed_dim), torch.ones(B, self.k, dtype=torch.bool)
-            times = {}
-            for dev, model in self._step_models.items():
-                for _ in range(2):  # the first pays the new shape, the second is timed
-                    t = time.perf_counter()
-                    if self.features_on_arrival:
-                        raw = with_motion(self._empty_stats.repeat(B, T, 1), x[:, :, 0])
-                        model.sampler.select_features(
-                            raw.to(dev), torch.ones(B, T, dtype=torch.bool, device=dev)
-                        ).indices.cpu()
-                    else:
-                        model.sampler.select(x.to(dev)).indices.cpu()
-                    model.classifier.classify(emb.to(dev), mask.to(dev)).cpu()
-                    times[dev] = time.perf_counter() - t
-            self._step_device[B] = min(times, key=times.__getitem__)
+        self.model.warm_up(max_windows)
         return time.perf_counter() - t0

@@ -77,19 +77,19 @@ def test_padded_outputs_equal_unpadded(model, cls):
         pytest.importorskip("onnxruntime")
     emb = cls(model, torch.device("cpu"), max_batch=16)
     frames = np.stack([f.image for f in clip(13, model.config.input_size)])
-    exact = emb._forward(frames[:, None])  # the backend on exactly 13 frames, no bucket
+    exact = torch.from_numpy(emb._forward(frames[:, None]))  # the backend on exactly 13 frames, no bucket
     assert exact.abs().max() > 1e-2
     emb.cost = {b: 1.0 for b in emb.buckets}  # a GPU-like cost: one padded call is cheapest
     emb._plans.clear()
     assert emb.plan(13) == (16,)
-    padded = emb.embed(frames)
+    padded = torch.from_numpy(emb.embed(frames))
     # float32 convolutions may sum in another order for another batch size (oneDNN picks kernels
     # per shape): equal within 1e-5 absolute plus 1e-4 relative, far below any decision's scale
     torch.testing.assert_close(padded, exact, rtol=1e-4, atol=1e-5)
     emb.cost = {b: b + 0.5 for b in emb.buckets}  # a CPU-like cost: the binary split, no padding
     emb._plans.clear()
     assert emb.plan(13) == (8, 4, 1) and emb.plan(40) == (16, 16, 8)
-    torch.testing.assert_close(emb.embed(frames), exact, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.from_numpy(emb.embed(frames)), exact, rtol=1e-4, atol=1e-5)
 
 
 def test_a_cost_proportional_to_frames_plans_the_fewest_calls(model):
@@ -145,6 +145,7 @@ def test_frames_accepted_from_another_thread_are_copied_on_the_worker(model):
 def test_backend_names(model):
     cpu = torch.device("cpu")
     expected = "onnx" if Onnx is EMBEDDERS["onnx"] and _has_ort() else "torch"
+    assert EMBEDDERS["torch"] is TorchEager  # the torch backends load on first use
     assert resolve_backend("auto", cpu) == expected
     assert resolve_backend("torch-cudagraph", cpu) == "torch-cudagraph"
     with pytest.raises(EngineError, match="unknown engine 'tensorrt'.*auto, torch, torch-cudagraph, onnx"):
@@ -167,7 +168,7 @@ def test_cuda_graph_embedder_matches_eager(model):
     graph, eager = TorchCudaGraph(model, dev, max_batch=16), TorchEager(model, torch.device("cpu"), max_batch=16)
     graph.warm_up()
     frames = np.stack([f.image for f in clip(21, model.config.input_size)])
-    a, b = graph.embed(frames), eager.embed(frames)
+    a, b = torch.from_numpy(graph.embed(frames)), torch.from_numpy(eager.embed(frames))
     assert graph.shapes_seen == {(s, 1, *frames.shape[1:]) for s in graph.buckets}
     torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2 * b.abs().max().item())  # float16 on the GPU
 
@@ -198,8 +199,8 @@ def test_onnx_runtime_on_cuda_uses_the_given_gpu(model):
     assert emb.providers[0] == "CUDAExecutionProvider"
     assert emb.session.get_provider_options()["CUDAExecutionProvider"]["device_id"] == str(index)
     frames = np.stack([f.image for f in clip(5, model.config.input_size)])
-    ref = TorchEager(model, torch.device("cpu"), max_batch=8).embed(frames)
-    torch.testing.assert_close(emb.embed(frames), ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
+    ref = torch.from_numpy(TorchEager(model, torch.device("cpu"), max_batch=8).embed(frames))
+    torch.testing.assert_close(torch.from_numpy(emb.embed(frames)), ref, rtol=1e-3, atol=1e-3 * ref.abs().max().item())
 
 
 @pytest.mark.parametrize("method", ["das", "adps"])

@@ -100,7 +100,7 @@ def test_prepared_backbone_computes_the_same_embeddings(das_model):
     from streamer.inference import TorchEager
 
     batch = np.stack([f.image for f in synthetic_frames(6, 32)])
-    fast = TorchEager(das_model, torch.device("cpu"))(batch)
+    fast = torch.from_numpy(TorchEager(das_model, torch.device("cpu"))(batch))
     with torch.no_grad():
         ref = das_model.classifier.embed(torch.from_numpy(batch)[:, None])
     assert ref.abs().max() > 1e-2  # a calibrated backbone: real activations, not ~0

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from training_help import write_config, write_npz, write_video
@@ -201,27 +200,34 @@ def test_info_prints_the_model_card(videos, capsys, tmp_path):
     assert "preprocessing: not recorded" in capsys.readouterr().out
 
 
-def test_export_onnx_agrees_with_torch_on_a_real_window(videos, tmp_path, capsys):
-    import onnxruntime as ort
-
+def test_export_writes_a_checked_package_that_run_info_and_the_engine_accept(videos, tmp_path, capsys):
+    from sampler.package import PackageModel, classify_windows
+    from sampler.torch_model import TorchWindowModel
     from sources.video import read_video
 
-    path = tmp_path / "model.onnx"
-    assert main(["export", str(videos["model"]), "--onnx", str(path)]) == 0
-    assert "max |p_onnx - p_torch|" in capsys.readouterr().out
-    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert json.loads(meta["das_stream.preprocessing"])["fps"] == 8.0
-    # A real window: the first 2 s of a clip, decoded as training does.
-    frames, _ = read_video(videos["root"] / "covid0.mp4", size=32, fps=FPS, max_frames=T)
-    x = torch.from_numpy(frames).float().div(255)[None, :, None]
-    valid = torch.ones(1, T, dtype=torch.bool)
-    model = SampledClassifier.load(videos["model"]).eval()
-    with torch.no_grad():
-        logits, picks = model(x, valid)
-    probs = logits.softmax(1).numpy()
-    onnx_probs, onnx_indices = ort.InferenceSession(str(path)).run(None, {"frames": x.numpy(), "valid": valid.numpy()})
-    assert onnx_probs.argmax(1) == probs.argmax(1) and np.abs(onnx_probs - probs).max() < 1e-4
-    assert (onnx_indices == picks.indices.numpy()).all()
+    path = tmp_path / "model.dasp"
+    clip = videos["root"] / "covid0.mp4"
+    assert main(["export", str(videos["model"]), "--out", str(path), "--check-video", str(clip)]) == 0
+    out = capsys.readouterr().out
+    assert "video file(s)" in out and "max |p_package - p_torch|" in out
+    package = PackageModel(path, device="cpu")
+    assert (
+        package.preprocessing["fps"] == 8.0
+        and package.card["check"]["picks_identical"] == package.card["check"]["windows"]
+    )
+    # A real window: the first 2 s of a clip, decoded as training does, through both window models.
+    frames, _ = read_video(clip, size=32, fps=FPS, max_frames=T)
+    valid = np.ones((1, T), bool)
+    torch_picks, torch_probs = classify_windows(
+        TorchWindowModel(SampledClassifier.load(videos["model"]), "cpu"), frames[None], valid
+    )
+    picks, probs = classify_windows(package, frames[None], valid)
+    assert (picks == torch_picks).all() and np.abs(probs - torch_probs).max() < 1e-4
+    assert main(["info", str(path)]) == 0
+    assert "model package" in capsys.readouterr().out
+    # run and info say which they loaded; a torch engine on a package is a one-line error
+    assert main(["run", "--model", str(path), "--engine", "torch", "--duration", "1", "--quiet"]) == 2
+    assert "a model package runs on ONNX Runtime" in capsys.readouterr().err
 
 
 def test_too_few_videos_lists_the_csv_labels(videos, tmp_path, capsys):
