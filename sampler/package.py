@@ -293,7 +293,7 @@ def package_text(path: str | os.PathLike) -> str:
         f"model package: {path} ({card['name']})",
         f"method: {card['method']}, keeps k={card['k']} of T={card['num_frames']} frames; order: {sampler['order']}"
         + (", per-frame features on arrival" if sampler.get("stats") else "")
-        + f"; early exit: {card.get('exit') or 'none'}",
+        + f"; early exit: {ExitRule.from_dict(card.get('exit')).describe()}",
         f"classes: {', '.join(card['class_names'])}",
         f"sizes: sampler features {card['feature_size']} px, backbone input {card['input_size']} px, "
         f"embedding {card['embed_dim']}; backbone {card.get('backbone')}",

@@ -75,7 +75,7 @@ def window_card(model: SampledClassifier, source: str | os.PathLike | None = Non
         "backbone": c.backbone,
         "preprocessing": model.preprocessing or {"size": c.input_size, "gray": True, "fps": None},
         "sampler": sampler_card(model),
-        "exit": None,  # no early exit rule (yet)
+        "exit": meta.get("exit"),  # the early-exit rule (core.exit.ExitRule.to_dict()); None: fixed k
         "provenance": {
             "source": str(source) if source else None,
             "config": c.to_dict(),
