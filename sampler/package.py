@@ -43,6 +43,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from core.errors import ConfigError, EngineError
+from core.exit import ExitRule
 from core.order import by_priority, coarse_to_fine, picks, put_first
 from core.settings import DEVICE_FORMS, is_device_name
 

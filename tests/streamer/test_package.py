@@ -133,7 +133,7 @@ def test_every_exportable_sampler_orders_as_its_torch_sampler(tmp_path, method, 
         from sampler.model import build_model
 
         torch.manual_seed(1)
-        variant = build_model(replace(model.config, sampler_kwargs=options))
+        variant = build_model(replace(model.config, sampler=options))
         variant.classifier.load_state_dict(model.classifier.state_dict())  # the calibrated backbone
         model = variant
     out, check = export_package(model, tmp_path / f"{method}.dasp", *check_windows(model))
@@ -166,7 +166,7 @@ def test_random_package_orders_usable_frames_first_and_adps_and_learned_das_are_
 
     from sampler.model import build_model
 
-    learned = build_model(replace(model.config, method="das", sampler_kwargs={"features": "both"}))
+    learned = build_model(replace(model.config, method="das", sampler={"features": "both"}))
     with pytest.raises(ConfigError, match="das models are not exportable to a package: DAS with both features"):
         export_package(learned, tmp_path / "learned.dasp", *check_windows(learned))
 
