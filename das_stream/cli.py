@@ -95,7 +95,6 @@ def _run_choices(key: str) -> list:
 
 
 def _add_run(run: argparse.ArgumentParser) -> None:
-    from core.bounds import flag
     from core.settings import DEVICE_FORMS
     from sources.spec import spec_usage
     from streamer.config import RunConfig
