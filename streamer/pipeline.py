@@ -90,6 +90,7 @@ class FrameQueue:
         self._items: deque[Frame] = deque()
         self._changed = asyncio.Condition()
         self._closed = False
+        self.high_water = 0  # the most frames it ever held at once
 
     async def put(self, frame: Frame) -> int:
         """Enqueue a frame; return how many frames were dropped to make room."""
@@ -101,6 +102,7 @@ class FrameQueue:
                 self._items.popleft()
                 dropped += 1
             self._items.append(frame)
+            self.high_water = max(self.high_water, len(self._items))
             self._changed.notify_all()
         return dropped
 

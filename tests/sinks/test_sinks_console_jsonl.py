@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import io
 import json
 
 import pytest
 from sinks_help import prediction, stats
+from waiting import until
 
 from core.errors import SinkError
 from sinks import FanOut
@@ -44,11 +44,7 @@ async def test_jsonl_writes_one_object_per_line_and_appends(tmp_path):
         await sink.publish_prediction(prediction(0))
         await sink.publish_stats(stats())
         # Written by the writer thread and flushed per line: readable while the sink is still open.
-        for _ in range(200):
-            if len(path.read_text().splitlines()) == 2:
-                break
-            await asyncio.sleep(0.01)
-        assert len(path.read_text().splitlines()) == 2
+        await until(lambda: len(path.read_text().splitlines()) == 2, "both lines in the file")
     async with JsonlSink(str(path)) as sink:
         await sink.publish_prediction(prediction(1))
     rows = [json.loads(line) for line in path.read_text().splitlines()]

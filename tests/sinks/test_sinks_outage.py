@@ -1,4 +1,5 @@
-"""The broker stops for a few seconds mid-stream and comes back on the same port.
+"""The broker stops mid-stream (the sink knows it is down while 20 windows are published) and
+comes back on the same port.
 
 Every prediction of the run must reach the subscriber, in order, each once; repeats that QoS 1
 may cause after the reconnect must be flagged by ``subscribe`` (and be exact copies).
@@ -12,6 +13,7 @@ import io
 import json
 
 from sinks_help import prediction
+from waiting import until
 
 from sinks.mqtt import MqttSettings, MqttSink
 from sinks.subscribe import subscribe
@@ -43,14 +45,15 @@ async def test_broker_outage_loses_nothing_and_keeps_order(mqtt_broker):
         base, client_id="test-outage-sink", reconnect_min=0.05 if mqtt_broker.keeps_sessions else 1.0
     )
     async with MqttSink(sink_settings) as sink:
+        await until(lambda: sink.connected, "the sink connected")
         for w in range(WINDOWS):
             if w == OUTAGE.start:
                 await asyncio.to_thread(mqtt_broker.stop)
+                await until(lambda: not sink.connected, "the sink noticing the outage")
             if w == OUTAGE.stop:
                 buffered_during_outage = sink.counters["buffered"]
                 await asyncio.to_thread(mqtt_broker.start)
             await sink.publish_prediction(prediction(w))
-            await asyncio.sleep(0.1 if w in OUTAGE else 0.01)  # about 2 s down
     summary = await asyncio.wait_for(receiver, 30)
 
     assert buffered_during_outage >= len(OUTAGE)

@@ -12,6 +12,7 @@ The server binds before it prints "ready".
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 import time
@@ -74,7 +75,7 @@ def serve_bad(port: int) -> None:
         connection, _ = listener.accept()
         with connection:
             connection.sendall(b"".join(packed for packed, _ in bad()))
-            time.sleep(30)  # keep the connection open until killed
+            signal.pause()  # keep the connection open until killed
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ async def receive(url: str, size: str) -> None:
         while True:
             try:
                 await asyncio.wait_for(anext(iterator), 1.5 if frames else 30)
-            except TimeoutError:  # TimeoutError on 3.11+, not on 3.10
+            except TimeoutError:
                 break
             frames += 1
             if base is None:

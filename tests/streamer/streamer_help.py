@@ -33,12 +33,18 @@ def make_model_file(
         class_names=CLASSES,
         feature_size=feature_size,
         input_size=input_size,
+        backbone_weights="none",
         name=path.stem,
     )
     model = build_model(cfg)
     calibrate_batchnorm(model, input_size)
     model.save(path)
     return path
+
+
+def accounted(s) -> bool:
+    """Every frame of a finished stream is accounted for: forwarded, skipped or dropped."""
+    return s.frames_pending == 0 and s.frames_in == s.frames_forwarded + s.frames_skipped + s.frames_dropped
 
 
 def calibrate_batchnorm(model, input_size: int) -> None:

@@ -8,10 +8,10 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from streamer_help import make_model_file
+from waiting import until_sync
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,12 +49,11 @@ def test_outage_longer_than_the_buffer_is_logged_counted_and_fails_the_run(mqtt_
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while sum(m["type"] == "prediction" for m in lines_of(jsonl)) < 20:  # well past the buffer
-            assert run.poll() is None and time.monotonic() < deadline, (
-                run.stderr.read() if run.poll() is not None else ""
-            )
-            time.sleep(0.1)
+        until_sync(  # well past the buffer
+            lambda: sum(m["type"] == "prediction" for m in lines_of(jsonl)) >= 20 or run.poll() is not None,
+            "20 predictions",
+        )
+        assert run.poll() is None, run.stderr.read()
         mqtt_broker.start()
         _, err = run.communicate(timeout=60)
     finally:
@@ -82,11 +81,20 @@ def test_outage_longer_than_the_buffer_is_logged_counted_and_fails_the_run(mqtt_
 
 
 def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path):
-    run = subprocess.Popen(run_cmd("--quiet"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # importing torch and loading the model take seconds
+    # -X importtime reports each import on stderr as it completes: the first of das-stream's own
+    # packages below the CLI is imported inside main(), where start-up (imports, the model, the
+    # engine's warm-up: seconds) begins. The signal goes then, not after a guessed delay.
+    cmd = [sys.executable, "-X", "importtime", *run_cmd("--quiet")[1:]]
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in run.stderr:
+        seen.append(line)
+        if line.rsplit("|", 1)[-1].strip().split(".")[0] in ("core", "streamer", "sampler", "sources", "sinks"):
+            break
     run.send_signal(signal.SIGINT)
-    _, err = run.communicate(timeout=60)
-    assert run.returncode == 130, err
+    rest, err = run.communicate(timeout=60)
+    err = "".join(seen) + err
+    assert run.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 from streamer_help import make_model_file, write_video
+from waiting import until, until_sync
 
 from sinks.mqtt import MqttSettings
 from sinks.subscribe import subscribe
@@ -68,12 +69,8 @@ class Collector:
     def final_stats(self) -> list[dict]:
         return [m for m in self.messages() if m.get("type") == "stats" and m.get("final")]
 
-    async def wait_final(self, streams: int = 1, timeout: float = 60) -> None:
-        async def poll():
-            while len(self.final_stats()) < streams:
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(poll(), timeout)
+    async def wait_final(self, streams: int = 1) -> None:
+        await until(lambda: len(self.final_stats()) >= streams, f"final stats of {streams} stream(s)")
 
 
 def assert_accounting(stats: dict) -> None:
@@ -142,11 +139,7 @@ async def test_sigint_flushes_and_publishes_final_stats(tmp_path, mqtt_broker, m
             stderr=asyncio.subprocess.PIPE,
         )
 
-        async def some_predictions():
-            while len(sub.predictions()) < 3:
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(some_predictions(), 60)
+        await until(lambda: len(sub.predictions()) >= 3, "3 predictions")
         proc.send_signal(signal.SIGINT)
         out, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, err.decode()
@@ -161,8 +154,9 @@ async def test_sigint_flushes_and_publishes_final_stats(tmp_path, mqtt_broker, m
 
 
 async def test_broker_outage_mid_stream_loses_nothing(tmp_path, mqtt_broker, model_file):
-    n = 240  # 8 s at 30 fps, with the broker away for about 2 s in the middle
+    n = 240  # 8 s at 30 fps, with the broker away while 8 windows are published
     video = write_video(tmp_path / "long.mp4", frames=n)
+    jsonl = tmp_path / "out.jsonl"
     async with Collector(mqtt_broker.url, "out") as sub:
         proc = await asyncio.create_subprocess_exec(
             *run_cmd(
@@ -177,17 +171,15 @@ async def test_broker_outage_mid_stream_loses_nothing(tmp_path, mqtt_broker, mod
                 "--quiet",
                 "--client-id",
                 "outage-runner",
+                "--jsonl",
+                str(jsonl),
             ),
             stderr=asyncio.subprocess.PIPE,
         )
-
-        async def predictions(count):
-            while len(sub.predictions()) < count:
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(predictions(5), 60)
+        await until(lambda: len(sub.predictions()) >= 5, "5 predictions")
         await asyncio.to_thread(mqtt_broker.stop)
-        await asyncio.sleep(2.0)
+        at_stop = len(predictions_in(jsonl))
+        await until(lambda: len(predictions_in(jsonl)) >= at_stop + 8, "8 windows published into the outage")
         await asyncio.to_thread(mqtt_broker.start)
         _, err = await asyncio.wait_for(proc.communicate(), 120)
         assert proc.returncode == 0, err.decode()
@@ -196,6 +188,12 @@ async def test_broker_outage_mid_stream_loses_nothing(tmp_path, mqtt_broker, mod
     assert windows == list(range(expected_windows_stride(n, T)))  # all, in order, no repeats
     (final,) = sub.final_stats()
     assert_accounting(final)
+
+
+def predictions_in(jsonl) -> list[str]:
+    """The prediction lines of the run's JSON-lines copy (every message also goes there)."""
+    lines = jsonl.read_text().splitlines() if jsonl.exists() else []
+    return [x for x in lines if '"type":"prediction"' in x]
 
 
 def expected_windows_stride(n: int, stride: int) -> int:
@@ -262,17 +260,15 @@ def test_zmq_feed_bad_messages_counted_good_frames_flow(tmp_path, model_file):
         text=True,
     )
     try:
-        import time
 
         def latest():
             lines = jsonl.read_text().splitlines() if jsonl.exists() else []
             stats = [json.loads(x) for x in lines if '"type":"stats"' in x]
             return stats[-1] if stats else None
 
-        deadline = time.monotonic() + 60
-        while latest() is None:  # the first periodic stats: the source is bound and listening
-            assert run.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
+        # the first periodic stats: the source is bound and listening
+        until_sync(lambda: latest() is not None or run.poll() is not None, "the first stats")
+        assert run.poll() is None, run.stderr.read()
         peer = subprocess.run(
             [sys.executable, str(peer_dir / "zmq_peer.py"), f"tcp://127.0.0.1:{port}", "push", "connect", "mixed"],
             timeout=60,
@@ -282,10 +278,7 @@ def test_zmq_feed_bad_messages_counted_good_frames_flow(tmp_path, model_file):
         assert peer.returncode == 0, peer.stderr
         scenario = mixed()
         good = sum(v is not None for _, v in scenario)
-        deadline = time.monotonic() + 60
-        while (st := latest()) is None or st["frames_in"] < good:
-            assert time.monotonic() < deadline, st
-            time.sleep(0.2)
+        until_sync(lambda: latest()["frames_in"] >= good, f"{good} good frames in")
         run.send_signal(signal.SIGTERM)
         _, err = run.communicate(timeout=60)
     finally:

@@ -8,11 +8,10 @@ import time
 
 import numpy as np
 import pytest
-from streamer_help import ListSink, make_model_file
+from streamer_help import ListSink, accounted
+from waiting import until
 
-from sampler.model import SampledClassifier
 from sources.base import Source
-from streamer.inference import InferenceEngine
 from streamer.pipeline import Pipeline, PipelineSettings
 
 
@@ -42,16 +41,6 @@ class PausingSource(Source):
             if seq == self.before:
                 self.t_first_after = t
             yield self._frame(seq, rng.integers(0, 255, (32, 32), dtype=np.uint8), t)
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    model = SampledClassifier.load(make_model_file(tmp_path_factory.mktemp("m") / "g.pt", num_frames=8, k=4))
-    return InferenceEngine(model, device="cpu")
-
-
-def accounted(s):
-    return s.frames_pending == 0 and s.frames_in == s.frames_forwarded + s.frames_skipped + s.frames_dropped
 
 
 @pytest.mark.parametrize(("stride", "before"), [(8, 12), (4, 14)])
@@ -135,11 +124,8 @@ async def test_a_stalled_sink_does_not_stall_classification(engine):
     )
     run = asyncio.create_task(pipe.run())
     stats = pipe.streams[0].stats
-    for _ in range(600):  # every window is classified while the sink has published nothing
-        if stats.windows >= 8:
-            break
-        await asyncio.sleep(0.05)
-    assert stats.windows == 8 and not sink.predictions
+    await until(lambda: stats.windows >= 8, "every window classified")
+    assert stats.windows == 8 and not sink.predictions  # while the sink has published nothing
     hold.set()
     await run
     assert [p.window for p in sink.predictions] == list(range(8))
@@ -157,11 +143,16 @@ async def test_a_sink_slower_than_the_publish_queue_makes_the_classifier_wait_an
         settings=PipelineSettings(stride=8, publish_queue=2, gap=0.0, stats_interval=3600),
     )
     run = asyncio.create_task(pipe.run())
-    await asyncio.sleep(1.5)
-    assert pipe.streams[0].stats.windows < 8  # the bounded queue is full: back-pressure
+    stats = pipe.streams[0].stats
+    # The sink holds window 0, the publish queue takes 1 and 2, window 3 waits to join them.
+    await until(lambda: stats.windows >= 4, "the publish queue filled")
+    t_blocked = time.monotonic()
+    await until(lambda: stats.frames_in == 64, "the whole stream read (all 8 windows cut)")
+    assert stats.windows == 4  # back-pressure: the classifier took none of the windows after 3
+    held_ms = 1000.0 * (time.monotonic() - t_blocked)
     hold.set()
     await run
     final = sink.stats[-1]
     assert [p.window for p in sink.predictions] == list(range(8))
-    assert final.extra["publish_wait_ms"] > 500.0
+    assert final.extra["publish_wait_ms"] >= held_ms  # the wait, measured from before we saw it
     assert accounted(final)

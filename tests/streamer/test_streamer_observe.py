@@ -11,26 +11,18 @@ import aiohttp
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from streamer_help import ListSink, make_model_file
+from streamer_help import ListSink
 
 from core.errors import ConfigError
-from sampler.model import SampledClassifier
 from sinks.messages import Prediction
 from sinks.mqtt import MqttSettings, MqttSink
 from sources.frame import Frame
 from sources.synthetic import SyntheticSource
-from streamer.inference import InferenceEngine
 from streamer.observe import Observer, parse_address
 from streamer.observe.view import MAX_HISTORY
 from streamer.pipeline import Pipeline, PipelineSettings
 
 T, K = 8, 4
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    model = SampledClassifier.load(make_model_file(tmp_path_factory.mktemp("m") / "obs.pt", num_frames=T, k=K))
-    return InferenceEngine(model, device="cpu")
 
 
 async def scrape(session: aiohttp.ClientSession, url: str) -> dict[tuple[str, tuple], float]:

@@ -17,16 +17,14 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from streamer_help import ListSink, make_model_file
+from streamer_help import ListSink
 
-from sampler.model import SampledClassifier
 from sinks.messages import Prediction, Stats
 from sinks.mqtt import MqttSettings, MqttSink
 from sources.base import Source
 from sources.frame import Frame
 from sources.probe import ProbeSource, _FeedLost
 from sources.synthetic import SyntheticSource
-from streamer.inference import InferenceEngine
 from streamer.observe import Observer
 from streamer.observe.metrics import OUTCOMES, STATES
 from streamer.pipeline import Pipeline, PipelineSettings
@@ -34,12 +32,6 @@ from streamer.stats import RECENT_S, StreamStats
 
 T, K = 8, 4
 IMG = np.zeros((8, 8), np.uint8)
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    model = SampledClassifier.load(make_model_file(tmp_path_factory.mktemp("m") / "health.pt", num_frames=T, k=K))
-    return InferenceEngine(model, device="cpu")
 
 
 def samples(observer: Observer) -> dict[tuple[str, tuple], float]:

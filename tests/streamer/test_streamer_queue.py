@@ -28,19 +28,19 @@ async def test_block_policy_waits_for_room_and_loses_nothing():
     async def consumer():
         while (f := await q.get()) is not None:
             out.append(f.seq)
-            await asyncio.sleep(0.001)
 
     task = asyncio.create_task(consumer())
     drops = [await q.put(frame(i)) for i in range(50)]
     await q.close()
     await task
     assert drops == [0] * 50 and out == list(range(50))
+    assert q.high_water == 2  # the queue was full: the producer waited for room
 
 
 async def test_close_wakes_waiting_consumer():
     q = FrameQueue(2, "block")
     task = asyncio.create_task(q.get())
-    await asyncio.sleep(0.01)
+    await asyncio.sleep(0)  # one turn of the loop: the task runs until it waits on the empty queue
     assert not task.done()
     await q.close()
     assert await asyncio.wait_for(task, 1) is None
