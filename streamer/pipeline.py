@@ -42,13 +42,13 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from sinks import FanOut, Sink
 from sinks.messages import Prediction, Stats
-from sources.base import Source
+from sources.base import SourceCounts
 from sources.frame import Frame, Segment
 
 from .inference import InferenceEngine, WindowResult
@@ -59,6 +59,18 @@ from .window import Window, Windower
 log = logging.getLogger(__name__)
 
 Policy = Literal["drop_oldest", "block"]
+
+
+class FrameSource(Protocol):
+    """What the pipeline needs of a source (every ``sources.base.Source`` is one): a name, an
+    async context, frames by async iteration and its counters."""
+
+    name: str
+
+    def counts(self) -> SourceCounts: ...
+    def __aiter__(self) -> AsyncIterator[Frame]: ...
+    async def __aenter__(self) -> Any: ...
+    async def __aexit__(self, *exc: Any) -> Any: ...
 
 
 class PipelineObserver(Protocol):
@@ -162,7 +174,7 @@ class PipelineSettings:
 
 @dataclass
 class _Stream:
-    source: Source
+    source: FrameSource
     policy: Policy
     queue: FrameQueue
     windower: Windower
@@ -208,7 +220,7 @@ class Pipeline:
     def __init__(
         self,
         *,
-        sources: Sequence[tuple[Source, Policy]],
+        sources: Sequence[tuple[FrameSource, Policy]],
         engine: InferenceEngine,
         sinks: Sequence[Sink],
         settings: PipelineSettings,

@@ -447,10 +447,10 @@ def run_bench(s: BenchSettings, *, log: Callable[[str], None] = lambda m: None) 
         result["compute_ratio"] = c["ratio_vs_full"][head]
         result["sampler_overhead"] = c["sampler_overhead"]
     with tempfile.TemporaryDirectory() as tmp, local_broker(s.mqtt) as mqtt:
-        video = Path(s.video) if s.video else None
-        if wanted & {"throughput", "latency"} and video is None:
+        video = Path(s.video) if s.video else Path(tmp) / "bench.mp4"
+        if wanted & {"throughput", "latency"} and not s.video:
             log("making a 640x480 H.264 test clip")
-            video = make_video(Path(tmp) / "bench.mp4", frames=600 if s.quick else 1800)
+            make_video(video, frames=600 if s.quick else 1800)
         if "throughput" in wanted:
             log("3: no-pacing replay throughput")
             details["throughput"] = t = bench_throughput(engines, video, mqtt)

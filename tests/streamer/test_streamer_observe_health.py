@@ -7,7 +7,6 @@ or slow HTTP connections closed."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import socket
 import threading
 import time
@@ -18,6 +17,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from streamer_help import ListSink
+from waiting import until
 
 from sinks.messages import Prediction, Stats
 from sinks.mqtt import MqttSettings, MqttSink
@@ -65,19 +65,6 @@ def stats(stream: str, **fields) -> Stats:
 async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
     async with session.get(url) as r:
         return r.status, await r.text()
-
-
-async def until(predicate, what: str, timeout: float = 20.0, poll: float = 0.05):
-    """Wait until ``predicate()`` (a value or an awaitable) is true; return it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        await asyncio.sleep(poll)
 
 
 # --- counters -----------------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_prefix_probabilities_are_the_models_own_predictions_at_each_k(method):
             feature_size=8,
             input_size=16,
             backbone="tiny_cnn",
-            sampler_kwargs=options,
+            sampler=options,
         )
     ).eval()
     g = torch.Generator().manual_seed(1)
