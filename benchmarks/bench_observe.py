@@ -28,11 +28,13 @@ from streamer.app import demo_model_path
 from streamer.inference import InferenceEngine
 from streamer.observe import Observer
 from streamer.pipeline import Pipeline, PipelineSettings
+from streamer.stats import StreamStats
 from streamer.window import Window
 
 
 def per_call(n: int = 100_000) -> dict[str, float]:
-    """Microseconds per on_frame / on_window call and per live JPEG (112 px gray)."""
+    """Microseconds per on_frame / on_window call, per live JPEG (112 px gray, and a 640x480 probe
+    image at the view's size), and per stats snapshot (sent to the observer with every window)."""
     from streamer.observe.view import encode_jpeg
 
     o = Observer(streams=["s"])
@@ -68,10 +70,24 @@ def per_call(n: int = 100_000) -> dict[str, float]:
     for _ in range(1000):
         encode_jpeg(img, 256)
     t4 = time.perf_counter()
+    probe = np.random.default_rng(1).integers(0, 255, (480, 640), dtype=np.uint8)  # a probe's own image
+    for _ in range(200):
+        encode_jpeg(probe, o.view.live_size)
+    t5 = time.perf_counter()
+    stats = StreamStats(stream="s", num_frames=16)  # the snapshot sent with every window: full deques
+    for i in range(4096):
+        stats.frame_in()
+        stats.published(t_capture_last=time.time() - 0.1, t_close=time.time() - 0.05, padded=i % 50 == 0)
+    t6 = time.perf_counter()
+    for _ in range(200):
+        stats.snapshot()
+    t7 = time.perf_counter()
     return {
         "on_frame_us": round(1e6 * (t1 - t0) / n, 2),
         "on_window_us": round(1e6 * (t3 - t2) / m, 2),
         "live_jpeg_us": round(1e6 * (t4 - t3) / 1000, 1),
+        "live_jpeg_640x480_us": round(1e6 * (t5 - t4) / 200, 1),
+        "stats_snapshot_us": round(1e6 * (t7 - t6) / 200, 1),
     }
 
 

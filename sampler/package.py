@@ -69,6 +69,8 @@ class WindowModel(Protocol):
     def frame_stats(self, small: np.ndarray) -> np.ndarray: ...
     def embed(self, frames: np.ndarray) -> np.ndarray: ...  # the backbone in one call (no buckets)
     def order(self, small: np.ndarray, stats: np.ndarray | None, usable: np.ndarray) -> np.ndarray: ...
+    # Optional: ``last_scores`` (B, T), the per-frame scores the last ``order`` call ranked by
+    # (DAS), or None; the engine passes them on with each window (the web view shows them).
     def head(self, emb: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
     def warm_up(self, max_windows: int) -> None: ...
 
@@ -183,6 +185,7 @@ class PackageModel:
 
     def order(self, small: np.ndarray, stats: np.ndarray | None, usable: np.ndarray) -> np.ndarray:
         rule, (b, t) = self.sampler["order"], usable.shape
+        self.last_scores: np.ndarray | None = None
         if rule == "all":
             return coarse_to_fine(usable)
         if rule == "uniform":
@@ -205,6 +208,8 @@ class PackageModel:
         else:
             (scores,) = self._sessions["scores"].run(None, feeds)
         first = segment_winners(scores, usable, self.k) if rule == "segments" else None
+        if rule == "scores":
+            self.last_scores = scores
         return by_priority(scores, usable, first=first)
 
     def head(self, emb: np.ndarray, mask: np.ndarray) -> np.ndarray:

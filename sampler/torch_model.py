@@ -139,11 +139,15 @@ class TorchWindowModel:
         step, model = self._step(len(small))
         ok = torch.from_numpy(usable).to(step)
         if stats is not None and self.uses_stats:
-            raw = with_motion(torch.from_numpy(stats), torch.from_numpy(small))
-            order = model.sampler.order_features(raw.to(step), ok)
+            raw = with_motion(torch.from_numpy(stats), torch.from_numpy(small)).to(step)
+            order = model.sampler.order_features(raw, ok)
+            attention = getattr(model.sampler, "attention_from_features", None)
         else:
-            x = torch.from_numpy(small).unsqueeze(2).to(step)  # uint8: the sampler scales it
-            order = model.sampler.order(x, ok)
+            raw = torch.from_numpy(small).unsqueeze(2).to(step)  # uint8: the sampler scales it
+            order = model.sampler.order(raw, ok)
+            attention = getattr(model.sampler, "attention", None)
+        # the per-frame scores that order ranked by (DAS: a_base; a second, small pass), for the web view
+        self.last_scores = attention(raw, ok).base.float().cpu().numpy() if callable(attention) else None
         return order.cpu().numpy()
 
     @torch.inference_mode()

@@ -31,6 +31,8 @@ from core.bounds import check
 from core.errors import SourceError
 
 from .frame import Frame, Segment
+from .preview import Preview
+from .preview import bind as bind_preview
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -191,6 +193,8 @@ class Source:
         name: the stream id put in every Frame.
         counters: source-specific counts (``bad_messages``, ``reconnects``, ...), read by the
             streamer for its stats. Updated from the reader thread; read-only for others.
+        preview: the newest image received, before it was resized (:mod:`sources.preview`):
+            what the web view shows.
 
     Args:
         name: stream id (checked by ``check_name``).
@@ -203,6 +207,7 @@ class Source:
     def __init__(self, *, name: str, queue_size: int = 8, live: bool = False) -> None:
         self.name = check_name(name)
         self.counters: dict[str, int] = {"overflow": 0} if live else {}
+        self.preview = Preview()
         self._queue_size = queue_size
         self._live = live
         self._pump: ThreadPump | None = None
@@ -213,7 +218,7 @@ class Source:
             raise SourceError(f"source {self.name!r} is already open; a source can be entered once at a time")
         await asyncio.to_thread(self._open)
         self._pump = ThreadPump(
-            self._produce,
+            self._produce_with_preview,
             maxsize=self._queue_size,
             drop_oldest=self._live,
             on_drop=self._count_overflow,
@@ -245,6 +250,11 @@ class Source:
         return SourceCounts(
             bad_messages=int(other.pop("bad_messages", 0)), overflow=int(other.pop("overflow", 0)), other=other
         )
+
+    def _produce_with_preview(self, stop: threading.Event) -> Iterator[Any]:
+        """:meth:`_produce` on the reader thread, which first binds :attr:`preview` (see sources.preview)."""
+        bind_preview(self.preview)
+        return self._produce(stop)
 
     def _count_overflow(self) -> None:
         self.counters["overflow"] += 1

@@ -12,6 +12,7 @@ import numpy as np
 from core.errors import SourceError
 
 from .guard import DEFAULT_MAX_FRAME_BYTES, check_frame, check_limit, to_uint8
+from .preview import offer as offer_preview
 
 
 def normalise_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -66,7 +67,9 @@ class OutputFormat:
         return image
 
     def resize(self, image: np.ndarray) -> np.ndarray:
-        """Resize to ``size`` (see :func:`area_resize`; no-op when already that size or size is None)."""
+        """Resize to ``size`` (see :func:`area_resize`; no-op when already that size or size is None).
+        The image before resizing is the source's preview (:mod:`sources.preview`)."""
+        offer_preview(image)
         if self.size is None:
             return image
         return area_resize(image, self.size)

@@ -54,12 +54,16 @@ class WindowResult:
         selected: sequence numbers of the real frames the sampler picked, ascending.
         probs: class probabilities, in the model's class order.
         frames_embedded: frames embedded for this window (picked frames not already cached).
+        scores: the sampler's own score of each real frame, in window order, the scores its order
+            ranks by (DAS: a_base), from the window model's ``last_scores``; empty for samplers
+            without one. Why these frames were picked: the web view shows it under each frame.
     """
 
     window: Window
     selected: tuple[int, ...]
     probs: tuple[float, ...]
     frames_embedded: int
+    scores: tuple[float, ...] = ()
 
 
 def as_window_model(model: Any, device: str) -> WindowModel:
@@ -225,6 +229,9 @@ class InferenceEngine:
         usable = valid & (small.reshape(len(windows), self.num_frames, -1).max(axis=2) > 0)
         stats = self._window_stats(windows) if self.features_on_arrival else None
         indices = picks(self.model.order(small, stats, usable), self.k)
+        scores = getattr(self.model, "last_scores", None)  # what that order ranked by, if the model says
+        if scores is not None and scores.shape != usable.shape:
+            scores = None
         t1 = time.perf_counter()
         embedded = self._embed_picks(windows, indices, usable)
         t2 = time.perf_counter()  # the embedders return CPU arrays, so CUDA work is done here
@@ -236,7 +243,11 @@ class InferenceEngine:
                 listener(name, s)
         return [
             WindowResult(
-                window=w, selected=selected[b], probs=tuple(float(p) for p in probs[b]), frames_embedded=embedded[b]
+                window=w,
+                selected=selected[b],
+                probs=tuple(float(p) for p in probs[b]),
+                frames_embedded=embedded[b],
+                scores=() if scores is None else tuple(round(float(v), 4) for v in scores[b, : len(w.frames)]),
             )
             for b, w in enumerate(windows)
         ]

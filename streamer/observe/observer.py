@@ -44,7 +44,7 @@ from sources.frame import Frame
 
 from .address import Address, parse_address
 from .metrics import Metrics
-from .view import ViewState, encode_jpeg
+from .view import WINDOW_FIGURES, ViewState, encode_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,8 @@ class Observer:
         self.stall_s = stall_s
         self.idle_timeout = idle_timeout
         self.view = ViewState(live_fps=live_fps, history_s=history_s)
+        for name, source in self.sources.items():  # the live image: the source's own, unresized
+            self.view.stream(name).preview = getattr(source, "preview", None)
         self._ended: dict[str, str | None] = {}  # stream -> its error, None when it ended cleanly
         self.metrics = Metrics(sinks=self.sinks, states=self.states)
         self._runners: list[AppRunner] = []
@@ -119,7 +121,16 @@ class Observer:
             now = time.time()
             window = result.window
             self.metrics.on_prediction(prediction, t_close=window.t_close, now=now)
-            self.view.window(window.frames, tuple(result.selected), prediction, window.t_close, now)
+            figures = {k: v for k in WINDOW_FIGURES if (v := getattr(result, k, None)) is not None}
+            self.view.window(
+                window.frames,
+                tuple(result.selected),
+                prediction,
+                window.t_close,
+                now,
+                scores=tuple(getattr(result, "scores", ())),
+                figures=figures,
+            )
         except Exception:  # noqa: BLE001
             self._failed_once("on_window")
 
@@ -262,6 +273,7 @@ class Observer:
         app.router.add_get("/api/state", self._state)
         app.router.add_get("/api/window/{stream}", self._window)
         app.router.add_get("/live/{stream}.jpg", self._live)
+        app.router.add_get("/favicon.ico", self._favicon)
         app.router.add_static("/static/", str(STATIC), append_version=False)
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -294,17 +306,22 @@ class Observer:
         w = self.view.last_window(request.match_info["stream"])
         if w is None:
             raise web.HTTPNotFound(text="no window closed yet on this stream")
-        thumbs = await asyncio.to_thread(self.view.thumbnails, w)
+        thumbs = await asyncio.to_thread(self.view.thumbnails, w, self.view.aspect(request.match_info["stream"]))
         body = {**self.view.window_summary(w), "thumbs": thumbs}
         return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+    async def _favicon(self, request: web.Request) -> web.Response:
+        body = (STATIC / "favicon.svg").read_bytes()
+        return web.Response(body=body, content_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
     async def _live(self, request: web.Request) -> web.Response:
         stream = request.match_info["stream"]
         now = time.monotonic()
         jpeg, todo = self.view.live_jpeg(stream, now)
         if todo is not None:
-            jpeg = await asyncio.to_thread(encode_jpeg, todo.image, self.view.live_size)
-            self.view.store_live(stream, todo, jpeg, now)
+            fresh, _ = await asyncio.to_thread(encode_jpeg, todo, self.view.live_size)
+            self.view.store_live(stream, todo, fresh, now)
+            jpeg = fresh
         if jpeg is None:
             raise web.HTTPNotFound(text="no frame yet on this stream")
         return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"})

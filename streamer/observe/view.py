@@ -4,8 +4,14 @@ The pipeline *offers* items (:meth:`ViewState.frame`, :meth:`ViewState.window`,
 :meth:`ViewState.stats`): each call stores a reference to the newest item and returns; nothing
 is encoded or copied then. JPEGs are made only when a browser asks, at most ``live_fps`` times a
 second per stream for the live image, once per window for the thumbnails, in a worker thread.
-Per stream the state holds the latest frame, the last closed window (its T frames), the latest
-stats and at most ``history_s`` seconds of class probabilities (capped at ``MAX_HISTORY`` points).
+Per stream the state holds the latest frame, the last closed window (its T frames and the
+sampler's score of each), the latest stats and at most ``history_s`` seconds of class
+probabilities (capped at ``MAX_HISTORY`` points).
+
+The live image is the source's preview when it has one (:mod:`sources.preview`: the image as it
+came, before it was resized for the model), else the latest frame; it keeps its aspect ratio, at
+most ``live_size`` pixels on its longest side. The window's thumbnails are the model's frames,
+stretched back to the stream's own aspect ratio.
 """
 
 from __future__ import annotations
@@ -23,20 +29,31 @@ from sinks.messages import Prediction, Stats
 from sources.frame import Frame
 
 MAX_HISTORY = 4096  # probability points kept per stream, whatever the window rate
+# Per-window figures a WindowResult may carry (the engine's early exit: frames it used, why it
+# stopped, its k_max); each one present is passed to the page with the window.
+WINDOW_FIGURES = ("frames_used", "exit", "k_max")
 
 
-def encode_jpeg(image: np.ndarray, max_side: int, quality: int = 80) -> bytes:
-    """uint8 gray (H, W) or RGB (H, W, 3) -> JPEG bytes, downscaled (area) so that max(H, W) <= max_side."""
+def encode_jpeg(
+    image: np.ndarray, max_side: int, quality: int = 80, *, aspect: float | None = None
+) -> tuple[bytes, tuple[int, int]]:
+    """uint8 gray (H, W) or RGB (H, W, 3) -> (JPEG bytes, (width, height)), scaled (area) so that
+    its longest side is at most ``max_side``; ``aspect`` (width / height) stretches it to that
+    aspect ratio first (a model frame back to its stream's shape)."""
     h, w = image.shape[:2]
-    scale = max_side / max(h, w)
-    if scale < 1.0:
-        image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    if aspect is not None and abs(w / h - aspect) > 0.01:
+        w = max(1, round(h * aspect))
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size != (image.shape[1], image.shape[0]):
+        grow = size[0] > image.shape[1] or size[1] > image.shape[0]
+        image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR if grow else cv2.INTER_AREA)
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:  # pragma: no cover - cv2 encodes any uint8 image
         raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
+    return buf.tobytes(), size
 
 
 @dataclass
@@ -46,6 +63,8 @@ class _LastWindow:
     selected: tuple[int, ...]
     prediction: Prediction
     t_close: float
+    scores: tuple[float, ...] = ()
+    figures: dict[str, Any] = field(default_factory=dict)
     thumbs: list[str] | None = None  # data URLs, made on the first request
 
 
@@ -57,12 +76,21 @@ class StreamView:
     latest: Frame | None = None
     t_latest: float | None = None  # monotonic time of the latest frame
     frames_seen: int = 0
+    preview: Any = None  # the source's sources.preview.Preview, when it has one
     jpeg: bytes | None = None
-    jpeg_seq: int | None = None
+    jpeg_src: np.ndarray | None = None  # the image the cached JPEG was made from
     t_jpeg: float = float("-inf")
+    aspect: float | None = None  # width / height of the stream's own images
     window: _LastWindow | None = None
     stats: Stats | None = None
     history: deque[tuple[float, tuple[float, ...]]] = field(default_factory=lambda: deque(maxlen=MAX_HISTORY))
+
+    def live_image(self) -> np.ndarray | None:
+        """The newest image to show: the source's preview, else the latest frame."""
+        image = getattr(self.preview, "image", None)
+        if image is None and self.latest is not None:
+            image = self.latest.image
+        return image
 
 
 class ViewState:
@@ -76,7 +104,7 @@ class ViewState:
     """
 
     def __init__(
-        self, *, live_fps: float = 4.0, live_size: int = 256, thumb_size: int = 96, history_s: float = 300.0
+        self, *, live_fps: float = 4.0, live_size: int = 640, thumb_size: int = 112, history_s: float = 300.0
     ) -> None:
         self.live_fps = live_fps
         self.live_size = live_size
@@ -100,11 +128,19 @@ class ViewState:
         view.frames_seen += 1
 
     def window(
-        self, frames: tuple[Frame, ...], selected: tuple[int, ...], prediction: Prediction, t_close: float, now: float
+        self,
+        frames: tuple[Frame, ...],
+        selected: tuple[int, ...],
+        prediction: Prediction,
+        t_close: float,
+        now: float,
+        *,
+        scores: tuple[float, ...] = (),
+        figures: dict[str, Any] | None = None,
     ) -> None:
         """The last closed window; ``now`` (wall clock) places its probabilities on the chart."""
         view = self.stream(prediction.stream)
-        view.window = _LastWindow(prediction.window, frames, selected, prediction, t_close)
+        view.window = _LastWindow(prediction.window, frames, selected, prediction, t_close, scores, figures or {})
         if not self.class_names:
             self.class_names = tuple(prediction.probs)
         self.model = prediction.model
@@ -117,25 +153,37 @@ class ViewState:
         self.stream(stats.stream).stats = stats
 
     # --- asked for by the browser ---
-    def live_jpeg(self, stream: str, now: float) -> tuple[bytes | None, Frame | None]:
-        """The cached JPEG and, when a fresher frame should be encoded now, that frame (at most
+    def live_jpeg(self, stream: str, now: float) -> tuple[bytes | None, np.ndarray | None]:
+        """The cached JPEG and, when a fresher image should be encoded now, that image (at most
         ``live_fps`` encodes per second per stream, however many browsers ask)."""
         view = self.streams.get(stream)
-        if view is None or view.latest is None:
+        image = None if view is None else view.live_image()
+        if view is None or image is None:
             return None, None
-        stale = view.jpeg_seq != view.latest.seq and now - view.t_jpeg >= 1.0 / self.live_fps
+        stale = image is not view.jpeg_src and now - view.t_jpeg >= 1.0 / self.live_fps
         if not stale and view.jpeg is not None:
             return view.jpeg, None
         view.t_jpeg = now  # reserved: concurrent requests get the cached image meanwhile
-        return view.jpeg, view.latest
+        return view.jpeg, image
 
-    def store_live(self, stream: str, frame: Frame, jpeg: bytes, now: float) -> None:
+    def store_live(self, stream: str, image: np.ndarray, jpeg: bytes, now: float) -> None:
         view = self.stream(stream)
-        view.jpeg, view.jpeg_seq, view.t_jpeg = jpeg, frame.seq, now
+        view.jpeg, view.jpeg_src, view.t_jpeg = jpeg, image, now
+        view.aspect = image.shape[1] / image.shape[0]
+
+    def aspect(self, stream: str) -> float | None:
+        """Width / height of the stream's own images (None before the first)."""
+        view = self.streams.get(stream)
+        if view is None:
+            return None
+        image = view.live_image()
+        if image is not None:
+            view.aspect = image.shape[1] / image.shape[0]
+        return view.aspect
 
     def state(self, *, since: float = 0.0) -> dict[str, Any]:
-        """JSON-ready summary: per stream its stats, last window (without images) and the probability
-        points newer than ``since`` (a wall-clock time)."""
+        """JSON-ready summary: per stream its stats, last window (without images), its aspect
+        ratio and the probability points newer than ``since`` (a wall-clock time)."""
         out: dict[str, Any] = {
             "t": time.time(),
             "class_names": list(self.class_names),
@@ -147,8 +195,10 @@ class ViewState:
         for name, view in self.streams.items():
             w = view.window
             out["streams"][name] = {
+                **self.empty_state(),
                 "frames_seen": view.frames_seen,
                 "latest_seq": view.latest.seq if view.latest is not None else None,
+                "aspect": self.aspect(name),
                 "stats": view.stats.to_dict() if view.stats is not None else None,
                 "window": None if w is None else self.window_summary(w),
                 "history": [[t, *p] for t, p in view.history if t > since],
@@ -158,7 +208,7 @@ class ViewState:
     @staticmethod
     def empty_state() -> dict[str, Any]:
         """What :meth:`state` says of a stream that has sent nothing yet."""
-        return {"frames_seen": 0, "latest_seq": None, "stats": None, "window": None, "history": []}
+        return {"frames_seen": 0, "latest_seq": None, "aspect": None, "stats": None, "window": None, "history": []}
 
     @staticmethod
     def window_summary(w: _LastWindow) -> dict[str, Any]:
@@ -167,22 +217,27 @@ class ViewState:
             "index": w.index,
             "seqs": [f.seq for f in w.frames],
             "selected": list(w.selected),
+            "scores": list(w.scores),
             "padded": p.padded,
+            "gap_before": p.gap_before,
             "label": p.label,
             "probs": p.probs,
             "latency_ms": p.latency_ms,
             "t_close": w.t_close,
+            "figures": w.figures,
         }
 
     def last_window(self, stream: str) -> _LastWindow | None:
         view = self.streams.get(stream)
         return None if view is None else view.window
 
-    def thumbnails(self, w: _LastWindow) -> list[str]:
-        """The window's frames as JPEG data URLs (blocking: call in a worker thread)."""
+    def thumbnails(self, w: _LastWindow, aspect: float | None = None) -> list[str]:
+        """The window's frames as JPEG data URLs at the stream's aspect ratio (blocking: call in a
+        worker thread)."""
         if w.thumbs is None:
             w.thumbs = [
-                "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(f.image, self.thumb_size)).decode()
+                "data:image/jpeg;base64,"
+                + base64.b64encode(encode_jpeg(f.image, self.thumb_size, aspect=aspect)[0]).decode()
                 for f in w.frames
             ]
         return w.thumbs

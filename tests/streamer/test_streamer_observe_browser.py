@@ -1,11 +1,18 @@
-"""The live web view in a real browser: `das-stream run --web` in its own process (synthetic source,
-bundled demo model), Debian's chromium headless through chromedriver and selenium.
+"""The live web view in a real browser: `das-stream run --web` in its own process (a 480x320 video,
+synthetic and ZeroMQ sources, the bundled demo model), Debian's chromium headless through
+chromedriver and selenium.
 
-Checks that the thumbnails of the last closed window update and mark exactly the picked frames
-(the same seqs as the prediction the run wrote to JSON lines), that the chart and the live image
-update, and that a screenshot is not blank. Set DAS_OBSERVE_SCREENSHOT=PATH to keep the
-screenshot (docs/observe.md's picture is made that way; DAS_OBSERVE_SCREENSHOT_WAIT=SECONDS lets
-the chart fill first).
+One stream (1280x900 window): the live image at the video's own 3:2 aspect ratio and a useful size
+(not the model's 112 px square), the window strip marking exactly the picked frames (the seqs the
+run wrote to JSON lines) with the sampler's score of each frame (the picks are the top scores),
+counters that never lag the strip, a chart axis that fits the data, no console error (favicon).
+
+Eight streams (1920x1080 window): every panel on one screen without overlap, each with a usable
+live image, strip and chart, and the marks of a stream that ended and of one that has not started.
+
+Screenshots are saved in the test's tmp dir; set DAS_OBSERVE_SCREENSHOT_DIR=DIR to keep them
+(docs/observe/web-view.png and web-view-1.png are made that way, with DAS_OBSERVE_SCREENSHOT_WAIT=S
+to let the charts fill first).
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import numpy as np
 import pytest
 from brokers import free_port
 
+from sources.synthetic import CLASSES, encode_video, make_clip
+
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 CHROMEDRIVER = shutil.which("chromedriver") or (
     "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None
@@ -37,6 +46,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 T, K = 16, 8  # the bundled demo model's window and picks
+W, H = 480, 320  # the video's own size: 3:2, not the model's square
 
 
 def wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
@@ -62,9 +72,9 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
     }
 
 
-def healthz(url: str) -> int:
+def http_status(url: str) -> int:
     try:
-        with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
+        with urllib.request.urlopen(url, timeout=5) as r:
             return r.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -78,53 +88,44 @@ def get_json(url: str):
         return None
 
 
-@pytest.fixture
-def run_with_web(tmp_path):
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    """Two minutes of synthetic clips at 10 fps, 480x320, no empty frames (so the picks are
+    exactly the top scores)."""
+    rng = np.random.default_rng(0)
+    clips = [make_clip(c, 60, size=160, rng=rng, empty_run_prob=0.0) for c in range(len(CLASSES))] * 5
+    frames = (cv2.resize(f, (W, H), interpolation=cv2.INTER_LINEAR) for clip in clips for f in clip)
+    return encode_video(tmp_path_factory.mktemp("video") / "exam.mp4", frames, fps=10)
+
+
+def start_run(tmp_path: Path, sources: list[str]):
     port, metrics_port = free_port(), free_port()
     jsonl = tmp_path / "out.jsonl"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "das_stream.cli",
-            "run",
-            "--source",
-            "synthetic:?fps=30",
-            "--source",
-            "synthetic:?fps=30&seed=1&label=b_lines",
-            "--web",
-            f"127.0.0.1:{port}",
-            "--metrics",
-            f"127.0.0.1:{metrics_port}",
-            "--jsonl",
-            str(jsonl),
-            "--quiet",
-            "--duration",
-            "240",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    args = [sys.executable, "-m", "das_stream.cli", "run"]
+    for spec in sources:
+        args += ["--source", spec]
+    args += ["--web", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{metrics_port}", "--jsonl", str(jsonl)]
+    args += ["--quiet", "--duration", "300", "--log-level", "warning", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: proc.poll() is not None or get_json(url + "/api/state"), 180, "the web view to answer")
+    assert proc.poll() is None, proc.communicate()[1]
+    return proc, url, f"http://127.0.0.1:{metrics_port}", jsonl
+
+
+def stop_run(proc) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
     try:
-        wait_for(lambda: proc.poll() is not None or get_json(url + "/api/state"), 120, "the web view to answer")
-        assert proc.poll() is None, proc.communicate()[1]
-        yield url, f"http://127.0.0.1:{metrics_port}", proc, jsonl
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err
 
 
-@pytest.fixture
-def browser(tmp_path):
+def browser(tmp_path: Path, width: int, height: int):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -140,130 +141,200 @@ def browser(tmp_path):
         "--disable-component-update",
         "--disable-sync",
         "--disable-dev-shm-usage",
-        "--window-size=1280,1400",
+        "--hide-scrollbars",
+        f"--window-size={width},{height}",
         f"--user-data-dir={tmp_path / 'chromium'}",
     ):
         opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def screenshot(driver, tmp_path: Path, name: str) -> np.ndarray:
+    if wait := os.environ.get("DAS_OBSERVE_SCREENSHOT_WAIT"):  # let the chart fill (for the docs' pictures)
+        time.sleep(float(wait))
+    png = driver.get_screenshot_as_png()
+    (tmp_path / name).write_bytes(png)
+    if keep := os.environ.get("DAS_OBSERVE_SCREENSHOT_DIR"):
+        Path(keep, name).write_bytes(png)
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert image is not None and float(image.std()) > 20, "the screenshot is blank"
+    return image
 
 
 STRIP = """
-const strip = document.querySelector('.stream[data-stream="synthetic"] .strip');
+const p = document.querySelector(`.stream[data-stream="${arguments[0]}"]`);
+const strip = p && p.querySelector('.strip');
 if (!strip || !strip.dataset.window) return null;
-const thumbs = [...strip.querySelectorAll('img.thumb')];
-const picked = thumbs.filter(t => t.classList.contains('picked'));
-const other = thumbs.find(t => !t.classList.contains('picked'));
-return {window: Number(strip.dataset.window), thumbs: thumbs.length,
-        loaded: thumbs.filter(t => t.complete && t.naturalWidth > 0).length,
-        picked: picked.map(t => Number(t.dataset.seq)), seqs: thumbs.map(t => Number(t.dataset.seq)),
-        pickedBorder: picked.length ? getComputedStyle(picked[0]).borderTopColor : null,
-        otherBorder: other ? getComputedStyle(other).borderTopColor : null};
-"""
-PANELS = """
-const ps = [...document.querySelectorAll('.stream')].filter(p => p.querySelector('img.live').dataset.loaded);
-return ps.map(p => p.dataset.stream).sort();
-"""
-CHART = """
-const c = document.querySelector('.stream[data-stream="synthetic"] canvas.chart');
-return c && c.dataset.points ? {points: Number(c.dataset.points), lastT: c.dataset.lastT, png: c.toDataURL()} : null;
+const cells = [...strip.querySelectorAll('.cell:not(.pad)')];
+const imgs = cells.map(c => c.querySelector('img.thumb'));
+const picked = cells.filter(c => c.classList.contains('picked'));
+const other = cells.find(c => !c.classList.contains('picked'));
+const body = p.querySelector('.stats tbody');
+return {window: Number(strip.dataset.window), cells: cells.length,
+        loaded: imgs.filter(t => t.complete && t.naturalWidth > 0).length,
+        thumbAspect: imgs[0].naturalWidth / imgs[0].naturalHeight,
+        picked: picked.map(c => Number(c.dataset.seq)), seqs: cells.map(c => Number(c.dataset.seq)),
+        scores: cells.map(c => Number(c.dataset.score)),
+        bars: cells.map(c => c.querySelector('.score i') ? c.querySelector('.score i').getBoundingClientRect().width : 0),
+        pickedBorder: picked.length ? getComputedStyle(picked[0].querySelector('img')).borderTopColor : null,
+        otherBorder: other ? getComputedStyle(other.querySelector('img')).borderTopColor : null,
+        windowsCounted: body && body.dataset.windows ? Number(body.dataset.windows) : -1};
 """
 LIVE = """
-const img = document.querySelector('.stream[data-stream="synthetic"] img.live');
-return img && img.dataset.loaded ? {loaded: Number(img.dataset.loaded), width: img.naturalWidth} : null;
+const p = document.querySelector(`.stream[data-stream="${arguments[0]}"]`);
+const img = p && p.querySelector('img.live');
+if (!img || !img.dataset.loaded || !img.naturalWidth) return null;
+const box = p.querySelector('.livebox').getBoundingClientRect();
+return {loaded: Number(img.dataset.loaded), natural: [img.naturalWidth, img.naturalHeight],
+        box: [box.width, box.height]};
 """
-FRAMES_IN = """
-const b = document.querySelector('.stream[data-stream="synthetic"] .stats tbody');
-return b && b.dataset.framesIn ? Number(b.dataset.framesIn) : 0;
+CHART = """
+const c = document.querySelector(`.stream[data-stream="${arguments[0]}"] canvas.chart`);
+return c && c.dataset.points ? {points: Number(c.dataset.points), span: Number(c.dataset.span),
+                                ticks: c.dataset.ticks.split('|'), png: c.toDataURL()} : null;
+"""
+PANELS = """
+return [...document.querySelectorAll('.stream')].map(p => {
+  const r = p.getBoundingClientRect(), part = s => p.querySelector(s).getBoundingClientRect();
+  const box = part('.livebox'), strip = part('.strip'), chart = part('canvas.chart');
+  return {name: p.dataset.stream, state: p.dataset.state || '', rect: [r.left, r.top, r.right, r.bottom],
+          live: [box.width, box.height], stripBottom: strip.bottom, chartBottom: chart.bottom, chartH: chart.height,
+          overlay: p.querySelector('.overlay').textContent,
+          overlayShown: getComputedStyle(p.querySelector('.overlay')).display !== 'none'};
+});
 """
 
 
-def test_live_view_in_chromium(run_with_web, browser, tmp_path):
-    url, metrics_url, proc, jsonl = run_with_web
-    browser.get(url + "/")
-    assert browser.title == "das-stream live"
-    panels = wait_for(lambda: (p := browser.execute_script(PANELS)) and len(p) == 2 and p, 60, "two stream panels")
-    assert panels == ["synthetic", "synthetic-1"]  # one panel per stream
+def severe_console_errors(driver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
-    first = wait_for(
-        lambda: (s := browser.execute_script(STRIP)) and s["thumbs"] == T and s["loaded"] == T and s,
-        60,
-        "the first window's thumbnails",
-    )
-    assert len(first["picked"]) == K and set(first["picked"]) <= set(first["seqs"])
-    assert first["pickedBorder"] != first["otherBorder"]  # the picked frames are visibly marked
-    chart1 = wait_for(lambda: browser.execute_script(CHART), 30, "the chart")
-    # (naturalWidth is 0 again while the next frame's src loads: wait for a drawn one)
-    live1 = wait_for(lambda: (v := browser.execute_script(LIVE)) and v["width"] > 0 and v, 30, "the live image")
 
-    second = wait_for(
-        lambda: (s := browser.execute_script(STRIP)) and s["window"] > first["window"] and s["loaded"] == T and s,
-        30,
-        "the thumbnails to move on to a later window",
-    )
-    assert len(second["picked"]) == K and min(second["seqs"]) > min(first["seqs"])
-    chart2 = wait_for(
-        lambda: (c := browser.execute_script(CHART)) and c["points"] > chart1["points"] and c,
-        30,
-        "the chart to gain points",
-    )
-    assert chart2["png"] != chart1["png"]  # redrawn with the new points
-    wait_for(
-        lambda: (v := browser.execute_script(LIVE)) and v["loaded"] > live1["loaded"], 30, "the live image to refresh"
-    )
-    wait_for(lambda: browser.execute_script(FRAMES_IN) > 0, 30, "the stats counters")
+def test_one_stream_at_its_own_aspect_with_scores_and_counters_in_step(video, tmp_path):
+    proc, url, metrics_url, jsonl = start_run(tmp_path, [f"video:{video}"])
+    driver = None
+    try:
+        driver = browser(tmp_path, 1280, 900)
+        driver.get(url + "/")
+        assert driver.title == "das-stream live"
+        name = "exam"
+        live = wait_for(lambda: driver.execute_script(LIVE, name), 90, "the live image")
+        # the image as it came (480x320), shown at its own 3:2 ratio and a useful size
+        assert live["natural"] == [W, H]
+        box_w, box_h = live["box"]
+        assert box_w / box_h == pytest.approx(W / H, rel=0.03) and box_w >= 480
 
-    if os.environ.get("DAS_OBSERVE_SCREENSHOT_WAIT"):
-        time.sleep(float(os.environ["DAS_OBSERVE_SCREENSHOT_WAIT"]))
-    png = browser.get_screenshot_as_png()
-    (tmp_path / "observe.png").write_bytes(png)
-    if os.environ.get("DAS_OBSERVE_SCREENSHOT"):
-        Path(os.environ["DAS_OBSERVE_SCREENSHOT"]).write_bytes(png)
-    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
-    assert image is not None and image.shape[0] > 1000 and image.shape[1] > 1000
-    assert float(image.std()) > 20, "the screenshot is blank"
-    strip = browser.find_element("css selector", '.stream[data-stream="synthetic"] .strip').rect
-    crop = image[
-        int(strip["y"]) : int(strip["y"] + strip["height"]), int(strip["x"]) : int(strip["x"] + strip["width"])
-    ]
-    assert crop.size and float(crop.std()) > 10, "the thumbnails are not in the screenshot"
+        first = wait_for(
+            lambda: (s := driver.execute_script(STRIP, name)) and s["cells"] == T and s["loaded"] == T and s,
+            90,
+            "the first window's thumbnails",
+        )
+        assert first["thumbAspect"] == pytest.approx(W / H, rel=0.05)  # model frames stretched back to 3:2
+        assert first["pickedBorder"] != first["otherBorder"]  # the picked frames are visibly marked
+        # each frame shows the sampler's score, and the picks are the top K: why these frames
+        top = sorted(range(T), key=lambda i: -first["scores"][i])[:K]
+        assert sorted(first["seqs"][i] for i in top) == first["picked"]
+        assert max(first["bars"]) > 2 * min(first["bars"]) > 0  # a bar per frame, by score
 
-    # the same run's --metrics: healthy while it runs, counters consistent with its final stats
-    assert healthz(metrics_url) == 200
-    during = scrape(metrics_url)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+        seen = []  # the counters are never behind the strip
+        second = wait_for(
+            lambda: (
+                (s := driver.execute_script(STRIP, name))
+                and seen.append(s) is None
+                and s["window"] > first["window"]
+                and s["loaded"] == T
+                and s
+            ),
+            60,
+            "the thumbnails to move on to a later window",
+        )
+        assert all(s["windowsCounted"] >= s["window"] + 1 for s in seen)
+
+        chart = wait_for(lambda: (c := driver.execute_script(CHART, name)) and c["points"] >= 2 and c, 30, "the chart")
+        assert chart["span"] < 120 and chart["ticks"][0] == "now"  # fits the data, not a fixed 5 minutes
+        wait_for(
+            lambda: (v := driver.execute_script(LIVE, name)) and v["loaded"] > live["loaded"],
+            30,
+            "the live image to refresh",
+        )
+        assert http_status(url + "/favicon.ico") == 200
+        assert severe_console_errors(driver) == []  # no 404 (favicon) nor script error
+        screenshot(driver, tmp_path, "web-view-1.png")
+
+        # the same run's --metrics: healthy while it runs, counters consistent with its final stats
+        assert http_status(metrics_url + "/healthz") == 200
+        assert http_status(metrics_url + f"/healthz/{name}") == 200
+        during = scrape(metrics_url)
+    finally:
+        if driver is not None:
+            driver.quit()
+        err = stop_run(proc)
     assert proc.returncode == 0, err
-    predictions = {
-        m["window"]: m
-        for m in map(json.loads, jsonl.read_text().splitlines())
-        if m.get("type") == "prediction" and m["stream"] == "synthetic"
-    }
-    final = [m for m in map(json.loads, jsonl.read_text().splitlines()) if m.get("type") == "stats" and m["final"]]
-    assert sorted(m["stream"] for m in final) == ["synthetic", "synthetic-1"]
-    final = [m for m in final if m["stream"] == "synthetic"]
-    final = final[0]
-    label = (("stream", "synthetic"),)
-    counted = {
-        o: during[("das_stream_frames_total", (("outcome", o), *label))]
-        for o in ("forwarded", "skipped", "dropped", "resampled_out")
-    }
-    counted["in"] = during[("das_stream_frames_received_total", label)]
-    assert 0 < counted["in"] <= final["frames_in"]
-    assert counted["forwarded"] <= final["frames_forwarded"] and counted["skipped"] <= final["frames_skipped"]
-    assert counted["in"] == (
-        counted["forwarded"]
-        + counted["skipped"]
-        + counted["dropped"]
-        + counted["resampled_out"]
-        + during[("das_stream_frames_pending", label)]
-    )
-    assert 0 < during[("das_stream_windows_total", (("closed", "full"), *label))] <= final["windows"]
-    assert 0 < during[("das_stream_capture_to_publish_seconds_count", label)] <= len(predictions)
-    assert during[("das_stream_engine_stage_seconds_count", (("stage", "embed"),))] > 0
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    predictions = {m["window"]: m for m in lines if m.get("type") == "prediction"}
+    final = [m for m in lines if m.get("type") == "stats" and m["final"]]
+    assert len(final) == 1
+    label = (("stream", name),)
+    counted = {o: during[("das_stream_frames_total", (("outcome", o), *label))] for o in ("forwarded", "skipped")}
+    pending = during[("das_stream_frames_pending", label)]
+    dropped = during[("das_stream_frames_total", (("outcome", "dropped"), *label))]
+    received = during[("das_stream_frames_received_total", label)]
+    assert 0 < received <= final[0]["frames_in"]
+    assert received == counted["forwarded"] + counted["skipped"] + dropped + pending
     for shown in (first, second):  # the view marked exactly the frames the run published as picked
         assert predictions[shown["window"]]["selected"] == shown["picked"]
         assert predictions[shown["window"]]["first_seq"] == shown["seqs"][0]
+
+
+def test_eight_streams_fit_one_screen_with_their_states(video, tmp_path):
+    zmq_port = free_port()
+    sources = [f"video:{video}"] * 6 + [
+        "synthetic:?fps=10&frames=40",  # ends after 4 s: its panel says so
+        f"zmq+pull://127.0.0.1:{zmq_port}?bind=1",  # nobody sends: waiting for the first frame
+    ]
+    proc, url, metrics_url, _ = start_run(tmp_path, sources)
+    driver = None
+    try:
+        driver = browser(tmp_path, 1920, 1080)
+        driver.get(url + "/")
+        videos = ["exam"] + [f"exam-{i}" for i in range(1, 6)]
+        for name in videos:
+            wait_for(lambda n=name: driver.execute_script(LIVE, n), 120, f"the live image of {name}")
+        wait_for(
+            lambda: all((s := driver.execute_script(STRIP, n)) and s["loaded"] == T for n in videos[:2]),
+            120,
+            "the window strips",
+        )
+        panels = wait_for(
+            lambda: (
+                (p := driver.execute_script(PANELS))
+                and {x["name"]: x["state"] for x in p}.get("synthetic") == "ended"
+                and p
+            ),
+            60,
+            "the synthetic stream to end",
+        )
+        screenshot(driver, tmp_path, "web-view.png")
+        inner_w, inner_h = driver.execute_script("return [window.innerWidth, window.innerHeight]")
+        assert len(panels) == 8
+        for p in panels:  # on one screen, each with a usable image, its strip and chart inside the panel
+            left, top, right, bottom = p["rect"]
+            assert left >= 0 and top >= 0 and right <= inner_w + 1 and bottom <= inner_h + 1, p
+            assert p["live"][0] >= 160 and p["live"][1] >= 110, p
+            assert p["stripBottom"] <= bottom and p["chartBottom"] <= bottom and p["chartH"] >= 40, p
+        rects = [p["rect"] for p in panels]
+        for i, a in enumerate(rects):  # no two panels overlap
+            for b in rects[i + 1 :]:
+                assert a[2] <= b[0] + 1 or b[2] <= a[0] + 1 or a[3] <= b[1] + 1 or b[3] <= a[1] + 1
+        by_name = {p["name"]: p for p in panels}
+        assert {by_name[n]["state"] for n in videos} == {"running"}
+        assert not by_name["exam"]["overlayShown"]
+        ended, waiting = by_name["synthetic"], by_name[f"zmq-{zmq_port}"]
+        assert ended["overlayShown"] and ended["overlay"].startswith("ended")
+        assert waiting["state"] == "starting" and waiting["overlayShown"]
+        assert http_status(metrics_url + "/healthz/synthetic") == 410
+        assert severe_console_errors(driver) == []
+    finally:
+        if driver is not None:
+            driver.quit()
+        stop_run(proc)

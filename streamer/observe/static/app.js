@@ -3,7 +3,10 @@
 "use strict";
 const COLORS = ["#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363", "#d62728", "#8c564b", "#e377c2"];
 const POLL_MS = 500;
-const view = { since: 0, streams: {}, classNames: [], historyS: 300, liveFps: 4, serverT: 0 };
+const STATE_TEXT = { starting: "waiting for the first frame", stalled: "stalled", reconnecting: "reconnecting…",
+                     ended: "ended", failed: "failed" };
+const STATE_DETAIL = { starting: false };  // states whose detail the overlay's title already says
+const view = { since: 0, streams: {}, classNames: [], historyS: 300, liveFps: 4, serverT: 0, count: 0 };
 
 function el(tag, props = {}, children = []) {
   const e = document.createElement(tag);
@@ -12,6 +15,33 @@ function el(tag, props = {}, children = []) {
   return e;
 }
 
+function fmt(x, digits = 0) { return x === undefined || x === null ? "–" : Number(x).toFixed(digits); }
+
+// --- the grid: as many columns as make the panels largest, every panel on one screen ---
+function layout() {
+  const n = Math.max(1, Object.keys(view.streams).length);
+  const main = document.getElementById("streams");
+  const W = main.clientWidth || window.innerWidth, H = main.clientHeight || window.innerHeight;
+  let best = 1, bestSize = 0;
+  for (let cols = 1; cols <= n; cols++) {
+    const rows = Math.ceil(n / cols);
+    const size = Math.min(W / cols / 1.3, H / rows);  // a panel is about 1.3 times as wide as high
+    if (size > bestSize + 1) { best = cols; bestSize = size; }
+  }
+  main.style.setProperty("--cols", String(best));
+  const many = Math.ceil(n / best) > 1;
+  document.body.classList.toggle("many", many);
+  document.body.dataset.cols = String(best);
+  for (const s of Object.values(view.streams)) {
+    const more = s.node.querySelector(".more");
+    if (!more.dataset.touched) more.open = !many;  // all counters beside a lone stream's image
+    const strip = s.node.querySelector(".strip"), cells = Math.max(1, strip.childElementCount);
+    const perRow = (strip.clientWidth || 600) / cells >= 44 ? cells : Math.ceil(cells / 2);  // two rows when narrow
+    strip.style.setProperty("--strip-cols", String(perRow));
+  }
+}
+window.addEventListener("resize", () => { layout(); for (const s of Object.values(view.streams)) drawChart(s); });
+
 function panel(name) {
   let s = view.streams[name];
   if (s) return s;
@@ -19,7 +49,11 @@ function panel(name) {
   node.dataset.stream = name;
   node.querySelector(".name").textContent = name;
   document.getElementById("streams").append(node);
+  const more = node.querySelector(".more");
+  more.addEventListener("toggle", () => { if (more.open === document.body.classList.contains("many")) more.dataset.touched = "1"; });
   s = view.streams[name] = { node, history: [], windowShown: null, windowLoading: false, liveStarted: false };
+  new ResizeObserver(() => drawChart(s)).observe(node.querySelector(".chart"));  // redrawn at its new size
+  layout();
   return s;
 }
 
@@ -35,21 +69,51 @@ function startLive(name, s) {
   img.src = `/live/${encodeURIComponent(name)}.jpg?n=${n++}`;
 }
 
-function fmt(x, digits = 0) { return x === undefined || x === null ? "–" : Number(x).toFixed(digits); }
+function renderState(s, state, detail) {
+  const node = s.node;
+  for (const c of ["starting", "running", "stalled", "reconnecting", "ended", "failed"]) node.classList.toggle(c, c === state);
+  node.dataset.state = state;
+  const badge = node.querySelector(".state");
+  badge.className = "state badge " + state;
+  badge.textContent = state;
+  node.querySelector(".detail").textContent = detail || "";
+  const overlay = node.querySelector(".overlay");
+  overlay.replaceChildren();
+  if (state !== "running") {
+    overlay.append(STATE_TEXT[state] || state);
+    if (detail && STATE_DETAIL[state] !== false) overlay.append(el("small", { textContent: detail }));
+  }
+}
 
 function renderStats(s, st) {
-  const body = s.node.querySelector(".stats tbody");
   if (!st) return;
-  const lat = st.latency_ms || {}, close = (st.extra || {}).latency_close_ms || {};
+  const x = st.extra || {};
+  const lat = st.latency_ms || {}, close = x.latency_close_ms || {}, flushed = x.latency_flushed_ms || {};
+  const chips = [
+    [`${fmt(x.fps_recent, 1)} fps`, false],
+    [`p95 ${fmt(lat.p95)} ms`, false],
+    [`saved ${fmt(100 * st.compute_saved)} %`, false],
+    [`dropped ${st.frames_dropped}`, st.frames_dropped > 0],
+    [`bad ${st.bad_messages}`, st.bad_messages > 0],
+  ];
+  if (x.reconnects) chips.push([`reconnects ${x.reconnects}`, true]);
+  if (x.gaps_closed) chips.push([`pauses ${x.gaps_closed}`, true]);
+  s.node.querySelector(".chips").replaceChildren(...chips.map(([t, warn]) => el("span", { className: "chip" + (warn ? " warn" : ""), textContent: t })));
   const rows = [
     ["frames in", st.frames_in], ["forwarded", st.frames_forwarded], ["skipped", st.frames_skipped],
-    ["dropped", st.frames_dropped], ["pending", st.frames_pending], ["bad messages", st.bad_messages],
-    ["windows", st.windows], ["input fps", fmt(st.fps_in, 1)], ["compute saved", fmt(100 * st.compute_saved, 1) + " %"],
-    ["latency p50 / p95 / p99 (ms)", `${fmt(lat.p50)} / ${fmt(lat.p95)} / ${fmt(lat.p99)}`],
-    ["close → published p99 (ms)", fmt(close.p99)],
+    ["dropped", st.frames_dropped], ["resampled out", st.frames_resampled_out], ["pending", st.frames_pending],
+    ["bad messages", st.bad_messages], ["windows (flushed)", `${st.windows} (${x.windows_flushed || 0})`],
+    ["input fps, last 5 s / run", `${fmt(x.fps_recent, 1)} / ${fmt(st.fps_in, 1)}`],
+    ["compute saved", fmt(100 * st.compute_saved, 1) + " %"],
+    ["capture → published p50 / p95 / p99 ms", `${fmt(lat.p50)} / ${fmt(lat.p95)} / ${fmt(lat.p99)}`],
+    ["close → published p99 ms", fmt(close.p99)],
+    ["flushed windows, capture → published p50 ms", fmt(flushed.p50)],
+    ["reconnects", x.reconnects || 0], ["pauses", x.gaps_closed || 0],
   ];
+  const body = s.node.querySelector(".stats tbody");
   body.replaceChildren(...rows.map(([k, v]) => el("tr", {}, [el("td", { textContent: k }), el("td", { textContent: String(v) })])));
   body.dataset.framesIn = String(st.frames_in);
+  body.dataset.windows = String(st.windows);
 }
 
 function renderPrediction(s, w) {
@@ -60,11 +124,41 @@ function renderPrediction(s, w) {
     const fill = el("div", { className: "fill" });
     fill.style.width = `${(100 * p).toFixed(1)}%`;
     fill.style.background = COLORS[i % COLORS.length];
-    return el("div", { className: "bar" }, [el("span", { className: "cls", textContent: c }),
-      el("div", { className: "track" }, [fill]), el("span", { textContent: p.toFixed(3) })]);
+    return el("div", { className: "bar" }, [el("span", { className: "cls", textContent: c, title: c }),
+      el("div", { className: "track" }, [fill]), el("span", { className: "val", textContent: p.toFixed(2) })]);
   });
   box.querySelector(".probs").replaceChildren(...bars);
-  box.querySelector(".meta").textContent = `window ${w.index} · ${fmt(w.latency_ms, 1)} ms capture → prediction`;
+  const figures = Object.entries(w.figures || {}).map(([k, v]) => ` · ${k.replace("_", " ")} ${v}`).join("");
+  box.querySelector(".meta").textContent =
+    `window ${w.index} · ${fmt(w.latency_ms)} ms capture → prediction` + (w.padded ? ` · flushed (${w.padded} padded)` : "") + figures;
+}
+
+function stripCells(w) {
+  const picked = new Set(w.selected);
+  const scores = w.scores || [];
+  const lo = scores.length ? Math.min(...scores) : 0, hi = scores.length ? Math.max(...scores) : 0;
+  const rank = scores.map((v, i) => i).sort((a, b) => scores[b] - scores[a]);
+  const rankOf = new Map(rank.map((i, r) => [i, r + 1]));
+  const cells = w.thumbs.map((src, i) => {
+    const seq = w.seqs[i], isPicked = picked.has(seq);
+    const img = el("img", { className: "thumb", src, alt: `frame ${seq}` });
+    const parts = [img];
+    let title = `frame ${seq}` + (isPicked ? ", picked" : ", not picked");
+    if (scores.length) {
+      const bar = el("i");
+      bar.style.width = `${(hi > lo ? 8 + 92 * (scores[i] - lo) / (hi - lo) : 100).toFixed(0)}%`;
+      parts.push(el("div", { className: "score" }, [bar]));
+      title += ` · sampler score ${scores[i].toFixed(3)} (rank ${rankOf.get(i)} of ${scores.length})`;
+    }
+    const cell = el("div", { className: "cell" + (isPicked ? " picked" : ""), title }, parts);
+    cell.dataset.seq = String(seq);
+    if (scores.length) cell.dataset.score = String(scores[i]);
+    return cell;
+  });
+  for (let i = 0; i < w.padded; i++) {
+    cells.push(el("div", { className: "cell pad", title: "padding: the window closed early" }, [el("div", { className: "thumb" })]));
+  }
+  return cells;
 }
 
 async function loadWindow(name, s) {
@@ -74,20 +168,15 @@ async function loadWindow(name, s) {
     const r = await fetch(`/api/window/${encodeURIComponent(name)}`, { cache: "no-store" });
     if (!r.ok) return;
     const w = await r.json();
-    const picked = new Set(w.selected);
     const strip = s.node.querySelector(".strip");
-    strip.replaceChildren(...w.thumbs.map((src, i) => {
-      const seq = w.seqs[i];
-      const img = el("img", { className: "thumb" + (picked.has(seq) ? " picked" : ""), src,
-                              title: `frame ${seq}` + (picked.has(seq) ? " (picked)" : "") });
-      img.dataset.seq = String(seq);
-      return img;
-    }));
+    strip.replaceChildren(...stripCells(w));
+    layout();
     strip.dataset.window = String(w.index);
     strip.dataset.selected = w.selected.join(",");
+    const why = (w.scores || []).length ? "bars: the sampler's score of each frame" : "this sampler scores no frame";
     s.node.querySelector(".caption").textContent =
-      `last closed window ${w.index}: frames ${w.seqs[0]}–${w.seqs[w.seqs.length - 1]}, ` +
-      `${w.selected.length} of ${w.seqs.length + w.padded} picked (outlined) → ${w.label}`;
+      `window ${w.index}: frames ${w.seqs[0]}–${w.seqs[w.seqs.length - 1]}, ${w.selected.length} of ` +
+      `${w.seqs.length + w.padded} picked (outlined; ${why}) → ${w.label}`;
     renderPrediction(s, w);
     s.windowShown = w.index;
   } finally {
@@ -95,35 +184,61 @@ async function loadWindow(name, s) {
   }
 }
 
+// A time step that gives at most about `most` ticks over `span` seconds.
+function niceStep(span, most = 6) {
+  for (const step of [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600]) if (span / step <= most) return step;
+  return 3600;
+}
+
 function drawChart(s) {
   const canvas = s.node.querySelector(".chart");
   const dpr = window.devicePixelRatio || 1;
-  const W = canvas.clientWidth || canvas.width, H = canvas.clientHeight || canvas.height;
-  if (canvas.width !== Math.round(W * dpr)) { canvas.width = Math.round(W * dpr); canvas.height = Math.round(H * dpr); }
+  const W = canvas.clientWidth, H = canvas.clientHeight;
+  if (!W || !H) return;
+  if (canvas.width !== Math.round(W * dpr) || canvas.height !== Math.round(H * dpr)) {
+    canvas.width = Math.round(W * dpr); canvas.height = Math.round(H * dpr);
+  }
   const ctx = canvas.getContext("2d");
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   ctx.clearRect(0, 0, W, H);
-  const L = 34, R = 8, T = 8, B = 20, pw = W - L - R, ph = H - T - B;
-  const t1 = view.serverT, t0 = t1 - view.historyS;
-  const x = (t) => L + pw * (t - t0) / view.historyS, y = (p) => T + ph * (1 - p);
-  ctx.strokeStyle = "#e5e5e5"; ctx.fillStyle = "#777"; ctx.font = "11px sans-serif"; ctx.lineWidth = 1;
-  for (const p of [0, 0.25, 0.5, 0.75, 1]) {
-    ctx.beginPath(); ctx.moveTo(L, y(p)); ctx.lineTo(L + pw, y(p)); ctx.stroke();
-    ctx.fillText(p.toFixed(2), 2, y(p) + 4);
-  }
-  const step = view.historyS > 120 ? 60 : 10;
-  for (let a = 0; a <= view.historyS; a += step) {
-    const px = x(t1 - a);
-    ctx.fillText(a === 0 ? "now" : `-${a >= 60 ? a / 60 + " min" : a + " s"}`, px - 14, H - 5);
-  }
   const pts = s.history;
+  // the axis fits the data: from the first point shown (at least 10 s back) to now
+  const t1 = view.serverT;
+  const first = pts.length ? pts[0][0] : t1;
+  const span = Math.min(view.historyS, Math.max(5, 1.05 * (t1 - first)));
+  const t0 = t1 - span;
+  const L = 30, R = 6, T = 5, B = 15, pw = W - L - R, ph = H - T - B;
+  const x = (t) => L + pw * (t - t0) / span, y = (p) => T + ph * (1 - p);
+  ctx.strokeStyle = "#e5e5e5"; ctx.fillStyle = "#777"; ctx.font = "10px sans-serif"; ctx.lineWidth = 1;
+  for (const p of (H > 90 ? [0, 0.25, 0.5, 0.75, 1] : [0, 0.5, 1])) {
+    ctx.beginPath(); ctx.moveTo(L, y(p)); ctx.lineTo(L + pw, y(p)); ctx.stroke();
+    ctx.fillText(String(p).replace(/^0\./, "."), 4, y(p) + 3);
+  }
+  const step = niceStep(span, Math.max(2, Math.floor(pw / 70)));
+  const ticks = [];
+  for (let a = 0; a <= span + 1e-6; a += step) {
+    const label = a === 0 ? "now" : a >= 60 ? `-${+(a / 60).toFixed(1)} min` : `-${a} s`;
+    ticks.push(label);
+    const px = x(t1 - a);
+    ctx.beginPath(); ctx.moveTo(px, T); ctx.lineTo(px, T + ph); ctx.stroke();
+    ctx.fillText(label, Math.min(px - 10, W - 24), H - 3);
+  }
+  // a break in the line where the stream paused (no point for much longer than usual)
+  const dts = pts.slice(1).map((p, i) => p[0] - pts[i][0]).sort((a, b) => a - b);
+  const typical = dts.length ? dts[Math.floor(dts.length / 2)] : 1;
   view.classNames.forEach((c, i) => {
     ctx.strokeStyle = COLORS[i % COLORS.length]; ctx.lineWidth = 1.5; ctx.beginPath();
-    pts.forEach((pt, j) => { const px = x(pt[0]), py = y(pt[1 + i]); j ? ctx.lineTo(px, py) : ctx.moveTo(px, py); });
+    pts.forEach((pt, j) => {
+      const px = x(pt[0]), py = y(pt[1 + i]);
+      const jump = j > 0 && pt[0] - pts[j - 1][0] > Math.max(3, 4 * typical);
+      j && !jump ? ctx.lineTo(px, py) : ctx.moveTo(px, py);
+    });
     ctx.stroke();
   });
   canvas.dataset.points = String(pts.length);
   canvas.dataset.lastT = pts.length ? String(pts[pts.length - 1][0]) : "";
+  canvas.dataset.span = String(span);
+  canvas.dataset.ticks = ticks.join("|");
   const legend = s.node.querySelector(".legend");
   if (legend.childElementCount !== view.classNames.length) {
     legend.replaceChildren(...view.classNames.map((c, i) => {
@@ -137,6 +252,7 @@ function renderHealth(reasons) {
   const h = document.getElementById("health");
   h.className = "badge " + (reasons.length ? "bad" : "ok");
   h.textContent = reasons.length ? reasons.join("; ") : "healthy";
+  h.title = h.textContent;
 }
 
 async function poll() {
@@ -146,15 +262,20 @@ async function poll() {
     view.classNames = st.class_names; view.historyS = st.history_s; view.liveFps = st.live_fps; view.serverT = st.t;
     document.getElementById("model").textContent = st.model ? `model ${st.model}` : "";
     renderHealth(st.health || []);
+    const states = {};
     for (const [name, info] of Object.entries(st.streams)) {
       const s = panel(name);
-      if (info.latest_seq !== null) { startLive(name, s); s.node.querySelector(".seq").textContent = `frame ${info.latest_seq}`; }
+      states[info.state] = (states[info.state] || 0) + 1;
+      if (info.aspect) s.node.style.setProperty("--aspect", String(info.aspect));
+      if (info.latest_seq !== null || info.aspect) startLive(name, s);
+      renderState(s, info.state || "running", info.state_detail);
       renderStats(s, info.stats);
       for (const pt of info.history) s.history.push(pt);
       while (s.history.length && s.history[0][0] < st.t - st.history_s) s.history.shift();
       if (info.window && info.window.index !== s.windowShown) loadWindow(name, s);
       drawChart(s);
     }
+    document.getElementById("summary").textContent = Object.entries(states).map(([k, v]) => `${v} ${k}`).join(", ");
     for (const info of Object.values(st.streams))
       for (const pt of info.history) view.since = Math.max(view.since, pt[0]);
     document.body.dataset.polls = String(Number(document.body.dataset.polls || 0) + 1);
