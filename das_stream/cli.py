@@ -402,8 +402,23 @@ def _add_evaluate(evaluate: argparse.ArgumentParser) -> None:
     _training_settings(evaluate)
     evaluate.add_argument("--model", required=True, help="model file written by `das-stream train`")
     evaluate.add_argument("--config", help="experiment YAML (default: the config.yaml saved next to the model)")
-    evaluate.add_argument("--split", choices=["val", "test"], default="test", help="default test")
-    evaluate.add_argument("--out", help="output folder (default: the model's folder)")
+    evaluate.add_argument(
+        "--split", choices=["val", "test"], default="test", help="which recorded split to score (default test)"
+    )
+    evaluate.add_argument(
+        "--data",
+        metavar="CSV",
+        help="score every video of this CSV index (or every volume of this MedMNIST npz) instead of a recorded split",
+    )
+    evaluate.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="with --data: score it even if the model trained or validated on some of it (or on their patients)",
+    )
+    evaluate.add_argument(
+        "--out", help="output folder, empty or new (default: a new eval-<split>-<time> folder next to the model)"
+    )
+    evaluate.add_argument("--overwrite", action="store_true", help="replace the evaluate outputs in a non-empty --out")
     evaluate.set_defaults(handler=_cmd_evaluate)
 
 
@@ -429,7 +444,11 @@ def _add_compare(compare: argparse.ArgumentParser) -> None:
     compare.add_argument("--keeps", help="comma list of keep ratios, e.g. 0.25,0.5,0.75")
     compare.add_argument("--epochs", type=int, help="maximum epochs per run")
     compare.add_argument("--out", help="output folder (default: train.out/<name>)")
-    compare.add_argument("--resume", action="store_true", help="skip runs whose result.json already exists")
+    compare.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip runs whose result.json exists and continue interrupted runs from their checkpoints",
+    )
     compare.add_argument("--folds", type=int, help="K-fold cross-validation with paired differences (data.folds)")
     compare.set_defaults(handler=_cmd_compare)
 
@@ -442,16 +461,37 @@ def _training_overrides(args: argparse.Namespace) -> list[str]:
     return [*flags, *args.overrides]
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from training.commands import train
-    from training.config import load_config
+def _resume_command(argv: Sequence[str], *extra: str) -> str:
+    """The command line that continues an interrupted one: ``--overwrite`` dropped, ``--resume`` added."""
+    import shlex
 
-    train(
-        load_config(args.config, overrides=_training_overrides(args)),
-        run_dir=args.out,
-        overwrite=args.overwrite,
-        resume=args.resume,
-    )
+    kept = [a for a in argv if a not in ("--overwrite", "--resume")]
+    return shlex.join(["das-stream", *kept, *extra, "--resume"])
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from training.checkpoint import CHECKPOINT_FILE
+    from training.commands import default_run_dir, train
+    from training.config import load_config
+    from training.runs import log_warnings_as_lines
+
+    log_warnings_as_lines()
+    config = load_config(args.config, overrides=_training_overrides(args))
+    run_dir = Path(args.out) if args.out else default_run_dir(config)
+    try:
+        train(config, run_dir=run_dir, overwrite=args.overwrite, resume=args.resume)
+    except KeyboardInterrupt:
+        if not (run_dir / CHECKPOINT_FILE).is_file():
+            raise
+        extra = () if args.out else ("--out", str(run_dir))
+        print(
+            f"das-stream: interrupted; {run_dir / CHECKPOINT_FILE} holds the last finished epoch, continue with: "
+            + _resume_command(args.argv, *extra),
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 
@@ -489,12 +529,27 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from training.commands import evaluate_model, run_config_path
     from training.config import load_config
+    from training.runs import log_warnings_as_lines
 
+    log_warnings_as_lines()
+    if args.allow_overlap and not args.data:
+        from core.errors import ConfigError
+
+        raise ConfigError("--allow-overlap goes with --data CSV (a recorded split never overlaps the training split)")
     config = load_config(args.config or run_config_path(args.model), overrides=_training_overrides(args))
-    report = evaluate_model(args.model, config=config, split=args.split, out=args.out)
+    report = evaluate_model(
+        args.model,
+        config=config,
+        split=args.split,
+        out=args.out,
+        data_path=args.data,
+        allow_overlap=args.allow_overlap,
+        overwrite=args.overwrite,
+    )
+    print(f"scored {report.scored}")
     print(
         f"{report.split}: auc {report.auc:.4f} balanced_acc {report.acc:.2f}% loss {report.loss:.4f} "
-        f"clips {report.clips} unique {report.unique_frames:.2f}/{report.k}"
+        f"clips {report.clips}; distinct frames picked per clip {report.unique_frames:.2f} of k={report.k}"
     )
     if report.videos is not None:
         print(
@@ -520,9 +575,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from training.commands import compare
     from training.config import load_config
     from training.report import markdown_table
+    from training.runs import log_warnings_as_lines
 
-    rows = compare(load_config(args.config, overrides=_training_overrides(args)), out=args.out, resume=args.resume)
-    print(markdown_table(rows), end="")
+    log_warnings_as_lines()
+    config = load_config(args.config, overrides=_training_overrides(args))
+    try:
+        rows = compare(config, out=args.out, resume=args.resume)
+    except KeyboardInterrupt:
+        print(
+            "das-stream: interrupted; finished runs are kept, continue with: " + _resume_command(args.argv),
+            file=sys.stderr,
+        )
+        return 130
+    print(markdown_table(rows, over="folds x seeds" if config.data.folds > 1 else "seeds"), end="")
     return 0
 
 
@@ -615,9 +680,11 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], dict[str, s
     "evaluate": (
         _add_evaluate,
         {
-            "help": "score a trained model on one split",
-            "description": "Score a model on val or test; writes eval-<split>.json, predictions and "
-            "a figure of the frames it picks.",
+            "help": "score a trained model on its held-out split, or on other data",
+            "description": "Score a model on the val or test split recorded in its model file (the videos it was "
+            "validated or tested on, checked by content hash), or with --data on every video of another CSV "
+            "(refused when the model trained on any of them, unless --allow-overlap). Writes eval-<split>.json, "
+            "predictions, the confusion matrix and a figure of the frames it picks into a new folder.",
         },
     ),
     "calibrate": (
@@ -686,6 +753,7 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"das-stream: error: {exc}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
+    args.argv = argv  # what was typed, for the command that continues an interrupted one
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()

@@ -22,6 +22,7 @@ from sampler.model import SampledClassifier
 
 from .clips import SPLITS, DatasetSplits
 from .config import ExperimentConfig
+from .datasets import clip_record
 
 
 def duration(seconds: float) -> str:
@@ -124,9 +125,20 @@ def training_meta(
             "backbone_weights_requested": requested_weights,
             "backbone_weights_used": model.classifier.weights_source,
         },
+        "split": data.split_record or clip_record(data),
         "versions": versions(),
         "created": datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat(),
     }
+
+
+def split_summary(record: dict[str, Any]) -> str:
+    """``train 7 videos (3 groups), val 2 (1), test 3 (1)``: a recorded split in one line."""
+    parts = []
+    for split in SPLITS:
+        samples = record.get(split) or []
+        groups = {g for *_, g in samples if g is not None}
+        parts.append(f"{split} {len(samples)}" + (f" ({len(groups)} groups)" if groups else ""))
+    return ", ".join(parts)
 
 
 def model_card(path: str | Path) -> str:
@@ -181,6 +193,21 @@ def model_card(path: str | Path) -> str:
         lines.append(f"  seed {tr.get('seed')}")
     lines.append(f"best-first order: {model.sampler.order_rule}; k_max {c.k}")
     lines.append(f"early exit: {ExitRule.from_dict(meta.get('exit')).describe()}")
+    split = meta.get("split")
+    if split:
+        by = (
+            "by video"
+            if split.get("by") == "video"
+            else "by sample"
+            if split.get("by") == "sample"
+            else f"by {split['by']}"
+        )
+        lines.append(
+            f"split ({by}; `evaluate` scores the recorded test split): {split_summary(split)}"
+            + (f", paths relative to {split['root']}" if split.get("root") else "")
+        )
+    else:
+        lines.append("split: not recorded (a model file from before das-stream stored it)")
     metrics = meta.get("metrics") or {}
     if metrics:
         parts = [

@@ -29,6 +29,7 @@ OUTPUTS = (
     CHECKPOINT_FILE,
     "selection-*.png",
     "eval-*.json",
+    "videos-*.json",
     "predictions-*.csv",
     "confusion-*.json",
     "confusion-*.png",
@@ -56,28 +57,32 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
                     old.unlink()
 
 
-def check_resume_config(run_dir: Path, config: dict[str, Any]) -> None:
-    """Refuse to resume a run with another config than it started with (``train.epochs`` may differ)."""
+def resume_conflict(run_dir: Path, requested: dict[str, Any], resolved: dict[str, Any]) -> list[str]:
+    """The keys in which ``config.yaml`` of ``run_dir`` differs from this run's config (empty:
+    the same run; ``train.epochs`` may differ). The file may hold the resolved config or, written
+    before configs were resolved, the requested one."""
     import yaml
 
     try:
         before = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
-        return
-    now = {**config, "train": {**config.get("train", {}), "epochs": None}}
-    before = {**before, "train": {**before.get("train", {}), "epochs": None}}
-    if now != before:
-        changed = sorted(
-            f"{s}.{k}"
-            for s in set(now) | set(before)
-            if isinstance(now.get(s), dict)
-            for k in set(now[s]) | set(before.get(s) or {})
-            if now[s].get(k) != (before.get(s) or {}).get(k)
-        ) or ["name"]
-        raise DataError(
-            f"--resume: the config differs from the one {run_dir} started with ({', '.join(changed[:4])}); "
-            "resume with the same config (only train.epochs may change) or start again with --overwrite"
-        )
+        return []
+
+    def without_epochs(config: dict[str, Any]) -> dict[str, Any]:
+        return {**config, "train": {**(config.get("train") or {}), "epochs": None}}
+
+    before = without_epochs(before)
+    candidates = [without_epochs(resolved), without_epochs(requested)]
+    if before in candidates:
+        return []
+    now = candidates[0]
+    return sorted(
+        f"{s}.{k}"
+        for s in set(now) | set(before)
+        if isinstance(now.get(s), dict)
+        for k in set(now[s]) | set(before.get(s) or {})
+        if now[s].get(k) != (before.get(s) or {}).get(k)
+    ) or ["name"]
 
 
 def rng_state(order: torch.Generator) -> dict[str, Any]:

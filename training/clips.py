@@ -54,6 +54,7 @@ class DatasetSplits:
     test: ClipSet
     class_names: tuple[str, ...]
     notes: tuple[str, ...] = ()  # what loading left out or changed, for the training log
+    split_record: dict | None = None  # which samples are in which split (training.split), stored in the model
 
     def split(self, name: str) -> ClipSet:
         if name not in SPLITS:

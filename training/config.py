@@ -16,6 +16,8 @@ Relative paths are relative to the working directory. Unknown keys and bad value
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,10 +41,19 @@ class DataConfig:
     Args:
         kind: ``medmnist3d`` (official npz, T = depth), ``videos`` (CSV index + folder) or
             ``synthetic`` (clips from ``sources.synthetic``).
-        path: the npz file (medmnist3d) or the CSV index (videos).
-        root: folder the CSV's paths are relative to; default the CSV's own folder.
+        origin: where the data comes from and how to get it (free text, shown when the data
+            is missing).
+        path: the npz file (medmnist3d) or the CSV index (videos); relative to ``root`` when
+            that is set, else to the working directory.
+        root: the dataset's folder: relative ``path`` and ``crop_file`` are taken from it, and
+            so are the CSV's video paths; default: ``path`` from the working directory and the
+            CSV's paths from the CSV's own folder. ``${VAR}`` and ``${VAR:-default}`` in
+            ``root``, ``path``, ``crop_file`` and ``cache_dir`` are environment variables (the
+            bundled configs use ``${DAS_STREAM_DATA:-../shared/data}``).
         path_column, label_column: CSV columns holding the video path and its class.
         classes: videos: the classes to keep, in label order (default: all, sorted).
+        drop_unknown: videos: rows whose label is not in ``classes`` are an error listing
+            them (false, the default) or are left out with a ``warning:`` line (true).
         crop_file: videos: optional JSON ``{path: [[top, left, size], [start, end]]}`` (the
             upstream POCUS ``crop.json`` layout); videos without an entry are used whole.
         fps: videos: every video is resampled to this frame rate (:mod:`core.resample`, the
@@ -53,7 +64,8 @@ class DataConfig:
         num_frames: videos/synthetic: T. Shorter videos are padded with empty frames.
         long_videos: videos longer than T: ``cut`` keeps the first T frames (the time scale
             stays the same for every video), ``subsample`` spreads T frames over the video.
-        split: videos/synthetic: train/val/test fractions (by video, stratified).
+        split: videos/synthetic: train/val/test fractions (stratified; by video, or by group
+            when ``group_column`` or ``group_regex`` is set).
         split_seed: the seed of that split, fixed across training seeds.
         cache_dir: decoded videos are cached here (outside the repo), keyed by the settings.
         synthetic_counts: clips per split for ``synthetic`` (videos per split when
@@ -68,8 +80,9 @@ class DataConfig:
         folds: K > 1 makes ``compare`` run stratified K-fold cross-validation (0: the fixed split).
         fold_test: medmnist3d folds: ``merge`` (pool the official splits) or ``official`` (keep
             the official test split; folds over train + val).
-        group_column, group_regex: videos: keep each group (patient) in one split, by a CSV
-            column or a regex over the path (first capture group).
+        group_column, group_regex: videos: keep each group (patient) in one split (``train``,
+            ``evaluate`` and ``compare``, with or without folds), by a CSV column or a regex
+            over the path (first capture group).
         window_stride: videos, folds, synthetic video windows: stride S of the runtime windows
             (0: T, no overlap, the runtime's default).
         train_windows: videos, folds: ``first`` window, a ``random`` window per visit, or ``all``.
@@ -81,11 +94,13 @@ class DataConfig:
     """
 
     kind: str = "medmnist3d"
+    origin: str = ""
     path: str = ""
     root: str | None = None
     path_column: str = "path"
     label_column: str = "class_from_prefix"
     classes: tuple[str, ...] | None = None
+    drop_unknown: bool = False
     crop_file: str | None = None
     fps: float = 10.0
     upsample: bool = False
@@ -108,6 +123,31 @@ class DataConfig:
     corruption: str = "none"
     corruption_options: Mapping[str, Any] = field(default_factory=dict)
     corruption_seed: int = 0
+
+    def resolve(self, value: str) -> Path:
+        """A data file setting (``path``, ``crop_file``) as a path: ``~`` expanded, relative to
+        ``root`` when that is set, else to the working directory."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() or not self.root else Path(self.root).expanduser() / p
+
+    @property
+    def file(self) -> Path:
+        """``data.path`` resolved (the CSV index or the npz)."""
+        return self.resolve(self.path)
+
+    @property
+    def video_root(self) -> Path:
+        """The folder the CSV's video paths are relative to."""
+        return Path(self.root).expanduser() if self.root else self.file.parent
+
+    @property
+    def groups(self) -> str | None:
+        """How the split keeps patients apart, in words (None: by video)."""
+        if self.group_column:
+            return f"group_column '{self.group_column}'"
+        if self.group_regex:
+            return f"group_regex '{self.group_regex}'"
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,7 +178,9 @@ class TrainSettings:
         lr: Adam learning rate (the paper: 1e-4).
         seed: seeds python, numpy, torch and the data order.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        threads: torch CPU threads; 0 keeps torch's default.
+        threads: torch CPU threads; 0 (the default): half the usable cores, at least 1
+            (:func:`auto_threads`; 1 on a 2-core machine, where 2 threads under load made an
+            epoch 15-30x slower, docs/data.md).
         class_weights: ``balanced`` weighs the loss by inverse class frequency, ``none`` does not.
         bn_stats: how BatchNorm running statistics (used in eval mode) are kept. ``epoch``:
             reset at the start of every epoch and averaged over that epoch's batches. ``ema``:
@@ -165,7 +207,7 @@ class TrainSettings:
             ``nested``). Validation then scores the mean loss over k = 1, 2, 4, ..., k. Full
             keeps every frame either way.
         out: folder for run outputs.
-        progress: show a progress bar per epoch.
+        progress: show a progress bar per epoch (only when stderr is a terminal).
     """
 
     epochs: int = 60
@@ -271,6 +313,10 @@ def config_from_dict(
     if "data" not in tree:
         raise ConfigError(f"config {source} has no 'data' section; add data: {{kind: ..., path: ...}}")
     where = _Origin(source=source, overridden=frozenset(overridden))
+    if isinstance(tree.get("data"), dict):
+        for key in EXPANDED_KEYS:
+            if isinstance(tree["data"].get(key), str):
+                tree["data"][key] = expand_vars(tree["data"][key], where(f"data.{key}"), f"data.{key}")
     sections = {name: _build_section(name, cls, tree.get(name, {}), where) for name, cls in SECTIONS.items()}
     name = tree.get("name") or Path(sections["data"].path).stem or sections["data"].kind
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
@@ -289,6 +335,36 @@ class _Origin:
 
     def __call__(self, key: str) -> str:
         return f"{key} (set on the command line)" if key in self.overridden else f"{key} in {self.source}"
+
+
+EXPANDED_KEYS = ("root", "path", "crop_file", "cache_dir")
+_VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def expand_vars(text: str, where: str, key: str) -> str:
+    """``${VAR}`` and ``${VAR:-default}`` replaced by the environment (an empty variable counts
+    as unset); an unset ``${VAR}`` without a default is a ConfigError saying how to set it."""
+
+    def value(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if os.environ.get(name):
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{where} uses ${{{name}}}, which is not set; export {name}=FOLDER or pass --set {key}=FOLDER", key=key
+        )
+
+    return _VAR.sub(value, text)
+
+
+def auto_threads() -> int:
+    """``train.threads: 0``: half the cores this process may use, at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // 2)
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
@@ -352,6 +428,11 @@ def _validate(c: ExperimentConfig, where: _Origin) -> None:
     )
     need(
         not (d.group_column and d.group_regex), "data.group_regex", "and data.group_column exclude each other; set one"
+    )
+    need(
+        d.kind == "videos" or not (d.group_column or d.group_regex),
+        "data.group_regex" if d.group_regex else "data.group_column",
+        f"groups videos by patient and needs data.kind videos (got {d.kind}); remove it",
     )
     need(
         len(d.synthetic_counts) == 3 and min(d.synthetic_counts) >= 2,

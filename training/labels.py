@@ -1,4 +1,5 @@
-"""What a CSV index holds beyond ``data.classes``: rows left out, with a "did you mean" for typos."""
+"""What a CSV index holds beyond ``data.classes``: rows with other labels (an error listing them,
+or left out with ``data.drop_unknown``), with a "did you mean" for typos and case differences."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.errors import DataError
+
 from .config import DataConfig
 
 
 def csv_labels(config: DataConfig) -> Counter[str]:
     """Rows per label in the CSV's label column (empty when the file or column is missing)."""
     try:
-        with Path(config.path).expanduser().open(newline="") as f:
+        with config.file.open(newline="") as f:
             counts = Counter((row.get(config.label_column) or "").strip() for row in csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error):
         return Counter()
@@ -23,26 +26,44 @@ def csv_labels(config: DataConfig) -> Counter[str]:
 
 
 def suggestion(label: str, choices: Sequence[str]) -> str:
-    """`` (did you mean 'normal'?)`` when a choice is close to ``label``, else ``""``."""
-    close = difflib.get_close_matches(label, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    """`` (did you mean 'normal'?)`` when a choice equals ``label`` but for case, or is close to
+    it (ignoring case), else ``""``."""
+    lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(label.lower(), list(lower), n=1, cutoff=0.6)
+    return f" (did you mean {lower[close[0]]!r}?)" if close else ""
 
 
-def left_out_note(config: DataConfig) -> str | None:
-    """One line on rows whose label is not in ``data.classes`` (None when there are none)."""
-    if config.classes is None:
-        return None
-    counts = csv_labels(config)
-    other = {label: n for label, n in counts.items() if label not in config.classes}
-    if not other:
+def _by_label(rows: Sequence[tuple[int, str]]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for line, label in rows:
+        out.setdefault(label, []).append(line)
+    return out
+
+
+def unknown_labels_error(index: Path, rows: Sequence[tuple[int, str]], classes: Sequence[str]) -> DataError:
+    """Every (CSV line, label) whose label is not in ``data.classes``, in one line."""
+    parts = [
+        f"{label!r}{suggestion(label, classes)} in row{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))}"
+        for label, lines in sorted(_by_label(rows).items())
+    ]
+    return DataError(
+        f"video index {index}: {len(rows)} row(s) have a label that is not in data.classes {list(classes)}: "
+        f"{'; '.join(parts)}; fix the labels, add the class to data.classes, or set data.drop_unknown: true to "
+        "leave such rows out"
+    )
+
+
+def left_out_note(config: DataConfig, rows: Sequence[tuple[int, str]]) -> str | None:
+    """The ``warning:`` line on rows left out by ``data.drop_unknown`` (None when there are none)."""
+    if not rows or config.classes is None:
         return None
     parts = [
-        f"{label!r} {n} row{'s' if n > 1 else ''}{suggestion(label, config.classes)}"
-        for label, n in sorted(other.items())
+        f"{label!r} {len(lines)} row{'s' if len(lines) > 1 else ''}{suggestion(label, config.classes)}"
+        for label, lines in sorted(_by_label(rows).items())
     ]
     return (
-        f"data: {sum(other.values())} of {sum(counts.values())} rows of {config.path} left out, their class is not in "
-        f"data.classes {list(config.classes)}: {', '.join(parts)}"
+        f"warning: {len(rows)} of {sum(csv_labels(config).values())} rows of {config.file} left out "
+        f"(data.drop_unknown), their label is not in data.classes {list(config.classes)}: {', '.join(parts)}"
     )
 
 

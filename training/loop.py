@@ -84,7 +84,11 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class EpochLog:
-    """One epoch: training and validation loss, validation scores, picks, time."""
+    """One epoch: training and validation loss, validation scores, picks, time.
+
+    ``unique_frames`` (``distinct_picks x/k`` in the log line): the mean number of different
+    frames among the k a sampler picks per validation window; k means no frame is picked twice,
+    fewer means repeated picks (DPS/ADPS draw with replacement)."""
 
     epoch: int
     train_loss: float
@@ -96,7 +100,7 @@ class EpochLog:
     def line(self, *, epochs: int, k: int, best: bool) -> str:
         return (
             f"epoch {self.epoch}/{epochs} loss {self.train_loss:.4f} val_loss {self.val_loss:.4f} "
-            f"val_auc {self.val.auc:.3f} val_acc {self.val.acc:.1f} unique {self.unique_frames:.2f}/{k} "
+            f"val_auc {self.val.auc:.3f} val_acc {self.val.acc:.1f} distinct_picks {self.unique_frames:.2f}/{k} "
             f"time {self.seconds:.1f}s" + (" *" if best else "")
         )
 

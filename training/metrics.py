@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,7 +34,9 @@ def classification_scores(labels: np.ndarray, probs: np.ndarray) -> Scores:
     """
     labels = np.asarray(labels, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
-    acc = 100.0 * balanced_accuracy_score(labels, probs.argmax(axis=1))
+    with warnings.catch_warnings():  # one class only (scored data may hold one): no AUC, said below
+        warnings.simplefilter("ignore", UserWarning)
+        acc = 100.0 * balanced_accuracy_score(labels, probs.argmax(axis=1))
     if len(np.unique(labels)) < 2:
         return Scores(auc=math.nan, acc=float(acc))
     if probs.shape[1] == 2:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
@@ -113,9 +115,15 @@ def write_summary_csv(rows: Sequence[SummaryRow], path: Path) -> None:
             )
 
 
-def markdown_table(rows: Sequence[SummaryRow]) -> str:
+def keep_label(keep: float) -> str:
+    """A keep ratio as a percentage with the digits it needs: ``12.5%``, ``50%``."""
+    return f"{keep * 100:g}%"
+
+
+def markdown_table(rows: Sequence[SummaryRow], *, over: str = "seeds") -> str:
     """Table 1 layout (a row per dataset and keep ratio, AUC / balanced accuracy per method),
-    then one line per method with seeds and training time."""
+    then one line per method with its number of runs and training time; ``over`` says what the
+    runs of one cell are (``seeds``, or ``folds x seeds``)."""
     methods = [m for m in METHODS if any(r.method == m for r in rows)]
     full = {r.dataset: r for r in rows if r.method == "full"}
     keeps = sorted({r.keep for r in rows if r.method != "full"}) or [1.0]
@@ -129,18 +137,18 @@ def markdown_table(rows: Sequence[SummaryRow]) -> str:
             for m in methods:
                 match = full.get(dataset) if m == "full" else _find(rows, dataset, m, keep)
                 cells.append(_cell(match) if match else "-")
-            lines.append(f"| {dataset} | {keep:.0%} | " + " | ".join(cells) + " |")
+            lines.append(f"| {dataset} | {keep_label(keep)} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Cells: test ROC AUC / balanced accuracy (%), mean ± sample std over the n seeds (no ± with one seed)."
+        f"Cells: test ROC AUC / balanced accuracy (%), mean ± sample std over the n runs ({over}; no ± with one run)."
         + (" Full keeps every frame." if "full" in methods else " Full (every frame) was not run."),
         "",
-        "| Dataset | Method | keep | AUC | Balanced acc. (%) | seeds | training time (total) |",
+        f"| Dataset | Method | keep | AUC | Balanced acc. (%) | runs ({over}) | training time (total) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.dataset} | {METHOD_LABELS[r.method]} | {r.keep:.0%} | {_pm(r.auc_mean, r.auc_std, r.runs, 3)} | "
+            f"| {r.dataset} | {METHOD_LABELS[r.method]} | {keep_label(r.keep)} | {_pm(r.auc_mean, r.auc_std, r.runs, 3)} | "
             f"{_pm(r.acc_mean, r.acc_std, r.runs, 1)} | {r.runs} | {_duration(r.train_seconds)} |"
         )
     return "\n".join(lines) + "\n"
@@ -201,13 +209,21 @@ def plot_auc(rows: Sequence[SummaryRow], path: Path, *, title: str) -> None:
             )
     ax.set_xticks(range(len(methods)), [METHOD_LABELS[m] for m in methods])
     ax.set_ylabel("test ROC AUC")
-    ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+    chance = ax.axhline(0.5, color="gray", lw=0.8, ls="--", label="chance (AUC 0.5)")
     ax.set_ylim(0.0, 1.12)  # from 0: bar heights compare honestly; room for the labels above 1
-    ax.set_title(title)
-    if len(keeps) > 1:
-        handles = [Patch(color=f"C{j}", label=f"keep {keep:.0%}") for j, keep in enumerate(keeps)]
-        ax.legend(handles=handles, fontsize=8)
+    ax.set_title(_wrap(title, 1.3 * len(methods) + 2, 10), fontsize=10)
+    handles: list[Artist] = [Patch(color=f"C{j}", label=f"keep {keep_label(keep)}") for j, keep in enumerate(keeps)]
+    handles = [*(handles if len(keeps) > 1 else []), chance]
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars
     fig.savefig(path, dpi=120)
+
+
+THUMBS_PER_ROW = 16  # thumbnails per row in the selection figure (T = 64: 4 rows)
+
+
+def _wrap(text: str, width_in: float, points: float = 9) -> str:
+    """``text`` wrapped to fit a figure ``width_in`` inches wide at ``points`` size."""
+    return "\n".join(textwrap.wrap(text, max(30, int(width_in * 72 / (0.55 * points)))))
 
 
 def plot_selection(
@@ -252,9 +268,11 @@ def plot_selection(
         labels_y.append("padding (share of clips)")
     shown = [i for c in range(len(class_names)) for i in np.flatnonzero(labels == c)[:samples_per_class]]
 
-    frame_in = min(0.6, 20.0 / t)  # inches per thumbnail: large enough to see, at most 20 in wide
-    width = max(6.0, frame_in * t + 1.5)
-    strip_h = frame_in + 0.35
+    per_row = min(t, THUMBS_PER_ROW)  # long windows wrap into rows of thumbnails
+    rows_per_clip = -(-t // per_row)
+    frame_in = min(0.6, 10.0 / per_row)  # inches per thumbnail
+    width = max(6.0, frame_in * per_row + 1.5)
+    strip_h = frame_in * rows_per_clip + 0.35
     fig = Figure(figsize=(width, 1.2 + 0.35 * len(heat) + strip_h * len(shown)), layout="constrained")
     grid = fig.add_gridspec(1 + len(shown), 1, height_ratios=[0.35 * len(heat) + 0.6] + [strip_h] * len(shown))
     ax = fig.add_subplot(grid[0])
@@ -263,25 +281,36 @@ def plot_selection(
     if padding.any():
         ax.axhline(len(heat) - 1.5, color="red", lw=1.0)
     ax.set_xlabel("frame / slice position")
-    ax.set_title(f"{title}: fraction of windows picking each position")
+    ax.set_title(_wrap(f"{title}: fraction of windows picking each position", width), fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.02)
     for row, i in enumerate(shown, start=1):
         frames = clips[i].astype(np.float32) / 255.0
         strip = np.where(picked[i][:, None, None], frames, frames * 0.25)
         strip[~valid[i]] = 0.0
-        ax = fig.add_subplot(grid[row])
-        ax.imshow(np.concatenate(list(strip), axis=1), cmap="gray", vmin=0, vmax=1, aspect="equal")
         h, w = frames.shape[1:]
+        sheet = np.ones((rows_per_clip * h, per_row * w), np.float32)  # white where no frame is
+        for pos in range(t):
+            r, c = divmod(pos, per_row)
+            sheet[r * h : (r + 1) * h, c * w : (c + 1) * w] = strip[pos]
+        ax = fig.add_subplot(grid[row])
+        ax.imshow(sheet, cmap="gray", vmin=0, vmax=1, aspect="equal")
         for p in np.flatnonzero(picked[i]):
-            ax.add_patch(Rectangle((p * w - 0.5, -0.5), w, h, fill=False, edgecolor="orange", linewidth=0.8))
+            r, c = divmod(int(p), per_row)
+            ax.add_patch(Rectangle((c * w - 0.5, r * h - 0.5), w, h, fill=False, edgecolor="orange", linewidth=1.0))
         for p in np.flatnonzero(~valid[i]):  # padding: crossed out
-            ax.plot([p * w - 0.5, (p + 1) * w - 0.5], [-0.5, h - 0.5], color="red", lw=0.6)
-            ax.plot([p * w - 0.5, (p + 1) * w - 0.5], [h - 0.5, -0.5], color="red", lw=0.6)
+            r, c = divmod(int(p), per_row)
+            x0, x1, y0, y1 = c * w - 0.5, (c + 1) * w - 0.5, r * h - 0.5, (r + 1) * h - 0.5
+            ax.plot([x0, x1], [y0, y1], color="red", lw=0.6)
+            ax.plot([x0, x1], [y1, y0], color="red", lw=0.6)
         ax.set_axis_off()
         name = f"{names[i]} " if names is not None else ""
         pad = f", {int((~valid[i]).sum())} of {t} frames padding (red X)" if not valid[i].all() else ""
+        wrap = f"; rows of {per_row} frames" if rows_per_clip > 1 else ""
         ax.set_title(
-            f"{name}[{class_names[labels[i]]}]: picked (bright, boxed) {sorted(set(indices[i].tolist()))}{pad}",
+            _wrap(
+                f"{name}[{class_names[labels[i]]}]: picked (bright, boxed) {sorted(set(indices[i].tolist()))}{pad}{wrap}",
+                width,
+            ),
             fontsize=8,
             loc="left",
         )

@@ -27,7 +27,7 @@ from sampler.model import SampledClassifier
 from .clips import cut_windows, windows_of_videos
 from .config import DataConfig
 from .corruptions import StreamCorruption
-from .datasets import VideoEntry, decode_frames, read_video_index
+from .datasets import VideoEntry, VideoIndex, decode_frames, read_video_index
 from .files import write_atomic
 from .loop import evaluate
 from .metrics import Scores, classification_scores
@@ -163,20 +163,29 @@ class RandomWindowSet(torch.utils.data.Dataset):
 
 @dataclass(frozen=True, eq=False)
 class VideoSet:
-    """Whole videos (variable length, (N_i, H, W) uint8) with labels and names."""
+    """Whole videos (variable length, (N_i, H, W) uint8) with labels and names, and the index
+    rows they came from (groups, content hashes, notes on rows left out)."""
 
     videos: list[np.ndarray]
     labels: np.ndarray
     names: tuple[str, ...]
     class_names: tuple[str, ...]
+    index: VideoIndex | None = None
+
+    @property
+    def groups(self) -> np.ndarray:
+        """(V,) group per video; each video its own group without a group setting."""
+        entries = self.index.entries if self.index is not None else []
+        return np.array([e.group or f"<{e.name}>" for e in entries] or [f"<{n}>" for n in self.names], dtype=object)
 
     def take(self, index: np.ndarray) -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...]]:
         return [self.videos[i] for i in index], self.labels[index], tuple(self.names[i] for i in index)
 
 
-def load_whole_videos(config: DataConfig) -> VideoSet:
+def load_whole_videos(config: DataConfig, *, min_videos: int = 3) -> VideoSet:
     """Decode every video of the index whole (cached under ``cache_dir``)."""
-    entries, class_names = read_video_index(config)
+    index = read_video_index(config, min_videos=min_videos)
+    entries, class_names = index.entries, index.class_names
     key = {
         "version": 2,  # 2: resampled by core.resample (frames repeat only with data.upsample)
         "whole": True,
@@ -201,7 +210,7 @@ def load_whole_videos(config: DataConfig) -> VideoSet:
         write_atomic(cache, frames=np.concatenate(videos), lengths=np.array([len(v) for v in videos]))
     labels = np.array([class_names.index(e.label) for e in entries], dtype=np.int64)
     names = tuple(e.name for e in entries)
-    return VideoSet(list(videos), labels, names, class_names)
+    return VideoSet(list(videos), labels, names, class_names, index)
 
 
 def _decode_whole(entry: VideoEntry, config: DataConfig) -> np.ndarray:

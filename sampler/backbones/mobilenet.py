@@ -38,7 +38,8 @@ def imagenet_cache_path() -> Path:
 def _how_to_get_weights() -> str:
     return (
         f"download {_IMAGENET.url} into {imagenet_cache_path().parent} (or set TORCH_HOME), "
-        "or pass weights=PATH to a MobileNetV3-Small state_dict, or weights='none' for random init"
+        "or set model.backbone_weights: PATH (weights=PATH in Python) to a MobileNetV3-Small state_dict, "
+        "or model.backbone_weights: none for random init"
     )
 
 

@@ -149,14 +149,15 @@ def test_the_embedding_table_is_cached_by_content(tmp_path):
     again = embed_videos(
         videos, np.array([0]), ["a"], classifier=model.classifier, feature_size=16, cache_dir=tmp_path, log=lines.append
     )
-    assert "embedding 6 frames" in lines[0] and "read from" in lines[1]
+    assert "embedding 6 frames" in lines[0] and "read from" in lines[-1]
     assert np.array_equal(first.emb[0], again.emb[0])
     other = [videos[0].copy()]
     other[0][0, 0, 0] ^= 1
+    lines.clear()
     embed_videos(
         other, np.array([0]), ["a"], classifier=model.classifier, feature_size=16, cache_dir=tmp_path, log=lines.append
     )
-    assert "embedding 6 frames" in lines[2] and len(list(tmp_path.glob("emb-*.npz"))) == 2
+    assert "embedding 6 frames" in lines[0] and len(list(tmp_path.glob("emb-*.npz"))) == 2
     # a damaged cache file is reported and replaced, not trusted
     for broken in tmp_path.glob("emb-*.npz"):
         broken.write_bytes(b"PK\x03\x04 not a zip")

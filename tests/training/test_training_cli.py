@@ -47,7 +47,8 @@ def test_train_one_epoch_then_evaluate(config, tmp_path, capsys):
     assert report["auc"] == pytest.approx(result["test"]["auc"]) and report["acc"] == pytest.approx(
         result["test"]["acc"]
     )
-    assert printed.startswith("test: auc ")
+    assert printed.startswith(f"scored the test split recorded in {run / 'model.pt'} (8 samples)")
+    assert "\ntest: auc " in printed
     with (tmp_path / "eval" / "predictions-test.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and all(len(r["picked"].split()) == 4 for r in rows)
@@ -150,5 +151,6 @@ def test_missing_dataset_via_the_installed_command(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines == [
-        f"das-stream: error: dataset file {tmp_path / 'gone.npz'} not found; set data.path to a MedMNIST 3D npz (e.g. adrenalmnist3d.npz)"
+        f"das-stream: error: dataset file {tmp_path / 'gone.npz'} not found; set data.path to a MedMNIST 3D npz "
+        "(e.g. adrenalmnist3d.npz)"
     ]

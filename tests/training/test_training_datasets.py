@@ -133,7 +133,9 @@ def test_video_index_errors(video_index, tmp_path):
     text = video_index.read_text()
     missing = video_index.with_name("missing.csv")
     missing.write_text(text + "nowhere.mp4,covid\n")
-    with pytest.raises(DataError, match=r"missing\.csv row 11 names .*nowhere\.mp4, which does not exist"):
+    with pytest.raises(
+        DataError, match=r"missing\.csv: 1 of 10 rows name video files that do not exist.*row 11 nowhere\.mp4"
+    ):
         load_video_dataset(video_config(missing, tmp_path))
 
     (video_index.parent / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
@@ -146,9 +148,13 @@ def test_video_index_errors(video_index, tmp_path):
     few.write_text(text + "covid_0.mp4,viral\n")
     with pytest.raises(DataError, match=r"class viral \(1\) has fewer than 3 videos"):
         load_video_dataset(video_config(few, tmp_path))
-    # Leaving the small class out is the fix the message names.
-    data = load_video_dataset(video_config(few, tmp_path, classes=("covid", "pneumonia", "regular")))
+    # Leaving the small class out is the fix the message names; its row is then an unknown label,
+    # an error unless data.drop_unknown says to leave such rows out.
+    with pytest.raises(DataError, match=r"1 row\(s\) have a label that is not in data.classes .*'viral' in row 11"):
+        load_video_dataset(video_config(few, tmp_path, classes=("covid", "pneumonia", "regular")))
+    data = load_video_dataset(video_config(few, tmp_path, classes=("covid", "pneumonia", "regular"), drop_unknown=True))
     assert data.class_names == ("covid", "pneumonia", "regular")
+    assert data.notes[0].startswith("warning: 1 of 10 rows of") and "'viral' 1 row" in data.notes[0]
 
     with pytest.raises(DataError, match=r"has no column 'label'"):
         load_video_dataset(video_config(video_index, tmp_path, label_column="label"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ def videos(tmp_path_factory) -> dict[str, Path]:
             "path": str(root / "index.csv"),
             "label_column": "label",
             "classes": ["normal", "covid"],
+            "drop_unknown": True,  # the typo row is left out with a warning, not an error
             "fps": FPS,
             "size": 32,
             "num_frames": T,
@@ -61,7 +63,9 @@ def videos(tmp_path_factory) -> dict[str, Path]:
 
 def test_train_reports_left_out_rows_and_padding(videos):
     log = (videos["run"] / "train.log").read_text()
-    assert "1 of 9 rows" in log and "'nromal' 1 row (did you mean 'normal'?)" in log
+    assert "warning: 1 of 9 rows" in log and "'nromal' 1 row (did you mean 'normal'?)" in log
+    # normal1-3 are the same 1 s clip: copies in two splits are not held out, and the log says so
+    assert re.search(r"warning: \d video\(s\) have the same content as a video in another split: normal\d", log)
     assert "padding: 6 of 8 clips are shorter than T=16" in log and "normal 3/4, covid 3/4" in log
     assert "warning: T=16 exceeds the length of most clips (6 of 8" in log
     assert "done in " in log and " s: best epoch" in log  # under a minute: seconds
@@ -165,6 +169,7 @@ def test_evaluate_writes_confusion_and_refuses_another_input_size(videos, tmp_pa
             r["label"] == name for r in preds
         )
     assert (tmp_path / "confusion-test.png").stat().st_size > 1000
+    assert "warning: 1 of the 2 samples are in the model's training split" in (tmp_path / "evaluate.log").read_text()
     # Video-level scores: the split's whole videos (the same ones), every window of each, averaged.
     assert "test whole videos: auc" in printed and str(tmp_path / "videos-test.json") in printed
     videos_json = json.loads((tmp_path / "videos-test.json").read_text())
@@ -173,7 +178,8 @@ def test_evaluate_writes_confusion_and_refuses_another_input_size(videos, tmp_pa
     for video in videos_json["videos_by_name"].values():
         assert video["windows"] >= 1 and abs(sum(video["probs"]) - 1.0) < 1e-4
 
-    assert main(["evaluate", "--model", model, "--out", str(tmp_path), "--set", "model.input_size=48"]) == 2
+    again = ["evaluate", "--model", model, "--out", str(tmp_path / "again"), "--set", "model.input_size=48"]
+    assert main(again) == 2
     err = capsys.readouterr().err
     assert "model.input_size=48 (model 32)" in err and "pass the config it was trained with" in err
     assert len(err.strip().splitlines()) == 1

@@ -27,7 +27,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,37 +36,27 @@ from core.errors import DataError
 from sampler.device import resolve_device
 from sampler.model import SampledClassifier
 
+from ..card import duration
+from ..checkpoint import CHECKPOINT_FILE
 from ..clips import ClipSet, DatasetSplits, cut_windows, windows_of_videos
 from ..config import DataConfig, ExperimentConfig
 from ..corruptions import StreamCorruption, corrupt_videos
-from ..datasets import load_medmnist3d
+from ..datasets import clip_record, load_medmnist3d, record_mismatch, require_file
 from ..exits import Windows
 from ..loop import evaluate
 from ..report import RunResult, SummaryRow, markdown_table, plot_auc, summarize
-from ..runs import MODEL_FILE, RESULT_FILE, RunLog, grid, run_name, set_threads, train_run
-from ..video_eval import RandomWindowSet, evaluate_videos, load_whole_videos
+from ..runs import MODEL_FILE, RESULT_FILE, GridClock, RunLog, grid, resize_note, run_name, set_threads, train_run
+from ..split import BY_VIDEO_NOTE, fold_splits, parts_from_record, split_record
+from ..video_eval import RandomWindowSet, VideoSet, evaluate_videos, load_whole_videos
 from .curves import CURVE_FILE, run_curve, write_curve_summaries
-from .folds import fold_splits, groups_from_regex
 from .frozen import FrozenVideos, embedded_windows, evaluate_embedded_videos
 from .paired import paired_markdown, paired_table, write_paired_csv, write_summary_with_diffs
 
 CORRUPTED_RESULT = "result-corrupted.json"
+FOLDS_FILE = "folds.json"  # the folds of every run in the output folder (training.split records)
 
 
 # --- training windows ----------------------------------------------------------------------------
-
-
-def _groups(config: DataConfig, names: Sequence[str]) -> np.ndarray:
-    if config.group_regex:
-        return groups_from_regex(names, config.group_regex)
-    if config.group_column:
-        with Path(config.path).expanduser().open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        if rows and config.group_column not in rows[0]:
-            raise DataError(f"video index {config.path} has no column {config.group_column!r}; fix data.group_column")
-        by_name = {(r[config.path_column] or "").strip(): (r[config.group_column] or "").strip() for r in rows}
-        return np.array([by_name.get(n) or f"<{n}>" for n in names], dtype=object)
-    return np.array([f"<{n}>" for n in names], dtype=object)
 
 
 def _train_clips(config: ExperimentConfig, videos, labels, names, corruption: StreamCorruption | None):
@@ -92,24 +81,31 @@ def _stride(config: ExperimentConfig) -> int:
 
 
 def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) -> list[SummaryRow]:
-    """Run the grid on every fold; write the summaries with paired differences."""
-    set_threads(config)
+    """Run the grid on every fold; write the summaries with paired differences.
+
+    The folds are recorded in ``out/folds.json`` by the first call; later calls into the same
+    folder use them (videos: checked by content hash; volumes: refused when they differ).
+    ``resume`` skips finished runs and continues interrupted ones from their checkpoints. The
+    summaries cover every finished run in ``out``."""
+    threads = set_threads(config)
     out.mkdir(parents=True, exist_ok=True)
     progress = RunLog(out / "compare.log")
     d = config.data
     corruption = StreamCorruption.from_options(d.corruption_options) if d.corruption != "none" else None
-    start = time.perf_counter()
+    recorded = json.loads((out / FOLDS_FILE).read_text()) if (out / FOLDS_FILE).is_file() else None
     vs = pool = base = None
     if d.kind == "videos":
         vs = load_whole_videos(d)
-        labels, groups, class_names = vs.labels, _groups(d, vs.names), vs.class_names
-        splits = fold_splits(
-            labels, folds=d.folds, seed=d.split_seed, groups=groups, val_fraction=d.split[1] / (d.split[0] + d.split[1])
-        )
+        labels, class_names = vs.labels, vs.class_names
+        splits = _video_folds(config, vs, recorded)
+        records = [_fold_record(d, vs, parts) for parts in splits]
         progress(
-            f"{d.folds} folds over {len(labels)} videos in {len(set(groups.tolist()))} groups; video-level test, "
+            f"{d.folds} folds over {len(labels)} videos in {len(set(vs.groups.tolist()))} groups; video-level test, "
             f"T={d.num_frames} stride={_stride(config)} train_windows={d.train_windows} corruption={d.corruption}"
         )
+        notes = [*(vs.index.notes if vs.index else ()), *(() if d.groups else (BY_VIDEO_NOTE,))]
+        for note in (*notes, *resize_note(config, d.size)):
+            progress(note)
         frozen = (
             FrozenVideos(config, vs, corruption, progress, resolve_device(config.train.device))
             if config.train.freeze_backbone
@@ -117,97 +113,149 @@ def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) 
         )
     else:
         frozen = None
-        base = load_medmnist3d(d.path, class_names=d.classes) if d.kind == "medmnist3d" else None
+        base = (
+            load_medmnist3d(require_file(d, "dataset file"), class_names=d.classes) if d.kind == "medmnist3d" else None
+        )
         if base is None:
             raise DataError(
                 f"--folds needs data.kind videos or medmnist3d, got {d.kind}; drop --folds for synthetic data"
             )
         splits, pool = _medmnist_folds(base, d)
+        records = [
+            clip_record(
+                DatasetSplits(
+                    pool.subset(tr), pool.subset(va), pool.subset(te) if te is not None else base.test, base.class_names
+                )
+            )
+            for tr, va, te in splits
+        ]
+        if recorded is not None:
+            differ = [
+                f
+                for f, r in enumerate(records)
+                if f >= len(recorded["folds"]) or record_mismatch(recorded["folds"][f], r)
+            ]
+            if differ or len(records) != len(recorded["folds"]):
+                raise DataError(
+                    f"the folds differ from those recorded in {out / FOLDS_FILE} (fold {differ[0] if differ else len(records)}): "
+                    "other data, data.folds, data.split_seed or data.fold_test; use a new --out for new folds"
+                )
         progress(f"{d.folds} folds over {len(pool.labels)} volumes (fold_test={d.fold_test})")
+        for note in resize_note(config, int(pool.x.shape[-1])):
+            progress(note)
+    if recorded is None:
+        (out / FOLDS_FILE).write_text(json.dumps({"folds": records}) + "\n")
+    else:
+        progress(f"folds: the ones recorded in {out / FOLDS_FILE} by the first compare into this folder")
     plan = grid(config)
-    results: list[RunResult] = []
-    corrupted: list[RunResult] = []
     total = len(plan) * len(splits)
+    done = {
+        (f, *run): _finished(out / f"fold{f}" / run_name(*run), f, corruption is not None)
+        for f in range(len(splits))
+        for run in plan
+        if resume
+    }
+    skipped = sum(bool(v) for v in done.values())
+    progress(
+        f"compare --folds {d.folds}: {total} runs ({len(plan)} per fold: {len(config.grid.methods)} method(s) x "
+        f"{len(config.grid.keeps)} keep(s) x {len(config.grid.seeds)} seed(s)); {skipped} finished before (--resume), "
+        f"{total - skipped} to train with {threads} thread(s) each -> {out}"
+    )
+    clock = GridClock(total - skipped)
     i = 0
     for f, (tr, va, te) in enumerate(splits):
         data = None
         for method, keep, seed in plan:
             i += 1
             run_dir = out / f"fold{f}" / run_name(method, keep, seed)
-            if resume and (run_dir / RESULT_FILE).is_file():
-                r = RunResult.load(run_dir / RESULT_FILE)
-                if r.fold == f and (corruption is None or (run_dir / CORRUPTED_RESULT).is_file()):
-                    progress(f"[{i}/{total}] fold{f}/{run_dir.name}: result exists, skipped (--resume)")
-                    results.append(r)
-                    if corruption is not None:
-                        corrupted.append(RunResult.load(run_dir / CORRUPTED_RESULT))
-                    if not (run_dir / CURVE_FILE).is_file():
-                        _write_curve(
-                            config.replace(model={"method": method, "keep": keep}, train={"seed": seed}),
-                            run_dir,
-                            (frozen, vs, pool),
-                            (tr, va, te),
-                            corruption,
-                            base,
-                        )
-                    continue
-            progress(f"[{i}/{total}] fold{f}/{run_dir.name} (after {(time.perf_counter() - start) / 60:.1f} min)")
+            if done.get((f, method, keep, seed)):
+                progress(f"[{i}/{total}] fold{f}/{run_dir.name}: result exists, skipped (--resume)")
+                if not (run_dir / CURVE_FILE).is_file():
+                    _write_curve(
+                        config.replace(model={"method": method, "keep": keep}, train={"seed": seed}),
+                        run_dir,
+                        (frozen, vs, pool),
+                        (tr, va, te),
+                        corruption,
+                        base,
+                    )
+                continue
+            progress(f"[{i}/{total}] fold{f}/{run_dir.name} ({clock.status()})")
             run_config = config.replace(model={"method": method, "keep": keep}, train={"seed": seed})
-            if d.kind == "videos" and frozen is not None:
-                r, corr = _frozen_run(run_config, frozen, (tr, va, te), class_names, run_dir, f)
-                if corr is not None:
-                    corrupted.append(corr)
-            elif d.kind == "videos":
-                train_v = vs.take(tr)
-                val_v, test_v = vs.take(va), vs.take(te)
-                train_corr = corruption if d.corruption == "both" else None
-                if train_corr is not None:
-                    val_v = (
-                        corrupt_videos(val_v[0], corruption, seed=d.corruption_seed + 2, ids=va.tolist()),
-                        *val_v[1:],
+            resume_run = ResumeRun(resume and (run_dir / CHECKPOINT_FILE).is_file())
+            with clock.timing():
+                if d.kind == "videos" and frozen is not None:
+                    r, _ = _frozen_run(
+                        run_config, frozen, (tr, va, te), class_names, run_dir, f, records[f], resume_run
                     )
-                data = DatasetSplits(
-                    _train_clips(run_config, *train_v, train_corr),
-                    windows_of_videos(*val_v, d.num_frames, _stride(config))[0],
-                    windows_of_videos(*test_v, d.num_frames, _stride(config))[0],
-                    class_names=class_names,
-                )
-                r = train_run(run_config, data, run_dir)
-                model = SampledClassifier.load(run_dir / MODEL_FILE, map_location=resolve_device(config.train.device))
-                ev = _video_eval(model, test_v, run_config)
-                r = dataclasses.replace(r, fold=f, test=ev.scores, window_test=ev.window_scores)
-                _write_video_predictions(run_dir / "video-predictions-test.csv", test_v[2], ev, class_names)
-                if corruption is not None:
-                    bad = corrupt_videos(test_v[0], corruption, seed=d.corruption_seed, ids=te.tolist())
-                    evc = _video_eval(model, (bad, *test_v[1:]), run_config)
-                    rc = dataclasses.replace(r, test=evc.scores, window_test=evc.window_scores)
-                    rc.save(run_dir / CORRUPTED_RESULT)
-                    corrupted.append(rc)
-            else:
-                data = data or DatasetSplits(
-                    pool.subset(tr), pool.subset(va), pool.subset(te) if te is not None else base.test, base.class_names
-                )
-                r = dataclasses.replace(train_run(run_config, data, run_dir), fold=f)
-                if corruption is not None:
-                    device = resolve_device(config.train.device)
-                    model = SampledClassifier.load(run_dir / MODEL_FILE, map_location=device)
-                    bad = corrupt_videos(list(data.test.x), corruption, seed=d.corruption_seed)
-                    ev = evaluate(
-                        model,
-                        ClipSet(np.stack(bad), data.test.valid, data.test.labels, data.test.names),
-                        device=device,
-                        batch_size=config.train.eval_batch_size,
+                elif d.kind == "videos":
+                    train_v = vs.take(tr)
+                    val_v, test_v = vs.take(va), vs.take(te)
+                    train_corr = corruption if d.corruption == "both" else None
+                    if train_corr is not None:
+                        val_v = (
+                            corrupt_videos(val_v[0], corruption, seed=d.corruption_seed + 2, ids=va.tolist()),
+                            *val_v[1:],
+                        )
+                    data = DatasetSplits(
+                        _train_clips(run_config, *train_v, train_corr),
+                        windows_of_videos(*val_v, d.num_frames, _stride(config))[0],
+                        windows_of_videos(*test_v, d.num_frames, _stride(config))[0],
+                        class_names=class_names,
+                        split_record=records[f],
                     )
-                    rc = dataclasses.replace(r, test=ev.scores)
-                    rc.save(run_dir / CORRUPTED_RESULT)
-                    corrupted.append(rc)
-            r.save(run_dir / RESULT_FILE)
-            results.append(r)
-            _write_curve(run_config, run_dir, (frozen, vs, pool), (tr, va, te), corruption, base)
+                    r = train_run(run_config, data, run_dir, resume=resume_run.resume, strict_resume=False, notes=False)
+                    model = SampledClassifier.load(
+                        run_dir / MODEL_FILE, map_location=resolve_device(config.train.device)
+                    )
+                    ev = _video_eval(model, test_v, run_config)
+                    r = dataclasses.replace(r, fold=f, test=ev.scores, window_test=ev.window_scores)
+                    _write_video_predictions(run_dir / "video-predictions-test.csv", test_v[2], ev, class_names)
+                    if corruption is not None:
+                        bad = corrupt_videos(test_v[0], corruption, seed=d.corruption_seed, ids=te.tolist())
+                        evc = _video_eval(model, (bad, *test_v[1:]), run_config)
+                        rc = dataclasses.replace(r, test=evc.scores, window_test=evc.window_scores)
+                        rc.save(run_dir / CORRUPTED_RESULT)
+                else:
+                    data = data or DatasetSplits(
+                        pool.subset(tr),
+                        pool.subset(va),
+                        pool.subset(te) if te is not None else base.test,
+                        base.class_names,
+                        split_record=records[f],
+                    )
+                    r = dataclasses.replace(
+                        train_run(
+                            run_config, data, run_dir, resume=resume_run.resume, strict_resume=False, notes=False
+                        ),
+                        fold=f,
+                    )
+                    if corruption is not None:
+                        device = resolve_device(config.train.device)
+                        model = SampledClassifier.load(run_dir / MODEL_FILE, map_location=device)
+                        bad = corrupt_videos(list(data.test.x), corruption, seed=d.corruption_seed)
+                        ev = evaluate(
+                            model,
+                            ClipSet(np.stack(bad), data.test.valid, data.test.labels, data.test.names),
+                            device=device,
+                            batch_size=config.train.eval_batch_size,
+                        )
+                        rc = dataclasses.replace(r, test=ev.scores)
+                        rc.save(run_dir / CORRUPTED_RESULT)
+                r.save(run_dir / RESULT_FILE)
+                _write_curve(run_config, run_dir, (frozen, vs, pool), (tr, va, te), corruption, base)
+            if r.window_test is not None:  # the score the tables use, and the window-level one train_run logged
+                progress(
+                    f"[{i}/{total}] fold{f}/{run_dir.name}: video-level test auc {r.test.auc:.3f} balanced acc "
+                    f"{r.test.acc:.1f}% (the score in the tables; window-level auc {r.window_test.auc:.3f})"
+                )
+    results = [r for r in _finished_runs(out, config.name, RESULT_FILE) if r.fold >= 0]
     progress(
-        f"compare --folds {d.folds}: {total} runs done in {(time.perf_counter() - start) / 60:.1f} min of wall-clock time"
+        f"compare --folds {d.folds}: {clock.trained} run(s) trained, {skipped} skipped (result existed, --resume) in "
+        f"{duration(clock.elapsed)}; the summaries cover the {len(results)} finished run(s) in {out}"
     )
     rows = _write_summaries(config, results, out, suffix="", progress=progress)
+    corrupted = _finished_runs(out, config.name, CORRUPTED_RESULT) if corruption is not None else []
     if corrupted:
         _write_summaries(config, corrupted, out, suffix="-corrupted", progress=progress)
     for path in write_curve_summaries(out, config.name):
@@ -263,15 +311,68 @@ def _write_curve(run_config: ExperimentConfig, run_dir: Path, inputs, split, cor
     (run_dir / CURVE_FILE).write_text(json.dumps(curve, indent=1) + "\n")
 
 
-def _frozen_run(run_config: ExperimentConfig, frozen: FrozenVideos, split, class_names, run_dir: Path, fold: int):
+@dataclasses.dataclass(frozen=True)
+class ResumeRun:
+    """How a run of the grid starts: from its checkpoint (``resume``) or afresh; a checkpoint
+    of another config is trained again from the start, and the data's notes are logged once."""
+
+    resume: bool
+
+
+def _finished(run_dir: Path, fold: int, corrupted: bool) -> bool:
+    """Whether a run of ``fold`` finished (with its corrupted-test result when one is due)."""
+    if not (run_dir / RESULT_FILE).is_file() or (corrupted and not (run_dir / CORRUPTED_RESULT).is_file()):
+        return False
+    return RunResult.load(run_dir / RESULT_FILE).fold == fold
+
+
+def _finished_runs(out: Path, dataset: str, file: str) -> list[RunResult]:
+    """Every finished run's result (``file``) under ``out/fold*/``, of ``dataset``."""
+    results = [RunResult.load(p) for p in sorted(out.glob(f"fold*/*/{file}"))]
+    return [r for r in results if r.dataset == dataset]
+
+
+def _video_folds(
+    config: ExperimentConfig, vs: VideoSet, recorded: dict | None
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The folds recorded in the output folder (checked by content hash), else new ones."""
+    d = config.data
+    if recorded is not None:
+        assert vs.index is not None
+        digests = [e.digest for e in vs.index.entries]
+        return [parts_from_record(r, vs.names, digests, where=str(d.file)) for r in recorded["folds"]]
+    return fold_splits(
+        vs.labels,
+        folds=d.folds,
+        seed=d.split_seed,
+        groups=vs.groups,
+        val_fraction=d.split[1] / (d.split[0] + d.split[1]),
+    )
+
+
+def _fold_record(d: DataConfig, vs: VideoSet, parts: Sequence[np.ndarray]) -> dict:
+    assert vs.index is not None
+    return split_record(
+        d.groups or "video",
+        {s: vs.index.samples(p) for s, p in zip(("train", "val", "test"), parts)},
+        root=str(d.video_root.absolute()),
+    )
+
+
+def _frozen_run(
+    run_config: ExperimentConfig, frozen: FrozenVideos, split, class_names, run_dir: Path, fold: int, record, resume_run
+):
     """One run with a frozen backbone: train on the embedded windows, score the test videos
     (clean and, when configured, corrupted) at video level."""
     tr, va, te = split
     r = train_run(
         run_config,
-        frozen.splits(run_config, tr, va, te, class_names),
+        dataclasses.replace(frozen.splits(run_config, tr, va, te, class_names), split_record=record),
         run_dir,
         backbone=(frozen.backbone, frozen.weights_source),
+        resume=resume_run.resume,
+        strict_resume=False,
+        notes=False,
     )
     model = SampledClassifier.load(run_dir / MODEL_FILE, map_location=resolve_device(run_config.train.device))
     stride, corr = _stride(run_config), None
@@ -357,10 +458,14 @@ def _write_summaries(
             else "clip-level, official test split kept as every fold's test set"
         )
     )
+    split = f"grouped by {config.data.groups}" if config.data.groups else "by video, not by patient"
+    split = split if config.data.kind == "videos" else "by volume"
     text = (
-        f"{config.data.folds}-fold cross-validation, {level} test scores{' (corrupted test)' if suffix else ''}; "
-        f"mean ± std over folds x seeds.\n\n" + markdown_table(rows) + "\nPaired differences (same fold and seed), "
-        "mean and 95% percentile bootstrap interval:\n\n" + paired_markdown(diffs)
+        f"{config.data.folds}-fold cross-validation ({split}), {level} test scores"
+        f"{' (corrupted test)' if suffix else ''}; mean ± std over the n runs (folds x seeds).\n\n"
+        + markdown_table(rows, over="folds x seeds")
+        + "\nPaired differences (same fold and seed), mean and 95% percentile bootstrap interval:\n\n"
+        + paired_markdown(diffs)
     )
     (out / f"{name}.md").write_text(text)
     plot_auc(rows, out / f"{name}-auc.png", title=f"{name}: test AUC ({config.data.folds} folds)")

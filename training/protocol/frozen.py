@@ -8,6 +8,10 @@ copies of the frames and take the picked frames' embeddings from the table
 the attention pooling and the head learn. On two CPU cores that turns a run from tens of minutes
 into seconds, which is what makes a grid over folds, seeds, keeps and methods affordable.
 
+The table is written in chunks of :data:`CHUNK` frames while it is computed (a folder
+``emb-<key>.partial/`` next to the finished ``emb-<key>.npz``), with a progress line at most every
+half minute; an interrupted embedding continues from its last chunk.
+
 The saved model is an ordinary model file (the backbone holds the pretrained weights it was
 embedded with), so ``das-stream run`` and ``evaluate`` use it unchanged, embedding the picks
 as they arrive. The picked embeddings equal what the model computes from the pixels when the
@@ -25,6 +29,9 @@ rather than corrupted afresh at every draw.
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +43,7 @@ import torch.nn.functional as F
 from sampler.classifier import FrameClassifier, frame_classifier
 from sampler.model import SampledClassifier
 
+from ..card import duration
 from ..clips import DatasetSplits, cut_windows, windows_of_videos
 from ..config import ExperimentConfig
 from ..corruptions import StreamCorruption, corrupt_videos
@@ -114,12 +122,64 @@ def embed_videos(
         log(
             f"embedding {len(frames)} frames with the frozen {classifier.backbone_name} backbone at {classifier.input_size} px ..."
         )
-        table = embed_frames(classifier, frames)
-        if cache is not None:
+        partial = None if cache is None else cache.with_name(cache.stem + ".partial")
+        table = embed_in_chunks(classifier, frames, partial, log)
+        if cache is not None and partial is not None:
             write_atomic(cache, emb=table)
+            shutil.rmtree(partial, ignore_errors=True)
     emb = np.split(table, np.cumsum(lengths)[:-1]) if len(videos) else []
     small = [shrink(v, feature_size) for v in videos]
     return EmbeddedVideos(small, list(emb), np.asarray(labels), tuple(names))
+
+
+CHUNK = 512  # frames per chunk of the embedding table written while embedding
+PROGRESS_SECONDS = 30.0  # at most one progress line per this many seconds
+
+
+def embed_in_chunks(
+    classifier: FrameClassifier, frames: np.ndarray, partial: Path | None, log: Callable[[str], None]
+) -> np.ndarray:
+    """:func:`embed_frames` chunk by chunk; each finished chunk is written to ``partial``
+    (``rows-<start>.npy``) and read back from there by a later call, so an interrupted embedding
+    continues where it stopped. Logs the progress with an estimate of the time left."""
+    n = len(frames)
+    chunks: list[np.ndarray | None] = [None] * ((n + CHUNK - 1) // CHUNK)
+    if partial is not None:
+        partial.mkdir(parents=True, exist_ok=True)
+        for c in range(len(chunks)):
+            path = partial / f"rows-{c * CHUNK:09d}.npy"
+            try:
+                rows = np.load(path) if path.is_file() else None
+            except (OSError, ValueError):  # a damaged chunk: embed it again
+                rows = None
+            if rows is not None and rows.ndim == 2 and len(rows) == min(CHUNK, n - c * CHUNK):
+                chunks[c] = rows
+        kept = sum(len(c) for c in chunks if c is not None)
+        if kept:
+            log(f"embedding: {kept} of {n} frames were embedded before (kept in {partial}); embedding the rest")
+    todo = sum(min(CHUNK, n - c * CHUNK) for c, rows in enumerate(chunks) if rows is None)
+    start = last = time.perf_counter()
+    done = 0
+    for c, rows in enumerate(chunks):
+        if rows is not None:
+            continue
+        rows = embed_frames(classifier, frames[c * CHUNK : (c + 1) * CHUNK])
+        if partial is not None:
+            tmp = partial / f".rows-{c * CHUNK:09d}.{os.getpid()}.tmp.npy"
+            np.save(tmp, rows)
+            tmp.replace(partial / f"rows-{c * CHUNK:09d}.npy")
+        chunks[c] = rows
+        done += len(rows)
+        now = time.perf_counter()
+        if now - last >= PROGRESS_SECONDS or done == todo:
+            last = now
+            per = (now - start) / done
+            log(
+                f"embedding: {n - todo + done}/{n} frames ({100 * (n - todo + done) / max(n, 1):.0f}%), "
+                f"{1000 * per:.0f} ms/frame, about {duration(per * (todo - done))} left"
+            )
+    ready = [c for c in chunks if c is not None]
+    return np.concatenate(ready) if ready else np.zeros((0, 0), np.float32)
 
 
 def _read_table(cache: Path, rows: int, log: Callable[[str], None]) -> np.ndarray | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import bootstrap
 
-from ..report import METHOD_LABELS, RunResult, SummaryRow
+from ..report import METHOD_LABELS, RunResult, SummaryRow, keep_label
 from ..runs import keep_of
 
 PAIRED_COLUMNS = ("dataset", "keep", "method", "baseline", "metric", "diff_mean", "ci_low", "ci_high", "pairs", "wins")
@@ -90,7 +90,8 @@ def paired_diff(
 
 
 def paired_table(results: Sequence[RunResult], *, focus: str = "das") -> list[PairedDiff]:
-    """``focus`` - Uniform, - Random, - Full (and every other method - Uniform) per keep, AUC and acc."""
+    """``focus`` - Uniform, - Random, - Full (and every other method, Full included, - Uniform)
+    per keep, AUC and acc."""
     methods = {r.method for r in results}
     keeps = sorted({r.keep for r in results if r.method != "full"})
     out = []
@@ -98,6 +99,7 @@ def paired_table(results: Sequence[RunResult], *, focus: str = "das") -> list[Pa
         for metric in ("auc", "acc"):
             pairs = [(focus, b) for b in ("uniform", "random", "full", "dps", "adps") if b != focus]
             pairs += [(m, "uniform") for m in sorted(methods) if m not in (focus, "uniform", "full")]
+            pairs += [("full", "uniform")] if focus != "full" else []
             for m, b in pairs:
                 if m in methods and b in methods:
                     d = paired_diff(results, m, b, keep, metric=metric)
@@ -129,7 +131,10 @@ def write_paired_csv(diffs: Sequence[PairedDiff], path: Path) -> None:
 
 def write_summary_with_diffs(rows: Sequence[SummaryRow], results: Sequence[RunResult], path: Path) -> None:
     """The summary CSV plus the paired AUC difference to Uniform at the same keep ratio
-    (``diff_vs_uniform``, ``diff_ci_low``, ``diff_ci_high``; empty for Uniform itself)."""
+    (``diff_vs_uniform``, ``diff_ci_low``, ``diff_ci_high``; empty for Uniform itself). Full
+    keeps every frame, so it has no keep of its own: its cells compare it with Uniform when
+    Uniform ran at one keep only, and are empty otherwise (the paired table has Full - Uniform
+    at every keep)."""
     with Path(path).open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
@@ -149,14 +154,11 @@ def write_summary_with_diffs(rows: Sequence[SummaryRow], results: Sequence[RunRe
         )
         for r in rows:
             d = None
-            if r.method != "uniform":
-                keeps = sorted({x.keep for x in results if x.method == "uniform"})
-                ref_keep = r.keep if r.method != "full" else (keeps[0] if keeps else r.keep)
-                d = (
-                    paired_diff(results, r.method, "uniform", ref_keep)
-                    if r.method != "full"
-                    else _full_vs_uniform(results, ref_keep)
-                )
+            keeps = sorted({x.keep for x in results if x.method == "uniform"})
+            if r.method == "full" and len(keeps) == 1:
+                d = paired_diff(results, "full", "uniform", keeps[0])
+            elif r.method not in ("uniform", "full"):
+                d = paired_diff(results, r.method, "uniform", r.keep)
             cells = ["", "", ""] if d is None else [f"{d.diff_mean:.4f}", f"{d.ci_low:.4f}", f"{d.ci_high:.4f}"]
             w.writerow(
                 [
@@ -173,15 +175,6 @@ def write_summary_with_diffs(rows: Sequence[SummaryRow], results: Sequence[RunRe
             )
 
 
-def _full_vs_uniform(results: Sequence[RunResult], keep: float) -> PairedDiff | None:
-    d = paired_diff(results, "uniform", "full", keep)
-    if d is None:
-        return None
-    return PairedDiff(
-        d.dataset, keep, "full", "uniform", d.metric, -d.diff_mean, -d.ci_high, -d.ci_low, d.pairs, d.pairs - d.wins
-    )
-
-
 def paired_markdown(diffs: Sequence[PairedDiff]) -> str:
     """One line per comparison: mean paired difference [95 % CI], wins / pairs."""
     lines = [
@@ -192,7 +185,7 @@ def paired_markdown(diffs: Sequence[PairedDiff]) -> str:
         fmt = "{:+.3f}" if d.metric == "auc" else "{:+.1f}"
         ci = "" if math.isnan(d.ci_low) else f" [{fmt.format(d.ci_low)}, {fmt.format(d.ci_high)}]"
         lines.append(
-            f"| {d.dataset} | {d.keep * 100:g}% | {METHOD_LABELS[d.method]} - {METHOD_LABELS[d.baseline]} | "
+            f"| {d.dataset} | {keep_label(d.keep)} | {METHOD_LABELS[d.method]} - {METHOD_LABELS[d.baseline]} | "
             f"{'AUC' if d.metric == 'auc' else 'bal. acc. (pts)'} | {fmt.format(d.diff_mean)}{ci} | {d.wins} / {d.pairs} |"
         )
     return "\n".join(lines) + "\n"
