@@ -64,7 +64,9 @@ def test_auto_weights_fall_back_to_random_init_with_a_warning(empty_torch_home, 
     with caplog.at_level(logging.WARNING, logger="sampler.backbones.mobilenet"):
         clf = frame_classifier(2, input_size=32, weights="auto")
     assert clf.weights_source == "none"
-    assert "no ImageNet weights" in caplog.text and "model.backbone_weights: PATH (weights=PATH in Python)" in caplog.text
+    assert (
+        "no ImageNet weights" in caplog.text and "model.backbone_weights: PATH (weights=PATH in Python)" in caplog.text
+    )
     assert not imagenet_cache_path().exists()  # nothing was downloaded
     assert str(empty_torch_home) in str(imagenet_cache_path())
 
