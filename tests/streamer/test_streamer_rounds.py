@@ -100,7 +100,7 @@ def test_the_budget_stops_later_rounds_but_never_a_first_one():
     assert res.exits.count("budget") >= 4
     first = sum(len(u) for u in res.used)  # 5 windows with usable frames, one frame each
     res3, _ = run(values, usable, order, ExitRule(threshold=0.999), k_max=8, allowance=first + 3)
-    assert sum(len(u) for u in res3.used) == first + 3
+    assert first < sum(len(u) for u in res3.used) <= first + 3 and "budget" in res3.exits
     assert res3.exits[0] in ("confident", "k_max", "budget")
 
 
