@@ -105,6 +105,7 @@ BOUNDS: dict[str, Bound] = {
     "backlog_bytes": Bound(1, 2**40, integer=True, unit="bytes"),
     "max_seq_jump": Bound(1, 2**53, integer=True, unit="frames"),
     "max_clock_skew": _SECONDS,
+    "budget": Bound(0.0, 1_000_000.0, unit="frames/s", lo_open=True),
 }
 
 

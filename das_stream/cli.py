@@ -95,6 +95,7 @@ def _run_choices(key: str) -> list:
 
 
 def _add_run(run: argparse.ArgumentParser) -> None:
+    from core import bounds
     from core.settings import DEVICE_FORMS
     from sources.spec import spec_usage
     from streamer.config import RunConfig
@@ -130,8 +131,22 @@ def _add_run(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--overload",
         choices=choices("overload"),
-        help="when the classifier lags: drop the oldest frames (counted) or block the source "
-        "(default auto: block for --no-pacing replays, drop_oldest otherwise)",
+        help="when the classifier lags: shrink the frames used per window first, then drop the oldest "
+        "(counted); drop the oldest at once; or block the source "
+        "(default auto: block for --no-pacing replays, shrink otherwise)",
+    )
+    run.add_argument(
+        "--budget",
+        type=bounds.flag("budget"),
+        metavar="FRAMES_PER_S",
+        help="backbone frames per second for the whole process; windows stop adding frames when it runs out",
+    )
+    run.add_argument(
+        "--no-early-exit",
+        dest="early_exit",
+        action="store_const",
+        const=False,
+        help="every window embeds k_max frames even when the model's exit rule says its prediction is settled",
     )
     run.add_argument("--frame-queue", type=int, help=f"frames buffered per stream (default {d['frame_queue']})")
     run.add_argument(

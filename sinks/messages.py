@@ -60,6 +60,12 @@ class Prediction:
             parts: a DICOM folder's file (its path in the folder); None otherwise. A window
             never spans two segments.
         instance: the DICOM SOP Instance UID of that file (None when not DICOM or absent).
+        frames_used: frames whose embeddings the prediction pools (the first ones of the
+            sampler's best-first order; ``selected`` are the same frames).
+        exit: why the engine stopped adding frames: ``confident`` (the model's exit rule says the
+            prediction is settled), ``k_max`` (it used k_max frames or every usable frame) or
+            ``budget`` (the process-wide frame budget ran out). ``probs`` are those at exit.
+        k_max: the most frames the window could use (lowered under overload policy ``shrink``).
     """
 
     stream: str
@@ -78,6 +84,9 @@ class Prediction:
     gap_ms: float = 0.0
     segment: str | None = None
     instance: str | None = None
+    frames_used: int = 0
+    exit: str = "k_max"
+    k_max: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

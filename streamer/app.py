@@ -71,7 +71,7 @@ def build_sources(cfg: RunConfig, *, size: int) -> list:
 def overload_policy(cfg: RunConfig) -> str:
     if cfg.overload != "auto":
         return cfg.overload
-    return "drop_oldest" if cfg.pacing else "block"
+    return "shrink" if cfg.pacing else "block"
 
 
 def mqtt_sink(cfg: RunConfig) -> MqttSink:
@@ -140,6 +140,8 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
         stats_interval=cfg.stats_interval,
         duration=cfg.duration,
         gap=cfg.gap,
+        budget=cfg.budget,
+        early_exit=cfg.early_exit,
     )
     return Pipeline(
         sources=[(s, policy) for s in sources], engine=engine, sinks=sinks, settings=settings, observers=observers

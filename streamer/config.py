@@ -36,6 +36,7 @@ _BOUNDED = (
     "stats_interval",
     "duration",
     "gap",
+    "budget",
 )
 
 
@@ -51,8 +52,14 @@ class RunConfig:
         window: window length T; must equal the model's (None: take the model's).
         stride: distance between window starts (None: the window length, no overlap).
         speed, pacing, loop: replay options of ``video:`` (and pacing of ``synthetic:``).
-        overload: queue policy for frames when the classifier lags: ``drop_oldest``, ``block``,
-            or ``auto`` (block for un-paced replays, drop_oldest for everything live).
+        overload: what happens when the classifier lags: ``shrink`` (lower the frames used per
+            window, k_max, before any frame is dropped; then drop the oldest, counted),
+            ``drop_oldest``, ``block`` (back-pressure on the source), or ``auto`` (block for
+            un-paced replays, shrink for everything live).
+        budget: backbone frames per second for the whole process (None: no cap); windows stop
+            adding frames when it runs out (``exit: budget``), see streamer/budget.py.
+        early_exit: use the model's calibrated exit rule (stop embedding a window's frames once
+            its prediction is settled); false: every window uses k_max frames.
         frame_queue, window_queue, max_batch_windows: queue sizes and inference batching.
         device, engine, threads: where and how the classifier runs (device: auto, cpu, cuda,
             cuda:N).
@@ -77,6 +84,8 @@ class RunConfig:
     pacing: bool = True
     loop: bool = False
     overload: Literal["auto", Policy] = "auto"
+    budget: float | None = PipelineSettings.budget
+    early_exit: bool = PipelineSettings.early_exit
     frame_queue: int = PipelineSettings.frame_queue
     window_queue: int = PipelineSettings.window_queue
     max_batch_windows: int = PipelineSettings.max_batch_windows

@@ -51,6 +51,7 @@ from sinks.messages import Prediction, Stats
 from sources.base import SourceCounts
 from sources.frame import Frame, Segment
 
+from .budget import FrameBudget, ShrinkControl
 from .inference import InferenceEngine, WindowResult
 from .resample import FrameResampler, make_resampler
 from .stats import StreamStats
@@ -58,7 +59,7 @@ from .window import Window, Windower
 
 log = logging.getLogger(__name__)
 
-Policy = Literal["drop_oldest", "block"]
+Policy = Literal["shrink", "drop_oldest", "block"]
 
 
 class FrameSource(Protocol):
@@ -91,7 +92,8 @@ class FrameQueue:
     Args:
         maxsize: capacity in frames.
         policy: ``drop_oldest`` (put never waits; when full the oldest frame is discarded and
-            counted) or ``block`` (put waits for room).
+            counted), ``shrink`` (the same at this queue; the pipeline lowers k_max first, so it
+            rarely fills) or ``block`` (put waits for room).
     """
 
     def __init__(self, maxsize: int, policy: Policy) -> None:
@@ -159,6 +161,11 @@ class PipelineSettings:
         duration: stop after this many seconds (None: until the sources end or a signal).
         gap: seconds without a frame (or a capture-time jump that long) after which a stream's
             open window is closed, padded, and the next one marked ``gap_before`` (0: never).
+        fps: the model's frame rate: streams are resampled to it (None: every frame).
+        budget: backbone frames per second for the whole process (None: no cap), see
+            :mod:`streamer.budget`.
+        early_exit: use the model's exit rule (stop adding frames to a window once its
+            prediction is settled); False: every window uses k_max frames.
     """
 
     stride: int
@@ -169,7 +176,9 @@ class PipelineSettings:
     stats_interval: float = 5.0
     duration: float | None = None
     gap: float = 2.0
-    fps: float | None = None  # the model's frame rate: streams are resampled to it (None: every frame)
+    fps: float | None = None
+    budget: float | None = None
+    early_exit: bool = True
 
 
 @dataclass
@@ -246,6 +255,9 @@ class Pipeline:
         ]
         self._stop = asyncio.Event()
         self._publish_wait_s = 0.0  # time the infer stage waited for room in the publish queue
+        self.budget = FrameBudget(settings.budget) if settings.budget else None
+        shrinking = any(policy == "shrink" for _, policy in sources)
+        self.shrink = ShrinkControl(engine.k, high=settings.max_batch_windows) if shrinking else None
 
     def stop(self) -> None:
         """Ask for a clean shutdown (safe to call from a signal handler)."""
@@ -387,9 +399,16 @@ class Pipeline:
                     for end in ended:
                         await results.put(end)
                     continue
-                for res in await asyncio.wrap_future(self.engine.submit(todo)):
+                k_max = self.shrink.update(windows.qsize()) if self.shrink is not None else None
+                allowance = self.budget.allowance() if self.budget is not None else None
+                done = await asyncio.wrap_future(
+                    self.engine.submit(todo, k_max=k_max, allowance=allowance, early_exit=self.settings.early_exit)
+                )
+                if self.budget is not None:
+                    self.budget.spend(sum(res.frames_embedded for res in done))
+                for res in done:
                     w = res.window
-                    stats[w.stream].window_done(w, res.selected, res.frames_embedded)
+                    stats[w.stream].window_done(w, res.selected, res.frames_embedded, exit=res.exit)
                     if w.frames:
                         t0 = time.monotonic()
                         await results.put(res)
@@ -449,6 +468,9 @@ class Pipeline:
             gap_ms=round(w.gap_before_ms, 2),
             segment=w.frames[0].segment.name if w.frames[0].segment else None,
             instance=w.frames[0].segment.instance if w.frames[0].segment else None,
+            frames_used=len(res.selected),
+            exit=res.exit,
+            k_max=res.k_max,
         )
 
     async def _publish_stats(self, stats: Stats) -> None:
@@ -465,7 +487,12 @@ class Pipeline:
             "gaps_closed": st.gaps,
             "longest_gap_ms": round(st.longest_gap_ms, 2),
             "publish_wait_ms": round(self._publish_wait_s * 1000.0, 2),
+            "k_max_in_force": self.shrink.limit if self.shrink is not None else self.engine.k,
         }
+        if self.shrink is not None:
+            extra["k_max_shrinks"] = self.shrink.shrinks
+        if self.budget is not None:
+            extra["budget_fps"] = self.budget.rate
         if final and st.error is not None:
             extra["error"] = str(st.error)
         return st.stats.snapshot(

@@ -28,6 +28,7 @@ import numpy as np
 
 from sinks.messages import Stats
 
+from .inference.rounds import EXITS
 from .window import Window
 
 _LATENCY_SAMPLES = 4096  # recent predictions kept for the percentiles
@@ -42,6 +43,15 @@ def percentiles(samples: Iterable[float]) -> dict[str, float]:
         return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
     p50, p95, p99 = np.percentile(arr, [50, 95, 99])
     return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2)}
+
+
+def frame_counts(samples: Iterable[int]) -> dict[str, float]:
+    """Mean, p50 and p95 of the frames used per window (recent windows; zeros when none)."""
+    arr = np.fromiter(samples, dtype=np.float64)
+    if arr.size == 0:
+        return {"mean": 0.0, "p50": 0.0, "p95": 0.0}
+    p50, p95 = np.percentile(arr, [50, 95])
+    return {"mean": round(float(arr.mean()), 3), "p50": round(float(p50), 2), "p95": round(float(p95), 2)}
 
 
 class StreamStats:
@@ -64,6 +74,8 @@ class StreamStats:
         self.windows = 0
         self.windows_flushed = 0  # closed early and padded (a pause, the stream's end)
         self.frames_embedded = 0
+        self.frames_used: deque[int] = deque(maxlen=_LATENCY_SAMPLES)  # per window (recent ones)
+        self.exits = {name: 0 for name in EXITS}
         self._picked: set[int] = set()
         self._t_start: float | None = None
         self._t_last_in: float | None = None
@@ -103,10 +115,17 @@ class StreamStats:
     def resampled_out(self, n: int = 1) -> None:
         self.frames_resampled_out += n
 
-    def window_done(self, window: Window, picked: Iterable[int], frames_embedded: int) -> None:
-        """Record a classified window (or a retire-only one: no frames, nothing picked)."""
+    def window_done(
+        self, window: Window, picked: Iterable[int], frames_embedded: int, *, exit: str | None = None
+    ) -> None:
+        """Record a classified window (or a retire-only one: no frames, nothing picked); ``exit``:
+        why the engine stopped adding frames to it (see ``Prediction.exit``)."""
+        picked = tuple(picked)
         if window.frames:
             self.windows += 1
+            self.frames_used.append(len(picked))
+            if exit is not None:
+                self.exits[exit] = self.exits.get(exit, 0) + 1
         self.frames_embedded += frames_embedded
         self._picked.update(picked)
         for seq in window.retire:
@@ -174,6 +193,8 @@ class StreamStats:
                 "windows_flushed": self.windows_flushed,
                 "fps_recent": round(self.fps_recent(), 2),
                 "frames_embedded": self.frames_embedded,
+                "frames_per_window": frame_counts(self.frames_used),
+                "exits": dict(self.exits),
                 **(extra or {}),
             },
         )
