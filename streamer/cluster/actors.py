@@ -65,11 +65,11 @@ class ClusterEngine(InferenceEngine):
     def __init__(self, model, embedder: RemoteEmbedder, *, max_embed_batch: int) -> None:
         super().__init__(model, device="cpu", embedder=embedder, max_embed_batch=max_embed_batch)
 
-    def _process(self, windows):  # on the worker thread, as the embedder's calls
+    def _process(self, windows, limits=None):  # on the worker thread, as the embedder's calls
         emb: RemoteEmbedder = self.embedder
         emb.calls.clear()
         retries_before = emb.retries_done
-        results = super()._process(windows)
+        results = super()._process(windows, limits or {})
         replicas = sorted({r for r, _ in emb.calls})
         extra = dict(
             replica=",".join(replicas) or None,

@@ -1,17 +1,21 @@
-"""Window inference: the sampler picks k frames, the backbone embeds only those, pooling + head classify.
+"""Window inference: frames embedded best first until the prediction is settled, pooling + head classify.
 
 All the work runs on the engine's own worker thread, which also owns the per-frame cache
 (:class:`~streamer.inference.cache.FrameCache`): :meth:`InferenceEngine.accept` (frames as they
 arrive) only enqueues, :meth:`InferenceEngine.submit` (a batch of closed windows) queues the batch
 on that thread and returns a future (the pipeline's event loop awaits it, no thread parked), and
-:meth:`InferenceEngine.process` does the same and waits. One call is three steps:
+:meth:`InferenceEngine.process` does the same and waits. One call is:
 
 1. sampler: the windows' feature-size copies -> the window model's ``order`` (one call for the
-   batch), whose first k positions are the picks; for samplers that look at frame features (DAS,
-   ADPS) the per-frame part of the features was computed as each frame arrived, so only the
-   motion, attention and ranking are left for the close;
-2. embed: the usable picks that have no embedding yet -> the :class:`Embedder` (fixed buckets);
-3. head: attention pooling + MLP + softmax over each window's picks.
+   batch), every frame best first; for samplers that look at frame features (DAS, ADPS) the
+   per-frame part of the features was computed as each frame arrived, so only the motion,
+   attention and ranking are left for the close;
+2. rounds (:mod:`.rounds`): the next frames of every undecided window (1, 2, 4, ... k_max) that
+   have no embedding yet -> the :class:`Embedder` (fixed buckets, one call per round), then
+   attention pooling + MLP + softmax over each window's frames so far; a window stops when the
+   model's exit rule says its prediction is settled (``confident``), at k_max frames, or when the
+   call's frame allowance (``--budget``) runs out. Without an exit rule (or with
+   ``early_exit=False``) this is one round of k_max frames: fixed-k inference.
 
 The model is a *window model* (:class:`sampler.package.WindowModel`): a model package run with
 ONNX Runtime and numpy (this module imports no torch), or a torch ``SampledClassifier`` (wrapped
@@ -34,11 +38,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from sampler.package import WindowModel, describe, picks
+from core.exit import ExitRule, rounds
+from sampler.package import WindowModel, describe
 
 from ..window import Window
 from .cache import FrameCache, Key, resize_gray
 from .embedders import EMBEDDERS, Embedder, resolve_backend
+from .rounds import run_rounds
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +57,13 @@ class WindowResult:
 
     Attributes:
         window: the window.
-        selected: sequence numbers of the real frames the sampler picked, ascending.
-        probs: class probabilities, in the model's class order.
-        frames_embedded: frames embedded for this window (picked frames not already cached).
+        selected: sequence numbers of the real frames the prediction used (the first ones of the
+            sampler's best-first order), ascending.
+        probs: class probabilities at exit, in the model's class order.
+        frames_embedded: frames embedded for this window (used frames not already cached).
+        exit: why no more frames were added: ``confident``, ``k_max`` or ``budget``
+            (:mod:`.rounds`).
+        k_max: the most frames the window could use (the k_max in force).
         scores: the sampler's own score of each real frame, in window order, the scores its order
             ranks by (DAS: a_base), from the window model's ``last_scores``; empty for samplers
             without one. Why these frames were picked: the web view shows it under each frame.
@@ -64,6 +74,8 @@ class WindowResult:
     probs: tuple[float, ...]
     frames_embedded: int
     scores: tuple[float, ...] = ()
+    exit: str = "k_max"
+    k_max: int = 0
 
 
 def as_window_model(model: Any, device: str) -> WindowModel:
@@ -133,6 +145,9 @@ class InferenceEngine:
         self._worker_id = self._worker.submit(threading.get_ident).result()
         # Per-frame features on arrival for samplers that read them (DAS, ADPS).
         self.features_on_arrival = m.uses_stats
+        # When a window's prediction is settled (the model's calibrated rule; none: fixed k).
+        self.exit_rule = ExitRule.from_dict(m.card.get("exit"))
+        self.widths = rounds(self.k)  # head widths: every round's prefix is padded to one of these
         fs = self.feature_size
         self._empty_stats = m.frame_stats(np.zeros((1, fs, fs), np.uint8))[0] if m.uses_stats else None
         self.warm_up_s = self.on_worker(self._warm_up, max_windows)
@@ -193,24 +208,28 @@ class InferenceEngine:
         return len(self.cache.small)
 
     # --- the work ------------------------------------------------------------------------------
-    def process(self, windows: list[Window]) -> list[WindowResult]:
+    def process(self, windows: list[Window], **limits: Any) -> list[WindowResult]:
         """Classify a batch of windows (any streams). Blocking, from any thread; runs on the worker.
+
+        ``limits``: ``k_max`` (the most frames a window may use; None: the model's k),
+        ``allowance`` (frames this call may embed; None: no budget) and ``early_exit`` (False:
+        ignore the model's exit rule, every window uses k_max frames).
 
         A failed call empties the cache (its windows never retire their frames) and raises.
         """
-        return self.on_worker(self._process, windows)
+        return self.on_worker(self._process, windows, limits)
 
-    def submit(self, windows: list[Window]) -> Future[list[WindowResult]]:
+    def submit(self, windows: list[Window], **limits: Any) -> Future[list[WindowResult]]:
         """:meth:`process` without blocking: the batch is queued on the worker and the future holds
         its results (an event loop awaits ``asyncio.wrap_future(engine.submit(...))``; no thread
         waits on it)."""
-        return self._worker.submit(self._process, windows)
+        return self._worker.submit(self._process, windows, limits)
 
-    def _process(self, windows: list[Window]) -> list[WindowResult]:
+    def _process(self, windows: list[Window], limits: dict[str, Any]) -> list[WindowResult]:
         try:
             self._drain()
             todo = [w for w in windows if w.frames]
-            results = dict(zip(map(id, todo), self._classify(todo))) if todo else {}
+            results = dict(zip(map(id, todo), self._classify(todo, **limits))) if todo else {}
         except BaseException:
             self._inbox.clear()
             self.cache.clear()
@@ -221,36 +240,90 @@ class InferenceEngine:
             self.cache.retire(w.stream, w.retire)
         return out
 
-    def _classify(self, windows: list[Window]) -> list[WindowResult]:
+    def _classify(
+        self,
+        windows: list[Window],
+        *,
+        k_max: int | None = None,
+        allowance: int | None = None,
+        early_exit: bool = True,
+    ) -> list[WindowResult]:
+        """Order each window's frames best first, then embed them in rounds (:mod:`.rounds`)
+        until each prediction is settled, uses ``k_max`` frames (None: the model's k) or the
+        frame ``allowance`` of this call runs out (None: no budget)."""
         t0 = time.perf_counter()
         small, valid = self._sampler_input(windows)
-        # As in SampledClassifier.forward: picks that are padding or empty (lost probe contact)
+        # As in SampledClassifier.forward: frames that are padding or empty (lost probe contact)
         # are left out of the pooling, so they need no embedding either.
         usable = valid & (small.reshape(len(windows), self.num_frames, -1).max(axis=2) > 0)
         stats = self._window_stats(windows) if self.features_on_arrival else None
-        indices = picks(self.model.order(small, stats, usable), self.k)
+        order = self.model.order(small, stats, usable)
         scores = getattr(self.model, "last_scores", None)  # what that order ranked by, if the model says
         if scores is not None and scores.shape != usable.shape:
             scores = None
         t1 = time.perf_counter()
-        embedded = self._embed_picks(windows, indices, usable)
-        t2 = time.perf_counter()  # the embedders return CPU arrays, so CUDA work is done here
-        probs, selected = self._head(windows, indices, usable)
-        t3 = time.perf_counter()
-        for name, s in (("sampler", t1 - t0), ("embed", t2 - t1), ("head", t3 - t2)):
+        k = self.k if k_max is None else max(1, min(self.k, int(k_max)))
+        rule = self.exit_rule if early_exit else ExitRule()
+        counts = [0] * len(windows)
+        spent = {"embed": 0.0, "head": 0.0}
+
+        def key(b: int, t: int) -> Key:
+            return (windows[b].stream, windows[b].frames[t].seq)
+
+        def cost(b: int, positions) -> int:
+            return sum(1 for t in positions if usable[b, t] and key(b, t) not in self.cache.emb)
+
+        def embed(pairs: list[tuple[int, int]]) -> None:
+            t = time.perf_counter()
+            new: dict[Key, np.ndarray] = {}
+            for b, pos in pairs:
+                kk = key(b, pos)
+                if kk not in self.cache.emb and kk not in new:
+                    new[kk] = windows[b].frames[pos].image
+                    counts[b] += 1
+            if new:
+                batch = np.stack([resize_gray(image, self.input_size) for image in new.values()])
+                self.cache.emb.update(zip(new, np.asarray(self.embedder.embed(batch), np.float32)))
+            spent["embed"] += time.perf_counter() - t  # the embedders return CPU arrays: CUDA work is done
+
+        def head(rows: list[int], positions: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            t = time.perf_counter()
+            width = next(w for w in self.widths if w >= positions.shape[1])  # a warmed shape
+            emb = np.zeros((len(rows), width, self.embed_dim), np.float32)
+            full_mask = np.zeros((len(rows), width), bool)
+            full_mask[:, : mask.shape[1]] = mask
+            for i, b in enumerate(rows):
+                for j in np.flatnonzero(mask[i]):
+                    emb[i, j] = self.cache.emb[key(b, int(positions[i, j]))]
+            out = self.model.head(emb, full_mask)
+            spent["head"] += time.perf_counter() - t
+            return out
+
+        res = run_rounds(
+            order, usable, [k] * len(windows), rule, cost=cost, embed=embed, head=head, allowance=allowance
+        )
+        for name, s in (("sampler", t1 - t0), ("embed", spent["embed"]), ("head", spent["head"])):
             self.stage_ms[name].append(1000.0 * s)
             for listener in self.stage_listeners:
                 listener(name, s)
-        return [
-            WindowResult(
-                window=w,
-                selected=selected[b],
-                probs=tuple(float(p) for p in probs[b]),
-                frames_embedded=embedded[b],
-                scores=() if scores is None else tuple(round(float(v), 4) for v in scores[b, : len(w.frames)]),
+        out = []
+        for b, w in enumerate(windows):
+            # The prefix the prediction reached; a window that went to k_max reports the first k
+            # positions (its unusable real frames too, as the fixed-k picks always did).
+            reach = k if res.exits[b] == "k_max" else len(res.used[b])
+            selected = tuple(sorted(w.frames[t].seq for t in order[b, :reach] if t < len(w.frames)))
+            out.append(
+                WindowResult(
+                    window=w,
+                    selected=selected,
+                    probs=tuple(float(p) for p in res.probs[b]),
+                    frames_embedded=counts[b],
+                    exit=res.exits[b],
+                    k_max=k,
+                    scores=() if scores is None else tuple(round(float(v), 4) for v in scores[b, : len(w.frames)]),
+                )
             )
-            for b, w in enumerate(windows)
-        ]
+        return out
 
     def _sampler_input(self, windows: list[Window]) -> tuple[np.ndarray, np.ndarray]:
         """The windows' feature-size copies (B, T, fs, fs) uint8, zero-padded, and the (B, T) mask of real frames."""
@@ -274,40 +347,13 @@ class InferenceEngine:
                 out[b, : len(w.frames)] = np.stack([self.cache.stats[(w.stream, f.seq)] for f in w.frames])
         return out
 
-    def _embed_picks(self, windows: list[Window], indices: np.ndarray, usable: np.ndarray) -> list[int]:
-        """Embed the usable picks with no embedding yet, in one embedder call; frames embedded per window."""
-        new: dict[Key, np.ndarray] = {}
-        counts = [0] * len(windows)
-        for b, w in enumerate(windows):
-            for t in indices[b]:
-                key = (w.stream, w.frames[t].seq) if usable[b, t] else None
-                if key is not None and key not in self.cache.emb and key not in new:
-                    new[key] = w.frames[t].image
-                    counts[b] += 1
-        if new:
-            batch = np.stack([resize_gray(image, self.input_size) for image in new.values()])
-            self.cache.emb.update(zip(new, np.asarray(self.embedder.embed(batch), np.float32)))
-        return counts
-
-    def _head(
-        self, windows: list[Window], indices: np.ndarray, usable: np.ndarray
-    ) -> tuple[np.ndarray, list[tuple[int, ...]]]:
-        """Class probabilities (B, C) from the picks' embeddings, and the picked real frames' seqs."""
-        picked = np.zeros((len(windows), self.k, self.embed_dim), np.float32)
-        mask = np.zeros((len(windows), self.k), bool)
-        selected: list[tuple[int, ...]] = []
-        for b, w in enumerate(windows):
-            selected.append(tuple(w.frames[t].seq for t in indices[b] if t < len(w.frames)))
-            for j, t in enumerate(indices[b]):
-                if usable[b, t]:
-                    picked[b, j] = self.cache.emb[(w.stream, w.frames[t].seq)]
-                    mask[b, j] = True
-        return self.model.head(picked, mask), selected
-
     def _warm_up(self, max_windows: int) -> float:
         """Run every backbone bucket, and order + head for 1..max_windows windows (a torch model
         on a GPU also picks the faster device per count). Returns the seconds taken."""
         t0 = time.perf_counter()
         self.embedder.warm_up()
         self.model.warm_up(max_windows)
+        for b in range(1, max_windows + 1):  # every round's head shape (the prefix widths)
+            for width in self.widths:
+                self.model.head(np.zeros((b, width, self.embed_dim), np.float32), np.ones((b, width), bool))
         return time.perf_counter() - t0
