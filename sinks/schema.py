@@ -73,6 +73,9 @@ PREDICTION: dict[str, Any] = {
         "gap_ms": {"type": ["number", "null"], "minimum": 0, "maximum": 1e12},
         "segment": {"type": ["string", "null"], "maxLength": 1024},
         "instance": {"type": ["string", "null"], "maxLength": 64},
+        "frames_used": {"type": "integer", "minimum": 0, "maximum": 4096},
+        "exit": {"enum": ["confident", "k_max", "budget"]},
+        "k_max": {"type": "integer", "minimum": 0, "maximum": 4096},
     },
 }
 
