@@ -124,6 +124,23 @@ class Sampler(nn.Module):
         """(B, T) long: the best-first order of the window's positions (see the module docstring)."""
         raise NotImplementedError
 
+    @property
+    def uses_frame_features(self) -> bool:
+        """Whether the sampler sees the frames only through their per-frame features
+        (:func:`sampler.features.frame_features`), so a streaming runtime may compute them as each
+        frame arrives and call :meth:`select_features` / :meth:`order_features` at the window's
+        close. False (the default): the runtime passes the frames to :meth:`select` / :meth:`order`."""
+        return False
+
+    def select_features(self, raw: torch.Tensor, usable: torch.Tensor, k: int | None = None) -> SamplerOutput:
+        """:meth:`select` from the frames' precomputed features (B, T, d) and the usable mask
+        (B, T); only for a sampler that :attr:`uses_frame_features`."""
+        raise SamplerError(f"{type(self).__name__} needs the frames, not their features; call select(x)")
+
+    def order_features(self, raw: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+        """:meth:`order` from the frames' precomputed features (as :meth:`select_features`)."""
+        raise SamplerError(f"{type(self).__name__} needs the frames, not their features; call order(x)")
+
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, k: int | None = None) -> SamplerOutput:
         out = self.select(x, valid, k)
         frames = out.pick(x if x.is_floating_point() else x.float().div_(255.0))

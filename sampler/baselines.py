@@ -247,6 +247,10 @@ class ADPSSampler(Sampler):
         check_window(x, self.num_frames, valid)
         return self.order_features(frame_features(x, self.describe.feature_size), frame_validity(x, valid))
 
+    @property
+    def uses_frame_features(self) -> bool:
+        return True
+
     def order_features(self, raw: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
         """:meth:`order` from precomputed frame features: the k steps' picks in the order they
         were made, then the other usable frames, then the rest (in temporal order)."""

@@ -75,6 +75,9 @@ class FrameClassifier(nn.Module):
         dropout: dropout before the MLP's last layer.
     """
 
+    mean: torch.Tensor  # buffers: the backbone's input normalisation
+    std: torch.Tensor
+
     def __init__(
         self,
         num_classes: int,

@@ -121,6 +121,8 @@ class DASSampler(Sampler):
             ``segments`` (the best frame of each of k equal segments; see the module docstring).
     """
 
+    outside_segment: torch.Tensor  # a buffer, (k, T)
+
     def __init__(
         self,
         *,
@@ -159,10 +161,6 @@ class DASSampler(Sampler):
         self.register_buffer("outside_segment", segment.unsqueeze(0) != torch.arange(k).unsqueeze(1), persistent=False)
         self.describe = FrameDescriptor(feature_size=feature_size)
         self.learned = LearnedDescriptor() if features != "hand" else None
-        if self.learned is not None:
-            # The learned features need the frames, not only the hand-made per-frame features a
-            # streaming runtime computes on arrival: hide select_features so the runtime calls select(x).
-            self.select_features = None
         d = (FrameDescriptor.dim if features != "learned" else 0) + (
             self.learned.dim if self.learned is not None else 0
         )
@@ -189,7 +187,11 @@ class DASSampler(Sampler):
         """Equations 1-4 from the window's frame features (B, T, d) (:func:`frame_features` at
         the sampler's feature size) and its (B, T) mask of usable frames (real and not empty).
         ``learned``: the learned descriptor (B, T, e), needed when ``features`` is learned or both."""
-        parts = [] if self.features == "learned" else [FrameDescriptor.from_raw(raw, usable)]
+        parts = []
+        if self.features != "learned":
+            if raw is None:
+                raise SamplerError("this DAS sampler uses the hand-made frame features; pass them (raw)")
+            parts.append(FrameDescriptor.from_raw(raw, usable))
         if self.learned is not None:
             if learned is None:
                 raise SamplerError(
@@ -206,6 +208,11 @@ class DASSampler(Sampler):
 
     def select(self, x: torch.Tensor, valid: torch.Tensor | None = None, k: int | None = None) -> SamplerOutput:
         return self._select(self.attention(x, valid), self.pick_count(k))
+
+    @property
+    def uses_frame_features(self) -> bool:
+        """True for the hand-made features alone; the learned ones need the frames."""
+        return self.learned is None
 
     def select_features(self, raw: torch.Tensor, usable: torch.Tensor, k: int | None = None) -> SamplerOutput:
         """:meth:`select` from precomputed frame features: what a streaming runtime calls when it

@@ -29,6 +29,8 @@ from torch import nn
 
 from core.errors import ConfigError, ModelFileError
 
+from .classifier import FrameClassifier
+from .das import DASSampler
 from .features import frame_stats, with_motion
 from .model import SampledClassifier
 from .package import PackageModel, classify_windows
@@ -47,7 +49,7 @@ def onnx_bytes(module: nn.Module, args: tuple, inputs: list[str], outputs: list[
         torch.onnx.export(
             module.eval(),
             args,
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter takes a file object; the stub says path
             dynamo=False,
             input_names=inputs,
             output_names=outputs,
@@ -58,7 +60,7 @@ def onnx_bytes(module: nn.Module, args: tuple, inputs: list[str], outputs: list[
 
 
 class _Embed(nn.Module):
-    def __init__(self, classifier: nn.Module) -> None:
+    def __init__(self, classifier: FrameClassifier) -> None:
         super().__init__()
         self.classifier = classifier
 
@@ -67,7 +69,7 @@ class _Embed(nn.Module):
 
 
 class _Head(nn.Module):
-    def __init__(self, classifier: nn.Module) -> None:
+    def __init__(self, classifier: FrameClassifier) -> None:
         super().__init__()
         self.classifier = classifier
 
@@ -88,7 +90,7 @@ class _Scores(nn.Module):
     """DAS's per-frame scores a_base (B, T) from the window's feature-size copies (for the motion)
     and its frames' features made on arrival, which its order ranks (:meth:`DASSampler.order`)."""
 
-    def __init__(self, sampler: nn.Module) -> None:
+    def __init__(self, sampler: DASSampler) -> None:
         super().__init__()
         self.sampler = sampler
 
@@ -132,6 +134,7 @@ def package_graphs(model: SampledClassifier) -> dict[str, bytes]:
             {"frames": {0: "n"}, "stats": {0: "n"}},
         )
     if card["order"] in ("scores", "segments"):
+        assert isinstance(model.sampler, DASSampler)  # the orders by DAS's frame scores
         graphs["scores"] = onnx_bytes(
             _Scores(model.sampler),
             (

@@ -266,14 +266,12 @@ class SampledClassifier(nn.Module):
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Optimizer parameter groups: every parameter at ``lr``, DPS logits at their multiplier."""
-        fast: list[nn.Parameter] = []
-        if isinstance(self.sampler, DPSSampler):
-            fast = [self.sampler.logits]
-        fast_ids = {id(p) for p in fast}
-        groups = [{"params": [p for p in self.parameters() if id(p) not in fast_ids], "lr": lr}]
-        if fast:
-            groups.append({"params": fast, "lr": lr * self.sampler.logit_lr_multiplier})
-        return groups
+        sampler = self.sampler
+        if not isinstance(sampler, DPSSampler):
+            return [{"params": list(self.parameters()), "lr": lr}]
+        fast = sampler.logits
+        rest = [p for p in self.parameters() if p is not fast]
+        return [{"params": rest, "lr": lr}, {"params": [fast], "lr": lr * sampler.logit_lr_multiplier}]
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the model (config, weights and meta) to ``path`` (:mod:`sampler.model_file`)."""

