@@ -245,6 +245,16 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--streams", type=int, help="capacity item: run this one number of 30 fps streams, no sweep")
     bench.add_argument("--threads", type=flag("threads"), help="intra-op threads of ONNX Runtime (and torch)")
     bench.add_argument(
+        "--budget",
+        type=flag("budget"),
+        default=60.0,
+        metavar="FRAMES_PER_S",
+        help="latency/capacity: the frame budget of the early-exit-with-budget variant (default 60)",
+    )
+    bench.add_argument(
+        "--repeats", type=int, default=3, help="latency: the variants alternated this many times (default 3)"
+    )
+    bench.add_argument(
         "--feature-size",
         type=int,
         default=56,
@@ -293,6 +303,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         feature_size=args.feature_size,
         streams=args.streams,
         threads=args.threads,
+        budget=args.budget,
+        repeats=args.repeats,
     )
     result = run_bench(settings, log=lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
     text = to_json(result)

@@ -63,7 +63,7 @@ class ShrinkControl:
     """
 
     def __init__(self, k_max: int, *, high: int, calm: int = 4) -> None:
-        self.k_max = self.limit = int(k_max)
+        self.k_max = self.limit = self.lowest = int(k_max)
         self.high = max(1, int(high))
         self.calm = max(1, int(calm))
         self._quiet = 0
@@ -75,6 +75,7 @@ class ShrinkControl:
             self._quiet = 0
             if self.limit > 1:
                 self.limit = max(1, self.limit // 2)
+                self.lowest = min(self.lowest, self.limit)
                 self.shrinks += 1
         elif backlog == 0:
             self._quiet += 1

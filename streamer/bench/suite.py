@@ -50,7 +50,7 @@ from sources.video import VideoSource
 
 from ..inference import InferenceEngine, resize_gray
 from ..pipeline import Pipeline, PipelineSettings
-from ..stats import percentiles
+from ..stats import frame_counts, percentiles
 from ..window import Window
 from .broker import local_broker
 from .inputs import FrameMaker, ReplaySource, bench_models, headline, make_video, windows_of
@@ -74,6 +74,8 @@ class BenchSettings:
         streams: item 8 at this one number of streams instead of the sweep.
         capacity_p99_ms: item 8's latency bound.
         capacity_seconds: item 8's run time per point (None: 8 s with ``quick``, else 20 s).
+        budget: the frames-per-second budget of items 4 and 8's ``early_exit_budget`` variant.
+        repeats: items 4 and 8 run their variants alternately (A B C A B C ...) this many times.
     """
 
     quick: bool = False
@@ -90,9 +92,48 @@ class BenchSettings:
     capacity_p99_ms: float = 50.0
     capacity_seconds: float | None = None
     threads: int | None = None
+    budget: float = 60.0
+    repeats: int = 3
 
 
 ITEMS = ("compute", "sampler", "throughput", "latency", "overlap", "memory", "streams", "capacity")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How items 4 and 8 run the headline model: fixed k (every window embeds k frames, frames
+    dropped when the classifier lags), the model's early exit, and the early exit under a frame
+    budget with overload policy ``shrink``."""
+
+    name: str
+    early_exit: bool
+    policy: str = "drop_oldest"
+    budget: float | None = None
+
+
+FIXED_K = Variant("fixed_k", early_exit=False)
+
+
+def variants(s: BenchSettings) -> tuple[Variant, ...]:
+    return (
+        FIXED_K,
+        Variant("early_exit", early_exit=True),
+        Variant("early_exit_budget", early_exit=True, policy="shrink", budget=s.budget),
+    )
+
+
+def paired_ratios(values: dict[str, list[float]], base: str = "fixed_k") -> dict[str, dict[str, float]]:
+    """Per variant, the median and range of its value over the base's, paired by repeat."""
+    out = {}
+    for name, vals in values.items():
+        ratios = [v / b for v, b in zip(vals, values[base]) if b]
+        if ratios:
+            out[name] = {
+                "median": round(statistics.median(ratios), 3),
+                "min": round(min(ratios), 3),
+                "max": round(max(ratios), 3),
+            }
+    return out
 
 
 # --- timing helpers --------------------------------------------------------------------------
@@ -174,17 +215,26 @@ def bench_compute(engines: dict[str, InferenceEngine], s: BenchSettings) -> dict
 
 
 async def replay(
-    engine: InferenceEngine, video: Path, *, pacing: bool, mqtt: str | None, stride: int, duration: float | None = None
+    engine: InferenceEngine,
+    video: Path,
+    *,
+    pacing: bool,
+    mqtt: str | None,
+    stride: int,
+    duration: float | None = None,
+    variant: Variant = FIXED_K,
 ) -> dict[str, Any]:
     src = VideoSource(video, pacing=pacing, loop=duration is not None, gray=True, size=engine.input_size)
     sinks = (
         [MqttSink(MqttSettings.from_url(mqtt, topic_prefix="bench", client_id=f"bench-{os.getpid()}"))] if mqtt else []
     )
     pipe = Pipeline(
-        sources=[(src, "drop_oldest" if pacing else "block")],
+        sources=[(src, variant.policy if pacing else "block")],
         engine=engine,
         sinks=sinks,
-        settings=PipelineSettings(stride=stride, stats_interval=3600, duration=duration),
+        settings=PipelineSettings(
+            stride=stride, stats_interval=3600, duration=duration, early_exit=variant.early_exit, budget=variant.budget
+        ),
     )
     t0 = time.perf_counter()
     summary = await pipe.run()
@@ -201,6 +251,8 @@ async def replay(
         "latency_ms": final.latency_ms,
         "latency_close_ms": final.extra["latency_close_ms"],
         "compute_saved": final.compute_saved,
+        "frames_per_window": final.extra["frames_per_window"],
+        "exits": final.extra["exits"],
     }
 
 
@@ -219,13 +271,34 @@ def bench_throughput(engines: dict[str, InferenceEngine], video: Path, mqtt: str
     }
 
 
-def bench_latency(engine: InferenceEngine, video: Path, mqtt: str | None, seconds: float) -> dict[str, Any]:
-    """Item 4: real-time replay at the file's rate (30 fps) for ``seconds``."""
-    _clear_stage_times(engine)
-    run = asyncio.run(replay(engine, video, pacing=True, mqtt=mqtt, stride=engine.num_frames, duration=seconds))
-    # Where window close -> published goes: the engine's stages (the rest is queueing and publishing).
-    stages = {name: percentiles(samples) for name, samples in engine.stage_ms.items()}
-    return {"seconds": seconds, **run, "stages_ms": stages}
+def bench_latency(
+    engine: InferenceEngine, video: Path, mqtt: str | None, seconds: float, s: BenchSettings
+) -> dict[str, Any]:
+    """Item 4: real-time replay at the file's rate (30 fps), each variant for ``seconds``, the
+    variants alternated ``s.repeats`` times (machine drift hits them alike)."""
+    per: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants(s)}
+    for r in range(s.repeats):
+        order = variants(s)[r % 3 :] + variants(s)[: r % 3]  # rotate who goes first
+        for v in order:
+            _clear_stage_times(engine)
+            run = asyncio.run(
+                replay(engine, video, pacing=True, mqtt=mqtt, stride=engine.num_frames, duration=seconds, variant=v)
+            )
+            # Where window close -> published goes: the engine's stages (the rest is queueing and publishing).
+            run["stages_ms"] = {name: percentiles(samples) for name, samples in engine.stage_ms.items()}
+            per[v.name].append(run)
+    p99 = {name: [r["latency_close_ms"]["p99"] for r in runs] for name, runs in per.items()}
+    return {
+        "seconds_each": seconds,
+        "repeats": s.repeats,
+        "runs": per,
+        "latency_close_p99_ms": {name: round(statistics.median(v), 2) for name, v in p99.items()},
+        "frames_per_window": {
+            name: round(statistics.median(r["frames_per_window"]["mean"] for r in runs), 3)
+            for name, runs in per.items()
+        },
+        "p99_ratio_vs_fixed_k": paired_ratios(p99),
+    }
 
 
 def bench_overlap(engine: InferenceEngine, s: BenchSettings) -> dict[str, Any]:
@@ -322,7 +395,12 @@ def bench_streams(engine: InferenceEngine, streams: int, seconds: float) -> dict
 
 
 def capacity_point(
-    engine: InferenceEngine, streams: int, seconds: float, images: list[np.ndarray], fps: float = 30.0
+    engine: InferenceEngine,
+    streams: int,
+    seconds: float,
+    images: list[np.ndarray],
+    fps: float = 30.0,
+    variant: Variant = FIXED_K,
 ) -> dict[str, Any]:
     """``streams`` replayed streams at ``fps`` for ``seconds`` in one pipeline; their starts are
     spread over one window's time, as independent probes' would be."""
@@ -333,20 +411,30 @@ def capacity_point(
         period = engine.num_frames / fps
         sources = [ReplaySource(f"probe{i}", images, fps=fps, start=t0 + period * i / streams) for i in range(streams)]
         pipe = Pipeline(
-            sources=[(src, "drop_oldest") for src in sources],
+            sources=[(src, variant.policy) for src in sources],
             engine=engine,
             sinks=[],
-            settings=PipelineSettings(stride=engine.num_frames, stats_interval=3600, duration=seconds),
+            settings=PipelineSettings(
+                stride=engine.num_frames,
+                stats_interval=3600,
+                duration=seconds,
+                early_exit=variant.early_exit,
+                budget=variant.budget,
+            ),
         )
         summary = await pipe.run()
         close = [ms for st in pipe.streams for ms in st.stats.close_latency_ms]
+        used = [n for st in pipe.streams for n in st.stats.frames_used]
         finals = summary.final.values()
         return {
             "streams": streams,
+            "variant": variant.name,
             "frames": sum(st.frames_in for st in finals),
             "dropped": sum(st.frames_dropped for st in finals),
             "windows": sum(st.windows for st in finals),
             "latency_close_ms": percentiles(close),
+            "frames_per_window": frame_counts(used),
+            "k_max_lowest": pipe.shrink.lowest if pipe.shrink is not None else engine.k,
             # the engine's steps per call; after warm-up no embed call should stand far above its median
             "stages_ms": {
                 name: {**percentiles(v), "max": round(max(v, default=0.0), 2)} for name, v in engine.stage_ms.items()
@@ -359,44 +447,66 @@ def capacity_point(
 def bench_capacity(engines: dict[str, InferenceEngine], s: BenchSettings, log: Callable[[str], None]) -> dict[str, Any]:
     """Item 8: per variant, the most streams with 0 drops and p99 close -> published within the bound.
 
-    The sweep doubles the streams while a point holds, then bisects between the last that held
-    and the first that did not. ``s.streams`` runs that one point instead.
+    The full sequence runs fixed k; the headline model runs each :func:`variants` entry, the
+    variants alternated at every stream count (A B C, then the next count). The sweep doubles the
+    streams while any variant holds, then bisects for each variant between the last count that
+    held and the first that did not. ``s.streams`` runs that one count instead.
     """
     seconds = s.capacity_seconds or (8.0 if s.quick else 20.0)
+    head = headline(engines)
     any_engine = next(iter(engines.values()))
     images = FrameMaker(any_engine.input_size, seed=5).images  # rendered once, replayed by every stream
     runs = {}
-    for name, eng in engines.items():
-        points: dict[int, dict[str, Any]] = {}
+    plan = [(head, v) for v in variants(s)] + [("full", FIXED_K)]
+    points: dict[str, dict[int, dict[str, Any]]] = {f"{m}/{v.name}": {} for m, v in plan}
 
-        def holds(n: int) -> bool:
-            if n not in points:
-                p = points[n] = capacity_point(eng, n, seconds, images)
-                p["holds"] = p["dropped"] == 0 and p["latency_close_ms"]["p99"] <= s.capacity_p99_ms
-                log(f"   {name}: {n} streams: dropped {p['dropped']}, p99 close {p['latency_close_ms']['p99']} ms")
-            return points[n]["holds"]
+    def holds(model: str, v: Variant, n: int) -> bool:
+        key = f"{model}/{v.name}"
+        if n not in points[key]:
+            p = points[key][n] = capacity_point(engines[model], n, seconds, images, variant=v)
+            p["holds"] = p["dropped"] == 0 and p["latency_close_ms"]["p99"] <= s.capacity_p99_ms
+            log(
+                f"   {key}: {n} streams: dropped {p['dropped']}, p99 close {p['latency_close_ms']['p99']} ms, "
+                f"{p['frames_per_window']['mean']:.2f} frames/window"
+            )
+        return points[key][n]["holds"]
 
-        if s.streams:
-            best = s.streams if holds(s.streams) else 0
-        else:
-            good, bad = 0, None
-            n = 1
-            while n <= 1024 and holds(n):
-                good, n = n, 2 * n
-            bad = n if n <= 1024 else None
-            while bad is not None and bad - good > max(1, good // 8):  # to within 1/8
-                mid = (good + bad) // 2
-                good, bad = (mid, bad) if holds(mid) else (good, mid)
-            best = good
-        runs[name] = {
-            "capacity_streams": best,
-            "warm_up_s": round(eng.warm_up_s, 2),
-            "points": [points[n] for n in sorted(points)],
+    if s.streams:
+        best = {f"{m}/{v.name}": (s.streams if holds(m, v, s.streams) else 0) for m, v in plan}
+    else:
+        good = {f"{m}/{v.name}": 0 for m, v in plan}
+        bad: dict[str, int | None] = {key: None for key in good}
+        n = 1
+        while n <= 1024 and any(bad[k] is None for k in good):
+            for m, v in plan:  # alternated at every count
+                key = f"{m}/{v.name}"
+                if bad[key] is None:
+                    if holds(m, v, n):
+                        good[key] = n
+                    else:
+                        bad[key] = n
+            n *= 2
+        for m, v in plan:
+            key = f"{m}/{v.name}"
+            while bad[key] is not None and bad[key] - good[key] > max(1, good[key] // 8):  # to within 1/8
+                mid = (good[key] + bad[key]) // 2
+                if holds(m, v, mid):
+                    good[key] = mid
+                else:
+                    bad[key] = mid
+        best = good
+    for m, v in plan:
+        key = f"{m}/{v.name}"
+        runs[key] = {
+            "capacity_streams": best[key],
+            "warm_up_s": round(engines[m].warm_up_s, 2),
+            "points": [points[key][n] for n in sorted(points[key])],
         }
     return {
         "fps_each": 30,
         "seconds_per_point": seconds,
         "p99_bound_ms": s.capacity_p99_ms,
+        "budget_fps": s.budget,
         "frames": "pre-rendered synthetic frames at the model's input size, replayed (no decode)",
         "runs": runs,
     }
@@ -439,6 +549,7 @@ def run_bench(s: BenchSettings, *, log: Callable[[str], None] = lambda m: None) 
         "device": str(engines[head].device),
         "engine": engines[head].backend,
         "model": describe(engines[head].model),
+        "exit_rule": engines[head].exit_rule.describe(),
         "warm_up_s": {name: round(e.warm_up_s, 2) for name, e in engines.items()},
     }
     if wanted & {"compute", "sampler"}:
@@ -458,10 +569,13 @@ def run_bench(s: BenchSettings, *, log: Callable[[str], None] = lambda m: None) 
             result["throughput_fps"] = t["runs"][head]["fps_in"]
         if "latency" in wanted:
             seconds = 20.0 if s.quick else 60.0
-            log(f"4: paced replay latency for {seconds:g} s")
-            details["latency"] = lat = bench_latency(engines[head], video, mqtt, seconds)
-            result["latency_p99_ms"] = lat["latency_ms"]["p99"]
-            result["latency_close_p99_ms"] = lat["latency_close_ms"]["p99"]
+            log(f"4: paced replay latency, {seconds:g} s per variant, alternated {s.repeats} times")
+            details["latency"] = lat = bench_latency(engines[head], video, mqtt, seconds, s)
+            fixed = lat["runs"]["fixed_k"]
+            result["latency_p99_ms"] = statistics.median(r["latency_ms"]["p99"] for r in fixed)
+            result["latency_close_p99_ms"] = lat["latency_close_p99_ms"]["fixed_k"]
+            result["latency_close_p99_ms_early_exit"] = lat["latency_close_p99_ms"]["early_exit"]
+            result["frames_per_window_early_exit"] = lat["frames_per_window"]["early_exit"]
     if "overlap" in wanted:
         log("5: overlapping windows, cache against recompute")
         details["overlap"] = bench_overlap(engines[head], s)
@@ -475,8 +589,10 @@ def run_bench(s: BenchSettings, *, log: Callable[[str], None] = lambda m: None) 
     if "capacity" in wanted:
         log("8: capacity, concurrent 30 fps streams" + (f" ({s.streams})" if s.streams else " (sweep)"))
         details["capacity"] = cap = bench_capacity({head: engines[head], "full": engines["full"]}, s, log)
-        result["capacity_streams"] = cap["runs"][head]["capacity_streams"]
-        result["capacity_streams_full"] = cap["runs"]["full"]["capacity_streams"]
+        result["capacity_streams"] = cap["runs"][f"{head}/fixed_k"]["capacity_streams"]
+        result["capacity_streams_early_exit"] = cap["runs"][f"{head}/early_exit"]["capacity_streams"]
+        result["capacity_streams_early_exit_budget"] = cap["runs"][f"{head}/early_exit_budget"]["capacity_streams"]
+        result["capacity_streams_full"] = cap["runs"]["full/fixed_k"]["capacity_streams"]
     return {**result, **details}
 
 

@@ -55,14 +55,28 @@ def test_capacity_point_counts_every_stream_and_reports_warm_up():
     )
     result = json.loads(to_json(run_bench(s)))
     cap = result["capacity"]
-    assert set(cap["runs"]) == {"das@0.5", "full"}
-    for name, key in (("das@0.5", "capacity_streams"), ("full", "capacity_streams_full")):
+    keys = {
+        "das@0.5/fixed_k": "capacity_streams",
+        "das@0.5/early_exit": "capacity_streams_early_exit",
+        "das@0.5/early_exit_budget": "capacity_streams_early_exit_budget",
+        "full/fixed_k": "capacity_streams_full",
+    }
+    assert set(cap["runs"]) == set(keys)
+    for name, key in keys.items():
         run = cap["runs"][name]
         (point,) = run["points"]
+        assert point["variant"] == name.split("/")[1]
         assert point["streams"] == 3 and point["frames"] > 3 * 30 * 2  # 3 s at 30 fps each, starts spread over 8 / 30 s
         assert point["windows"] >= point["frames"] // 8 - 3  # every stream's windows closed (T = 8)
         assert result[key] == (3 if point["holds"] else 0)
-        assert run["warm_up_s"] > 0 and result["warm_up_s"][name] == run["warm_up_s"]
+        model = name.split("/")[0]
+        assert run["warm_up_s"] > 0 and result["warm_up_s"][model] == run["warm_up_s"]
+        assert 1.0 <= point["frames_per_window"]["mean"] <= (8 if model == "full" else 4)
+    # the untrained default model has no exit rule: without a budget its early exit is fixed k
+    assert result["exit_rule"].startswith("none")
+    assert (
+        cap["runs"]["das@0.5/early_exit"]["points"][0]["frames_per_window"]["p50"] == 4.0
+    )  # the padded last windows use fewer
 
 
 def test_the_bench_broker_is_a_throwaway_mosquitto():
