@@ -45,16 +45,28 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
                 "--out NEW or --overwrite)"
             )
         return
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise DataError(
-                f"run folder {run_dir} is not empty (it holds {', '.join(sorted(p.name for p in run_dir.iterdir())[:4])}"
-                "...); pass --overwrite to replace that run, --resume to continue it, or --out NEW"
-            )
-        for pattern in OUTPUTS:
-            for old in run_dir.glob(pattern):
-                if old.is_file():
-                    old.unlink()
+    clear_outputs(
+        run_dir,
+        OUTPUTS,
+        overwrite=overwrite,
+        refusal="run folder {folder} is not empty (it holds {held}...); pass --overwrite to replace that run, "
+        "--resume to continue it, or --out NEW",
+    )
+
+
+def clear_outputs(folder: Path, patterns: tuple[str, ...], *, overwrite: bool, refusal: str) -> None:
+    """A non-empty ``folder`` is refused (DataError ``refusal``, formatted with ``folder`` and
+    ``held``, the first few names in it) unless ``overwrite``; then the files matching
+    ``patterns`` are removed, and nothing else."""
+    if not (folder.is_dir() and any(folder.iterdir())):
+        return
+    if not overwrite:
+        held = ", ".join(sorted(p.name for p in folder.iterdir())[:4])
+        raise DataError(refusal.format(folder=folder, held=held))
+    for pattern in patterns:
+        for old in folder.glob(pattern):
+            if old.is_file():
+                old.unlink()
 
 
 def resume_conflict(run_dir: Path, requested: dict[str, Any], resolved: dict[str, Any]) -> list[str]:

@@ -28,7 +28,7 @@ from sampler.device import resolve_device
 from sampler.model import SampledClassifier
 
 from .card import duration, split_summary
-from .checkpoint import CHECKPOINT_FILE, prepare_run_dir
+from .checkpoint import CHECKPOINT_FILE, clear_outputs, prepare_run_dir
 from .clips import SPLITS, ClipSet, DatasetSplits
 from .config import DataConfig, ExperimentConfig, load_config
 from .confusion import per_class, write_confusion
@@ -126,17 +126,13 @@ def eval_dir(model_path: Path, out: str | os.PathLike | None, label: str, *, ove
             folder = base.with_name(f"{base.name}-{n}")
         return folder
     folder = Path(out)
-    if folder.is_dir() and any(folder.iterdir()):
-        if not overwrite:
-            held = ", ".join(sorted(p.name for p in folder.iterdir())[:4])
-            raise DataError(
-                f"evaluate output folder {folder} is not empty (it holds {held}...); pass --overwrite to replace the "
-                "evaluate outputs there, or leave out --out (each evaluate then writes a new folder next to the model)"
-            )
-        for pattern in EVAL_OUTPUTS:
-            for old in folder.glob(pattern):
-                if old.is_file():
-                    old.unlink()
+    clear_outputs(
+        folder,
+        EVAL_OUTPUTS,
+        overwrite=overwrite,
+        refusal="evaluate output folder {folder} is not empty (it holds {held}...); pass --overwrite to replace the "
+        "evaluate outputs there, or leave out --out (each evaluate then writes a new folder next to the model)",
+    )
     return folder
 
 

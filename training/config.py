@@ -3,14 +3,16 @@
 A config file has four sections (all optional except ``data``) and a ``name``::
 
     name: adrenalmnist3d
-    data:  {kind: medmnist3d, path: ../shared/data/medmnist3d/adrenalmnist3d.npz}
+    data:  {kind: medmnist3d, root: "${DAS_STREAM_DATA:-../shared/data}/medmnist3d", path: adrenalmnist3d.npz}
     model: {method: das, keep: 0.5, feature_size: 28, input_size: 64}
     train: {epochs: 60, patience: 10, batch_size: 16, lr: 1.0e-4, seed: 0}
     grid:  {methods: [full, random, uniform, dps, adps, das], seeds: [0, 1, 2], keeps: [0.5]}
 
 Overrides are dotted keys, ``train.lr=3e-4``; values are read as YAML (``grid.keeps=[0.25,0.5]``).
-Relative paths are relative to the working directory. Unknown keys and bad values raise
-:class:`~sampler.errors.ConfigError` naming the key and the file.
+Relative data paths are relative to ``data.root`` when it is set, else to the working directory
+(never to the YAML file's folder); ``${VAR}`` / ``${VAR:-default}`` in the data paths read the
+environment. Unknown keys and bad values raise :class:`~core.errors.ConfigError` naming the key
+and the file.
 """
 
 from __future__ import annotations

@@ -499,3 +499,20 @@ def test_the_selection_figure_stays_legible_at_t_64(tmp_path):
     )
     height, width = imread(tmp_path / "s.png").shape[:2]
     assert width <= 1400 and height <= 1600  # rows of 16 thumbnails, not one strip of 64 (2,365 px wide before)
+
+
+def test_docs_list_every_data_key_with_its_default():
+    import dataclasses
+
+    from training.config import DataConfig
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "data.md").read_text()
+    section = text[text.index("## Every `data.*` key") :]
+    section = section[: section.index("\n## ", 5)]
+    rows = {
+        line.split("|")[1].strip().strip("`"): line.split("|")[2].strip()
+        for line in section.splitlines()
+        if line.startswith("| `")
+    }
+    assert set(rows) == {f.name for f in dataclasses.fields(DataConfig)}
+    assert all(rows.values())  # a default (or what stands for it) in every row
