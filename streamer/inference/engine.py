@@ -77,6 +77,11 @@ class WindowResult:
     exit: str = "k_max"
     k_max: int = 0
 
+    @property
+    def frames_used(self) -> int:
+        """Frames the prediction pooled (the web view and the metrics show it per window)."""
+        return len(self.selected)
+
 
 def as_window_model(model: Any, device: str) -> WindowModel:
     """A window model as it is, or a ``SampledClassifier`` wrapped (loading torch)."""

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -34,6 +34,7 @@ disable_created_metrics()  # process-wide: das-stream's are the only prometheus_
 
 # Seconds; from a few ms (engine stages on a GPU) to tens of seconds (a stalled sink).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+FRAME_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # frames per window: the round ladder's sizes
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 # What became of the frames received; with the pending gauge they add up to the frames received.
@@ -189,9 +190,25 @@ class Metrics:
             ["stream", "label"],
             registry=self.registry,
         )
-        # Per-window engine figures (frames used, why the engine stopped, k_max) belong here as
-        # histograms/counters by stream, fed from on_prediction's ``result`` once WindowResult
-        # carries them.
+        self.frames_used = Histogram(
+            "das_stream_frames_used",
+            "Frames a window's prediction pooled (best first, until settled, k_max or the budget)",
+            ["stream"],
+            buckets=FRAME_BUCKETS,
+            registry=self.registry,
+        )
+        self.exits = Counter(
+            "das_stream_window_exits",
+            "Windows by why the engine stopped adding frames: confident (the exit rule), k_max, budget",
+            ["stream", "exit"],
+            registry=self.registry,
+        )
+        self.k_max = Gauge(
+            "das_stream_k_max",
+            "The most frames a window may use now (the model's k, lowered under --overload shrink)",
+            ["stream"],
+            registry=self.registry,
+        )
         self.registry.register(_StatsCollector(self))
 
     def on_stats(self, stats: Stats) -> None:
@@ -207,6 +224,9 @@ class Metrics:
             self.capture_latency.labels(prediction.stream).observe(capture)
             self.close_latency.labels(prediction.stream).observe(max(0.0, now - t_close))
         self.predictions.labels(prediction.stream, prediction.label).inc()
+        self.frames_used.labels(prediction.stream).observe(prediction.frames_used)
+        self.exits.labels(prediction.stream, prediction.exit).inc()
+        self.k_max.labels(prediction.stream).set(prediction.k_max)
 
     def on_stage(self, stage: str, seconds: float) -> None:
         """An engine stage time (thread-safe: prometheus_client metrics take their own locks)."""

@@ -117,6 +117,16 @@ async def test_metrics_during_a_run_match_the_final_stats(engine):
                 if name == "das_stream_predictions_total" and dict(lab)["stream"] == stream
             )
             assert by_label == published
+            mine = [p for p in sink.predictions if p.stream == stream]
+            exits = sum(
+                v
+                for (name, lab), v in final_m.items()
+                if name == "das_stream_window_exits_total" and dict(lab)["stream"] == stream
+            )
+            assert exits == published
+            assert final_m[("das_stream_frames_used_count", labels)] == published
+            assert final_m[("das_stream_frames_used_sum", labels)] == sum(p.frames_used for p in mine) > 0
+            assert final_m[("das_stream_k_max", labels)] == K
             inf = final_m[("das_stream_close_to_publish_seconds_bucket", (("le", "+Inf"), ("stream", stream)))]
             assert inf == published - flushed
         for stage in ("sampler", "embed", "head"):

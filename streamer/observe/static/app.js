@@ -110,6 +110,10 @@ function renderStats(s, st) {
     ["flushed windows, capture → published p50 ms", fmt(flushed.p50)],
     ["reconnects", x.reconnects || 0], ["pauses", x.gaps_closed || 0],
   ];
+  const used = x.frames_per_window, exits = x.exits;
+  if (used) rows.push(["frames per window mean / p50 / p95", `${fmt(used.mean, 2)} / ${fmt(used.p50)} / ${fmt(used.p95)}`]);
+  if (exits) rows.push(["exits confident / k_max / budget", `${exits.confident || 0} / ${exits.k_max || 0} / ${exits.budget || 0}`]);
+  if (x.k_max_in_force !== undefined) rows.push(["k_max in force", x.k_max_in_force]);
   const body = s.node.querySelector(".stats tbody");
   body.replaceChildren(...rows.map(([k, v]) => el("tr", {}, [el("td", { textContent: k }), el("td", { textContent: String(v) })])));
   body.dataset.framesIn = String(st.frames_in);
