@@ -21,7 +21,7 @@ import contextlib
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +77,7 @@ class ThreadPump:
 
     def __init__(
         self,
-        produce: Callable[[threading.Event], Iterator[Any]],
+        produce: Callable[[threading.Event], Generator[Any, None, None]],
         *,
         maxsize: int,
         drop_oldest: bool,
@@ -211,7 +211,7 @@ class Source:
         self._queue_size = queue_size
         self._live = live
         self._pump: ThreadPump | None = None
-        self._iter: AsyncIterator[Frame] | None = None
+        self._iter: AsyncGenerator[Frame, None] | None = None
 
     async def __aenter__(self) -> Source:
         if self._pump is not None:
@@ -251,7 +251,7 @@ class Source:
             bad_messages=int(other.pop("bad_messages", 0)), overflow=int(other.pop("overflow", 0)), other=other
         )
 
-    def _produce_with_preview(self, stop: threading.Event) -> Iterator[Any]:
+    def _produce_with_preview(self, stop: threading.Event) -> Generator[Any, None, None]:
         """:meth:`_produce` on the reader thread, which first binds :attr:`preview` (see sources.preview)."""
         bind_preview(self.preview)
         return self._produce(stop)
@@ -268,13 +268,13 @@ class Source:
     def _open(self) -> None:
         """Blocking setup, run in a thread on enter; raise SourceError on user-fixable failures."""
 
-    def _produce(self, stop: threading.Event) -> Iterator[Any]:  # pragma: no cover - abstract
+    def _produce(self, stop: threading.Event) -> Generator[Any, None, None]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def _close(self) -> None:
         """Blocking teardown, run in a thread on exit."""
 
-    async def _frames(self, items: AsyncIterator[Any]) -> AsyncIterator[Frame]:
+    async def _frames(self, items: AsyncIterator[Any]) -> AsyncGenerator[Frame, None]:
         """Loop-side stage between the reader thread and the consumer; items are Frames here."""
         async for frame in items:
             yield frame
@@ -298,7 +298,7 @@ class PacedSource(Source):
         self._pacer = Pacer(speed=speed) if pacing else None
         self.media_time: float | None = None  # the item time ``t`` of the frame released last
 
-    async def _frames(self, items: AsyncIterator[tuple[Any, ...]]) -> AsyncIterator[Frame]:
+    async def _frames(self, items: AsyncIterator[tuple[Any, ...]]) -> AsyncGenerator[Frame, None]:
         async for seq, t, image, *segment in items:  # (seq, t, image) or (seq, t, image, segment)
             if self._pacer is not None:
                 await self._pacer.wait(t)

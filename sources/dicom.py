@@ -38,7 +38,7 @@ import io
 import itertools
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,8 @@ from .options import merge_query, typed
 from .video import FALLBACK_RATE, FrameConverter
 
 log = logging.getLogger(__name__)
+
+Frames = Generator[np.ndarray | None, None, None]  # a file's frames, None for a refused one
 
 
 class _NoTraceback(logging.Filter):
@@ -402,7 +404,7 @@ class DicomSource(PacedSource):
         self.counters.update(skipped_files=0, corrupt_files=0, files_played=0)
         self._count_bad = BadCounter(self.name, self.counters, log, "DICOM frame")
         self._folder = self.path.is_dir()
-        self._pending: tuple[np.ndarray | None, Iterator[np.ndarray | None]] | None = None
+        self._pending: tuple[np.ndarray | None, Frames] | None = None
 
     @classmethod
     def from_spec(
@@ -448,7 +450,7 @@ class DicomSource(PacedSource):
         name = cine.path.relative_to(self.path).as_posix() if self._folder else cine.path.name
         return Segment(name, cine.instance_uid)
 
-    def _decode(self, cine: CineFile) -> Iterator[np.ndarray | None]:
+    def _decode(self, cine: CineFile) -> Frames:
         """The file's frames, converted (None for a frame that could not be used: counted and
         logged); CorruptFile (after the good ones) when the file's data breaks off."""
         if cine.video_format:
@@ -475,7 +477,7 @@ class DicomSource(PacedSource):
                 f"DICOM file {cine.path} ends after {index} of its {cine.frames} frames; the file is truncated"
             )
 
-    def _decode_each(self, cine: CineFile) -> Iterator[np.ndarray | None]:
+    def _decode_each(self, cine: CineFile) -> Frames:
         """JPEG and JPEG 2000 frames, each decoded on its own after its declared size was checked
         against the header's (and ``max_frame_bytes``); JPEG by libjpeg-turbo in strict mode, so
         corrupt data is a bad frame, not garbage pixels."""
@@ -512,14 +514,14 @@ class DicomSource(PacedSource):
         except Exception as exc:  # noqa: BLE001 - Pillow/OpenJPEG raise OSError, ValueError, ...
             raise BadMessage(f"corrupt JPEG 2000 frame ({' '.join(str(exc).split())[:80]})") from None
 
-    def _decode_pixels(self, cine: CineFile) -> Iterator[np.ndarray | None]:
+    def _decode_pixels(self, cine: CineFile) -> Frames:
         """Frames pydicom decodes, one at a time. They stay as stored (``raw``): the Y plane of
         YBR is the gray image, and for RGB OpenCV converts YBR (the same full-range BT.601 matrix
         as pydicom's, several times faster than its numpy code)."""
         if cine.photometric == "YBR_FULL_422" and not cine.compressed:
             # pydicom 3.0.2's iter_pixels sizes frames 1.. of native YBR_FULL_422 as YBR_FULL (it
             # changes its own photometric setting after frame 0): decode frame by frame instead.
-            arrays = (pixel_array(cine.path, index=i, raw=True) for i in range(cine.frames))
+            arrays: Iterator[np.ndarray] = (pixel_array(cine.path, index=i, raw=True) for i in range(cine.frames))
         else:
             arrays = iter_pixels(cine.path, raw=True)
         ybr = cine.photometric.startswith("YBR")
@@ -532,14 +534,14 @@ class DicomSource(PacedSource):
                 array = np.invert(array)
             yield self._checked(np.ascontiguousarray(array), cine, self._output.apply)
 
-    def _decode_video(self, cine: CineFile) -> Iterator[np.ndarray | None]:
+    def _decode_video(self, cine: CineFile) -> Frames:
         """An MPEG-2 / H.264 / HEVC cine loop's frames through PyAV, converted as ``video:`` does
         (gray straight from the luma plane, limited range expanded)."""
         pixels = io.BytesIO(pydicom.dcmread(cine.path).PixelData)
         parse_basic_offsets(pixels)
         stream = io.BytesIO(b"".join(generate_fragments(pixels)))
         convert = FrameConverter(self._output)
-        with av.open(stream, format=cine.video_format) as container:
+        with av.open(stream, "r", format=cine.video_format) as container:
             container.streams.video[0].codec_context.options = {"err_detect": "explode"}
             for frame in container.decode(video=0):
                 yield self._checked(frame, cine, convert)
@@ -552,16 +554,17 @@ class DicomSource(PacedSource):
             self._count_bad(f"{cine.path.name}: {exc}")
             return None
 
-    def _produce(self, stop: threading.Event) -> Iterator[tuple[int, float, np.ndarray, Segment]]:
+    def _produce(self, stop: threading.Event) -> Generator[tuple[int, float, np.ndarray, Segment], None, None]:
         seq, offset = 0, 0.0
         for lap in itertools.count():
             for number, cine in enumerate(self.files):
                 if lap == 0 and number == 0 and self._pending is not None:
                     first, rest = self._pending
                     self._pending = None
-                    frames = itertools.chain([first], rest)
+                    frames: Iterator[np.ndarray | None] = itertools.chain([first], rest)
                 else:
-                    rest = frames = self._decode(cine)
+                    rest = self._decode(cine)
+                    frames = rest
                 segment = self.segment(cine)
                 log.info("%s: playing %s (%d frames at %.3g frames/s)", self.name, segment.name, cine.frames, cine.rate)
                 with contextlib.closing(rest):

@@ -73,7 +73,7 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def jpeg_shape(data: bytes) -> tuple[int, int, int]:
+def jpeg_shape(data: bytes | memoryview) -> tuple[int, int, int]:
     """(height, width, components) from a JPEG's frame header, without decoding anything."""
     if data[:2] != b"\xff\xd8":
         raise BadMessage("payload is not a JPEG (no start-of-image marker)")
@@ -94,7 +94,9 @@ def jpeg_shape(data: bytes) -> tuple[int, int, int]:
     raise BadMessage("corrupt JPEG: no frame header (SOF) before the image data")
 
 
-def decode_jpeg(data: bytes, *, max_bytes: int, gray: bool = False, shape: tuple[int, int] | None = None) -> np.ndarray:
+def decode_jpeg(
+    data: bytes | memoryview, *, max_bytes: int, gray: bool = False, shape: tuple[int, int] | None = None
+) -> np.ndarray:
     """A JPEG's pixels, checked before and during decoding: (H, W) gray (the luma plane of a
     colour JPEG when ``gray``) or (H, W, 3) RGB.
 

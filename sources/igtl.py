@@ -21,7 +21,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,7 +34,7 @@ from .base import derive_name
 from .frame import Frame
 from .guard import DEFAULT_MAX_FRAME_BYTES, BadCounter, BadMessage, check_limit
 from .image import OutputFormat, normalise_size
-from .options import boolean, live_only, merge_query, optional_int, typed
+from .options import Converter, boolean, live_only, merge_query, optional_int, typed
 from .probe import ProbeSource, _FeedLost
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def image_of(message: ImageMessage) -> np.ndarray:
 class _IgtlFeed:
     """One TCP connection to the server; ``read()`` returns the next usable image."""
 
-    rate = None  # OpenIGTLink states no frame rate: gaps are estimated from the arrivals
+    rate: float | None = None  # OpenIGTLink states no frame rate: gaps are estimated from the arrivals
 
     def __init__(self, source: IgtlSource) -> None:
         self._source = source
@@ -240,7 +240,7 @@ class IgtlSource(ProbeSource):
                 f"source spec {spec!r} is not igtl://HOST:PORT (e.g. igtl://127.0.0.1:18944?device=Image)"
             )
         live_only(spec, speed, pacing, loop)
-        table = {
+        table: dict[str, Converter] = {
             "device": str,
             "timeout": float,
             "reconnect_initial": float,
@@ -263,6 +263,6 @@ class IgtlSource(ProbeSource):
             device,
         )
 
-    def _produce(self, stop: threading.Event) -> Iterator[Frame]:
+    def _produce(self, stop: threading.Event) -> Generator[Frame, None, None]:
         self.stopping = stop
         yield from super()._produce(stop)

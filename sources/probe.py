@@ -20,8 +20,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import av
@@ -35,7 +35,7 @@ from .base import Source, derive_name
 from .frame import Frame
 from .guard import BadCounter, BadMessage
 from .image import OutputFormat, normalise_size
-from .options import live_only, optional_int, typed
+from .options import Converter, live_only, optional_int, typed
 from .video import FALLBACK_RATE, FrameConverter, ffmpeg_reason
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,16 @@ _RTSP_OPTIONS = {"rtsp_transport": "tcp"}  # interleaved over TCP: no lost packe
 
 class _FeedLost(Exception):
     """The feed stopped delivering frames (or could not be opened); the text says why."""
+
+
+class Feed(Protocol):
+    """A connection to a live feed: ``read()`` the next image (with its capture time, or alone
+    to be stamped now), ``close()``; ``rate`` is its frame rate when the feed states one."""
+
+    rate: float | None
+
+    def read(self) -> tuple[np.ndarray, float] | np.ndarray: ...
+    def close(self) -> None: ...
 
 
 class _OpenCvFeed:
@@ -220,14 +230,14 @@ class ProbeSource(Source):
         self.counters.update(reconnects=0, gaps=0, gap_frames=0, decode_errors=0)
         self.count_bad = BadCounter(self.name, self.counters, log, "frame")
         output = OutputFormat(gray=gray, size=normalise_size(size))
-        self._new_feed: Callable[[], _OpenCvFeed | _PyAvFeed]
+        self._new_feed: Callable[[], Feed]
         if isinstance(device, str) and "://" in device:
             self._new_feed = lambda: _PyAvFeed(device, output, timeout, self.counters, self.count_bad)
         else:
             self._new_feed = lambda: _OpenCvFeed(device, output)
         self._initial, self._max_wait = reconnect_initial, reconnect_max
         self._max_reconnects, self._open_attempts = max_reconnects, open_attempts
-        self._feed: _OpenCvFeed | _PyAvFeed | None = None
+        self._feed: Feed | None = None
         self.reconnecting = False  # the feed was lost and no frame has come back yet
 
     @classmethod
@@ -250,7 +260,7 @@ class ProbeSource(Source):
                 f"source spec {spec!r} needs a device or URL: probe:0, probe:/dev/video0, probe:udp://HOST:PORT"
             )
         live_only(spec, speed, pacing, loop)
-        table = {
+        table: dict[str, Converter] = {
             "timeout": float,
             "reconnect_initial": float,
             "reconnect_max": float,
@@ -260,7 +270,7 @@ class ProbeSource(Source):
         }
         return cls(device, name=name, gray=gray, size=size, **typed(spec, options, table))
 
-    def _connect(self, attempts: int | None, stop: threading.Event) -> _OpenCvFeed | _PyAvFeed | None:
+    def _connect(self, attempts: int | None, stop: threading.Event) -> Feed | None:
         """A new feed, trying ``attempts`` times (None: until ``stop``) with backoff."""
         wait, attempt = self._initial, 0
         while True:
@@ -280,12 +290,14 @@ class ProbeSource(Source):
     def _open(self) -> None:
         self._feed = self._connect(self._open_attempts, threading.Event())
 
-    def _produce(self, stop: threading.Event) -> Iterator[Frame]:
+    def _produce(self, stop: threading.Event) -> Generator[Frame, None, None]:
         seq, last, interval = 0, time.time(), None
         lost_since: float | None = None
+        feed = self._feed
+        assert feed is not None  # opened before the producer runs
         while not stop.is_set():
             try:
-                got = self._feed.read()  # (image, capture time), or an image stamped now (e.g. IgtlSource's feed)
+                got = feed.read()  # (image, capture time), or an image stamped now (e.g. IgtlSource's feed)
                 image, now = got if isinstance(got, tuple) else (got, time.time())
             except BadMessage as exc:  # the frame guard refused it: counted, the feed goes on
                 self.count_bad(exc)
@@ -294,17 +306,18 @@ class ProbeSource(Source):
                 if stop.is_set():  # closing, not a lost feed
                     return
                 log.warning("%s: feed lost (%s); reconnecting", self.name, exc)
-                self._feed.close()
+                feed.close()
                 self._feed = None
                 lost_since = lost_since or last
                 self.reconnecting = True
-                self._feed = self._connect(self._max_reconnects, stop)
-                if self._feed is None:
+                self._feed = new = self._connect(self._max_reconnects, stop)
+                if new is None:
                     return
+                feed = new
                 continue
             now = max(now, last)  # capture times never go back
             if lost_since is not None:  # recovered: counted once, however many connections it took
-                seq += self._report_gap(now - lost_since, interval)
+                seq += self._report_gap(now - lost_since, interval, feed.rate)
                 lost_since = None
                 self.counters["reconnects"] += 1
                 self.reconnecting = False
@@ -314,9 +327,10 @@ class ProbeSource(Source):
             yield self._frame(seq, image, now)
             seq, last = seq + 1, now
 
-    def _report_gap(self, gap: float, interval: float | None) -> int:
-        """Count and log a gap of ``gap`` seconds; returns the estimated frames missed."""
-        rate = self._feed.rate or (1.0 / interval if interval else FALLBACK_RATE)
+    def _report_gap(self, gap: float, interval: float | None, stated: float | None) -> int:
+        """Count and log a gap of ``gap`` seconds (``stated``: the feed's own frame rate, if it
+        has one); returns the estimated frames missed."""
+        rate = stated or (1.0 / interval if interval else FALLBACK_RATE)
         missed = max(0, round(gap * rate) - 1)
         self.counters["gaps"] += 1
         self.counters["gap_frames"] += missed

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ from core.errors import SourceError
 
 from .base import PacedSource
 from .image import OutputFormat, normalise_size
-from .options import merge_query, optional_int, typed
+from .options import Converter, merge_query, optional_int, typed
 
 CLASSES: tuple[str, ...] = ("a_lines", "b_lines", "consolidation")
 
@@ -120,9 +121,9 @@ def _lateral_texture(
     angle: np.ndarray, shift: np.ndarray, rng: np.random.Generator, *, freq: tuple[float, float]
 ) -> np.ndarray:
     """A smooth random texture along the angle, shifted per frame: (T, A), about [0, 1]."""
-    freq = rng.uniform(*freq, size=4).astype(np.float32)
+    freqs = rng.uniform(*freq, size=4).astype(np.float32)
     phase = rng.uniform(0, 2 * np.pi, size=4).astype(np.float32)
-    arg = (angle[None, :, None] - shift[:, None, None]) * freq + phase
+    arg = (angle[None, :, None] - shift[:, None, None]) * freqs + phase
     return 0.5 + 0.5 * np.sin(arg).mean(axis=-1) * 1.6
 
 
@@ -314,7 +315,7 @@ class SyntheticSource(PacedSource):
         The spec's own ``size`` wins over the caller's (the size the clips are generated at)."""
         if loop:
             raise SourceError(f"loop applies to video sources; {spec!r} is endless unless frames=N is given")
-        table = {
+        table: dict[str, Converter] = {
             "fps": float,
             "label": lambda v: int(v) if isinstance(v, int) or str(v).isdigit() else str(v),
             "seed": int,
@@ -331,7 +332,7 @@ class SyntheticSource(PacedSource):
         segment = seq // self._clip_frames
         return CLASSES[self._label if self._label is not None else segment % len(CLASSES)]
 
-    def _produce(self, stop: threading.Event) -> Iterator[tuple[int, float, np.ndarray]]:
+    def _produce(self, stop: threading.Event) -> Generator[tuple[int, float, np.ndarray], None, None]:
         rng = np.random.default_rng(self._seed)
         seq = 0
         while not stop.is_set() and (self._total is None or seq < self._total):
@@ -359,10 +360,13 @@ def encode_video(
     import av  # PyAV only when a video is written
 
     with av.open(str(target) if not hasattr(target, "write") else target, "w", format=format) as container:
-        stream = None
+        stream: av.VideoStream | None = None
         for image in images:
             if stream is None:
-                stream = container.add_stream(codec, rate=fps)
+                # an exact rate for whole numbers, the nearest fraction (e.g. 30000/1001) otherwise
+                added = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+                assert isinstance(added, av.VideoStream)
+                stream = added
                 stream.height, stream.width = image.shape[:2]
                 stream.pix_fmt = pix_fmt
                 if options:

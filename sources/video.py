@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +80,7 @@ class FrameConverter:
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         if self.output.gray and frame.format.name in _LUMA_FIRST:
             plane = frame.planes[0]
-            luma = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[:, : frame.width]
+            luma = np.frombuffer(memoryview(plane), np.uint8).reshape(frame.height, plane.line_size)[:, : frame.width]
             image = self.output.apply(self._cropped(luma))
             limited = not (frame.format.name.startswith(("yuvj", "gray")) or frame.color_range == 2)
             if limited:
@@ -320,9 +320,11 @@ class VideoSource(PacedSource):
             raise
         self._video, self._decoded, self.rate = video, decoded, video.rate
 
-    def _produce(self, stop: threading.Event) -> Iterator[tuple[int, float, np.ndarray]]:
+    def _produce(self, stop: threading.Event) -> Generator[tuple[int, float, np.ndarray], None, None]:
         seq, offset = 0, 0.0
-        decoded = itertools.chain([self._first], self._decoded)
+        first, rest = self._first, self._decoded
+        assert first is not None and rest is not None  # opened before the producer runs
+        decoded: Iterator[tuple[float, av.VideoFrame]] = itertools.chain([first], rest)
         self._first = None
         while True:
             t = 0.0
@@ -337,9 +339,10 @@ class VideoSource(PacedSource):
             if not self._loop_forever:
                 return
             offset += t + 1.0 / self.rate
-            self._video.close()
-            self._video = VideoFile(self.path)
-            decoded = self._video.frames()
+            if self._video is not None:
+                self._video.close()
+            self._video = video = VideoFile(self.path)
+            decoded = video.frames()
 
     def _close(self) -> None:
         if self._video is not None:

@@ -68,14 +68,14 @@ def _no_constant(text: str) -> float:
 _HEADER_DECODER = json.JSONDecoder(parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
 
 
-def parse_header(raw: bytes) -> Any:
+def parse_header(raw: bytes | memoryview) -> Any:
     """The JSON value of a header, parsed with limits (nesting depth, number sizes, finite only).
 
     Raises:
         BadMessage: not UTF-8 JSON, nested deeper than ``MAX_HEADER_DEPTH``, or a number that is
             too long, not finite or overflows a float.
     """
-    raw = bytes(raw)
+    raw = bytes(raw)  # a memoryview of a ZeroMQ frame too
     brackets = raw.translate(None, _NOT_BRACKETS)
     if len(brackets) > MAX_HEADER_DEPTH:  # deeper nesting is possible: look outside strings only
         outside = b"".join(raw.split(b'"')[::2]) if b"\\" not in raw else _JSON_STRING.sub(b"", raw)
@@ -132,7 +132,7 @@ def _jpeg_bytes(image: np.ndarray, quality: int) -> bytes:
 
 
 def decode_message(
-    parts: Sequence[bytes],
+    parts: Sequence[bytes | memoryview],
     *,
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     allowed_dtypes: Sequence[str] = ("uint8",),
@@ -157,7 +157,7 @@ def decode_message(
 
 
 def _decode_message(
-    parts: Sequence[bytes], max_frame_bytes: int, allowed_dtypes: Sequence[str]
+    parts: Sequence[bytes | memoryview], max_frame_bytes: int, allowed_dtypes: Sequence[str]
 ) -> tuple[dict[str, Any], np.ndarray]:
     if len(parts) != 2:
         raise BadMessage(f"expected 2 message parts (JSON header, payload), got {len(parts)}")
@@ -195,7 +195,9 @@ def _check_optional_fields(header: dict[str, Any]) -> None:
         raise BadMessage(f"header timestamp must be a finite number of seconds, got {short(stamp)}")
 
 
-def _array_view(header: dict[str, Any], payload: bytes, max_frame_bytes: int, allowed: Sequence[str]) -> np.ndarray:
+def _array_view(
+    header: dict[str, Any], payload: bytes | memoryview, max_frame_bytes: int, allowed: Sequence[str]
+) -> np.ndarray:
     dtype, shape = header.get("dtype"), header.get("shape")
     if not isinstance(dtype, str) or dtype not in allowed:
         raise BadMessage(f"dtype {short(dtype)} is not allowed (allowed: {', '.join(allowed)})")

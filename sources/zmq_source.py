@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,7 +36,7 @@ from .base import Source
 from .frame import Frame
 from .guard import DEFAULT_MAX_FRAME_BYTES, SUPPORTED_DTYPES, BadCounter, BadMessage, check_limit, short
 from .image import OutputFormat, normalise_size
-from .options import boolean, live_only, merge_query, names, typed
+from .options import Converter, boolean, live_only, merge_query, names, typed
 from .wire import MAX_HEADER_BYTES, decode_message, is_jpeg
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class ZmqSource(Source):
         unless ``?bind=0``); options in the query or as keywords."""
         parts = urlsplit(spec)
         live_only(spec, speed, pacing, loop)
-        table = {
+        table: dict[str, Converter] = {
             "bind": boolean,
             "topic": str,
             "max_frame_bytes": int,
@@ -247,20 +247,21 @@ class ZmqSource(Source):
                         count,
                     )
 
-    def _produce(self, stop: threading.Event) -> Iterator[Frame]:
+    def _produce(self, stop: threading.Event) -> Generator[Frame, None, None]:
         waiting: collections.deque[tuple[list[zmq.Frame], float, int]] = collections.deque()
         self._waiting_bytes = 0
+        sock, poller = self._socket, self._poller
+        assert sock is not None and poller is not None  # opened before the producer runs
         while not stop.is_set():
             if not waiting:
-                assert self._poller is not None
-                ready = dict(self._poller.poll(100))
+                ready = dict(poller.poll(100))
                 if self._monitor in ready:
                     self._watch_peers()
-                if self._socket not in ready:
+                if sock not in ready:
                     continue
             if self.pattern == "rep":  # one request at a time; the sender waits for the answer
-                parts = self._socket.recv_multipart(copy=False)
-                self._socket.send(_REPLY)
+                parts = sock.recv_multipart(copy=False)
+                sock.send(_REPLY)
                 waiting.append((parts, time.time(), 0))
             else:
                 self._take_waiting(waiting)
@@ -276,9 +277,11 @@ class ZmqSource(Source):
     def _take_waiting(self, waiting: collections.deque[tuple[list[zmq.Frame], float, int]]) -> None:
         """Move the messages ZeroMQ holds into ``waiting`` (no copy, no decoding), keeping the
         newest within ``backlog`` and ``backlog_bytes``: a lagging reader drops the oldest here."""
+        sock = self._socket
+        assert sock is not None  # opened before the producer runs
         for _ in range(self._rcvhwm + self._backlog + 64):  # bounded: a fast feed cannot starve decoding
             try:
-                parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             size = sum(len(p) for p in parts)
@@ -294,7 +297,7 @@ class ZmqSource(Source):
         with self._count_lock:
             self.counters["overflow"] += 1
 
-    def _accept(self, parts: list[bytes], received: float) -> Frame | None:
+    def _accept(self, parts: list[bytes | memoryview], received: float) -> Frame | None:
         try:
             if self.topic:
                 if not parts or bytes(parts[0][: len(self.topic)]) != self.topic:

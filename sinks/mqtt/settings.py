@@ -151,8 +151,8 @@ class MqttSettings:
             problem = "the port is not a number in 1-65535"
         elif parts.path not in ("", "/") or parts.query or parts.fragment:
             problem = "unexpected path or query after the host"
-        if problem:
-            raise SinkError(f"bad MQTT broker URL {_short_url(url)}: {problem}; expected {URL_FORM}")
+        if problem or hostname is None:
+            raise SinkError(f"bad MQTT broker URL {_short_url(url)}: {problem or 'no host'}; expected {URL_FORM}")
         return cls(
             host=hostname,
             port=_DEFAULT_PORTS[parts.scheme] if port is None else port,
