@@ -142,15 +142,15 @@ class PackageModel:
     """A model package run with ONNX Runtime and numpy (the :class:`WindowModel` of a package).
 
     Args:
-        path: the package file.
+        path: the package file (or its bytes).
         device: "auto", "cpu" or "cuda[:N]" (see :func:`package_device`).
     """
 
     kind = "package"
 
-    def __init__(self, path: str | os.PathLike, *, device: str = "auto") -> None:
-        self.path = Path(path)
-        self.card, self.graphs = read_package(self.path)
+    def __init__(self, path: str | os.PathLike | bytes, *, device: str = "auto") -> None:
+        self.path = None if isinstance(path, bytes) else Path(path)
+        self.card, self.graphs = read_package(path)
         self.device = package_device(device)
         c = self.card
         self.name = str(c["name"])

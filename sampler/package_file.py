@@ -6,6 +6,7 @@ Reading and writing it needs neither torch nor ONNX Runtime.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import zipfile
@@ -21,12 +22,16 @@ CARD = "card.json"
 ORDER_RULES = ("scores", "segments", "logits", "uniform", "random", "all")
 
 
-def is_package(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a model package (a zip with a card), not a torch model file."""
-    path = Path(path)
-    if not path.is_file() or not zipfile.is_zipfile(path):
+def _source(path: str | os.PathLike | bytes) -> Path | io.BytesIO:
+    return io.BytesIO(path) if isinstance(path, bytes) else Path(path)
+
+
+def is_package(path: str | os.PathLike | bytes) -> bool:
+    """Whether ``path`` (or a file's bytes) is a model package (a zip with a card), not a torch model file."""
+    source = _source(path)
+    if (isinstance(source, Path) and not source.is_file()) or not zipfile.is_zipfile(source):
         return False
-    with zipfile.ZipFile(path) as z:
+    with zipfile.ZipFile(source) as z:
         return CARD in z.namelist()
 
 
@@ -44,15 +49,18 @@ def write_package(path: str | os.PathLike, card: dict[str, Any], graphs: dict[st
     return path
 
 
-def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """The card and graphs of a package; ModelFileError naming the file and the fix otherwise."""
-    path = Path(path)
-    if not path.is_file():
+def read_package(path: str | os.PathLike | bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The card and graphs of a package (a path, or a file's bytes shipped to a cluster node);
+    ModelFileError naming the file and the fix otherwise."""
+    source = _source(path)
+    if isinstance(path, bytes):
+        path = "(shipped bytes)"
+    elif not Path(path).is_file():
         raise ModelFileError(
             f"model package {path} does not exist; check the path or export one with `das-stream export`"
         )
     try:
-        with zipfile.ZipFile(path) as z:
+        with zipfile.ZipFile(source) as z:
             card = json.loads(z.read(CARD))
             graphs = {name: z.read(file) for name, file in (card.get("graphs") or {}).items()}
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:

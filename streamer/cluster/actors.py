@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -260,12 +261,11 @@ class StreamActor:
     """
 
     def __init__(self, spec: str, name: str, model_ref: list, settings: StreamSettings, handle: Any) -> None:
-        import torch
-
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        torch.set_num_threads(1)
         self.spec, self.name, self.settings, self.handle = spec, name, settings, handle
-        self.model = load_model_bytes(ray.get(model_ref[0]))
+        self.model = load_model_bytes(ray.get(model_ref[0]))  # a package, or a torch model (loads torch)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
         self.pipeline: ClusterPipeline | None = None
         self._stop_asked = False
 
@@ -286,7 +286,7 @@ class StreamActor:
                 resume["restarts"],
                 resume["gap_s"],
             )
-        run, cfg = self.settings.run, self.model.config
+        run = self.settings.run
         embedder = RemoteEmbedder(
             self.handle,
             timeout=self.settings.request_timeout,
@@ -295,13 +295,19 @@ class StreamActor:
         )
         engine = ClusterEngine(self.model, embedder, max_embed_batch=self.settings.max_batch_frames)
         source = parse_source(
-            self.spec, name=self.name, speed=run.speed, pacing=run.pacing, loop=run.loop, gray=True, size=cfg.input_size
+            self.spec,
+            name=self.name,
+            speed=run.speed,
+            pacing=run.pacing,
+            loop=run.loop,
+            gray=True,
+            size=engine.input_size,
         )
         source = OffsetSource(source, int((resume or {}).get("next_seq", 0)))
         mqtt_id = f"{run.client_id or 'das-stream-cluster'}-{self.name}"
         sinks = build_sinks(dataclasses.replace(run, client_id=mqtt_id)) if run.mqtt else []
         settings = PipelineSettings(
-            stride=run.stride or cfg.num_frames,
+            stride=run.stride or engine.num_frames,
             frame_queue=run.frame_queue,
             window_queue=run.window_queue,
             max_batch_windows=run.max_batch_windows,

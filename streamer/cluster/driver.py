@@ -61,18 +61,22 @@ def check_address(address: str, timeout: float) -> None:
 
 
 def read_model(cfg: ClusterConfig) -> tuple[bytes, Any]:
-    """The model file's bytes (shipped to every actor) and its config; ModelFileError if unusable."""
-    from sampler.model import SampledClassifier
+    """The model file's bytes (shipped to every actor) and the window model read from them (a
+    package, or a torch model file); ModelFileError if unusable. Without ``model``: the demo, its
+    package where torch is not installed."""
+    import importlib.util
+
+    from sampler.package import load_window_model
     from streamer.app import demo_model_path
 
-    path = Path(cfg.model) if cfg.model else demo_model_path()
-    model = SampledClassifier.load(path)  # validates: a one-line ModelFileError otherwise
-    if cfg.max_batch_frames < model.config.k:
+    path = Path(cfg.model) if cfg.model else demo_model_path(package=importlib.util.find_spec("torch") is None)
+    model = load_window_model(path, device="cpu")  # validates: a one-line ModelFileError otherwise
+    if cfg.max_batch_frames < model.k:
         raise ConfigError(
-            f"max_batch_frames={cfg.max_batch_frames} is below the model's k={model.config.k} "
+            f"max_batch_frames={cfg.max_batch_frames} is below the model's k={model.k} "
             f"(in {cfg._origin}); a window's picks must fit one batch"
         )
-    return path.read_bytes(), model.config
+    return path.read_bytes(), model
 
 
 def stream_names(cfg: ClusterConfig, size: int) -> list[str]:
@@ -92,8 +96,8 @@ class Cluster:
     def __init__(self, cfg: ClusterConfig, *, reuse_pool: bool = False) -> None:
         self.cfg = cfg
         self.reuse_pool = reuse_pool
-        self.model_bytes, self.model_config = read_model(cfg)
-        self.names = stream_names(cfg, self.model_config.input_size)
+        self.model_bytes, self.model = read_model(cfg)
+        self.names = stream_names(cfg, self.model.input_size)
         self.owns_ray = False
         self.actors: dict[str, Any] = {}
         self.refs: dict[str, Any] = {}

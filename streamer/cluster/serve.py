@@ -1,7 +1,7 @@
 """The embedder pool: a Ray Serve deployment of stateless replicas, and the client side of it.
 
 A replica wraps one *embedder*, the callable every engine of ``streamer.inference`` provides:
-``embedder(frames uint8 (N, S, S)) -> float32 (N, E)`` (a torch tensor or a numpy array). It
+``embedder(frames uint8 (N, S, S)) -> float32 (N, E)`` (a numpy array or a CPU tensor). It
 receives the picked frames of any stream (one request per stream window, only the k picks, uint8
 at the model's input size), batches requests across streams with ``@serve.batch`` (the batch is
 sized in frames, ``max_batch_frames``, with a bounded wait ``batch_wait_ms``) and returns the
@@ -18,16 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from typing import Any
 
 import numpy as np
 import ray
-import torch
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
-from sampler.model import SampledClassifier
+from sampler.package import PackageModel, package_device
+from sampler.package_file import is_package
 from streamer.inference.embedders import Embedder
 
 from .names import APP_NAME, DEPLOYMENT_NAME, NAMESPACE, STATE_ACTOR  # noqa: F401 - APP_NAME re-exported
@@ -35,18 +36,30 @@ from .names import APP_NAME, DEPLOYMENT_NAME, NAMESPACE, STATE_ACTOR  # noqa: F4
 log = logging.getLogger(__name__)
 
 
-def load_model_bytes(data: bytes) -> SampledClassifier:
-    """A model from the bytes of a model file (shipped by the driver, so nodes need no copy)."""
+def load_model_bytes(data: bytes) -> Any:
+    """A model from the bytes of a model file (shipped by the driver, so nodes need no copy): a
+    :class:`PackageModel` (no torch on the node) or a ``SampledClassifier`` (loads torch)."""
+    if is_package(data):
+        return PackageModel(data, device="cpu")
+    from sampler.model import SampledClassifier
+
     return SampledClassifier.load(data)
 
 
-def make_embedder(model: SampledClassifier, engine: str, device: str, *, max_batch: int = 64) -> Embedder:
-    """The local embedder a replica wraps: one of ``streamer.inference.EMBEDDERS``, warmed."""
-    from streamer.inference import EMBEDDERS, resolve_backend, resolve_device
+def make_embedder(model: Any, engine: str, device: str, *, max_batch: int = 64, threads: int | None = None) -> Embedder:
+    """The local embedder a replica wraps: one of ``streamer.inference.EMBEDDERS``, warmed. A
+    package runs on ONNX Runtime whatever ``engine`` says (that names a torch model's backend)."""
+    from streamer.inference import EMBEDDERS, resolve_backend
 
-    dev = resolve_device(device)
-    model = model.eval().to(dev)
-    embedder = EMBEDDERS[resolve_backend(engine, dev)](model, dev, max_batch=max_batch)
+    if isinstance(model, PackageModel):
+        dev = package_device(device)
+        embedder = EMBEDDERS["onnx"](model, dev, max_batch=max_batch, threads=threads)
+    else:
+        from streamer.inference import resolve_device
+
+        dev = resolve_device(device)
+        model = model.eval().to(dev)
+        embedder = EMBEDDERS[resolve_backend(engine, dev)](model, dev, max_batch=max_batch)
     embedder.warm_up()
     return embedder
 
@@ -77,10 +90,12 @@ class EmbedderReplica:
         batch_wait_s: float,
         report_interval: float,
     ) -> None:
-        torch.set_num_threads(threads)
         model = load_model_bytes(model_bytes)
-        self.embedder = make_embedder(model, engine, device, max_batch=max_batch_frames)  # every bucket warmed
-        self.size = model.config.input_size
+        if "torch" in sys.modules:  # a torch model
+            sys.modules["torch"].set_num_threads(threads)
+        # every bucket warmed
+        self.embedder = make_embedder(model, engine, device, max_batch=max_batch_frames, threads=threads)
+        self.size = model.input_size if isinstance(model, PackageModel) else model.config.input_size
         self.embed.set_max_batch_size(max_batch_frames)
         self.embed.set_batch_wait_timeout_s(batch_wait_s)
         context = serve.get_replica_context()
@@ -139,7 +154,7 @@ class EmbedderReplica:
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         emb = self.embedder.embed(batch)
-        return emb.numpy() if isinstance(emb, torch.Tensor) else np.asarray(emb, np.float32)
+        return np.asarray(emb, np.float32)
 
     def _report(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -158,7 +173,7 @@ _RETRYABLE = (RayActorError, ActorDiedError, ActorUnavailableError, GetTimeoutEr
 
 
 class RemoteEmbedder:
-    """``embedder(frames uint8 (N, S, S)) -> float32 torch (N, E)`` through the Serve pool.
+    """``embedder(frames uint8 (N, S, S)) -> float32 (N, E)`` through the Serve pool.
 
     Blocking: call it from a worker thread (the pipeline runs the engine in one).
 
@@ -192,9 +207,9 @@ class RemoteEmbedder:
         self.calls: list[tuple[str, float]] = []
         self.wire = {"requests": 0, "bytes_to_pool": 0, "bytes_from_pool": 0}
 
-    def __call__(self, batch: np.ndarray) -> torch.Tensor:
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) > self.max_frames:  # one request may not exceed a replica's batch
-            return torch.cat([self(batch[i : i + self.max_frames]) for i in range(0, len(batch), self.max_frames)])
+            return np.concatenate([self(batch[i : i + self.max_frames]) for i in range(0, len(batch), self.max_frames)])
         frames = np.ascontiguousarray(batch, dtype=np.uint8)
         for attempt in range(self.retries + 1):
             t0 = time.perf_counter()
@@ -217,7 +232,7 @@ class RemoteEmbedder:
             self.wire["requests"] += 1
             self.wire["bytes_to_pool"] += frames.nbytes
             self.wire["bytes_from_pool"] += out["embedding"].nbytes
-            return torch.from_numpy(np.array(out["embedding"]))  # a writable copy of the reply
+            return np.array(out["embedding"])  # a writable copy of the reply
         raise AssertionError("unreachable")
 
     embed = __call__  # the streamer.inference.Embedder protocol

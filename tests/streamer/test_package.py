@@ -273,3 +273,22 @@ def test_the_cli_answers_without_importing_heavy_packages(args):
     )
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert loaded == [], f"{args} imported {loaded}"
+
+
+def test_the_cluster_ships_and_serves_a_package(tmp_path):
+    """A cluster node gets the package's bytes: it loads them without torch's model code and its
+    replica embeds with the package's own backbone graph (the cluster's engine names a torch backend)."""
+    pytest.importorskip("ray")
+    from streamer.cluster.config import ClusterConfig
+    from streamer.cluster.driver import read_model
+    from streamer.cluster.serve import load_model_bytes, make_embedder
+
+    path = demo_model_path(package=True)
+    data, model = read_model(ClusterConfig(model=str(path), sources=("synthetic:",)))
+    assert data == path.read_bytes() and model.kind == "package" and model.k == 8
+    node_model = load_model_bytes(data)
+    assert isinstance(node_model, PackageModel) and node_model.card == model.card
+    embedder = make_embedder(node_model, "torch", "cpu", max_batch=16)
+    assert embedder.name == "onnx"
+    frames = np.random.default_rng(0).integers(0, 256, (5, 112, 112), dtype=np.uint8)
+    np.testing.assert_allclose(embedder.embed(frames), node_model.embed(frames), rtol=1e-4, atol=1e-5)
