@@ -564,6 +564,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         raise ConfigError("--allow-overlap goes with --data CSV (a recorded split never overlaps the training split)")
     config = load_config(args.config or run_config_path(args.model), overrides=_training_overrides(args))
+    from sampler.package_file import is_package
+
+    if is_package(args.model):  # what a deployment runs: ONNX Runtime, clip-level scores
+        from training.package_eval import evaluate_package
+
+        if args.data:
+            from core.errors import ConfigError
+
+            raise ConfigError("--data scores torch model files; evaluate the model file the package came from")
+        got = evaluate_package(args.model, config=config, split=args.split, out=args.out)
+        print(
+            f"{got['split']}: auc {got['auc']:.4f} balanced_acc {got['acc']:.2f}% loss {got['loss']:.4f} clips "
+            f"{got['clips']} (the package on ONNX Runtime); distinct frames picked per clip {got['unique_frames']:.2f} "
+            f"of k={got['k']}"
+        )
+        print("wrote " + ", ".join(got["files"]))
+        return 0
     report = evaluate_model(
         args.model,
         config=config,

@@ -82,6 +82,7 @@ def window_card(model: SampledClassifier, source: str | os.PathLike | None = Non
             "config": c.to_dict(),
             "training": meta.get("training"),
             "metrics": meta.get("metrics"),
+            "split": meta.get("split"),  # which samples trained, validated and tested it (evaluate reuses it)
             "versions": meta.get("versions"),
             "created": meta.get("created"),
         },

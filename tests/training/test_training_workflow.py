@@ -231,6 +231,17 @@ def test_export_writes_a_checked_package_that_run_info_and_the_engine_accept(vid
     assert (picks == torch_picks).all() and np.abs(probs - torch_probs).max() < 1e-4
     assert main(["info", str(path)]) == 0
     assert "model package" in capsys.readouterr().out
+    # evaluate runs the package as a deployment does: the torch model's clip probabilities
+    config = str(videos["config"])
+    assert main(["evaluate", "--model", str(videos["model"]), "--config", config, "--out", str(tmp_path / "t")]) == 0
+    assert main(["evaluate", "--model", str(path), "--config", config, "--out", str(tmp_path / "p")]) == 0
+    assert "the package on ONNX Runtime" in capsys.readouterr().out
+    by_torch = list(csv.DictReader((tmp_path / "t" / "predictions-test.csv").open()))
+    by_package = list(csv.DictReader((tmp_path / "p" / "predictions-test-package.csv").open()))
+    assert [r["clip"] for r in by_torch] == [r["clip"] for r in by_package] and len(by_package) == 2
+    for a, b in zip(by_torch, by_package):
+        assert a["picked"] == b["picked"]
+        assert all(abs(float(a[k]) - float(b[k])) <= 2e-4 for k in a if k.startswith("p_"))  # 4 decimals in the CSV
     # run and info say which they loaded; a torch engine on a package is a one-line error
     assert main(["run", "--model", str(path), "--engine", "torch", "--duration", "1", "--quiet"]) == 2
     assert "a model package runs on ONNX Runtime" in capsys.readouterr().err
