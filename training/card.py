@@ -68,7 +68,7 @@ def padded_counts(data: DatasetSplits) -> dict[str, dict[str, int]]:
     """{class: {"padded": clips shorter than T, "clips": clips}} over all splits."""
     valid = np.concatenate([data.split(s).valid for s in SPLITS])
     labels = np.concatenate([data.split(s).labels for s in SPLITS])
-    padded = ~valid.all(axis=1)
+    padded = ~np.all(valid, axis=1)
     return {
         c: {"padded": int(padded[labels == i].sum()), "clips": int((labels == i).sum())}
         for i, c in enumerate(data.class_names)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -13,6 +14,26 @@ from core.errors import DataError
 from core.windows import window_bounds
 
 SPLITS = ("train", "val", "test")
+
+
+class Clips(Protocol):
+    """A split's clips as training and evaluation read them: a map-style dataset of
+    ``(x, valid, label)`` items, or ``(x, emb, valid, label)`` for windows that carry their frames'
+    embeddings. :class:`ClipSet` is one; so are the random windows of whole videos
+    (``video_eval.RandomWindowSet``) and the embedded windows of ``protocol.frozen``."""
+
+    @property
+    def x(self) -> np.ndarray: ...
+    @property
+    def valid(self) -> np.ndarray: ...
+    @property
+    def labels(self) -> np.ndarray: ...
+    @property
+    def names(self) -> tuple[str, ...]: ...
+    @property
+    def num_frames(self) -> int: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, i: int) -> tuple[Any, ...]: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,14 +70,14 @@ class ClipSet:
 class DatasetSplits:
     """Train, validation and test clips of one dataset with its class names (label order)."""
 
-    train: ClipSet
-    val: ClipSet
-    test: ClipSet
+    train: Clips
+    val: Clips
+    test: Clips
     class_names: tuple[str, ...]
     notes: tuple[str, ...] = ()  # what loading left out or changed, for the training log
     split_record: dict | None = None  # which samples are in which split (training.split), stored in the model
 
-    def split(self, name: str) -> ClipSet:
+    def split(self, name: str) -> Clips:
         if name not in SPLITS:
             raise DataError(f"unknown split {name!r}; use one of {', '.join(SPLITS)}")
         return getattr(self, name)

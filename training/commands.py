@@ -29,7 +29,7 @@ from sampler.model import SampledClassifier
 
 from .card import duration, split_summary
 from .checkpoint import CHECKPOINT_FILE, clear_outputs, prepare_run_dir
-from .clips import SPLITS, ClipSet, DatasetSplits
+from .clips import SPLITS, Clips, ClipSet, DatasetSplits
 from .config import DataConfig, ExperimentConfig, load_config
 from .confusion import per_class, write_confusion
 from .datasets import decode_clips, groups_of_names, load_dataset, load_medmnist3d, read_video_index, require_file
@@ -340,7 +340,7 @@ def _video_level(
 
 
 def check_model_fits(
-    model: SampledClassifier, config: ExperimentConfig, clips: ClipSet, class_names: Sequence[str], model_path: Path
+    model: SampledClassifier, config: ExperimentConfig, clips: Clips, class_names: Sequence[str], model_path: Path
 ) -> None:
     """DataError in one line when the model was trained on other inputs than ``config`` gives."""
     mc = model.config

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -33,7 +34,7 @@ def video_windows(
     T, S, fps = model.config.num_frames, frame_size(model), model.preprocessing.get("fps")
     windows, valid = [], []
     for path in paths:
-        frames, _ = read_video(path, size=S, fps=fps, max_frames=T * per_video)
+        frames, _ = read_video(Path(path), size=S, fps=fps, max_frames=T * per_video)
         for start in range(0, len(frames), T):
             chunk = frames[start : start + T]
             window = np.zeros((T, S, S), np.uint8)

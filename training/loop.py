@@ -10,19 +10,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from core.exit import rounds
 from sampler.model import SampledClassifier
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .clips import ClipSet, DatasetSplits
+from .clips import Clips, DatasetSplits
 from .config import TrainSettings
 from .metrics import Scores, classification_scores, unique_per_window
 
@@ -119,11 +120,18 @@ class FitResult:
 
 
 def batch_to_device(
-    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], device: torch.device
+    batch: tuple[torch.Tensor, ...], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """uint8 (B, T, 1, H, W) frames become float in [0, 1] on ``device``."""
+    """``(x, valid, y)`` of a batch of ``(x, valid, y)`` or ``(x, emb, valid, y)`` on ``device``:
+    uint8 (B, T, 1, H, W) frames become float in [0, 1]."""
     x, valid, y = batch[0], batch[-2], batch[-1]
     return x.to(device, non_blocking=True).float().div_(255.0), valid.to(device), y.to(device)
+
+
+def clip_loader(clips: Clips, **options: Any) -> DataLoader[tuple[torch.Tensor, ...]]:
+    """A ``DataLoader`` over ``clips`` (it reads any map-style dataset; its stub asks for a
+    ``Dataset`` subclass, which a split's clips need not be)."""
+    return DataLoader(cast("Dataset[tuple[torch.Tensor, ...]]", clips), **options)
 
 
 def forward_batch(
@@ -149,7 +157,7 @@ def scheduled_k(schedule: str, k_max: int, seed: int, epoch: int, batch: int) ->
 @torch.inference_mode()
 def evaluate(
     model: SampledClassifier,
-    clips: ClipSet,
+    clips: Clips,
     *,
     device: torch.device,
     batch_size: int = 64,
@@ -159,7 +167,7 @@ def evaluate(
     """Run ``model`` in eval mode over ``clips`` (in order), picking ``k`` frames (None: the
     model's k), and score it."""
     model.eval()
-    loader = DataLoader(clips, batch_size=batch_size, shuffle=False)
+    loader = clip_loader(clips, batch_size=batch_size, shuffle=False)
     weight = None if weight is None else weight.to(device)
     total, probs, indices = 0.0, [], []
     for batch in loader:
@@ -213,7 +221,7 @@ def fit(
     weight_dev = None if weight is None else weight.to(device)
     optimizer = torch.optim.Adam(model.param_groups(settings.lr), lr=settings.lr)
     order = torch.Generator().manual_seed(settings.seed)
-    loader = DataLoader(data.train, batch_size=settings.batch_size, shuffle=True, generator=order)
+    loader = clip_loader(data.train, batch_size=settings.batch_size, shuffle=True, generator=order)
     k = model.sampler.k
     schedule = settings.k_schedule if model.config.method != "full" else "fixed"
     history: list[EpochLog] = []
@@ -291,5 +299,6 @@ def fit(
             log(f"early stop: no lower val_loss for {settings.patience} epochs; keeping epoch {best_epoch}")
             break
     model.sampler.noise_scale = built_noise  # an attribute, not saved: leave the model as it was built
+    assert best_state is not None  # set in the first epoch
     model.load_state_dict(best_state)
     return FitResult(history=tuple(history), best_epoch=best_epoch, seconds=before + time.perf_counter() - start)

@@ -30,7 +30,7 @@ from sampler.model import SAMPLERS, ModelConfig, SampledClassifier, build_model
 
 from .card import duration, padding_notes, training_meta
 from .checkpoint import CHECKPOINT_FILE, resume_conflict
-from .clips import ClipSet, DatasetSplits
+from .clips import Clips, DatasetSplits
 from .config import ExperimentConfig, auto_threads
 from .exits import calibrate_clips
 from .loop import EpochLog, Evaluation, class_weights, evaluate, fit, seed_everything
@@ -352,7 +352,7 @@ def write_history(history: tuple[EpochLog, ...], path: Path) -> None:
             )
 
 
-def plot_picks(ev: Evaluation, clips: ClipSet, class_names: tuple[str, ...], path: Path, *, title: str) -> None:
+def plot_picks(ev: Evaluation, clips: Clips, class_names: tuple[str, ...], path: Path, *, title: str) -> None:
     plot_selection(
         indices=ev.indices,
         valid=clips.valid,

@@ -18,6 +18,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -139,7 +140,7 @@ class RandomWindowSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
         frames, t = self.videos[i], self._t
         start = int(self.rng.integers(0, max(0, len(frames) - t) + 1))
         x, valid = cut_windows(frames[start : start + t], t, t)

@@ -38,7 +38,7 @@ from sampler.model import SampledClassifier
 
 from ..card import duration
 from ..checkpoint import CHECKPOINT_FILE
-from ..clips import ClipSet, DatasetSplits, cut_windows, windows_of_videos
+from ..clips import Clips, ClipSet, DatasetSplits, cut_windows, windows_of_videos
 from ..config import DataConfig, ExperimentConfig
 from ..corruptions import StreamCorruption, corrupt_videos
 from ..datasets import clip_record, load_medmnist3d, record_mismatch, require_file
@@ -189,12 +189,13 @@ def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) 
                         run_config, frozen, (tr, va, te), class_names, run_dir, f, records[f], resume_run
                     )
                 elif d.kind == "videos":
+                    assert vs is not None  # loaded above for videos
                     train_v = vs.take(tr)
                     val_v, test_v = vs.take(va), vs.take(te)
                     train_corr = corruption if d.corruption == "both" else None
                     if train_corr is not None:
                         val_v = (
-                            corrupt_videos(val_v[0], corruption, seed=d.corruption_seed + 2, ids=va.tolist()),
+                            corrupt_videos(val_v[0], train_corr, seed=d.corruption_seed + 2, ids=va.tolist()),
                             *val_v[1:],
                         )
                     data = DatasetSplits(
@@ -217,6 +218,7 @@ def compare_folds(config: ExperimentConfig, *, out: Path, resume: bool = False) 
                         rc = dataclasses.replace(r, test=evc.scores, window_test=evc.window_scores)
                         rc.save(run_dir / CORRUPTED_RESULT)
                 else:
+                    assert pool is not None and base is not None  # loaded above for medmnist3d
                     data = data or DatasetSplits(
                         pool.subset(tr),
                         pool.subset(va),
@@ -423,7 +425,7 @@ def _write_video_predictions(path: Path, names: Sequence[str], ev, class_names) 
 
 
 def _medmnist_folds(base: DatasetSplits, d: DataConfig):
-    def cat(*sets: ClipSet) -> ClipSet:
+    def cat(*sets: Clips) -> ClipSet:
         return ClipSet(
             np.concatenate([s.x for s in sets]),
             np.concatenate([s.valid for s in sets]),

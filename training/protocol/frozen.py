@@ -44,7 +44,7 @@ from sampler.classifier import FrameClassifier, frame_classifier
 from sampler.model import SampledClassifier
 
 from ..card import duration
-from ..clips import DatasetSplits, cut_windows, windows_of_videos
+from ..clips import Clips, DatasetSplits, cut_windows, windows_of_videos
 from ..config import ExperimentConfig
 from ..corruptions import StreamCorruption, corrupt_videos
 from ..files import write_atomic
@@ -83,7 +83,7 @@ class EmbeddedVideos:
     labels: np.ndarray
     names: tuple[str, ...]
 
-    def take(self, index: Sequence[int]) -> EmbeddedVideos:
+    def take(self, index: Sequence[int] | np.ndarray) -> EmbeddedVideos:
         index = list(index)
         return EmbeddedVideos(
             [self.small[i] for i in index],
@@ -311,6 +311,7 @@ class FrozenVideos:
         stride = d.window_stride or t
         train = (self.train_bad or self.clean).take(tr)
         val = (self.train_bad or self.clean).take(va)
+        train_set: Clips
         if d.train_windows == "random":
             train_set = RandomWindowSet(
                 train.small, train.labels, train.names, t, seed=run_config.train.seed, embeddings=train.emb
