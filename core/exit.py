@@ -70,7 +70,8 @@ class ExitRule:
             text += (
                 f"; on validation {c.get('val_mean_frames', math.nan):.2f} frames/window of k_max "
                 f"{c.get('k_max')}, AUC {c.get('val_auc', math.nan):.3f} vs {c.get('val_auc_k_max', math.nan):.3f} "
-                f"at k_max (tolerance {self.tolerance:g})"
+                f"at k_max (windows {c.get('val_window_auc', math.nan):.3f} vs "
+                f"{c.get('val_window_auc_k_max', math.nan):.3f}; tolerance {self.tolerance:g})"
             )
         return text
 
