@@ -25,11 +25,13 @@ import numpy as np
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
+from core.exit import ExitRule, exit_round
 from sampler.model import SampledClassifier
 from sources.synthetic import CLASSES, SyntheticSource, render_clip
 from streamer.app import demo_model_path
 from streamer.window import Windower
 from training.clips import cut_windows, windows_of_videos
+from training.exits import Windows, operating_point, prefix_probs
 from training.loop import evaluate
 from training.video_eval import evaluate_videos
 
@@ -148,6 +150,21 @@ def main() -> None:
             "with_evidence_mean_top_prob": round(float(wev.probs[has_evidence].max(1).mean()), 3),
             "eval_s": round(time.perf_counter() - t, 1),
         }
+        rule = ExitRule.from_dict(model.meta.get("exit"))
+        if rule.early:  # the same windows as the runtime runs them: best first, stopping when settled
+            pp = prefix_probs(model, clips, batch_size=32)
+            owner = np.concatenate([[i] * n for i, n in enumerate(ev.windows_per_video)])
+            point = operating_point(pp, Windows(owner, labels_arr), rule)
+            at = exit_round(pp.probs, rule)
+            exit_pred = pp.probs[np.arange(len(at)), at].argmax(1)
+            results[path]["early_exit"] = {
+                "rule": rule.describe(),
+                "mean_frames_per_window": round(point["mean_frames"], 3),
+                "video_balanced_acc": round(point["acc"], 2),
+                "video_auc": round(point["auc"], 4),
+                "window_auc": round(point["window_auc"], 4),
+                "window_balanced_acc": round(100 * balanced_accuracy_score(window_labels, exit_pred), 2),
+            }
     print(
         json.dumps(
             {
