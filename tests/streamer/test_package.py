@@ -64,18 +64,21 @@ def demo_engines():
     )
 
 
-def assert_agree(engines, ws, batch=3):
+def assert_agree(engines, ws, batch=3, *, early_exit=True):
+    """Both engines pick the same frames, exit alike and agree on the probabilities, on windows
+    whose answers differ (by far more than the tolerance: agreement means something)."""
     a_eng, b_eng = engines
     probs = []
     for i in range(0, len(ws), batch):
-        for a, b in zip(a_eng.process(ws[i : i + batch]), b_eng.process(ws[i : i + batch])):
-            assert a.selected == b.selected
+        part = ws[i : i + batch]
+        for a, b in zip(a_eng.process(part, early_exit=early_exit), b_eng.process(part, early_exit=early_exit)):
+            assert (a.selected, a.exit) == (b.selected, b.exit)
             if not a.window.frames:  # a flush that only retires frames
                 continue
-            assert len(a.selected) == a_eng.k
+            assert 1 <= len(a.selected) <= a_eng.k
             np.testing.assert_allclose(a.probs, b.probs, rtol=0, atol=TOLERANCE)
             probs.append(a.probs)
-    assert np.ptp(np.array(probs), axis=0).max() > 0.05  # the windows' answers differ: agreement means something
+    assert np.ptp(np.array(probs), axis=0).max() > 20 * TOLERANCE
     assert a_eng.cached == b_eng.cached == 0
 
 
@@ -108,7 +111,9 @@ def test_demo_package_agrees_with_the_torch_model_on_pocus_clips(demo_engines):
     for n, path in enumerate(sorted(picked.values())[:3]):
         images, _ = read_video(path, size=size, max_frames=56)
         frames = [Frame(f"pocus{n}", i, float(i), image) for i, image in enumerate(images)]
-        assert_agree(demo_engines, windows(frames, 16, 8))  # overlapping: the cache serves later windows
+        # overlapping: the cache serves later windows; every window uses k frames (the demo's exit
+        # rule would settle them on one, where a synthetic-trained model says b_lines for all)
+        assert_agree(demo_engines, windows(frames, 16, 8), early_exit=False)
 
 
 @pytest.mark.parametrize(
