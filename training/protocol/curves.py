@@ -156,16 +156,20 @@ def markdown(rows: Sequence[dict[str, Any]], *, title: str) -> str:
 
 def plot(rows: Sequence[dict[str, Any]], path: Path, *, title: str, full: Sequence[float] = ()) -> None:
     """AUC against mean frames per window: a line per method over its fixed-k points, a star at
-    its early exit, and Full (every frame) as a band (mean ± std over folds x seeds)."""
+    its early exit, and Full (every frame) as a band: its mean with the 95 % bootstrap interval
+    of that mean over folds x seeds."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if len(full):
-        m, s = float(np.mean(full)), float(np.std(full))
-        ax.axhspan(m - s, m + s, color="0.85", label=f"Full (all frames) {m:.3f} ± {s:.3f}")
+        m, lo, hi = bootstrap_mean_ci(full)
+        if math.isnan(lo):
+            lo = hi = m
+        ax.axhspan(lo, hi, color="0.85", label=f"Full (all frames) {m:.3f} [{lo:.3f}, {hi:.3f}]")
         ax.axhline(m, color="0.5", lw=1)
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
@@ -191,6 +195,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, *, title: str, full: Sequen
                     label=f"{METHOD_LABELS.get(method, method)} early exit ({r['mean_frames']:.2f} frames)",
                 )
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel("mean frames embedded per window (log scale)")
     ax.set_ylabel("video-level AUC (mean over folds x seeds)")
     ax.set_title(title, fontsize=10)
