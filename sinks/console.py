@@ -41,8 +41,15 @@ def format_prediction(p: Prediction) -> str:
     segment = f" | {printable(p.segment, 80)}" if p.segment else ""
     return (
         f"{printable(p.stream, 60)} #{p.window} seq {p.first_seq}-{p.last_seq}{padded}: {printable(p.label, 60)}"
-        f" {top:.2f} | picked {len(p.selected)} | {_num(p.latency_ms, '.1f')} ms{segment}"
+        f" {top:.2f} | picked {len(p.selected)}{_exit(p)} | {_num(p.latency_ms, '.1f')} ms{segment}"
     )
+
+
+def _exit(p: Prediction) -> str:
+    """`` of 8 (confident)``: the k_max in force and why the engine stopped, when it says."""
+    if not p.k_max:
+        return ""
+    return f" of {p.k_max}" + (f" ({p.exit})" if p.exit in ("confident", "budget") else "")
 
 
 def format_stats(s: Stats) -> str:

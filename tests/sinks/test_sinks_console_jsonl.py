@@ -95,3 +95,18 @@ async def test_console_write_failure_surfaces_as_sink_error_without_blocking_pub
             await sink.publish_prediction(prediction(0))  # returns at once; the failure comes later
             for i in range(1, 50):
                 await sink.publish_prediction(prediction(i))
+
+
+async def test_console_says_how_many_frames_of_k_max_and_why_it_stopped():
+    out = io.StringIO()
+    early = dataclasses.replace(prediction(2), selected=(33,), frames_used=1, exit="confident", k_max=8)
+    full = dataclasses.replace(prediction(3), frames_used=4, exit="k_max", k_max=4)
+    budget = dataclasses.replace(prediction(4), selected=(65, 70), frames_used=2, exit="budget", k_max=8)
+    async with ConsoleSink(out, show_stats=False) as sink:
+        for p in (early, full, budget):
+            await sink.publish_prediction(p)
+    assert [line.split(" | ")[1] for line in out.getvalue().splitlines()] == [
+        "picked 1 of 8 (confident)",
+        "picked 4 of 4",
+        "picked 2 of 8 (budget)",
+    ]
