@@ -222,7 +222,7 @@ def write_curve_summaries(out: Path, name: str) -> list[Path]:
         ]
         base = out / f"{name}-curves{suffix}"
         base.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-        base.with_suffix(".md").write_text(markdown(rows, title=f"{name} ({variant} test videos)"))
-        plot(rows, base.with_suffix(".png"), title=f"{name}: {variant} test videos", full=full)
+        base.with_suffix(".md").write_text(markdown(rows, title=f"{name} ({variant} test set)"))
+        plot(rows, base.with_suffix(".png"), title=f"{name}: {variant} test set", full=full)
         written += [base.with_suffix(".md"), base.with_suffix(".png")]
     return written
