@@ -683,7 +683,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
 
 
 # name -> (adds the command's arguments, add_parser's options); the order of `das-stream --help`.
-COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], dict[str, str]]] = {
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], dict[str, Any]]] = {
     "run": (
         _add_run,
         {

@@ -56,7 +56,9 @@ class WindowModel(Protocol):
     """What the engine runs (see the module docstring)."""
 
     kind: str  # "torch" or "package"
+    device: Any  # a torch.device for a torch model, a device name for a package
     card: dict[str, Any]
+    preprocessing: dict[str, Any]  # what training did to its clips (size, fps, ...); {} when unknown
     name: str
     num_frames: int
     k: int

@@ -10,6 +10,7 @@ import signal
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sampler.package import WindowModel, load_window_model
 from sampler.package_file import SUFFIX, is_package
@@ -21,7 +22,7 @@ from sources.spec import parse_source
 
 from .config import ConfigError, RunConfig
 from .inference import InferenceEngine
-from .pipeline import Pipeline, PipelineSettings, RunSummary
+from .pipeline import Pipeline, PipelineSettings, Policy, RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def load_model(cfg: RunConfig) -> WindowModel:
 
 def build_sources(cfg: RunConfig, *, size: int) -> list:
     """One source per spec; several of the same kind get unique stream ids (name, name-1, ...)."""
-    options = dict(speed=cfg.speed, pacing=cfg.pacing, loop=cfg.loop, gray=True, size=size)
+    options: dict[str, Any] = dict(speed=cfg.speed, pacing=cfg.pacing, loop=cfg.loop, gray=True, size=size)
     sources = [parse_source(spec, **options) for spec in cfg.sources]
     seen: dict[str, int] = {}
     for i, (spec, src) in enumerate(zip(cfg.sources, sources)):
@@ -68,13 +69,14 @@ def build_sources(cfg: RunConfig, *, size: int) -> list:
     return sources
 
 
-def overload_policy(cfg: RunConfig) -> str:
+def overload_policy(cfg: RunConfig) -> Policy:
     if cfg.overload != "auto":
         return cfg.overload
     return "shrink" if cfg.pacing else "block"
 
 
 def mqtt_sink(cfg: RunConfig) -> MqttSink:
+    assert cfg.mqtt is not None  # built only when --mqtt is given (SINKS)
     settings = MqttSettings.from_url(
         cfg.mqtt,
         topic_prefix=cfg.topic_prefix,
@@ -93,7 +95,7 @@ def mqtt_sink(cfg: RunConfig) -> MqttSink:
 # A new sink is its module in sinks/, its key in RunConfig (and flag in cli.py), and one line here.
 SINKS: dict[str, Callable[[RunConfig], Sink]] = {
     "console": lambda cfg: ConsoleSink(),
-    "jsonl": lambda cfg: JsonlSink(cfg.jsonl),
+    "jsonl": lambda cfg: JsonlSink(cfg.jsonl or ""),  # built only when --jsonl is given
     "mqtt": mqtt_sink,
 }
 
@@ -156,7 +158,7 @@ async def run_pipeline(pipeline: Pipeline) -> RunSummary:
     try:
         async with contextlib.AsyncExitStack() as stack:
             for observer in pipeline.observers:  # their servers run for the whole run
-                if hasattr(observer, "__aenter__"):
+                if isinstance(observer, contextlib.AbstractAsyncContextManager):
                     await stack.enter_async_context(observer)
             return await pipeline.run()
     finally:
@@ -178,7 +180,7 @@ def delivery_errors(sinks: list) -> list[BaseException]:
 def run(cfg: RunConfig) -> RunSummary:
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pipeline = build_pipeline(cfg)
-    sinks = list(getattr(pipeline.sinks, "sinks", pipeline.sinks))  # a FanOut, or a list
+    sinks = list(pipeline.sinks.sinks)
     if threading.current_thread() is threading.main_thread():  # start-up is over (see das_stream.cli)
         signal.signal(signal.SIGINT, signal.default_int_handler)
     summary = asyncio.run(run_pipeline(pipeline))

@@ -41,6 +41,7 @@ def evaluate_package(
     loss = float(-np.log(np.clip(p[np.arange(len(p)), clips.labels], 1e-12, 1.0)).mean())
     out = Path(out) if out is not None else Path(path).parent
     out.mkdir(parents=True, exist_ok=True)
+    files = [out / f"eval-{split}-package.json", out / f"predictions-{split}-package.csv"]
     report = {
         "model": str(path),
         "runtime": "package (ONNX Runtime)",
@@ -52,10 +53,10 @@ def evaluate_package(
         "unique_frames": unique_per_window(picked),
         "k": package.k,
         "num_frames": package.num_frames,
-        "files": [str(out / f"eval-{split}-package.json"), str(out / f"predictions-{split}-package.csv")],
+        "files": [str(f) for f in files],
     }
-    Path(report["files"][0]).write_text(json.dumps(report, indent=2) + "\n")
-    with open(report["files"][1], "w", newline="") as f:
+    files[0].write_text(json.dumps(report, indent=2) + "\n")
+    with open(files[1], "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["clip", "label", "predicted", *(f"p_{c}" for c in data.class_names), "picked"])
         for name, label, row, chosen in zip(clips.names, clips.labels, p, picked):

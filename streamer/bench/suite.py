@@ -49,7 +49,7 @@ from sources.synthetic import SyntheticSource
 from sources.video import VideoSource
 
 from ..inference import InferenceEngine, resize_gray
-from ..pipeline import Pipeline, PipelineSettings
+from ..pipeline import Pipeline, PipelineSettings, Policy
 from ..stats import frame_counts, percentiles
 from ..window import Window
 from .broker import local_broker
@@ -107,7 +107,7 @@ class Variant:
 
     name: str
     early_exit: bool
-    policy: str = "drop_oldest"
+    policy: Policy = "drop_oldest"
     budget: float | None = None
 
 
@@ -488,8 +488,8 @@ def bench_capacity(engines: dict[str, InferenceEngine], s: BenchSettings, log: C
             n *= 2
         for m, v in plan:
             key = f"{m}/{v.name}"
-            while bad[key] is not None and bad[key] - good[key] > max(1, good[key] // 8):  # to within 1/8
-                mid = (good[key] + bad[key]) // 2
+            while (worse := bad[key]) is not None and worse - good[key] > max(1, good[key] // 8):  # to within 1/8
+                mid = (good[key] + worse) // 2
                 if holds(m, v, mid):
                     good[key] = mid
                 else:

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from ..window import Window
 from .cache import FrameCache, Key, resize_gray
 from .embedders import EMBEDDERS, Embedder, resolve_backend
 from .rounds import run_rounds
+
+if TYPE_CHECKING:
+    from sampler.torch_model import TorchWindowModel
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +138,7 @@ class InferenceEngine:
             package = m.kind == "package"
             self.backend = resolve_backend(backend, self.device, package=package)
             options = {"threads": threads} if self.backend == "onnx" else {}
-            source = m if package else m.model
+            source = m if package else cast("TorchWindowModel", m).model
             self.embedder = EMBEDDERS[self.backend](source, self.device, max_batch=max_embed_batch, **options)
         self.cache = FrameCache(m.feature_size)
         # Wall time of each call's steps in ms (recent calls only): "sampler" (feature-size copies
@@ -346,6 +349,7 @@ class InferenceEngine:
         missing = [(w.stream, f.seq) for w in windows for f in w.frames if (w.stream, f.seq) not in self.cache.stats]
         if missing:
             self._frame_stats(list(dict.fromkeys(missing)))
+        assert self._empty_stats is not None  # the model uses per-frame features
         out = np.tile(self._empty_stats, (len(windows), self.num_frames, 1))  # padding: empty frames
         for b, w in enumerate(windows):
             if w.frames:

@@ -61,7 +61,7 @@ def run_rounds(
     k_max: Sequence[int],
     rule: ExitRule,
     *,
-    cost: Callable[[int, Sequence[int]], int],
+    cost: Callable[[int, np.ndarray], int],
     embed: Callable[[list[tuple[int, int]]], None],
     head: Callable[[list[int], np.ndarray, np.ndarray], np.ndarray],
     allowance: int | None = None,

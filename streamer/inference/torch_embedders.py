@@ -6,6 +6,7 @@ Imported only when a torch model runs on one of them (``--engine torch`` or ``to
 from __future__ import annotations
 
 import copy
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -16,8 +17,10 @@ from sampler.model import SampledClassifier
 
 from .embedders import BucketedEmbedder
 
+M = TypeVar("M", bound=torch.nn.Module)
 
-def fold_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+
+def fold_batchnorm(module: M) -> M:
     """A copy of ``module`` (eval mode) with every Conv2d -> BatchNorm2d pair of a Sequential folded
     into one convolution: the same function, one pass over the activations less."""
     module = copy.deepcopy(module).eval()
@@ -42,7 +45,7 @@ class TorchEager(BucketedEmbedder):
 
     def __init__(self, model: SampledClassifier, device: torch.device, *, max_batch: int = 64) -> None:
         super().__init__(input_size=model.config.input_size, max_batch=max_batch)
-        self.classifier = fold_batchnorm(model.classifier).to(device, memory_format=torch.channels_last)
+        self.classifier = fold_batchnorm(model.classifier).to(device).to(memory_format=torch.channels_last)
         self.device = device
 
     @torch.inference_mode()

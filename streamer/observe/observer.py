@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -68,6 +68,7 @@ class Observer:
         live_fps: most live-image updates per second per stream.
         history_s: seconds of class probabilities on the chart.
         stall_s: a stream with no frame for this long is reported as stalled.
+        clock: the monotonic clock of frame arrivals and stalls (a parameter for tests).
         idle_timeout: seconds after which the servers close a connection that has not sent a
             complete request (an idle keep-alive, or a client sending its request too slowly).
     """
@@ -84,7 +85,9 @@ class Observer:
         history_s: float = 300.0,
         stall_s: float = 5.0,
         idle_timeout: float = IDLE_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock  # monotonic seconds: frame arrivals and stalls (a parameter for tests)
         self.web = _address(web, "--web", WEB_PORT)
         self.metrics_address = _address(metrics, "--metrics", METRICS_PORT)
         for flag, address in (("--web", self.web), ("--metrics", self.metrics_address)):
@@ -111,7 +114,7 @@ class Observer:
     # --- called by the pipeline: synchronous, O(1), never raise ---
     def on_frame(self, stream: str, frame: Frame) -> None:
         try:
-            self.view.frame(stream, frame, time.monotonic())
+            self.view.frame(stream, frame, self._clock())
         except Exception:  # noqa: BLE001 - an observer must never stop the pipeline
             self._failed_once("on_frame")
 
@@ -176,19 +179,19 @@ class Observer:
         view = self.view.streams.get(name)
         if view is None or view.t_latest is None:
             return "starting", "no frame yet"
-        age = (time.monotonic() if now is None else now) - view.t_latest
+        age = (self._clock() if now is None else now) - view.t_latest
         if age > self.stall_s:
             return "stalled", f"no frame for {age:.1f} s"
         return "running", ""
 
     def states(self) -> dict[str, str]:
         """``{stream: state}`` of every stream."""
-        now = time.monotonic()
+        now = self._clock()
         return {name: self.state(name, now)[0] for name in self.names()}
 
     def health(self) -> list[str]:
         """Why the run is unhealthy (an empty list: healthy)."""
-        now = time.monotonic()
+        now = self._clock()
         reasons = []
         names = self.names()
         if not names:
@@ -296,7 +299,7 @@ class Observer:
             raise web.HTTPBadRequest(text="since must be a number (seconds since the epoch)") from None
         state = self.view.state(since=since)
         state["health"] = self.health()
-        now = time.monotonic()
+        now = self._clock()
         for name in self.names():
             entry = state["streams"].setdefault(name, self.view.empty_state())
             entry["state"], entry["state_detail"] = self.state(name, now)
@@ -316,7 +319,7 @@ class Observer:
 
     async def _live(self, request: web.Request) -> web.Response:
         stream = request.match_info["stream"]
-        now = time.monotonic()
+        now = self._clock()
         jpeg, todo = self.view.live_jpeg(stream, now)
         if todo is not None:
             fresh, _ = await asyncio.to_thread(encode_jpeg, todo, self.view.live_size)

@@ -33,8 +33,8 @@ class PausingSource(Source):
             if stop.is_set():
                 return
             if seq == self.before and self.pause:
-                time.sleep(self.pause)
-            time.sleep(1.0 / self.fps)
+                time.sleep(self.pause)  # the pause under test, not a synchronisation
+            time.sleep(1.0 / self.fps)  # the device's own pace
             t = time.time() + (self.jump if seq >= self.before else 0.0)
             if seq == self.before - 1:
                 self.t_last_before = t

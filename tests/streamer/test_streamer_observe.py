@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from streamer_help import ListSink
+from waiting import until
 
 from core.errors import ConfigError
 from sinks.messages import Prediction
@@ -75,7 +76,7 @@ async def test_metrics_during_a_run_match_the_final_stats(engine):
         while not run.done():
             scrapes.append(await scrape(session, url))
             statuses.append((await health(session, url))[0])
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.25)  # the sampling interval of the scrapes, not a synchronisation
         summary = await run
         assert 200 in statuses  # both streams delivering and no sink to wait for
 
@@ -166,7 +167,8 @@ def _stats(stream: str, n: int, **kw):
 
 
 async def test_healthz_reports_a_stalled_stream_and_an_ended_one():
-    observer = Observer(streams=["a", "b"], metrics="127.0.0.1:0", stall_s=0.3)
+    now = [100.0]  # the observer's clock, moved by the test
+    observer = Observer(streams=["a", "b"], metrics="127.0.0.1:0", stall_s=0.3, clock=lambda: now[0])
     img = np.zeros((8, 8), np.uint8)
     async with observer, aiohttp.ClientSession() as session:
         url = observer.urls["metrics"]
@@ -174,11 +176,12 @@ async def test_healthz_reports_a_stalled_stream_and_an_ended_one():
         status, text = await health(session, url)
         assert status == 503 and "stream b starting: no frame yet" in text and "stream a" not in text
         observer.on_frame("b", Frame("b", 0, time.time(), img))
+        now[0] += 0.3  # at the limit: not stalled yet
         assert await health(session, url) == (200, "ok\n")
-        await asyncio.sleep(0.4)
+        now[0] += 0.1
         observer.on_frame("b", Frame("b", 1, time.time(), img))
         status, text = await health(session, url)
-        assert status == 503 and "stream a stalled: no frame for" in text and "stream b" not in text
+        assert status == 503 and "stream a stalled: no frame for 0.4 s" in text and "stream b" not in text
         m = await scrape(session, url)
         assert m[("das_stream_state", (("state", "stalled"), ("stream", "a")))] == 1.0
         assert m[("das_stream_state", (("state", "running"), ("stream", "b")))] == 1.0
@@ -201,14 +204,12 @@ async def test_healthz_503_while_the_broker_is_down_and_200_again_after(engine, 
         observers=[observer],
     )
 
-    async def wait_status(session, url, code, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        while True:
+    async def wait_status(session, url, code):
+        async def reached():
             status, text = await health(session, url)
-            if status == code:
-                return text
-            assert time.monotonic() < deadline, f"/healthz stayed {status} ({text.strip()}), expected {code}"
-            await asyncio.sleep(0.1)
+            return text if status == code else None
+
+        return await until(reached, f"/healthz {code}")
 
     async with observer, aiohttp.ClientSession() as session:
         url = observer.urls["metrics"]

@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 import pytest
 from brokers import free_port
+from waiting import until_sync
 
 from sources.synthetic import CLASSES, encode_video, make_clip
 
@@ -47,17 +48,6 @@ pytestmark = pytest.mark.skipif(
 
 T, K = 16, 8  # the bundled demo model's window and picks
 W, H = 480, 320  # the video's own size: 3:2, not the model's square
-
-
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(poll)
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -109,7 +99,9 @@ def start_run(tmp_path: Path, sources: list[str]):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: proc.poll() is not None or get_json(url + "/api/state"), 180, "the web view to answer")
+    until_sync(
+        lambda: proc.poll() is not None or get_json(url + "/api/state"), "the web view to answer", timeout=180, poll=0.2
+    )
     assert proc.poll() is None, proc.communicate()[1]
     return proc, url, f"http://127.0.0.1:{metrics_port}", jsonl
 
@@ -218,16 +210,17 @@ def test_one_stream_at_its_own_aspect_with_scores_and_counters_in_step(video, tm
         driver.get(url + "/")
         assert driver.title == "das-stream live"
         name = "exam"
-        live = wait_for(lambda: driver.execute_script(LIVE, name), 90, "the live image")
+        live = until_sync(lambda: driver.execute_script(LIVE, name), "the live image", timeout=90, poll=0.2)
         # the image as it came (480x320), shown at its own 3:2 ratio and a useful size
         assert live["natural"] == [W, H]
         box_w, box_h = live["box"]
         assert box_w / box_h == pytest.approx(W / H, rel=0.03) and box_w >= 480
 
-        first = wait_for(
+        first = until_sync(
             lambda: (s := driver.execute_script(STRIP, name)) and s["cells"] == T and s["loaded"] == T and s,
-            90,
             "the first window's thumbnails",
+            timeout=90,
+            poll=0.2,
         )
         assert first["thumbAspect"] == pytest.approx(W / H, rel=0.05)  # model frames stretched back to 3:2
         assert first["pickedBorder"] != first["otherBorder"]  # the picked frames are visibly marked
@@ -237,7 +230,7 @@ def test_one_stream_at_its_own_aspect_with_scores_and_counters_in_step(video, tm
         assert max(first["bars"]) > 2 * min(first["bars"]) > 0  # a bar per frame, by score
 
         seen = []  # the counters are never behind the strip
-        second = wait_for(
+        second = until_sync(
             lambda: (
                 (s := driver.execute_script(STRIP, name))
                 and seen.append(s) is None
@@ -245,17 +238,24 @@ def test_one_stream_at_its_own_aspect_with_scores_and_counters_in_step(video, tm
                 and s["loaded"] == T
                 and s
             ),
-            60,
             "the thumbnails to move on to a later window",
+            timeout=60,
+            poll=0.2,
         )
         assert all(s["windowsCounted"] >= s["window"] + 1 for s in seen)
 
-        chart = wait_for(lambda: (c := driver.execute_script(CHART, name)) and c["points"] >= 2 and c, 30, "the chart")
+        chart = until_sync(
+            lambda: (c := driver.execute_script(CHART, name)) and c["points"] >= 2 and c,
+            "the chart",
+            timeout=30,
+            poll=0.2,
+        )
         assert chart["span"] < 120 and chart["ticks"][0] == "now"  # fits the data, not a fixed 5 minutes
-        wait_for(
+        until_sync(
             lambda: (v := driver.execute_script(LIVE, name)) and v["loaded"] > live["loaded"],
-            30,
             "the live image to refresh",
+            timeout=30,
+            poll=0.2,
         )
         assert http_status(url + "/favicon.ico") == 200
         assert severe_console_errors(driver) == []  # no 404 (favicon) nor script error
@@ -299,20 +299,24 @@ def test_eight_streams_fit_one_screen_with_their_states(video, tmp_path):
         driver.get(url + "/")
         videos = ["exam"] + [f"exam-{i}" for i in range(1, 6)]
         for name in videos:
-            wait_for(lambda n=name: driver.execute_script(LIVE, n), 120, f"the live image of {name}")
-        wait_for(
+            until_sync(
+                lambda n=name: driver.execute_script(LIVE, n), f"the live image of {name}", timeout=120, poll=0.2
+            )
+        until_sync(
             lambda: all((s := driver.execute_script(STRIP, n)) and s["loaded"] == T for n in videos[:2]),
-            120,
             "the window strips",
+            timeout=120,
+            poll=0.2,
         )
-        panels = wait_for(
+        panels = until_sync(
             lambda: (
                 (p := driver.execute_script(PANELS))
                 and {x["name"]: x["state"] for x in p}.get("synthetic") == "ended"
                 and p
             ),
-            60,
             "the synthetic stream to end",
+            timeout=60,
+            poll=0.2,
         )
         screenshot(driver, tmp_path, "web-view.png")
         inner_w, inner_h = driver.execute_script("return [window.innerWidth, window.innerHeight]")
