@@ -33,11 +33,13 @@ from .clips import SPLITS, Clips, ClipSet, DatasetSplits
 from .config import DataConfig, ExperimentConfig, load_config
 from .confusion import per_class, write_confusion
 from .datasets import decode_clips, groups_of_names, load_dataset, load_medmnist3d, read_video_index, require_file
-from .exits import DEFAULT_TOLERANCE, calibrate_clips
+from .exits import DEFAULT_TOLERANCE, calibrate_clips, windows_of_clips
 from .loop import Evaluation, class_weights, evaluate
+from .protocol.curves import CURVE_FILE, run_curve, write_curve_summaries
 from .report import RunResult, SummaryRow, markdown_table, plot_auc, summarize, write_summary_csv
 from .runs import (
     CONFIG_FILE,
+    MODEL_FILE,
     RESULT_FILE,
     GridClock,
     RunLog,
@@ -455,6 +457,9 @@ def compare(
         run_dir = out / run_name(method, keep, seed)
         if (method, keep, seed) in done:
             progress(f"[{i}/{len(plan)}] {run_dir.name}: result exists, skipped (--resume)")
+            if not (run_dir / CURVE_FILE).is_file():
+                data = data if data is not None else _grid_data(config, out, progress)
+                _write_curve(config, data, run_dir)
             continue
         if data is None:
             data = _grid_data(config, out, progress)
@@ -469,6 +474,7 @@ def compare(
                 strict_resume=False,
                 notes=False,
             )
+        _write_curve(run_config, data, run_dir)
     results = finished_results(out, "*", config.name)
     progress(
         f"compare: {clock.trained} run(s) trained, {len(done)} skipped (result existed, --resume) in "
@@ -478,7 +484,24 @@ def compare(
     write_summary_csv(rows, out / f"{config.name}.csv")
     (out / f"{config.name}.md").write_text(markdown_table(rows))
     plot_auc(rows, out / f"{config.name}-auc.png", title=f"{config.name}: test AUC (mean; ± std when n > 1 runs)")
+    for path in write_curve_summaries(out, config.name):
+        progress(f"curves: {path}")
     return rows
+
+
+def _write_curve(run_config: ExperimentConfig, data: DatasetSplits, run_dir: Path) -> None:
+    """``curve.json`` of one run on the fixed split: its test scores at every k of its order and
+    at the early exit calibrated on the validation clips (video-level where clips are windows
+    of videos), as ``compare --folds`` writes per run."""
+    device = resolve_device(run_config.train.device)
+    model = SampledClassifier.load(run_dir / MODEL_FILE, map_location=device)
+    curve = run_curve(
+        model,
+        (data.val, windows_of_clips(data.val)),
+        {"clean": (data.test, windows_of_clips(data.test))},
+        device=device,
+    )
+    (run_dir / CURVE_FILE).write_text(json.dumps(curve, indent=1) + "\n")
 
 
 def plan_words(config: ExperimentConfig, runs: int) -> str:

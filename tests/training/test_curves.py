@@ -193,3 +193,35 @@ def test_train_for_every_k_calibrates_the_exit_and_calibrate_and_info_show_it(tm
     fixed = tmp_path / "fixed"
     assert main([*args[:-1], str(fixed)]) == 0
     assert "exit" not in SampledClassifier.load(fixed / "model.pt").meta  # fixed k: no rule, no calibration
+
+
+def test_compare_without_folds_writes_curves_too(tmp_path):
+    from das_stream.cli import main
+
+    npz = write_npz(tmp_path / "m.npz", depth=8, size=16)
+    config = write_config(tmp_path / "m.yaml", {"kind": "medmnist3d", "path": str(npz), "classes": ["a", "b"]})
+    out = tmp_path / "grid"
+    args = [
+        "compare",
+        "--config",
+        str(config),
+        "--methods",
+        "uniform,das",
+        "--seeds",
+        "0",
+        "--keeps",
+        "0.5",
+        "--set",
+        "model.backbone=tiny_cnn",
+        "--set",
+        "train.k_schedule=random",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    for run in ("das-keep0.5-seed0", "uniform-keep0.5-seed0"):
+        curve = json.loads((out / run / "curve.json").read_text())
+        result = json.loads((out / run / "result.json").read_text())
+        last = curve["test"]["clean"]["fixed"][-1]
+        assert last["k"] == result["k"] and last["auc"] == pytest.approx(result["test"]["auc"], abs=1e-9)
+    assert "| DAS | k=1 |" in (out / "tiny-curves.md").read_text()

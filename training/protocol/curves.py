@@ -55,9 +55,10 @@ def run_curve(
 
 
 def read_curves(out: Path) -> list[dict[str, Any]]:
-    """Every ``curve.json`` under a ``compare --folds`` output folder, with its run's identity."""
+    """Every ``curve.json`` under a ``compare`` output folder (``fold*/RUN/`` with ``--folds``,
+    ``RUN/`` without), with its run's identity."""
     rows = []
-    for path in sorted(out.glob("fold*/*/" + CURVE_FILE)):
+    for path in sorted([*out.glob("*/" + CURVE_FILE), *out.glob("fold*/*/" + CURVE_FILE)]):
         curve = json.loads(path.read_text())
         result = json.loads((path.parent / "result.json").read_text())
         curve.update(
