@@ -33,10 +33,8 @@ def evaluate_package(
             f"package {path} expects T={package.num_frames} and classes {list(package.class_names)}, but the data of "
             f"{config.source} has T={data.num_frames} and classes {list(data.class_names)}; pass the config it was trained with"
         )
-    picks, probs = zip(
-        *(classify_windows(package, clips.x[i : i + 16], clips.valid[i : i + 16]) for i in range(0, len(clips), 16))
-    )
-    picked, p = np.concatenate(picks), np.concatenate(probs)
+    runs = [classify_windows(package, clips.x[i : i + 16], clips.valid[i : i + 16]) for i in range(0, len(clips), 16)]
+    picked, p = np.concatenate([r[0] for r in runs]), np.concatenate([r[1] for r in runs])
     scores = classification_scores(clips.labels, p)
     loss = float(-np.log(np.clip(p[np.arange(len(p)), clips.labels], 1e-12, 1.0)).mean())
     out = Path(out) if out is not None else Path(path).parent

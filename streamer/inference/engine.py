@@ -157,7 +157,9 @@ class InferenceEngine:
         self.exit_rule = ExitRule.from_dict(m.card.get("exit"))
         self.widths = rounds(self.k)  # head widths: every round's prefix is padded to one of these
         fs = self.feature_size
-        self._empty_stats = m.frame_stats(np.zeros((1, fs, fs), np.uint8))[0] if m.uses_stats else None
+        self._empty_stats = (
+            m.frame_stats(np.zeros((1, fs, fs), np.uint8))[0] if m.uses_stats else np.zeros(0, np.float32)
+        )
         self.warm_up_s = self.on_worker(self._warm_up, max_windows)
         log.info(
             "inference engine %s on %s warmed up in %.2f s: %s, backbone batches %s, 1-%d windows per call",
