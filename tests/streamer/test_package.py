@@ -30,8 +30,8 @@ from sampler.package_file import is_package, read_package
 from sources.frame import Frame
 from sources.synthetic import SyntheticSource
 from streamer.app import demo_model_path
+from streamer.bench import windows_of as windows
 from streamer.inference import InferenceEngine
-from streamer.window import Windower
 from training.export_check import check_windows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,14 +44,6 @@ def shared_pocus() -> Path | None:
         if (parent / "shared" / "data" / "pocus" / "videos_index.csv").is_file():
             return parent / "shared" / "data" / "pocus"
     return None
-
-
-def windows(frames, T, stride):
-    w = Windower(stream=frames[0].stream, num_frames=T, stride=stride)
-    out = [x for f in frames if (x := w.push(f)) is not None]
-    if (last := w.flush()) is not None:
-        out.append(last)
-    return out
 
 
 @pytest.fixture(scope="module")
