@@ -46,7 +46,7 @@ import numpy as np
 from sampler.package import describe
 from sinks.mqtt import MqttSettings, MqttSink
 from sources.synthetic import SyntheticSource
-from sources.video import VideoSource
+from sources.video import VideoSource, read_video
 
 from ..inference import InferenceEngine, resize_gray
 from ..pipeline import Pipeline, PipelineSettings, Policy
@@ -68,7 +68,8 @@ class BenchSettings:
         num_frames, input_size, feature_size: the default models' window length, frame size
             and sampler feature resolution (56 = 224 / 4: the sampler's copy of each frame is an
             exact 4x area reduction, about 8x cheaper than a fractional one to 64 px).
-        video: a video file to replay for items 3-4 (None: a synthetic 640x480 H.264 clip).
+        video: a video file to replay for items 3-4, whose frames item 8 replays too (None: a
+            synthetic 640x480 H.264 clip, and item 8 replays synthetic frames).
         mqtt: broker URL for items 3-4 (None: start a local mosquitto if installed, else no MQTT).
         only: run only these items (names from ITEMS).
         streams: item 8 at this one number of streams instead of the sweep.
@@ -455,7 +456,10 @@ def bench_capacity(engines: dict[str, InferenceEngine], s: BenchSettings, log: C
     seconds = s.capacity_seconds or (8.0 if s.quick else 20.0)
     head = headline(engines)
     any_engine = next(iter(engines.values()))
-    images = FrameMaker(any_engine.input_size, seed=5).images  # rendered once, replayed by every stream
+    if s.video:  # the video's frames, as the latency item reads them: what a trained model's exit sees
+        images = list(read_video(s.video, gray=True, size=any_engine.input_size)[0])
+    else:
+        images = FrameMaker(any_engine.input_size, seed=5).images  # rendered once, replayed by every stream
     runs = {}
     plan = [(head, v) for v in variants(s)] + [("full", FIXED_K)]
     points: dict[str, dict[int, dict[str, Any]]] = {f"{m}/{v.name}": {} for m, v in plan}
@@ -507,7 +511,8 @@ def bench_capacity(engines: dict[str, InferenceEngine], s: BenchSettings, log: C
         "seconds_per_point": seconds,
         "p99_bound_ms": s.capacity_p99_ms,
         "budget_fps": s.budget,
-        "frames": "pre-rendered synthetic frames at the model's input size, replayed (no decode)",
+        "frames": (f"the frames of {s.video}" if s.video else "pre-rendered synthetic frames")
+        + " at the model's input size, replayed at 30 fps (no decode)",
         "runs": runs,
     }
 
