@@ -61,9 +61,11 @@ def test_window_results_carry_the_samplers_score_of_each_frame(tmp_path):
                 assert res.scores == ()
                 continue
             assert len(res.scores) == len(w.frames)  # one per real frame, none for the padding
-            # the picks are the frames the sampler scored highest (the empty one last): the score says why
+            # the picks are the frames the sampler scored highest (the empty one last), as many as the
+            # prediction used before the model's exit rule settled it: the score says why
             usable = [i for i, f in enumerate(w.frames) if f.image.any()]
-            best = sorted(usable, key=lambda i: -res.scores[i])[:k]
+            assert 1 <= len(res.selected) <= k
+            best = sorted(usable, key=lambda i: -res.scores[i])[: len(res.selected)]
             assert sorted(w.frames[i].seq for i in best) == list(res.selected)
             assert len(set(res.scores)) > 1  # not a constant
             scored[kind, w.stream] = res.scores
