@@ -320,10 +320,14 @@ class Observer:
     async def _live(self, request: web.Request) -> web.Response:
         stream = request.match_info["stream"]
         now = self._clock()
-        jpeg, todo = self.view.live_jpeg(stream, now)
+        try:  # the size the page shows it at: a small panel costs a small JPEG
+            side = self.view.live_side(int(request.query["size"]) if "size" in request.query else None)
+        except ValueError:
+            raise web.HTTPBadRequest(text="size must be a whole number of pixels") from None
+        jpeg, todo = self.view.live_jpeg(stream, now, side)
         if todo is not None:
-            fresh, _ = await asyncio.to_thread(encode_jpeg, todo, self.view.live_size)
-            self.view.store_live(stream, todo, fresh, now)
+            fresh, _ = await asyncio.to_thread(encode_jpeg, todo, side)
+            self.view.store_live(stream, todo, fresh, now, side)
             jpeg = fresh
         if jpeg is None:
             raise web.HTTPNotFound(text="no frame yet on this stream")

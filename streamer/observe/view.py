@@ -29,6 +29,7 @@ from sinks.messages import Prediction, Stats
 from sources.frame import Frame
 
 MAX_HISTORY = 4096  # probability points kept per stream, whatever the window rate
+LIVE_STEP = 160  # live images are encoded at a longest side that is a multiple of this
 # Per-window figures a WindowResult may carry (the engine's early exit: frames it used, why it
 # stopped, its k_max); each one present is passed to the page with the window.
 WINDOW_FIGURES = ("frames_used", "exit", "k_max")
@@ -57,6 +58,15 @@ def encode_jpeg(
 
 
 @dataclass
+class _Live:
+    """The latest live JPEG at one size."""
+
+    jpeg: bytes | None = None
+    src: np.ndarray | None = None  # the image it was made from
+    t: float = float("-inf")  # when it was made (or reserved)
+
+
+@dataclass
 class _LastWindow:
     index: int
     frames: tuple[Frame, ...]
@@ -77,9 +87,7 @@ class StreamView:
     t_latest: float | None = None  # monotonic time of the latest frame
     frames_seen: int = 0
     preview: Any = None  # the source's sources.preview.Preview, when it has one
-    jpeg: bytes | None = None
-    jpeg_src: np.ndarray | None = None  # the image the cached JPEG was made from
-    t_jpeg: float = float("-inf")
+    live: dict[int, _Live] = field(default_factory=dict)  # by longest side: a few sizes at most
     aspect: float | None = None  # width / height of the stream's own images
     window: _LastWindow | None = None
     stats: Stats | None = None
@@ -97,8 +105,9 @@ class ViewState:
     """The latest items of every stream (see the module docstring).
 
     Args:
-        live_fps: most live-image encodes per second per stream.
-        live_size: longest side of the live image in pixels.
+        live_fps: most live-image encodes per second per stream and size.
+        live_size: longest side of the live image in pixels, at most (a browser asks for the size
+            it shows, rounded up to a multiple of ``LIVE_STEP``).
         thumb_size: longest side of a window thumbnail in pixels.
         history_s: seconds of class probabilities kept for the chart.
     """
@@ -153,23 +162,31 @@ class ViewState:
         self.stream(stats.stream).stats = stats
 
     # --- asked for by the browser ---
-    def live_jpeg(self, stream: str, now: float) -> tuple[bytes | None, np.ndarray | None]:
-        """The cached JPEG and, when a fresher image should be encoded now, that image (at most
-        ``live_fps`` encodes per second per stream, however many browsers ask)."""
+    def live_side(self, asked: int | None) -> int:
+        """The longest side to encode for a browser that shows the image ``asked`` pixels large:
+        rounded up to a multiple of LIVE_STEP, at most ``live_size`` (None: ``live_size``)."""
+        if asked is None:
+            return self.live_size
+        return max(LIVE_STEP, min(self.live_size, -(-asked // LIVE_STEP) * LIVE_STEP))
+
+    def live_jpeg(self, stream: str, now: float, side: int | None = None) -> tuple[bytes | None, np.ndarray | None]:
+        """The cached JPEG of ``side`` pixels (default ``live_size``) and, when a fresher image should
+        be encoded now, that image (at most ``live_fps`` encodes per second per stream and size,
+        however many browsers ask)."""
         view = self.streams.get(stream)
         image = None if view is None else view.live_image()
         if view is None or image is None:
             return None, None
-        stale = image is not view.jpeg_src and now - view.t_jpeg >= 1.0 / self.live_fps
-        if not stale and view.jpeg is not None:
-            return view.jpeg, None
-        view.t_jpeg = now  # reserved: concurrent requests get the cached image meanwhile
-        return view.jpeg, image
+        live = view.live.setdefault(side or self.live_size, _Live())
+        stale = image is not live.src and now - live.t >= 1.0 / self.live_fps
+        if not stale and live.jpeg is not None:
+            return live.jpeg, None
+        live.t = now  # reserved: concurrent requests get the cached image meanwhile
+        return live.jpeg, image
 
-    def store_live(self, stream: str, image: np.ndarray, jpeg: bytes, now: float) -> None:
-        view = self.stream(stream)
-        view.jpeg, view.jpeg_src, view.t_jpeg = jpeg, image, now
-        view.aspect = image.shape[1] / image.shape[0]
+    def store_live(self, stream: str, image: np.ndarray, jpeg: bytes, now: float, side: int | None = None) -> None:
+        live = self.stream(stream).live.setdefault(side or self.live_size, _Live())
+        live.jpeg, live.src, live.t = jpeg, image, now
 
     def aspect(self, stream: str) -> float | None:
         """Width / height of the stream's own images (None before the first)."""

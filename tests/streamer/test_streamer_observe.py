@@ -288,7 +288,7 @@ def test_offered_items_keep_references_only_and_history_is_bounded():
     for f in frames_in:
         observer.on_frame("s", f)
     view = observer.view.streams["s"]
-    assert view.latest is frames_in[-1] and view.frames_seen == T and view.jpeg is None  # nothing encoded yet
+    assert view.latest is frames_in[-1] and view.frames_seen == T and view.live == {}  # nothing encoded yet
 
     class Result:  # the two attributes the observer reads from a WindowResult
         def __init__(self, window, selected):

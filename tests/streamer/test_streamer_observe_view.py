@@ -103,6 +103,12 @@ async def test_the_live_image_is_the_source_image_at_its_own_aspect_and_thumbnai
         async with session.get(f"{url}/live/{source.name}.jpg") as r:
             assert r.status == 200
             assert _decode(await r.read()).shape == (120, 200)
+        # a small panel asks for what it shows (rounded up to 160 px steps); never more than the image
+        for asked, shape in ((100, (96, 160)), (5000, (120, 200))):
+            async with session.get(f"{url}/live/{source.name}.jpg?size={asked}") as r:
+                assert _decode(await r.read()).shape == shape
+        async with session.get(f"{url}/live/{source.name}.jpg?size=big") as r:
+            assert r.status == 400
         async with session.get(f"{url}/api/state") as r:
             state = (await r.json())["streams"][source.name]
         assert state["aspect"] == pytest.approx(200 / 120)

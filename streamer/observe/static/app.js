@@ -60,13 +60,15 @@ function panel(name) {
 function startLive(name, s) {
   if (s.liveStarted) return;
   s.liveStarted = true;
-  const img = s.node.querySelector(".live");
+  const img = s.node.querySelector(".live"), box = s.node.querySelector(".livebox");
   let n = 0;
-  const next = () => setTimeout(() => { img.src = `/live/${encodeURIComponent(name)}.jpg?n=${n++}`; },
-                                1000 / view.liveFps);
+  // asks for the size it shows (device pixels): the server encodes no more than that
+  const url = () => `/live/${encodeURIComponent(name)}.jpg?n=${n++}&size=` +
+    Math.round(Math.max(box.clientWidth, box.clientHeight, 1) * (window.devicePixelRatio || 1));
+  const next = () => setTimeout(() => { img.src = url(); }, 1000 / view.liveFps);
   img.onload = () => { img.dataset.loaded = String(n); next(); };  // one request at a time: a slow client asks less
   img.onerror = () => setTimeout(next, 1000);
-  img.src = `/live/${encodeURIComponent(name)}.jpg?n=${n++}`;
+  img.src = url();
 }
 
 function renderState(s, state, detail) {
