@@ -134,9 +134,16 @@ function renderPrediction(s, w) {
       el("div", { className: "track" }, [fill]), el("span", { className: "val", textContent: p.toFixed(2) })]);
   });
   box.querySelector(".probs").replaceChildren(...bars);
-  const figures = Object.entries(w.figures || {}).map(([k, v]) => ` · ${k.replace("_", " ")} ${v}`).join("");
-  box.querySelector(".meta").textContent =
-    `window ${w.index} · ${fmt(w.latency_ms)} ms capture → prediction` + (w.padded ? ` · flushed (${w.padded} padded)` : "") + figures;
+  // the engine's per-window figures (its early exit), as short as a small panel needs
+  const f = w.figures || {};
+  let figures = "";
+  if (f.frames_used !== undefined) figures += ` · ${f.frames_used}${f.k_max !== undefined ? "/" + f.k_max : ""} frames`;
+  if (f.exit !== undefined) figures += ` · exit: ${f.exit}`;
+  const meta = box.querySelector(".meta");
+  meta.textContent = `window ${w.index} · ${fmt(w.latency_ms)} ms` + (w.padded ? ` · flushed (${w.padded} padded)` : "") + figures;
+  meta.title = "window number · capture of its last frame → prediction" +
+    (f.frames_used !== undefined ? " · frames the prediction used / the most it may use" : "") +
+    (f.exit !== undefined ? " · why the engine stopped adding frames" : "");
 }
 
 function stripCells(w) {
