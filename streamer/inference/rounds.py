@@ -12,7 +12,8 @@ the first of:
 - ``budget``: the frames this call may still embed (the process-wide budget) do not cover its
   next round. A window always gets its first round, so no window goes unclassified.
 
-Fixed-k inference is the special case of a rule that never exits: one round of k_max frames.
+Fixed-k inference is the special case of a rule that never exits: one round of k_max frames
+(with a budget the rounds still climb the ladder, so the budget can stop a window between them).
 Nothing here knows about torch, ONNX or the cache: the engine passes three functions.
 """
 
@@ -46,11 +47,12 @@ class RoundsResult:
     rounds_run: int
 
 
-def ladder(k_max: int, usable: int, rule: ExitRule) -> list[int]:
+def ladder(k_max: int, usable: int, rule: ExitRule, *, budgeted: bool = False) -> list[int]:
     """The prefix sizes one window goes through: the round ladder up to its k_max, cut at its
-    usable frames; a single round of k_max when the rule never exits early."""
+    usable frames; a single round of k_max when nothing can stop it early (a rule that never
+    exits and no budget)."""
     limit = max(1, min(k_max, usable))
-    if not rule.early:
+    if not (rule.early or budgeted):
         return [limit]
     return [j for j in rounds(k_max) if j < limit] + [limit]
 
@@ -84,7 +86,7 @@ def run_rounds(
     order = np.asarray(order)
     usable = np.asarray(usable, dtype=bool)
     count = usable.sum(axis=1)
-    steps = [ladder(int(k_max[b]), int(count[b]), rule) for b in range(len(order))]
+    steps = [ladder(int(k_max[b]), int(count[b]), rule, budgeted=allowance is not None) for b in range(len(order))]
     step = [0] * len(order)
     probs: np.ndarray | None = None
     used: list[list[int]] = [[] for _ in order]

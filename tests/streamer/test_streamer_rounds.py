@@ -124,4 +124,16 @@ def test_frames_another_window_embedded_cost_nothing():
     res = run_rounds(
         order[:2], usable[:2], [8, 8], ExitRule(), cost=toy.cost, embed=toy.embed, head=toy.head, allowance=0
     )
-    assert toy.calls == [8] and res.exits == ["k_max", "k_max"]
+    # window 1's frames are embedded already: it climbs to k_max on a budget of nothing, while
+    # window 0 gets its first frame and stops there
+    assert res.exits == ["budget", "k_max"] and len(res.used[1]) == 8 and len(res.used[0]) == 1
+    assert sum(toy.calls) == 1
+
+
+def test_a_budget_stops_fixed_k_windows_between_rounds_too():
+    values, usable, order = batch()
+    res, _ = run(values, usable, order, ExitRule(), k_max=8, allowance=5 + 4)
+    # no exit rule: without the budget every window would take 8 frames in one round
+    assert "budget" in res.exits and "confident" not in res.exits
+    assert sum(len(u) for u in res.used) <= 5 + 4 and all(len(u) >= 1 for b, u in enumerate(res.used) if b != 3)
+    assert ladder(8, 16, ExitRule(), budgeted=True) == [1, 2, 4, 8]
