@@ -100,7 +100,7 @@ def run_rounds(
             prefix = order[b, : steps[b][step[b]]]
             if step[b] > 0 and left is not None:
                 need = cost(b, prefix)
-                if need > left:  # its current prediction stands
+                if need > max(left, 0):  # its current prediction stands (frames already embedded are free)
                     exits[b] = "budget"
                     continue
                 left -= need
