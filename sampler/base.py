@@ -70,6 +70,7 @@ class Sampler(nn.Module):
     """
 
     keeps_all: ClassVar[bool] = False
+    label: ClassVar[str] = ""  # the name tables and plots show, e.g. "DAS"
     order_rule: str = "the sampler's picks"  # what order() ranks by, for model cards
 
     def __init__(self, num_frames: int, k: int) -> None:

@@ -35,6 +35,7 @@ class FullSampler(Sampler):
         k: must be T when given (it exists so every sampler is built the same way).
     """
 
+    label = "Full"
     keeps_all = True
 
     order_rule = "coarse to fine (every frame is kept)"
@@ -71,6 +72,8 @@ class UniformSampler(Sampler):
             (one model for every k, ``train.k_schedule``); prefixes of 1, 3, 7, ... frames are
             evenly spaced.
     """
+
+    label = "Uniform"
 
     def __init__(self, *, num_frames: int, k: int, nested: bool = False) -> None:
         super().__init__(num_frames, k)
@@ -120,6 +123,8 @@ class RandomSampler(Sampler):
             torch's global generator.
     """
 
+    label = "Random"
+
     order_rule = "random, a fresh draw per window"
 
     def __init__(self, *, num_frames: int, k: int, seed: int | None = None) -> None:
@@ -158,6 +163,8 @@ class DPSSampler(Sampler):
         init_std: standard deviation of the initial logits.
         logit_lr_multiplier: learning-rate factor of the logits.
     """
+
+    label = "DPS"
 
     order_rule = "learned position logits (the same order for every window)"
 
@@ -216,6 +223,8 @@ class ADPSSampler(Sampler):
         hidden: width of the LSTM state and of the embedding.
         temperature: the constant softmax temperature of the relaxation.
     """
+
+    label = "ADPS"
 
     order_rule = "the LSTM's sequential picks, then the other frames in time order"
 

@@ -121,6 +121,8 @@ class DASSampler(Sampler):
             ``segments`` (the best frame of each of k equal segments; see the module docstring).
     """
 
+    label = "DAS"
+
     outside_segment: torch.Tensor  # a buffer, (k, T)
 
     def __init__(

@@ -20,12 +20,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from core.errors import DataError
+from sampler.model import SAMPLERS
 
 from .config import METHODS
 from .metrics import Scores, mean_std
 
 SUMMARY_COLUMNS = ("dataset", "method", "keep", "auc_mean", "auc_std", "acc_mean", "acc_std")
-METHOD_LABELS = {"full": "Full", "random": "Random", "uniform": "Uniform", "dps": "DPS", "adps": "ADPS", "das": "DAS"}
+METHOD_LABELS = {name: cls.label for name, cls in SAMPLERS.items()}  # "das" -> "DAS", in table order
 
 
 @dataclass(frozen=True)

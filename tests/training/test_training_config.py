@@ -64,3 +64,11 @@ def test_bad_configs_name_the_key_and_the_file(tmp_path, text, overrides, messag
         load_config(path, overrides=overrides)
     assert message.format(path=path) in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_every_registered_sampler_has_its_label():
+    from sampler.model import METHODS
+    from training.report import METHOD_LABELS
+
+    assert list(METHOD_LABELS) == list(METHODS)  # one list of methods, in table order
+    assert all(METHOD_LABELS[m] for m in METHODS) and METHOD_LABELS["das"] == "DAS"
