@@ -144,7 +144,7 @@ def model_k8(tmp_path_factory):
     return make_model_file(tmp_path_factory.mktemp("m8") / "das8.pt", num_frames=16, k=8)
 
 
-async def run_live(path, policy: str, delay: float, seconds: float = 6.0):
+async def run_live(path, policy: str, delay: float, seconds: float = 4.5):
     """A live 30 fps stream through an engine that needs ``delay`` s (a sleep: the margins below
     hold however loaded the CPU is) per embedded frame; one window per call, two may wait."""
     base = engine(path)
