@@ -126,6 +126,15 @@ class _StatsCollector(Collector):
             overflow = family(
                 CounterMetricFamily, "das_stream_mqtt_overflow", "Messages dropped: the buffer was full", ("broker",)
             )
+            refused = family(
+                CounterMetricFamily,
+                "das_stream_mqtt_refused",
+                "Messages dropped: the broker refused them (too large for its packet limit)",
+                ("broker",),
+            )
+            failed = family(
+                CounterMetricFamily, "das_stream_mqtt_failed", "Messages lost: not delivered by the end", ("broker",)
+            )
             reconnected = family(
                 CounterMetricFamily, "das_stream_mqtt_reconnects", "Connections after the first", ("broker",)
             )
@@ -136,8 +145,10 @@ class _StatsCollector(Collector):
                 connected.add_metric([broker], 1.0 if getattr(sink, "connected", True) else 0.0)
                 published.add_metric([broker], c.get("published", 0))
                 overflow.add_metric([broker], c.get("overflow", 0))
+                refused.add_metric([broker], c.get("refused", 0))
+                failed.add_metric([broker], c.get("failed", 0))
                 reconnected.add_metric([broker], c.get("reconnects", 0))
-            yield from (buffered, connected, published, overflow, reconnected)
+            yield from (buffered, connected, published, overflow, refused, failed, reconnected)
 
 
 class Metrics:

@@ -370,3 +370,16 @@ def test_a_non_loopback_address_logs_one_warning_line(caplog):
     assert warnings == [
         "--web 0.0.0.0:8080 is reachable from other machines and has no authentication; use 127.0.0.1 to keep it local"
     ]
+
+
+def test_the_mqtt_sinks_refused_and_failed_messages_are_exported():
+    from prometheus_client import generate_latest
+
+    from streamer.observe.metrics import Metrics
+
+    sink = MqttSink(MqttSettings.from_url("mqtt://127.0.0.1:1"))  # never started: its counters at 0
+    text = generate_latest(Metrics(sinks=[sink]).registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("published", "overflow", "refused", "failed", "reconnects"):
+        (sample,) = families[f"das_stream_mqtt_{name}"].samples
+        assert sample.value == sink.counters.get(name, 0) == 0
