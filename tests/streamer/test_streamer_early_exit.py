@@ -169,16 +169,18 @@ async def test_shrink_lowers_k_max_instead_of_dropping_frames(model_k8):
     assert all(len(p.selected) <= p.k_max for p in shrunk_preds)
 
 
-async def test_early_exit_keeps_the_accounting_identity_and_reports_exits(model_with_exit):
+@pytest.mark.parametrize("budget", [None, 2.0])
+async def test_early_exit_keeps_the_accounting_identity_and_reports_exits(model_with_exit, budget):
     eng = engine(model_with_exit)
     src = SyntheticSource(name="s", pacing=False, size=eng.input_size, frames=200, clip_frames=16)
     sink = ListSink()
-    summary = await Pipeline(
-        sources=[(src, "block")], engine=eng, sinks=[sink], settings=PipelineSettings(stride=4)
-    ).run()
+    settings = PipelineSettings(stride=4, budget=budget)  # 2 frames/s: almost every window stops at its first
+    summary = await Pipeline(sources=[(src, "block")], engine=eng, sinks=[sink], settings=settings).run()
     final = summary.final["s"]
     assert accounted(final)
     exits = final.extra["exits"]
+    if budget:
+        assert exits["budget"] > 0 and final.extra["budget_fps"] == budget
     assert sum(exits.values()) == final.windows == len(sink.predictions)
     assert exits == {e: sum(p.exit == e for p in sink.predictions) for e in exits}
     per_window = final.extra["frames_per_window"]
