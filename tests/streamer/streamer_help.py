@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from sampler.model import ModelConfig, build_model
+from sinks.messages import Stats
 from sources.synthetic import CLASSES, encode_video, make_clip
 
 
@@ -45,6 +46,25 @@ def make_model_file(
 def accounted(s) -> bool:
     """Every frame of a finished stream is accounted for: forwarded, skipped or dropped."""
     return s.frames_pending == 0 and s.frames_in == s.frames_forwarded + s.frames_skipped + s.frames_dropped
+
+
+def stats(stream: str, **fields) -> Stats:
+    """A stats message of ``stream`` whose counters add up (``fields`` replace any of them)."""
+    base = dict(
+        stream=stream,
+        frames_in=100,
+        frames_forwarded=40,
+        frames_skipped=30,
+        frames_dropped=5,
+        frames_resampled_out=20,
+        frames_pending=5,
+        bad_messages=2,
+        windows=6,
+        fps_in=30.0,
+        latency_ms={},
+        compute_saved=0.5,
+    )
+    return Stats(**{**base, **fields})
 
 
 def calibrate_batchnorm(model, input_size: int) -> None:

@@ -11,7 +11,7 @@ import aiohttp
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from streamer_help import ListSink
+from streamer_help import ListSink, stats
 from waiting import until
 
 from core.errors import ConfigError
@@ -139,31 +139,12 @@ async def test_metrics_during_a_run_match_the_final_stats(engine):
 
 async def test_two_observers_do_not_collide_on_metric_names():
     a, b = Observer(streams=["x"]), Observer(streams=["x"])
-    a.on_stats(_stats("x", 10))
-    b.on_stats(_stats("x", 20))
+    a.on_stats(stats("x", frames_in=10))
+    b.on_stats(stats("x", frames_in=20))
     from prometheus_client import generate_latest
 
     assert b'das_stream_frames_received_total{stream="x"} 10.0' in generate_latest(a.metrics.registry)
     assert b'das_stream_frames_received_total{stream="x"} 20.0' in generate_latest(b.metrics.registry)
-
-
-def _stats(stream: str, n: int, **kw):
-    from sinks.messages import Stats
-
-    return Stats(
-        stream=stream,
-        frames_in=n,
-        frames_forwarded=n // 2,
-        frames_skipped=n - n // 2,
-        frames_dropped=0,
-        frames_pending=0,
-        bad_messages=0,
-        windows=1,
-        fps_in=1.0,
-        latency_ms={},
-        compute_saved=0.5,
-        **kw,
-    )
 
 
 async def test_healthz_reports_a_stalled_stream_and_an_ended_one():
@@ -186,7 +167,7 @@ async def test_healthz_reports_a_stalled_stream_and_an_ended_one():
         assert m[("das_stream_state", (("state", "stalled"), ("stream", "a")))] == 1.0
         assert m[("das_stream_state", (("state", "running"), ("stream", "b")))] == 1.0
         observer.on_frame("a", Frame("a", 1, time.time(), img))
-        observer.on_stats(_stats("b", 2, final=True, extra={"error": "video clip.mp4 is truncated"}))
+        observer.on_stats(stats("b", final=True, extra={"error": "video clip.mp4 is truncated"}))
         status, text = await health(session, url)
         assert status == 503 and text == "unhealthy: stream b failed: video clip.mp4 is truncated\n"
 

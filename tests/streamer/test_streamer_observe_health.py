@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from streamer_help import ListSink
+from streamer_help import ListSink, stats
 from waiting import until
 
 from sinks.messages import Prediction, Stats
@@ -42,24 +42,6 @@ def samples(observer: Observer) -> dict[tuple[str, tuple], float]:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
-
-
-def stats(stream: str, **fields) -> Stats:
-    base = dict(
-        stream=stream,
-        frames_in=100,
-        frames_forwarded=40,
-        frames_skipped=30,
-        frames_dropped=5,
-        frames_resampled_out=20,
-        frames_pending=5,
-        bad_messages=2,
-        windows=6,
-        fps_in=30.0,
-        latency_ms={},
-        compute_saved=0.5,
-    )
-    return Stats(**{**base, **fields})
 
 
 async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
