@@ -62,12 +62,12 @@ def main() -> None:
         for b in sorted(emb.buckets, reverse=True):  # largest first, as warm-up does
             x = np.random.default_rng(b).integers(0, 255, (b, 1, args.input_size, args.input_size), dtype=np.uint8)
             t = time.perf_counter()
-            emb._run(x)
+            emb.run_bucket(x)
             first = time.perf_counter() - t
             times = []
             for _ in range(args.calls):
                 t = time.perf_counter()
-                emb._run(x)
+                emb.run_bucket(x)
                 times.append(time.perf_counter() - t)
             rows[b] = {
                 "first_ms": round(1000 * first, 2),

@@ -75,7 +75,8 @@ class BucketedEmbedder:
         """(b, 1, S, S) uint8 with b a bucket -> float32 (b, E) numpy."""
         raise NotImplementedError
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def run_bucket(self, x: np.ndarray) -> np.ndarray:
+        """One backbone call on (b, 1, S, S) uint8, b a bucket (what warm-up times, and a benchmark)."""
         self.shapes_seen.add(tuple(x.shape))
         return self._forward(x)
 
@@ -85,11 +86,11 @@ class BucketedEmbedder:
         t0 = time.perf_counter()
         for b in sorted(self.buckets, reverse=True):
             x = np.zeros((b, 1, self.input_size, self.input_size), np.uint8)
-            self._run(x)
+            self.run_bucket(x)
             times = []
             for _ in range(repeats):
                 t = time.perf_counter()
-                self._run(x)
+                self.run_bucket(x)
                 times.append(time.perf_counter() - t)
             self.measured[b] = min(times)
         self.fit_costs()
@@ -142,7 +143,7 @@ class BucketedEmbedder:
             i += len(chunk)
             x = np.zeros((b, 1, *frames.shape[1:]), np.uint8)
             x[: len(chunk), 0] = chunk
-            out.append(self._run(x)[: len(chunk)])
+            out.append(self.run_bucket(x)[: len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     __call__ = embed
