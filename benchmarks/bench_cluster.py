@@ -1,6 +1,12 @@
 """The cluster path against `das-stream run` on this machine; prints one JSON object.
 
     PYTHONPATH=$PWD python benchmarks/bench_cluster.py --streams 3 --warmup 8 --seconds 20
+    PYTHONPATH=$PWD python benchmarks/bench_cluster.py --skip-run --paced-off --rounds 3   # 1 vs 2 replicas
+
+With ``--rounds N`` the cluster items run N times, 1 and 2 replicas alternated (1, 2, 2, 1, 1, 2,
+...) in one private Ray instance, and ``replicas_2_over_1`` gives the median and the range of the
+per-round ratios of unpaced frames/s (a shared machine's load swings between items; pairing
+adjacent items cancels most of it).
 
 The bundled demo model unless --model (T = 16, k = 8, 112 px), synthetic sources, no MQTT in
 either path, so that only the pipeline differs. Every figure is taken in steady state: after
@@ -13,7 +19,8 @@ counters read; --seconds later they are read again and the streams stopped.
 - ``cluster_<R>``: the same through a local Ray with R replicas of 1 CPU (stream actors 0.25
   CPU). CPU per frame is summed over every process of this benchmark's process tree: the driver
   and everything the local Ray instance runs (raylet, GCS, Serve controller, actors, replicas).
-  Also the array bytes each stream sent to the pool and got back, per second.
+  Also the array bytes each stream sent to the pool and got back, per second, and the mean frames
+  per replica batch (how well ``@serve.batch`` filled its batches across streams).
 - ``wire``: bytes per stream per second of frames at the model's input size, with DAS (the frames
   the sampler forwarded, measured) and with the full sequence (every frame).
 """
@@ -24,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -89,7 +97,9 @@ async def _run_once(n: int, pacing: bool, warmup: float, seconds: float, model: 
     return summarise([s.to_dict() for s in summary.final.values()], f1 - f0, t1 - t0, c1 - c0)
 
 
-def bench_cluster(n: int, pacing: bool, warmup: float, seconds: float, model: str | None, replicas: int) -> dict:
+def bench_cluster(
+    n: int, pacing: bool, warmup: float, seconds: float, model: str | None, replicas: int, early_exit: bool = True
+) -> dict:
     import ray
 
     from streamer.cluster.config import ClusterConfig
@@ -102,9 +112,10 @@ def bench_cluster(n: int, pacing: bool, warmup: float, seconds: float, model: st
         replicas=replicas,
         replica_cpus=1.0,
         stream_cpus=0.25,
+        early_exit=early_exit,
         log_level="warning",
     )
-    cluster = Cluster(cfg, reuse_pool=True)
+    cluster = Cluster(cfg)
     cluster.start()
     actors = list(cluster.actors.values())
     while min(ray.get([a.frames_in.remote() for a in actors])) == 0:  # every actor up and reading
@@ -119,7 +130,10 @@ def bench_cluster(n: int, pacing: bool, warmup: float, seconds: float, model: st
     cluster.wait()
     snap = cluster.snapshot()
     out = summarise(list(cluster.final.values()), f1 - f0, t1 - t0, c1 - c0)
+    out["load_avg"] = round(os.getloadavg()[0], 1)
     out["replica_frames"] = {r: f["frames"] for r, f in snap["replicas"].items()}
+    batches = sum(f["batches"] for f in snap["replicas"].values())
+    out["mean_batch_frames"] = round(sum(out["replica_frames"].values()) / max(1, batches), 1)
     cluster.close()
     return out
 
@@ -133,6 +147,11 @@ def main() -> None:
     parser.add_argument("--replicas", default="1,2")
     parser.add_argument("--skip-run", action="store_true", help="only the cluster items")
     parser.add_argument("--run-threads", type=int, default=1, help="torch threads of the `run` pipeline (default 1)")
+    parser.add_argument("--rounds", type=int, default=1, help="cluster items repeated, replica counts alternated")
+    parser.add_argument("--paced-off", action="store_true", help="cluster items unpaced only (the throughput)")
+    parser.add_argument(
+        "--no-early-exit", action="store_true", help="every window uses k frames (the pool does the most work)"
+    )
     args = parser.parse_args()
     import torch
 
@@ -157,31 +176,39 @@ def main() -> None:
     )
     log(f"run: {json.dumps(result['run'])}")
     import ray
-    from ray import serve
 
-    from streamer.cluster.serve import APP_NAME, NAMESPACE, STATE_ACTOR
+    from streamer.cluster import connect
+    from streamer.cluster.serve import NAMESPACE
 
     if not args.replicas:
         print(json.dumps(result, indent=1))
         return
-    ray.init(
-        num_cpus=max(2, os.cpu_count() or 1) + 2,
-        include_dashboard=False,
-        namespace=NAMESPACE,
-        logging_level="WARNING",
-        log_to_driver=False,
-    )
-    for r in (int(x) for x in args.replicas.split(",") if x):
-        result[f"cluster_{r}"] = {
-            k: bench_cluster(args.streams, k == "paced", args.warmup, args.seconds, args.model, r)
-            for k in ("paced", "unpaced")
+    connect.start_private(num_cpus=max(2, os.cpu_count() or 1) + 2, namespace=NAMESPACE, log_to_driver=False)
+    order = [int(x) for x in args.replicas.split(",") if x]
+    kinds = ("unpaced",) if args.paced_off else ("paced", "unpaced")
+    rounds: list[dict[int, dict]] = []
+    for i in range(args.rounds):
+        items: dict[int, dict] = {}
+        for r in order if i % 2 == 0 else order[::-1]:  # 1, 2, 2, 1, 1, 2, ...
+            items[r] = {
+                k: bench_cluster(
+                    args.streams, k == "paced", args.warmup, args.seconds, args.model, r, not args.no_early_exit
+                )
+                for k in kinds
+            }
+            log(f"round {i + 1}, {r} replica(s): {json.dumps(items[r])}")
+        rounds.append(items)
+    for r in order:
+        result[f"cluster_{r}"] = rounds[0][r]
+    result["rounds"] = [{f"cluster_{r}": items[r] for r in order} for items in rounds]
+    if {1, 2} <= set(order):
+        ratios = sorted(items[2]["unpaced"]["fps_total"] / items[1]["unpaced"]["fps_total"] for items in rounds)
+        result["replicas_2_over_1"] = {
+            "median": round(statistics.median(ratios), 2),
+            "min": round(ratios[0], 2),
+            "max": round(ratios[-1], 2),
+            "rounds": len(ratios),
         }
-        log(f"cluster_{r}: {json.dumps(result[f'cluster_{r}'])}")
-        serve.delete(APP_NAME)
-        try:
-            ray.kill(ray.get_actor(STATE_ACTOR, namespace=NAMESPACE))
-        except ValueError:
-            pass
     ray.shutdown()
     from sampler.model import SampledClassifier
     from streamer.app import demo_model_path
@@ -192,7 +219,7 @@ def main() -> None:
         "frame_bytes": frame,
         "k_over_T": cfg.k / cfg.num_frames,
         "full_sequence_per_stream_s": 30 * frame,
-        "das_per_stream_s": round(30 * frame * result[f"cluster_{r}"]["paced"]["forwarded_fraction"]),
+        "das_per_stream_s": round(30 * frame * result[f"cluster_{order[0]}"][kinds[0]]["forwarded_fraction"]),
     }
     result["load_avg_end"] = [round(x, 1) for x in os.getloadavg()]
     print(json.dumps(result, indent=1))

@@ -86,6 +86,14 @@ BOUNDS: dict[str, Bound] = {
     "max_batch_frames": Bound(1, 1_000_000, integer=True, unit="frames"),
     "mqtt_buffer": Bound(1, 10_000_000, integer=True, unit="messages"),
     "replicas": Bound(1, 1024, integer=True),
+    # a cluster's resources and failure handling (streamer.cluster)
+    "replica_cpus": Bound(0.0, 1024.0, unit="CPUs"),
+    "replica_gpus": Bound(0.0, 64.0, unit="GPUs"),
+    "stream_cpus": Bound(0.0, 1024.0, unit="CPUs"),
+    "batch_wait_ms": Bound(0.0, 60_000.0, unit="ms"),
+    "stream_restarts": Bound(-1, 10**6, integer=True, unit="restarts, -1: always"),
+    "request_retries": Bound(0, 10**6, integer=True, unit="retries"),
+    "report_interval": Bound(0.0, 3600.0, unit="s"),
     "threads": Bound(1, 1024, integer=True, unit="threads"),
     # times
     "duration": _SECONDS,

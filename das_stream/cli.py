@@ -646,14 +646,19 @@ def _add_cluster(cluster: argparse.ArgumentParser) -> None:
     cluster.add_argument("--config", help="YAML with the sources, replicas and MQTT broker, e.g. configs/ward.yaml")
     cluster.add_argument(
         "--address",
-        help="Ray cluster to join: ray://HEAD:10001 or HOST:6379 (default: "
-        "RAY_ADDRESS, else a local Ray instance; status: the running local one)",
+        help="Ray cluster to join: HOST:PORT of its head (`ray start --head --port`), ray://HOST:10001, or auto "
+        "(the Ray running on this host); default: RAY_ADDRESS, else a private Ray instance on 127.0.0.1 "
+        "(status: this host's private instance)",
     )
     cluster.add_argument("--source", action="append", dest="sources", metavar="SPEC", help="add a stream (repeatable)")
     cluster.add_argument("--replicas", type=int, help="embedder replicas (default 1)")
     cluster.add_argument("--mqtt", metavar="URL", help="publish to mqtt://[user:pass@]HOST:PORT or mqtts://...")
-    cluster.add_argument("--duration", type=float, help="stop after this many seconds")
+    cluster.add_argument("--duration", type=float, help="stop this many seconds after the first frame")
     cluster.add_argument("--connect-timeout", type=float, help="seconds the Ray address has to answer (default 10)")
+    cluster.add_argument("--web", metavar="HOST:PORT", help="serve the live web view of every stream from the driver")
+    cluster.add_argument(
+        "--metrics", metavar="HOST:PORT", help="serve Prometheus /metrics and /healthz from the driver"
+    )
     cluster.set_defaults(handler=_cmd_cluster)
 
 
@@ -675,6 +680,8 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         "duration": args.duration,
         "address": address,
         "connect_timeout": args.connect_timeout,
+        "web": args.web,
+        "metrics": args.metrics,
     }
     return run(ClusterConfig.load(args.config, overrides))
 
@@ -753,9 +760,11 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], dict[str, A
         _add_cluster,
         {
             "help": "run many streams on Ray: one actor per stream, a Ray Serve pool of embedder replicas",
-            "description": "Start (or join with --address / RAY_ADDRESS) a Ray cluster, deploy the embedder "
-            "replicas, run one actor per source, publish as `das-stream run` does. `das-stream cluster status` "
-            "prints per-stream and per-replica figures of the running cluster.",
+            "description": "Join a Ray cluster (--address / RAY_ADDRESS: HOST:PORT of `ray start --head`, with "
+            "its token when it uses Ray's token authentication) or start a private Ray instance on 127.0.0.1, "
+            "deploy the embedder replicas, run one actor per source, publish as `das-stream run` does (every key "
+            "of `run` means the same in the YAML). `das-stream cluster status` prints per-stream and per-replica "
+            "figures of the run at --address, else of this host's private instance. See docs/scale-out.md.",
         },
     ),
 }

@@ -34,14 +34,19 @@ def _num(value: float | None, spec: str) -> str:
 
 
 def format_prediction(p: Prediction) -> str:
-    """One line: stream, window, seq range, label, top probability, frames picked, latency, and
-    the segment (a DICOM file) when there is one. Sender text is made :func:`printable`."""
+    """One line: stream, window, seq range, label, top probability, frames picked, latency, the
+    segment (a DICOM file) when there is one, and the pause (or restart) before the window when
+    there was one. Sender text is made :func:`printable`."""
     top = max((v for v in p.probs.values() if v is not None), default=math.nan)
     padded = f" (+{p.padded} padded)" if p.padded else ""
     segment = f" | {printable(p.segment, 80)}" if p.segment else ""
+    after = ""
+    if p.gap_before:
+        gap_s = None if p.gap_ms is None else p.gap_ms / 1000.0
+        after = f" | after {'a restart' if p.restarted else 'a pause'} of {_num(gap_s, '.1f')} s"
     return (
         f"{printable(p.stream, 60)} #{p.window} seq {p.first_seq}-{p.last_seq}{padded}: {printable(p.label, 60)}"
-        f" {top:.2f} | picked {len(p.selected)}{_exit(p)} | {_num(p.latency_ms, '.1f')} ms{segment}"
+        f" {top:.2f} | picked {len(p.selected)}{_exit(p)} | {_num(p.latency_ms, '.1f')} ms{segment}{after}"
     )
 
 

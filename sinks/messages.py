@@ -66,6 +66,8 @@ class Prediction:
             prediction is settled), ``k_max`` (it used k_max frames or every usable frame) or
             ``budget`` (the process-wide frame budget ran out). ``probs`` are those at exit.
         k_max: the most frames the window could use (lowered under overload policy ``shrink``).
+        restarted: the pause was the stream's process restarting (``das-stream cluster``: the
+            stream's actor died and Ray restarted it); its window numbers go on.
     """
 
     stream: str
@@ -87,6 +89,7 @@ class Prediction:
     frames_used: int = 0
     exit: str = "k_max"
     k_max: int = 0
+    restarted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

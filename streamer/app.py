@@ -56,9 +56,37 @@ def load_model(cfg: RunConfig) -> WindowModel:
     return model
 
 
+def frame_size(model: WindowModel) -> int:
+    """The size sources deliver frames at for this model: its training preprocessing's, else its input size."""
+    return int(model.preprocessing.get("size") or model.input_size)
+
+
+def source_options(cfg: RunConfig, *, size: int) -> dict[str, Any]:
+    """The ``parse_source`` options of every stream of a run (``run`` and each cluster stream actor)."""
+    return dict(speed=cfg.speed, pacing=cfg.pacing, loop=cfg.loop, gray=True, size=size)
+
+
+def pipeline_settings(cfg: RunConfig, model: WindowModel) -> PipelineSettings:
+    """A run's pipeline settings for this model: resampling to the model's frame rate, stride, queues,
+    gaps, budget, early exit, duration. The one place they are built, for ``run`` and for each stream
+    actor of ``cluster``."""
+    return PipelineSettings(
+        fps=model.preprocessing.get("fps"),  # what training did to its clips ({} for older model files)
+        stride=cfg.stride or model.num_frames,
+        frame_queue=cfg.frame_queue,
+        window_queue=cfg.window_queue,
+        max_batch_windows=cfg.max_batch_windows,
+        stats_interval=cfg.stats_interval,
+        duration=cfg.duration,
+        gap=cfg.gap,
+        budget=cfg.budget,
+        early_exit=cfg.early_exit,
+    )
+
+
 def build_sources(cfg: RunConfig, *, size: int) -> list:
     """One source per spec; several of the same kind get unique stream ids (name, name-1, ...)."""
-    options: dict[str, Any] = dict(speed=cfg.speed, pacing=cfg.pacing, loop=cfg.loop, gray=True, size=size)
+    options = source_options(cfg, size=size)
     sources = [parse_source(spec, **options) for spec in cfg.sources]
     seen: dict[str, int] = {}
     for i, (spec, src) in enumerate(zip(cfg.sources, sources)):
@@ -124,8 +152,7 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
     model = load_model(cfg)
     engine = InferenceEngine(model, backend=cfg.engine, max_windows=cfg.max_batch_windows, threads=cfg.threads)
     policy = overload_policy(cfg)
-    pre = model.preprocessing  # what training did to its clips ({} for older model files)
-    sources = build_sources(cfg, size=int(pre.get("size") or model.input_size))
+    sources = build_sources(cfg, size=frame_size(model))
     observers = []
     if cfg.web or cfg.metrics:
         from .observe import Observer
@@ -133,20 +160,12 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
         observer = Observer(sources=sources, sinks=sinks, web=web, metrics=metrics)
         observer.attach_engine(engine)
         observers.append(observer)
-    settings = PipelineSettings(
-        fps=pre.get("fps"),
-        stride=cfg.stride or model.num_frames,
-        frame_queue=cfg.frame_queue,
-        window_queue=cfg.window_queue,
-        max_batch_windows=cfg.max_batch_windows,
-        stats_interval=cfg.stats_interval,
-        duration=cfg.duration,
-        gap=cfg.gap,
-        budget=cfg.budget,
-        early_exit=cfg.early_exit,
-    )
     return Pipeline(
-        sources=[(s, policy) for s in sources], engine=engine, sinks=sinks, settings=settings, observers=observers
+        sources=[(s, policy) for s in sources],
+        engine=engine,
+        sinks=sinks,
+        settings=pipeline_settings(cfg, model),
+        observers=observers,
     )
 
 

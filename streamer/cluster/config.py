@@ -1,138 +1,99 @@
-"""`das-stream cluster` settings: one validated object built from a YAML file plus flags.
+"""`das-stream cluster` settings: :class:`~streamer.config.RunConfig` plus the cluster's own keys.
 
-The keys that ``das-stream run`` also has (sources, model, stride, replay and queue options, the
-MQTT broker) mean the same here; the cluster adds the embedder pool (``replicas`` and their
-resources, Serve batching), the resources of each stream actor, failure handling and the Ray
-address. Unknown keys and bad values raise :class:`~sampler.errors.ConfigError` in one line.
+Every key of ``das-stream run`` means the same here, with the same default and the same check
+(the class derives from ``RunConfig``; nothing is declared twice): each stream actor runs its
+source with them exactly as ``run`` would. The cluster adds the embedder pool (``replicas`` and
+their resources, Serve batching), the resources and placement of each stream actor, failure
+handling and the Ray address. ``device``, ``engine`` and ``threads`` are those of each embedder
+replica. Unknown keys and bad values raise :class:`~core.errors.ConfigError` in one line.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from core.bounds import check_fields
 from core.errors import ConfigError
-from core.settings import coerce_fields, load_flat
+from core.settings import load_flat
 from streamer.config import RunConfig
-from streamer.pipeline import Policy
 
-# The numbers a user gives, checked against their bounds in core.bounds.
+# The cluster's own numbers, checked against their bounds in core.bounds (the keys of `run` are
+# checked by RunConfig).
 _BOUNDED = (
-    "frame_queue",
-    "window_queue",
-    "max_batch_windows",
     "replicas",
+    "replica_cpus",
+    "replica_gpus",
     "max_batch_frames",
-    "mqtt_buffer",
-    "stride",
-    "threads",
-    "speed",
-    "stats_interval",
-    "duration",
+    "batch_wait_ms",
+    "stream_cpus",
+    "stream_restarts",
     "request_timeout",
+    "request_retries",
     "connect_timeout",
+    "report_interval",
 )
 
 
 @dataclass(frozen=True)
-class ClusterConfig:
-    """Settings of one cluster run (see ``das-stream cluster --help``).
+class ClusterConfig(RunConfig):
+    """Settings of one cluster run (see ``das-stream cluster --help``); the keys of
+    :class:`~streamer.config.RunConfig`, plus:
 
     Attributes:
-        sources: source specs, one stream actor each (as ``das-stream run --source``).
-        model: model file (None: the bundled demo model); read once by the driver and shipped
-            to every actor and replica, so worker nodes need no copy of it.
-        stride, speed, pacing, loop, overload, frame_queue, window_queue, max_batch_windows:
-            as in ``das-stream run``, per stream.
+        console: print every prediction on the driver's stdout (off by default here: a ward's
+            streams would flood it; use ``das-stream subscribe``).
         replicas: embedder replicas in the Ray Serve deployment.
-        replica_cpus, replica_gpus: Ray resources reserved per replica.
-        engine, device: backbone engine and device of each replica ("auto": CUDA when the
-            replica's node has one).
-        threads: torch / onnxruntime threads per replica (None: ceil(replica_cpus)).
+        replica_cpus, replica_gpus: Ray resources reserved per replica (``replica_gpus`` > 0
+            needs GPUs in the Ray cluster: a one-line error otherwise).
         max_batch_frames: most frames one replica embeds in one call (``@serve.batch``, sized
             in frames; at least the model's k).
         batch_wait_ms: how long a replica waits to fill a batch.
         stream_cpus: Ray CPUs reserved per stream actor (source, windows, sampler, head).
         stream_restarts: times Ray restarts a dead stream actor (-1: always).
+        nodes: stream name -> where its actor runs: a node label ``key=value`` (``ray start
+            --labels``) or the name of a custom resource (``ray start --resources``), pinned; with
+            ``prefer:`` before it, there while that node lives (docs/scale-out.md).
         request_timeout: seconds one embedding request may take before it is sent again.
         request_retries: times a failed or timed-out request is sent again (each counted).
-        address: Ray cluster to join (``ray://HEAD:10001`` or ``HOST:6379``); None starts a
-            local Ray instance for this run.
+        address: Ray cluster to join (``HOST:6379``, ``ray://HEAD:10001`` or ``auto``: the Ray
+            running on this host); None starts a private Ray instance on loopback for this run.
         connect_timeout: seconds the address has to answer.
-        mqtt, topic_prefix, qos, client_id, mqtt_buffer, tls_*: the MQTT sink of every stream
-            actor; each actor's client id is ``<client_id>-<stream>``.
-        stats_interval: seconds between stats messages.
         report_interval: seconds between a replica's reports for ``cluster status`` (0: every request).
-        duration: stop after this many seconds (None: until the sources end or a signal).
-        log_level: debug, info, warning or error.
     """
 
-    sources: tuple[str, ...] = ()
-    model: str | None = None
-    stride: int | None = None
-    speed: float = 1.0
-    pacing: bool = True
-    loop: bool = False
-    overload: Literal["auto", Policy] = "auto"
-    frame_queue: int = 256
-    window_queue: int = 16
-    max_batch_windows: int = 8
+    console: bool = False
     replicas: int = 1
     replica_cpus: float = 1.0
     replica_gpus: float = 0.0
-    engine: Literal["torch", "onnx"] = "torch"
-    device: str = "auto"
-    threads: int | None = None
     max_batch_frames: int = 64
     batch_wait_ms: float = 5.0
     stream_cpus: float = 0.25
     stream_restarts: int = -1
+    nodes: Mapping[str, str] = field(default_factory=dict)
     request_timeout: float = 30.0
     request_retries: int = 10
     address: str | None = None
     connect_timeout: float = 10.0
-    mqtt: str | None = None
-    topic_prefix: str = "das"
-    qos: Literal[0, 1, 2] = 1
-    client_id: str | None = None
-    mqtt_buffer: int = 10000
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_insecure: bool = False
-    stats_interval: float = 5.0
     report_interval: float = 1.0
-    duration: float | None = None
-    log_level: Literal["debug", "info", "warning", "error"] = "warning"
-    _origin: str = field(default="the command line", repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.sources, str):  # one spec (specs may contain commas)
-            object.__setattr__(self, "sources", (self.sources,))
-        coerce_fields(self, context=f" (in {self._origin})")
-        where = f"(in {self._origin})"
-        if not self.sources:
-            raise ConfigError(f"no sources {where}; list at least one under 'sources:', e.g. - synthetic:")
-        check_fields(self, _BOUNDED, context=f" {where}")
-        for name in (
-            "replica_cpus",
-            "replica_gpus",
-            "stream_cpus",
-            "batch_wait_ms",
-            "request_retries",
-            "report_interval",
-        ):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)} {where}")
-        if self.stream_restarts < -1:
-            raise ConfigError(f"stream_restarts must be -1 (always) or >= 0, got {self.stream_restarts} {where}")
-
-    @classmethod
-    def keys(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
+        super().__post_init__()  # the keys of `run`, checked as `run` checks them
+        where = f" (in {self._origin})"
+        check_fields(self, _BOUNDED, context=where)
+        if self.jsonl:
+            raise ConfigError(
+                f"jsonl is not available in a cluster run{where}: each stream runs on some node of the cluster; "
+                "publish to MQTT and keep a file with `das-stream subscribe --mqtt URL --raw > FILE`"
+            )
+        for name, where_to in self.nodes.items():
+            if not isinstance(where_to, str) or not where_to.removeprefix("prefer:").strip():
+                raise ConfigError(
+                    f"nodes: {name!r} must name a node label key=value or a custom resource "
+                    f"(prefer: before it lets the stream move when that node dies), got {where_to!r}{where}"
+                )
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ClusterConfig:
@@ -140,17 +101,5 @@ class ClusterConfig:
         return load_flat(cls, path, overrides)
 
     def run_config(self) -> RunConfig:
-        """The ``das-stream run`` settings one stream actor runs with (sources, sinks, queues)."""
-        shared = {
-            k: getattr(self, k)
-            for k in RunConfig.keys()
-            if k in self.keys() and k not in ("device", "engine", "threads", "duration", "log_level")
-        }
-        return RunConfig(**shared, console=False, device="cpu", _origin=self._origin)
-
-    @property
-    def policy(self) -> str:
-        """The frame-queue overload policy of every stream (``auto`` resolved as in ``run``)."""
-        if self.overload != "auto":
-            return self.overload
-        return "drop_oldest" if self.pacing else "block"
+        """The ``das-stream run`` settings a stream actor runs with (the keys they share)."""
+        return RunConfig(**{k: getattr(self, k) for k in RunConfig.keys()}, _origin=self._origin)

@@ -18,9 +18,11 @@ import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from core.errors import ConfigError, DasStreamError, ModelFileError, SourceError
+
+from . import connect
+from .faults import Faults
 
 if TYPE_CHECKING:  # `cluster status` imports no sources (OpenCV, PyAV): only `run` reads a config
     from .config import ClusterConfig
@@ -33,44 +35,41 @@ log = logging.getLogger(__name__)
 _STATE_HANDLES: list[Any] = []
 
 
-def check_address(address: str, timeout: float) -> None:
-    """ConfigError in one line when a Ray address does not accept a connection within ``timeout``."""
-    if address in ("auto", "local"):
-        return
-    parts = urlsplit(address if "://" in address else f"tcp://{address}")
-    try:
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        host, port = None, None
-    if not host or not port:
-        raise ConfigError(
-            f"Ray address {address!r} is not HOST:PORT or ray://HOST:PORT; e.g. --address ray://10.0.0.5:10001"
-        )
-    import grpc  # Ray's own transport: a GCS (HOST:6379) and a Ray Client server (ray://) both speak gRPC
+def placement(where: str | None, nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The actor options that place a stream (the ``nodes`` key; ``nodes`` is ``ray.nodes()``).
 
-    channel = grpc.insecure_channel(f"{host}:{port}")
-    try:
-        grpc.channel_ready_future(channel).result(timeout=timeout)
-    except grpc.FutureTimeoutError:
-        raise ConfigError(
-            f"Ray cluster at {address} did not answer within {timeout:g} s; "
-            "check --address / RAY_ADDRESS, or leave it out to start a local Ray"
-        ) from None
-    finally:
-        channel.close()
+    ``key=value`` pins it to the nodes with that label (``ray start --labels``); a plain name to the
+    nodes with that custom resource (``ray start --resources``; a stream takes a sliver of it, so
+    any number fit). A pinned stream restarts only there: right for a file or a device that only
+    that node has. ``prefer:`` before either puts it on such a node while one is alive and lets Ray
+    restart it anywhere when that node dies (network sources).
+    """
+    if not where:
+        return {}
+    spec = where.removeprefix("prefer:").strip()
+    key, sep, value = (part.strip() for part in spec.partition("="))
+    if not where.startswith("prefer:"):
+        return {"label_selector": {key: value}} if sep else {"resources": {spec: 0.001}}
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    for node in nodes:
+        labels, resources = node.get("Labels") or {}, node.get("Resources") or {}
+        if node.get("Alive") and ((sep and labels.get(key) == value) or (not sep and spec in resources)):
+            return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)}
+    log.warning("no live node has %s (nodes: %s); the stream goes where Ray puts it", spec, where)
+    return {}
 
 
 def read_model(cfg: ClusterConfig) -> tuple[bytes, Any]:
     """The model file's bytes (shipped to every actor) and the window model read from them (a
-    package, or a torch model file); ModelFileError if unusable. Without ``model``: the demo, its
-    package where torch is not installed."""
-    import importlib.util
+    package, or a torch model file), checked as `run` checks it; ModelFileError or ConfigError if
+    unusable. Without ``model``: the demo `run` would use."""
+    import dataclasses
 
-    from sampler.package import load_window_model
-    from streamer.app import demo_model_path
+    from streamer.app import default_model_path, load_model
 
-    path = Path(cfg.model) if cfg.model else demo_model_path(package=importlib.util.find_spec("torch") is None)
-    model = load_window_model(path, device="cpu")  # validates: a one-line ModelFileError otherwise
+    path = Path(cfg.model) if cfg.model else default_model_path(cfg)
+    model = load_model(dataclasses.replace(cfg.run_config(), model=str(path), device="cpu", threads=None))
     if cfg.max_batch_frames < model.k:
         raise ConfigError(
             f"max_batch_frames={cfg.max_batch_frames} is below the model's k={model.k} "
@@ -79,11 +78,11 @@ def read_model(cfg: ClusterConfig) -> tuple[bytes, Any]:
     return path.read_bytes(), model
 
 
-def stream_names(cfg: ClusterConfig, size: int) -> list[str]:
+def stream_names(cfg: ClusterConfig, model: Any) -> list[str]:
     """The stream ids, named as ``das-stream run`` names them (name, name-1, ...)."""
-    from streamer.app import build_sources
+    from streamer.app import build_sources, frame_size
 
-    return [s.name for s in build_sources(cfg.run_config(), size=size)]
+    return [s.name for s in build_sources(cfg, size=frame_size(model))]
 
 
 class Cluster:
@@ -91,18 +90,36 @@ class Cluster:
 
     Args:
         cfg: the validated settings.
+        reuse_pool: keep the embedder deployment (and the state actor) for the next run in this
+            process, and use one left by an earlier run (tests, benchmarks).
+        faults: failures to inject, by stream name (tests and fire drills; see ``faults.py``).
     """
 
-    def __init__(self, cfg: ClusterConfig, *, reuse_pool: bool = False) -> None:
+    def __init__(
+        self, cfg: ClusterConfig, *, reuse_pool: bool = False, faults: dict[str, Faults] | None = None
+    ) -> None:
         self.cfg = cfg
         self.reuse_pool = reuse_pool
-        self.model_bytes, self.model = read_model(cfg)
-        self.names = stream_names(cfg, self.model.input_size)
+        self.faults = dict(faults or {})
+        self.model_bytes, model = read_model(cfg)
+        self.names = stream_names(cfg, model)
+        from streamer.app import observe_addresses
+
+        self.observe_at = observe_addresses(cfg)  # a bad --web / --metrics fails before Ray starts
+        self.watch: Any = None
+        unknown = sorted(set(cfg.nodes) - set(self.names))
+        if unknown:
+            raise ConfigError(
+                f"nodes: no stream named {unknown[0]!r} (in {cfg._origin}); the streams are {', '.join(self.names)}"
+            )
         self.owns_ray = False
+        self.address = ""
+        self.private: connect.Address | None = None
         self.actors: dict[str, Any] = {}
         self.refs: dict[str, Any] = {}
         self.handle: Any = None
         self.state: Any = None
+        self.own_state = False
         self.final: dict[str, dict[str, Any]] = {}
 
     # --- start ---
@@ -110,29 +127,21 @@ class Cluster:
         return self.cfg.replicas * self.cfg.replica_cpus + len(self.names) * self.cfg.stream_cpus
 
     def connect(self) -> None:
+        """Join ``cfg.address``, or start a private Ray instance (the rule: ``streamer.cluster.connect``)."""
         import ray
 
-        from .serve import NAMESPACE
+        from .names import NAMESPACE
 
         cfg = self.cfg
-        if cfg.address:
-            check_address(cfg.address, cfg.connect_timeout)
         if ray.is_initialized():  # the caller joined Ray already (tests, notebooks)
+            self.address = ray.get_runtime_context().gcs_address
             return
         if cfg.address:
-            ray.init(address=cfg.address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=True)
+            self.address = connect.join(cfg.address, timeout=cfg.connect_timeout, namespace=NAMESPACE).text
         else:
             cpus = max(os.cpu_count() or 1, math.ceil(self.needed_cpus()))
-            gpus = None if cfg.replica_gpus == 0 else math.ceil(cfg.replicas * cfg.replica_gpus)
-            # A local instance talks over loopback only: nothing of it is reachable from outside.
-            ray.init(
-                num_cpus=cpus,
-                num_gpus=gpus,
-                include_dashboard=False,
-                namespace=NAMESPACE,
-                logging_level=logging.WARNING,
-                _node_ip_address="127.0.0.1",
-            )
+            self.private = connect.start_private(num_cpus=cpus, namespace=NAMESPACE)  # GPUs: as Ray finds them
+            self.address = self.private.text
         self.owns_ray = True
 
     def check_resources(self) -> None:
@@ -140,6 +149,11 @@ class Cluster:
 
         total = ray.cluster_resources()
         need = {"CPU": self.needed_cpus(), "GPU": self.cfg.replicas * self.cfg.replica_gpus}
+        if need["GPU"] and not total.get("GPU"):
+            raise ConfigError(
+                f"replica_gpus={self.cfg.replica_gpus:g} but the Ray cluster at {self.address} has no GPU; "
+                "set replica_gpus: 0 (replicas on CPUs) or add nodes with GPUs"
+            )
         for kind, amount in need.items():
             if amount > total.get(kind, 0.0) + 1e-9:
                 raise ConfigError(
@@ -151,17 +165,27 @@ class Cluster:
     def start(self) -> None:
         import ray
         from ray import serve
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         from .actors import StateActor, StreamActor, StreamSettings
-        from .serve import APP_NAME, NAMESPACE, STATE_ACTOR
+        from .names import APP_NAME, NAMESPACE, STATE_ACTOR
 
         cfg = self.cfg
         self.connect()
         self.check_resources()
         # One state actor per Ray instance, kept across runs (the replicas hold its handle).
-        self.state = StateActor.options(name=STATE_ACTOR, namespace=NAMESPACE, get_if_exists=True).remote()
+        try:
+            ray.get_actor(STATE_ACTOR, namespace=NAMESPACE)
+            self.own_state = False  # an earlier run's: left for it
+        except ValueError:
+            self.own_state = True
+        # On the driver's node: the checkpoints must outlive any other node.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.state = StateActor.options(
+            name=STATE_ACTOR, namespace=NAMESPACE, get_if_exists=True, scheduling_strategy=here
+        ).remote()
         _STATE_HANDLES.append(self.state)  # the creating handle must stay (a looked-up one does not own it)
-        serve.start(proxy_location="Disabled")
+        serve.start(proxy_location="Disabled", logging_config=self.serve_logging())
         reuse = self.reuse_pool and APP_NAME in serve.status().applications
         ray.get(self.state.reset.remote(keep_replicas=reuse))
         self.handle = serve.get_app_handle(APP_NAME) if reuse else self._deploy()
@@ -170,13 +194,15 @@ class Cluster:
         self.model_ref = [ray.put(self.model_bytes)]
         settings = StreamSettings(
             run=cfg.run_config(),
-            policy=cfg.policy,
             max_batch_frames=cfg.max_batch_frames,
             request_timeout=cfg.request_timeout,
             request_retries=cfg.request_retries,
             log_level=cfg.log_level,
+            observe=bool(cfg.web or cfg.metrics),
+            faults=self.faults,
         )
         retries = 0 if cfg.stream_restarts == 0 else -1
+        nodes = ray.nodes()
         for spec, name in zip(cfg.sources, self.names):
             actor = StreamActor.options(
                 name=f"stream:{name}",
@@ -184,9 +210,16 @@ class Cluster:
                 num_cpus=cfg.stream_cpus,
                 max_restarts=cfg.stream_restarts,
                 max_task_retries=retries,
+                **placement(cfg.nodes.get(name), nodes),
             ).remote(spec, name, self.model_ref, settings, self.handle)
             self.actors[name] = actor
             self.refs[name] = actor.run.remote()
+        if cfg.web or cfg.metrics:
+            from .watch import Watch
+
+            web, metrics = self.observe_at
+            self.watch = Watch(self.actors, web=web, metrics=metrics)
+            self.watch.start()
 
     def _deploy(self) -> Any:
         from ray import serve
@@ -198,7 +231,9 @@ class Cluster:
         app = EmbedderReplica.options(
             num_replicas=cfg.replicas,
             max_ongoing_requests=max(16, 2 * cfg.max_batch_frames),
+            health_check_period_s=2.0,  # a dead replica is noticed (and replaced) within ~2 s, not Serve's 10
             ray_actor_options={"num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus},
+            logging_config=self.serve_logging(),
         ).bind(
             self.model_bytes,
             engine=cfg.engine,
@@ -209,6 +244,10 @@ class Cluster:
             report_interval=cfg.report_interval,
         )
         return serve.run(app, name=APP_NAME, route_prefix=None)
+
+    def serve_logging(self) -> dict[str, Any]:
+        """Serve's own logs at the run's level; its per-request access log only with ``log_level: debug``."""
+        return {"log_level": self.cfg.log_level.upper(), "enable_access_log": self.cfg.log_level == "debug"}
 
     # --- run ---
     def wait(self, timeout: float | None = None) -> bool:
@@ -246,49 +285,76 @@ class Cluster:
         refs = [a.stop.remote() for name, a in self.actors.items() if name not in self.final]
         ray.wait(refs, num_returns=len(refs), timeout=10.0)
 
+    def wait_running(self, timeout: float) -> None:
+        """Wait until every stream actor has started its stream (or already ended), up to ``timeout``."""
+        import ray
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            started = set(self.snapshot()["streams"])
+            ended = {name for name, ref in self.refs.items() if ray.wait([ref], timeout=0)[0]}
+            if set(self.names) <= started | ended:
+                return
+            time.sleep(0.2)
+
     def snapshot(self) -> dict[str, Any]:
         import ray
 
         return ray.get(self.state.snapshot.remote())
 
     def close(self) -> None:
-        """Remove the Serve app and the actors; shut Ray down when this run started it."""
+        """Remove what this run put in the Ray cluster (a joined cluster keeps Serve and anything
+        else for its other users); a private instance is simply shut down with all it holds."""
         import ray
         from ray import serve
 
-        from .serve import APP_NAME
+        from .names import APP_NAME
 
+        if self.watch is not None:
+            self.watch.stop()
+        if self.private is not None:
+            ray.shutdown()
+            connect.forget_private(self.private)
+            return
         for actor in self.actors.values():
             ray.kill(actor, no_restart=True)
-        if self.state is not None and not self.reuse_pool:
+        if self.state is not None and self.own_state and not self.reuse_pool:
             ray.kill(self.state, no_restart=True)
         if self.handle is not None and not self.reuse_pool:
             serve.delete(APP_NAME)
         if self.owns_ray:
-            serve.shutdown()
             ray.shutdown()
 
 
-def run(cfg: ClusterConfig, *, out=print) -> int:
-    """``das-stream cluster``: run until the sources end, ``duration`` or SIGINT/SIGTERM."""
+def run(cfg: ClusterConfig, *, out=print, reuse_pool: bool = False) -> int:
+    """``das-stream cluster``: run until the sources end, ``duration`` (from the first frame of any
+    stream, so Ray's start-up does not count) or SIGINT/SIGTERM."""
     import signal
 
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cluster = Cluster(cfg)
+    cluster = Cluster(cfg, reuse_pool=reuse_pool)
     stop = threading.Event()
     previous: dict = {}
     try:
         cluster.start()
+        cluster.wait_running(timeout=120.0)  # the line below means the streams run
         # After ray.init, which installs its own SIGTERM handler (exit at once): ours stops cleanly.
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        where = "a private Ray instance" if cluster.private else "the Ray cluster"
         out(
             f"das-stream cluster: {len(cluster.names)} streams, {cfg.replicas} embedder replicas "
-            f"({'Ray at ' + cfg.address if cfg.address else 'local Ray'})",
+            f"({where} at {cluster.address})",
             flush=True,
         )
-        deadline = None if cfg.duration is None else time.monotonic() + cfg.duration
+        if cluster.watch is not None:
+            for role, url in cluster.watch.urls.items():
+                out(f"{role}: {url}{'/metrics' if role == 'metrics' else '/'}", flush=True)
+        deadline = None
         while not cluster.wait(timeout=0.5):
-            if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
+            if cfg.duration is not None and deadline is None:
+                first = cluster.snapshot().get("t_first_frame")
+                deadline = None if first is None else first + cfg.duration
+            if stop.is_set() or (deadline is not None and time.time() >= deadline):
                 cluster.stop()
                 cluster.wait()
                 break
@@ -317,28 +383,31 @@ def run(cfg: ClusterConfig, *, out=print) -> int:
 
 
 def status(address: str | None, *, timeout: float = 10.0, out=print) -> int:
-    """``das-stream cluster status``: per-stream and per-replica figures of the running cluster."""
+    """``das-stream cluster status``: per-stream and per-replica figures of a running cluster run:
+    the one at ``address``, else this host's private instance (never another Ray on the host)."""
     import ray
 
     from .names import NAMESPACE, STATE_ACTOR  # not .serve: status loads no torch
 
-    address = address or "auto"
-    check_address(address, timeout)
+    if address:
+        where = connect.resolve(address)
+        what = f"the Ray cluster at {where.text}"
+    else:
+        where = connect.recorded_private()
+        what = f"this host's das-stream Ray instance at {where.text} (recorded in {connect.address_file()})"
     try:
-        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.ERROR, log_to_driver=False)
-    except ConnectionError as exc:
-        raise ConfigError(
-            f"no Ray cluster found at {address} ({str(exc).splitlines()[0]}); "
-            "start one with `das-stream cluster` or give --address"
-        ) from None
+        connect.join(where.text, timeout=timeout, namespace=NAMESPACE, log_to_driver=False)
+    except ConfigError as exc:
+        if address:
+            raise
+        raise ConfigError(f"{what} does not answer: the run has ended ({exc})") from None
     try:
         try:
             state = ray.get_actor(STATE_ACTOR, namespace=NAMESPACE)
         except ValueError:
-            raise ConfigError(
-                f"no das-stream cluster run in the Ray cluster at {address}; start one with `das-stream cluster`"
-            ) from None
+            raise ConfigError(f"no das-stream cluster run in {what}; start one with `das-stream cluster`") from None
         snap = ray.get(state.snapshot.remote(), timeout=timeout)
+        out(f"das-stream cluster status of {what}")
         for line in format_status(snap):
             out(line)
         return 0
@@ -358,7 +427,7 @@ def format_status(snap: dict[str, Any]) -> list[str]:
             f"stream {name}: frames_in {s.get('frames_in', 0)} dropped {s.get('frames_dropped', 0)} windows "
             f"{s.get('windows', 0)} fps {s.get('fps_in', 0)} latency p50/p99 {s.get('latency_ms', {}).get('p50', 0)}/"
             f"{s.get('latency_ms', {}).get('p99', 0)} ms retries {extra.get('retries', 0)} restarts {entry['restarts']} "
-            f"gap {entry['gap_s']:.1f} s replicas {extra.get('replicas', {})}"
+            f"gap {entry['gap_s']:.1f} s replicas {extra.get('replicas', {})} node {entry.get('node', '?')}"
         )
     for rid, f in sorted(snap["replicas"].items()):
         up = max(1e-9, f["t"] - f["t_start"])
@@ -366,9 +435,9 @@ def format_status(snap: dict[str, Any]) -> list[str]:
         lines.append(
             f"replica {rid}: {f['device']}/{f['engine']} requests {f['requests']} frames {f['frames']} batches "
             f"{f['batches']} (mean {mean:.1f} frames) busy {100 * f['busy_s'] / up:.0f}% in_flight {f['in_flight']} "
-            f"pid {f['pid']} reported {snap['now'] - f['t']:.0f} s ago"
+            f"pid {f['pid']} node {f.get('node_ip', '?')} reported {snap['now'] - f['t']:.0f} s ago"
         )
     return lines
 
 
-__all__ = ["Cluster", "ModelFileError", "check_address", "format_status", "run", "status"]
+__all__ = ["Cluster", "ModelFileError", "format_status", "placement", "run", "status"]

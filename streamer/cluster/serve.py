@@ -46,6 +46,15 @@ def load_model_bytes(data: bytes) -> Any:
     return SampledClassifier.load(data)
 
 
+def embedder_device(model: Any, device: str) -> str:
+    """The device a replica's embedder really runs on (``auto`` resolved on the replica's node)."""
+    if isinstance(model, PackageModel):
+        return package_device(device)
+    from streamer.inference import resolve_device
+
+    return str(resolve_device(device))
+
+
 def make_embedder(model: Any, engine: str, device: str, *, max_batch: int = 64, threads: int | None = None) -> Embedder:
     """The local embedder a replica wraps: one of ``streamer.inference.EMBEDDERS``, warmed. A
     package runs on ONNX Runtime whatever ``engine`` says (that names a torch model's backend)."""
@@ -112,15 +121,25 @@ class EmbedderReplica:
             "pid": os.getpid(),
             "actor": self.actor_name,
             "node": ray.get_runtime_context().get_node_id(),
-            "device": device,
-            "engine": engine,
+            "node_ip": ray.util.get_node_ip_address(),
+            "device": embedder_device(model, device),  # where it really runs, not what was asked
+            "engine": self.embedder.name,
             "t_start": time.time(),
         }
         self._state = None
         self._report(force=True)
 
-    async def __call__(self, frames: np.ndarray) -> dict[str, Any]:
-        """Embed one window's picked frames: uint8 (n, S, S) -> {"embedding": float32 (n, E), "replica": id}."""
+    async def __call__(self, frames: np.ndarray, exit_now: bool = False) -> dict[str, Any]:
+        """Embed one window's picked frames: uint8 (n, S, S) -> {"embedding": float32 (n, E), "replica": id}.
+
+        ``exit_now`` (an injected fault, :class:`~streamer.cluster.faults.Faults`): the replica's
+        process exits at once, holding this request and any other in flight.
+        """
+        if exit_now:
+            log.warning(
+                "replica %s told to exit while holding %d request(s)", self.replica, self.figures["in_flight"] + 1
+            )
+            os._exit(1)
         self.figures["in_flight"] += 1
         self._report(force=self.report_interval == 0)
         try:
@@ -188,6 +207,7 @@ class RemoteEmbedder:
         calls: (replica id, round trip ms) of each request since the caller last cleared it.
         wire: requests sent and the array bytes they carried each way (frames to the pool,
             embeddings back; Ray's framing and pickle headers not included).
+        exit_on_request: an injected fault: the n-th request sent (from 1) tells its replica to exit.
     """
 
     name = "serve"
@@ -198,8 +218,12 @@ class RemoteEmbedder:
         """Nothing to warm here: each replica warmed its buckets when it started."""
         return 0.0
 
-    def __init__(self, handle: Any, *, timeout: float, retries: int, max_frames: int = 64) -> None:
+    def __init__(
+        self, handle: Any, *, timeout: float, retries: int, max_frames: int = 64, exit_on_request: int | None = None
+    ) -> None:
         self.handle = handle
+        self.exit_on_request = exit_on_request
+        self.sent = 0
         self.max_frames = max_frames  # the replicas' batch limit: larger requests are split
         self.timeout = timeout
         self.retries = retries
@@ -213,8 +237,11 @@ class RemoteEmbedder:
         frames = np.ascontiguousarray(batch, dtype=np.uint8)
         for attempt in range(self.retries + 1):
             t0 = time.perf_counter()
+            self.sent += 1
             try:
-                out = self.handle.remote(frames).result(timeout_s=self.timeout)
+                out = self.handle.remote(frames, exit_now=self.sent == self.exit_on_request).result(
+                    timeout_s=self.timeout
+                )
             except _RETRYABLE as exc:
                 if attempt == self.retries:
                     raise
