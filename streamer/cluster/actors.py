@@ -39,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import ray
 
@@ -96,10 +96,14 @@ class ClusterEngine(InferenceEngine):
         self._figures: dict[int, dict[str, Any]] = {}  # id(window) -> its request figures
         self.retire_only: deque[Window] = deque()
 
+    @property
+    def remote(self) -> RemoteEmbedder:
+        return cast(RemoteEmbedder, self.embedder)
+
     def _classify(self, windows, **limits):
         """As the engine classifies, one window at a time: each window's embedding requests are its
         own (the frame ``allowance`` of the call is shared out in order)."""
-        emb: RemoteEmbedder = self.embedder
+        emb = self.remote
         allowance = limits.pop("allowance", None)
         out = []
         for w in windows:
@@ -342,7 +346,11 @@ class ClusterPipeline(Pipeline):
         self.resampled_before = 0  # frames before decided_to the resampler left out (this incarnation)
         self.t_last: float | None = ckpt.get("t_last")
         if st.resampler is not None:
-            st.resampler = _LeftOut(st.resampler)
+            st.resampler = cast(Any, _LeftOut(st.resampler))
+
+    @property
+    def cluster_engine(self) -> ClusterEngine:
+        return cast(ClusterEngine, self.engine)
 
     def skipped_frame(self, t: float) -> None:
         """A replayed frame before the resume point, read again: the resampler's grid goes on over it."""
@@ -357,7 +365,7 @@ class ClusterPipeline(Pipeline):
     def _prediction(self, res: WindowResult) -> Prediction:
         """The prediction about to be published, with the replica fields, the window number going
         on from the checkpoint, and the restart said on the first one after a restart."""
-        retire_only = self.engine.retire_only
+        retire_only = self.cluster_engine.retire_only
         while retire_only and retire_only[0].index <= res.window.index:  # decided before this window
             self._settle(retire_only.popleft(), (), 0)
         self._settle(res.window, res.selected, res.frames_embedded, res.exit)
@@ -372,8 +380,8 @@ class ClusterPipeline(Pipeline):
         for replica in (getattr(res, "replica", None) or "").split(","):
             if replica:
                 self.replicas[replica] = self.replicas.get(replica, 0) + 1
-        if getattr(res, "rtt_ms", 0.0):
-            self.rtt_ms.append(res.rtt_ms)
+        if rtt := getattr(res, "rtt_ms", 0.0):
+            self.rtt_ms.append(rtt)
         self.next_seq = max(self.next_seq, res.window.frames[-1].seq + 1)
         self.t_last = pred.t_last
         fields = {f.name: getattr(pred, f.name) for f in dataclasses.fields(Prediction)}
@@ -387,7 +395,7 @@ class ClusterPipeline(Pipeline):
 
     def _snapshot(self, st: Any, *, final: bool) -> Stats:
         s = super()._snapshot(st, final=final)
-        emb: RemoteEmbedder = self.engine.embedder
+        emb = self.cluster_engine.remote
         extra = dict(s.extra)
         extra["frames_embedded"] = extra.get("frames_embedded", 0) + self.base["frames_embedded"]
         for key, counters in self._sink_counters().items():
@@ -455,7 +463,7 @@ class ClusterPipeline(Pipeline):
                 resume_seq=self.decided_to,
                 next_seq=self.next_seq,
                 t_last=self.t_last,
-                retries=self.engine.embedder.retries_done + self.base["retries"],
+                retries=self.cluster_engine.remote.retries_done + self.base["retries"],
                 replicas=dict(self.replicas),
                 sinks=self._sink_counters(),
                 lost_in_restart=int(self.restart_extra.get("lost_in_restart", 0)),

@@ -116,7 +116,7 @@ def probe(addr: Address, timeout: float) -> None:
         if _call(channel, (), timeout) != grpc.StatusCode.UNAUTHENTICATED:
             return
         from ray._private.authentication.authentication_token_setup import _enable_token_auth
-        from ray._raylet import AuthenticationTokenLoader
+        from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]  # not in Ray's stubs
 
         loader = AuthenticationTokenLoader.instance()
         loader.reset_cache()
@@ -144,7 +144,8 @@ def _call(channel, metadata: tuple, timeout: float):
 
     stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
     try:
-        stub.GetClusterId(gcs_service_pb2.GetClusterIdRequest(), metadata=metadata, timeout=timeout)
+        request = gcs_service_pb2.GetClusterIdRequest()  # type: ignore[attr-defined]  # generated, no stubs
+        stub.GetClusterId(request, metadata=metadata, timeout=timeout)
     except grpc.RpcError as exc:
         return exc.code()
     return None

@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from core.errors import ConfigError, DasStreamError, ModelFileError, SourceError
 
@@ -406,7 +406,7 @@ def status(address: str | None, *, timeout: float = 10.0, out=print) -> int:
             state = ray.get_actor(STATE_ACTOR, namespace=NAMESPACE)
         except ValueError:
             raise ConfigError(f"no das-stream cluster run in {what}; start one with `das-stream cluster`") from None
-        snap = ray.get(state.snapshot.remote(), timeout=timeout)
+        snap = cast(dict[str, Any], ray.get(state.snapshot.remote(), timeout=timeout))
         out(f"das-stream cluster status of {what}")
         for line in format_status(snap):
             out(line)

@@ -126,7 +126,7 @@ class EmbedderReplica:
             "engine": self.embedder.name,
             "t_start": time.time(),
         }
-        self._state = None
+        self._state: Any = None  # the state actor, looked up on the first report
         self._report(force=True)
 
     async def __call__(self, frames: np.ndarray, exit_now: bool = False) -> dict[str, Any]:
