@@ -181,7 +181,7 @@ class Cluster:
             self.own_state = True
         # On the driver's node: the checkpoints must outlive any other node.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self.state = StateActor.options(
+        self.state = StateActor.options(  # type: ignore[attr-defined]  # @ray.remote/@serve.deployment add it
             name=STATE_ACTOR, namespace=NAMESPACE, get_if_exists=True, scheduling_strategy=here
         ).remote()
         _STATE_HANDLES.append(self.state)  # the creating handle must stay (a looked-up one does not own it)
@@ -204,7 +204,7 @@ class Cluster:
         retries = 0 if cfg.stream_restarts == 0 else -1
         nodes = ray.nodes()
         for spec, name in zip(cfg.sources, self.names):
-            actor = StreamActor.options(
+            actor = StreamActor.options(  # type: ignore[attr-defined]  # @ray.remote/@serve.deployment add it
                 name=f"stream:{name}",
                 namespace=NAMESPACE,
                 num_cpus=cfg.stream_cpus,
@@ -228,7 +228,7 @@ class Cluster:
 
         cfg = self.cfg
         threads = cfg.threads or max(1, math.ceil(cfg.replica_cpus))
-        app = EmbedderReplica.options(
+        app = EmbedderReplica.options(  # type: ignore[attr-defined]  # @ray.remote/@serve.deployment add it
             num_replicas=cfg.replicas,
             max_ongoing_requests=max(16, 2 * cfg.max_batch_frames),
             health_check_period_s=2.0,  # a dead replica is noticed (and replaced) within ~2 s, not Serve's 10

@@ -105,8 +105,9 @@ class EmbedderReplica:
         # every bucket warmed
         self.embedder = make_embedder(model, engine, device, max_batch=max_batch_frames, threads=threads)
         self.size = model.input_size if isinstance(model, PackageModel) else model.config.input_size
-        self.embed.set_max_batch_size(max_batch_frames)
-        self.embed.set_batch_wait_timeout_s(batch_wait_s)
+        # @serve.batch wraps the method in an object with these setters; Ray's stubs do not say so.
+        self.embed.set_max_batch_size(max_batch_frames)  # type: ignore[attr-defined]
+        self.embed.set_batch_wait_timeout_s(batch_wait_s)  # type: ignore[attr-defined]
         context = serve.get_replica_context()
         self.replica = context.replica_id.unique_id
         self.actor_name = ray.get_runtime_context().get_actor_name()
