@@ -94,10 +94,11 @@ async def test_a_req_sender_aimed_at_sub_or_pull_is_reported(spawn, caplog, sche
     # issue #21: a REQ sender aimed at zmq+sub:// or zmq+pull:// blocked forever, nothing logged
     port = free_port()
     async with parse_source(f"{scheme}://127.0.0.1:{port}?bind=1") as source:
-        spawn("zmq_peer.py", f"tcp://127.0.0.1:{port}", "req", "connect", "mixed")
-
-        # the REQ socket retries, failing each time
-        await until(lambda: source.counters["handshake_failures"] >= 2, "two failed handshakes")
+        # libzmq 4.3.5's REQ socket does not always reconnect after its handshake fails, so each
+        # sender is counted once at least: two senders, two failures.
+        for n in (1, 2):
+            spawn("zmq_peer.py", f"tcp://127.0.0.1:{port}", "req", "connect", "mixed")
+            await until(lambda n=n: source.counters["handshake_failures"] >= n, f"{n} failed handshake(s)")
         if scheme == "zmq+pull":  # a matching sender still gets through
             good = spawn("zmq_peer.py", f"tcp://127.0.0.1:{port}", "push", "connect", "mixed")
             assert len(await take(source, 3)) == 3
