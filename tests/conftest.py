@@ -22,6 +22,17 @@ import pytest
 from brokers import BrokerProcess, MosquittoOptions, find_mosquitto, make_broker
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``-n 2 --dist loadgroup``, pyproject's addopts) a module's tests run in
+    one worker (its module-scoped fixtures are built once), and every test that starts Ray runs
+    in one worker, one after the other: two Ray instances at once would halve what each gets of
+    the 2 cores, and the "Ray already runs on this host" test must see only its own."""
+    for item in items:
+        group = "ray" if item.get_closest_marker("cluster") else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--mqtt-broker",

@@ -371,7 +371,7 @@ class MqttSink:
             self._predictions["failed"] += message.prediction
             log.error(
                 "mqtt sink: a message to %s could not be sent and is dropped (%s: %s); %d so far",
-                message.topic[:120],
+                message.topic[:120].encode("utf-8", "backslashreplace").decode(),  # a log must stay valid UTF-8
                 type(exc).__name__,
                 str(exc)[:200],
                 self._sender_failures,
