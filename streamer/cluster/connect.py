@@ -30,6 +30,7 @@ from core.errors import ConfigError
 
 LOOPBACK = "127.0.0.1"
 _SINGLE_HOST = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+WORKER_NICENESS = "RAY_worker_niceness"  # Ray's own setting (RayConfig worker_niceness, default 15)
 _TOKEN_HELP = (
     "copy the head node's token file (~/.ray/auth_token, or `ray get-auth-token` there) to this host's "
     "~/.ray/auth_token, or point RAY_AUTH_TOKEN_PATH at it"
@@ -171,6 +172,10 @@ def start_private(*, num_cpus: int, namespace: str, log_to_driver: bool = True, 
     import ray
 
     loopback_only()
+    # Ray runs its workers at niceness 15, below every other process on the host: with anything
+    # else busy the stream actors (paced, real-time work) starved (a file replay's restart took
+    # over 240 s beside two CPU-bound processes). A private instance runs them at 0 unless told.
+    os.environ.setdefault(WORKER_NICENESS, "0")
     ray.init(
         address="local",  # never an instance already running on the host
         num_cpus=num_cpus,

@@ -65,6 +65,7 @@ class RayHead:
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(self.token),
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+            "RAY_worker_niceness": "0",  # as docs/scale-out.md says a ward's nodes start
             "TMPDIR": str(self.root),
         }
         self.num_cpus = num_cpus

@@ -11,6 +11,7 @@ Marked ``cluster``: ``pytest -m "not cluster"`` skips them; CI runs them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -357,6 +358,7 @@ def test_cli_beside_a_running_ray_starts_a_private_instance_and_status_names_it(
     env = {**ray_head.env, "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
     env.pop("RAY_AUTH_MODE")  # the driver finds out that the cluster wants a token
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")  # and that 127.0.0.1 means loopback
+    env.pop("RAY_worker_niceness")  # and that its workers run at niceness 0, not Ray's 15
     ward = tmp_path / "ward.yaml"
     ward.write_text(
         f"sources: ['synthetic:?fps=30&seed=5']\nmodel: {model_file}\nreplicas: 1\nreplica_cpus: 0.5\n"
@@ -389,12 +391,23 @@ def test_cli_beside_a_running_ray_starts_a_private_instance_and_status_names_it(
         # node address (docs/scale-out.md); everything else listens on loopback only.
         others = [(a, n) for a, _, n in opened if not a.endswith("127.0.0.1") and "ServeReplica" not in n]
         assert opened and not others
-        mine = status()
-        assert mine.returncode == 0, mine.stderr
-        lines = mine.stdout.splitlines()
-        assert f"this host's das-stream Ray instance at {private}" in lines[0]
-        assert any(line.startswith("stream synthetic:") for line in lines)
+
+        def reported() -> list[str]:  # the stream and the replica report once they run
+            mine = status()
+            assert mine.returncode == 0, mine.stderr
+            lines = mine.stdout.splitlines()
+            assert f"this host's das-stream Ray instance at {private}" in lines[0]
+            stream = any(line.startswith("stream synthetic:") for line in lines)
+            return lines if stream and any(line.startswith("replica ") for line in lines) else []
+
+        lines = until_sync(reported, "`cluster status` showing the stream and the replica", poll=1.0)
         assert any(line.startswith("replica ") and ": cpu/torch " in line for line in lines)
+        niceness = set()
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):  # an idle worker may exit meanwhile
+                if p.name().startswith("ray::"):
+                    niceness.add(p.nice())
+        assert niceness == {0}  # Ray's workers at 0, not Ray's default 15
         proc.send_signal(signal.SIGINT)  # a clean stop: last window, final stats, exit 0
         out, err = proc.communicate(timeout=120)
     finally:

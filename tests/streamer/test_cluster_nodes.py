@@ -45,6 +45,7 @@ def _two_nodes(monkeypatch):
     monkeypatch.setenv("RAY_TMPDIR", root)  # cluster_utils records its address in the default temp dir
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", ray_constants.ENABLE_RAY_CLUSTER)
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setenv("RAY_worker_niceness", "0")  # as docs/scale-out.md says a ward's nodes start
     connect.loopback_only()
     system = {"health_check_period_ms": 500, "health_check_timeout_ms": 500, "health_check_failure_threshold": 4}
     nodes = RayCluster(
