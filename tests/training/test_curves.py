@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from training_help import write_config, write_npz
+from training_help import compare_argv, write_config, write_npz
 
 from core.errors import ConfigError
 from core.exit import NEVER, ExitRule, exit_round, frames_used, rounds
@@ -126,25 +126,9 @@ def test_compare_folds_writes_a_curve_per_run_and_the_curve_summaries(tmp_path):
         tmp_path / "m.yaml", {"kind": "medmnist3d", "path": str(npz), "classes": ["a", "b"], "corruption": "test"}
     )
     out = tmp_path / "cv"
-    args = [
-        "compare",
-        "--config",
-        str(config),
-        "--folds",
-        "2",
-        "--methods",
-        "full,uniform,das",
-        "--seeds",
-        "0",
-        "--keeps",
-        "0.5",
-        "--set",
-        "model.backbone=tiny_cnn",
-        "--set",
-        "train.k_schedule=random",
-        "--out",
-        str(out),
-    ]
+    args = compare_argv(
+        config, out, "full,uniform,das", folds=2, sets=("model.backbone=tiny_cnn", "train.k_schedule=random")
+    )
     assert main(args) == 0
     for f in (0, 1):
         for run in ("das-keep0.5-seed0", "uniform-keep0.5-seed0"):
@@ -201,23 +185,7 @@ def test_compare_without_folds_writes_curves_too(tmp_path):
     npz = write_npz(tmp_path / "m.npz", depth=8, size=16)
     config = write_config(tmp_path / "m.yaml", {"kind": "medmnist3d", "path": str(npz), "classes": ["a", "b"]})
     out = tmp_path / "grid"
-    args = [
-        "compare",
-        "--config",
-        str(config),
-        "--methods",
-        "uniform,das",
-        "--seeds",
-        "0",
-        "--keeps",
-        "0.5",
-        "--set",
-        "model.backbone=tiny_cnn",
-        "--set",
-        "train.k_schedule=random",
-        "--out",
-        str(out),
-    ]
+    args = compare_argv(config, out, "uniform,das", sets=("model.backbone=tiny_cnn", "train.k_schedule=random"))
     assert main(args) == 0
     for run in ("das-keep0.5-seed0", "uniform-keep0.5-seed0"):
         curve = json.loads((out / run / "curve.json").read_text())

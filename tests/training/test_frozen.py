@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from training_help import write_config, write_video_index
+from training_help import compare_argv, write_config, write_video_index
 
 from das_stream.cli import main
 from sampler.model import ModelConfig, SampledClassifier, build_model
@@ -191,26 +191,7 @@ def test_compare_folds_with_a_frozen_backbone_matches_the_pixel_path(tmp_path):
         train={"freeze_backbone": True, "epochs": 2},
     )
     out = tmp_path / "cv"
-    assert (
-        main(
-            [
-                "compare",
-                "--config",
-                str(config),
-                "--folds",
-                "2",
-                "--methods",
-                "uniform,das",
-                "--seeds",
-                "0",
-                "--keeps",
-                "0.5",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(compare_argv(config, out, "uniform,das", folds=2)) == 0
     log = (out / "compare.log").read_text()
     assert (
         "frozen backbone tiny_cnn" in log and log.count("embedding ") == 2
@@ -234,26 +215,7 @@ def test_compare_folds_with_a_frozen_backbone_matches_the_pixel_path(tmp_path):
     stored = np.array([[float(row["p_dark"]), float(row["p_bright"])] for row in rows])
     np.testing.assert_allclose(ev.probs, stored, atol=2e-4)
     # a second run reads the cached tables instead of embedding again
-    assert (
-        main(
-            [
-                "compare",
-                "--config",
-                str(config),
-                "--folds",
-                "2",
-                "--methods",
-                "uniform",
-                "--seeds",
-                "1",
-                "--keeps",
-                "0.5",
-                "--out",
-                str(tmp_path / "cv2"),
-            ]
-        )
-        == 0
-    )
+    assert main(compare_argv(config, tmp_path / "cv2", "uniform", folds=2, seeds="1")) == 0
     assert (tmp_path / "cv2" / "compare.log").read_text().count("frame embeddings read from") == 2
 
 

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from training_help import write_config, write_npz, write_video_index
+from training_help import compare_argv, write_config, write_npz, write_video_index
 
 from core.errors import ConfigError, DataError
 from core.windows import window_bounds
@@ -206,23 +206,7 @@ def test_compare_two_folds_video_level_with_groups_and_corruption(tmp_path, caps
         },
     )
     out = tmp_path / "cv"
-    args = [
-        "compare",
-        "--config",
-        str(config),
-        "--folds",
-        "2",
-        "--methods",
-        "full,uniform,das",
-        "--seeds",
-        "0",
-        "--keeps",
-        "0.5",
-        "--set",
-        "model.backbone=tiny_cnn",
-        "--out",
-        str(out),
-    ]
+    args = compare_argv(config, out, "full,uniform,das", folds=2, sets=("model.backbone=tiny_cnn",))
     assert main(args) == 0
     runs = sorted(str(p.relative_to(out)) for p in out.glob("fold*/*") if p.is_dir())
     assert runs == [
@@ -261,28 +245,7 @@ def test_compare_folds_on_medmnist_keeps_the_official_test_split(tmp_path):
         {"kind": "medmnist3d", "path": str(npz), "classes": ["a", "b"], "fold_test": "official", "corruption": "test"},
     )
     out = tmp_path / "cv"
-    assert (
-        main(
-            [
-                "compare",
-                "--config",
-                str(config),
-                "--folds",
-                "2",
-                "--methods",
-                "uniform,das",
-                "--seeds",
-                "0",
-                "--keeps",
-                "0.5",
-                "--set",
-                "model.backbone=tiny_cnn",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main(compare_argv(config, out, "uniform,das", folds=2, sets=("model.backbone=tiny_cnn",))) == 0
     for f in (0, 1):
         r = json.loads((out / f"fold{f}" / "das-keep0.5-seed0" / "result.json").read_text())
         assert r["fold"] == f

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_help import write_config, write_npz
+from training_help import compare_argv, write_config, write_npz
 
 from das_stream.cli import main
 from sampler.model import SampledClassifier
@@ -69,21 +69,7 @@ def test_same_seed_same_result(config, tmp_path):
 
 def test_compare_writes_the_table_and_resumes(config, tmp_path, capsys):
     out = tmp_path / "grid"
-    args = [
-        "compare",
-        "--config",
-        str(config),
-        "--methods",
-        "uniform,das",
-        "--seeds",
-        "0",
-        "--keeps",
-        "0.25,0.5",
-        "--set",
-        "model.backbone=tiny_cnn",
-        "--out",
-        str(out),
-    ]
+    args = compare_argv(config, out, "uniform,das", keeps="0.25,0.5", sets=("model.backbone=tiny_cnn",))
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "| Dataset | keep | Uniform | DAS |" in table

@@ -95,3 +95,14 @@ def write_video_index(tmp_path: Path) -> Path:
         w.writerow(["path", "label"])
         w.writerows(rows)
     return index
+
+
+def compare_argv(
+    config: Path, out: Path, methods: str, *, folds: int | None = None, seeds: str = "0", keeps: str = "0.5", sets=()
+) -> list[str]:
+    """`das-stream compare` arguments for a small grid (one seed and one keep unless told)."""
+    argv = ["compare", "--config", str(config), "--methods", methods, "--seeds", seeds, "--keeps", keeps]
+    argv += ["--out", str(out)] + (["--folds", str(folds)] if folds else [])
+    for setting in sets:
+        argv += ["--set", setting]
+    return argv
